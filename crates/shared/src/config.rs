@@ -1,0 +1,738 @@
+//! Typed configuration: one TOML file plus `SWITCHYARD__SECTION__KEY` environment overrides,
+//! loaded through the `config` crate, then checked by [`Config::validate`], which reports
+//! every problem with the key it concerns. Provider API keys come only from the environment
+//! variable a provider names, and are held as [`Secret`]s.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::Capability;
+
+/// The configuration `switchyard up` uses when no file is given: the simulated provider only.
+pub const DEFAULT_TOML: &str = include_str!("../../../switchyard.toml");
+
+/// Prefix of environment overrides: `SWITCHYARD__GATEWAY__LISTEN=0.0.0.0:8080`.
+pub const ENV_PREFIX: &str = "SWITCHYARD";
+const ENV_SEPARATOR: &str = "__";
+
+/// NATS URL when none is configured: a local server on the standard port.
+const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// One replica: right for a single server; a 3-node cluster sets 3.
+const DEFAULT_REPLICAS: usize = 1;
+/// Queue bound: enough for bursts, small enough that a stuck fleet is noticed as 429s.
+const DEFAULT_QUEUE_MAX_MSGS: i64 = 100_000;
+/// 1 GiB of queued tasks at most.
+const DEFAULT_QUEUE_MAX_BYTES: i64 = 1 << 30;
+/// Tasks older than a day are no longer wanted by anyone.
+const DEFAULT_QUEUE_MAX_AGE_SECS: u64 = 86_400;
+/// Short, so a dead worker's task is redelivered quickly; live workers send progress acks.
+const DEFAULT_ACK_WAIT_MS: u64 = 30_000;
+/// Bounded redelivery: a poison task stops after this many attempts.
+const DEFAULT_MAX_DELIVER: i64 = 5;
+/// Results are kept a day so late clients can still fetch them.
+const DEFAULT_RESULTS_TTL_SECS: u64 = 86_400;
+/// Events are kept a week for dashboards and replays.
+const DEFAULT_EVENTS_MAX_AGE_SECS: u64 = 7 * 86_400;
+/// 1 GiB of events at most.
+const DEFAULT_EVENTS_MAX_BYTES: i64 = 1 << 30;
+/// Loopback by default: exposing the gateway is a deliberate choice.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// 4 MiB covers long prompts; larger inputs belong in the artifacts store.
+const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+/// How long a synchronous call waits for its answer unless the caller asks otherwise.
+const DEFAULT_TIMEOUT_MS: u64 = 120_000;
+/// Upper bound a caller may ask for with `x-switchyard-timeout-ms`.
+const DEFAULT_MAX_TIMEOUT_MS: u64 = 600_000;
+/// Tasks one worker runs at once per capability.
+const DEFAULT_WORKER_CONCURRENCY: usize = 64;
+/// Time a draining worker gives in-flight tasks before it exits anyway.
+const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
+/// Tasks in flight per capability across all workers (`max_ack_pending`).
+const DEFAULT_MAX_IN_FLIGHT: i64 = 1_000;
+/// Per-attempt provider timeout.
+const DEFAULT_PROVIDER_TIMEOUT_MS: u64 = 60_000;
+/// Capability a route uses when it names none.
+const DEFAULT_CAPABILITY: &str = "chat";
+
+/// A value that must never be printed: `Debug` and `Display` show `*****`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for the one place that sends it to its provider.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("*****")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("*****")
+    }
+}
+
+/// Everything a Switchyard process is configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub queue: QueueConfig,
+    #[serde(default)]
+    pub results: ResultsConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    /// Per-capability settings; capabilities named only by routes get the defaults.
+    #[serde(default)]
+    pub capabilities: BTreeMap<String, CapabilityConfig>,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Model aliases callers put in `model`.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    #[serde(default = "default_nats_url")]
+    pub url: String,
+    /// Replicas for streams and buckets.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: default_nats_url(),
+            replicas: DEFAULT_REPLICAS,
+        }
+    }
+}
+
+/// Limits of the `TASKS` stream and its consumers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    #[serde(default = "default_queue_max_msgs")]
+    pub max_msgs: i64,
+    #[serde(default = "default_queue_max_bytes")]
+    pub max_bytes: i64,
+    #[serde(default = "default_queue_max_age_secs")]
+    pub max_age_secs: u64,
+    #[serde(default = "default_ack_wait_ms")]
+    pub ack_wait_ms: u64,
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: i64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_msgs: DEFAULT_QUEUE_MAX_MSGS,
+            max_bytes: DEFAULT_QUEUE_MAX_BYTES,
+            max_age_secs: DEFAULT_QUEUE_MAX_AGE_SECS,
+            ack_wait_ms: DEFAULT_ACK_WAIT_MS,
+            max_deliver: DEFAULT_MAX_DELIVER,
+        }
+    }
+}
+
+impl QueueConfig {
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_millis(self.ack_wait_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsConfig {
+    #[serde(default = "default_results_ttl_secs")]
+    pub ttl_secs: u64,
+}
+
+impl Default for ResultsConfig {
+    fn default() -> Self {
+        Self {
+            ttl_secs: DEFAULT_RESULTS_TTL_SECS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    #[serde(default = "default_events_max_age_secs")]
+    pub max_age_secs: u64,
+    #[serde(default = "default_events_max_bytes")]
+    pub max_bytes: i64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            max_age_secs: DEFAULT_EVENTS_MAX_AGE_SECS,
+            max_bytes: DEFAULT_EVENTS_MAX_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    #[serde(default = "default_timeout_ms")]
+    pub default_timeout_ms: u64,
+    #[serde(default = "default_max_timeout_ms")]
+    pub max_timeout_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            default_timeout_ms: DEFAULT_TIMEOUT_MS,
+            max_timeout_ms: DEFAULT_MAX_TIMEOUT_MS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Capabilities this worker serves; empty means every configured capability.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Tasks this worker runs at once, per capability.
+    #[serde(default = "default_worker_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            capabilities: Vec::new(),
+            concurrency: DEFAULT_WORKER_CONCURRENCY,
+            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilityConfig {
+    /// Tasks in flight across all workers (the consumer's `max_ack_pending`).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: i64,
+}
+
+impl Default for CapabilityConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+}
+
+/// Which wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// Built in, offline, deterministic; answers are labelled `simulated`.
+    Simulated,
+    /// Any OpenAI-compatible `/chat/completions` endpoint.
+    Openai,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    /// Base URL up to and including the version, e.g. `https://api.groq.com/openai/v1`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Name of the environment variable holding the API key (never the key itself).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default = "default_provider_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Simulated provider: delay before the answer (or between streamed chunks' start).
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Simulated provider: delay between streamed chunks.
+    #[serde(default)]
+    pub chunk_delay_ms: u64,
+    /// Filled from the environment variable `api_key_env` names.
+    #[serde(skip)]
+    pub api_key: Option<Secret>,
+}
+
+impl ProviderConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(default = "default_capability")]
+    pub capability: String,
+    /// Provider name, a key of `[providers]`.
+    pub provider: String,
+    /// Model name sent to the provider.
+    pub model: String,
+}
+
+/// One configuration problem, with the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.problem)
+    }
+}
+
+/// Every problem found while loading or validating.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn single(key: &str, problem: impl Into<String>) -> Self {
+        Self {
+            problems: vec![ConfigProblem {
+                key: key.to_owned(),
+                problem: problem.into(),
+            }],
+        }
+    }
+}
+
+/// Where the configuration text comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// A TOML file on disk.
+    File(&'a Path),
+    /// TOML text held in memory (tests, the built-in default).
+    Toml(&'a str),
+}
+
+impl Config {
+    /// Loads `source`, applies `SWITCHYARD__…` overrides from `env`, resolves provider keys
+    /// from `env`, and validates. `env` is passed in (not read here) so tests stay hermetic.
+    pub fn load(source: Source<'_>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let overrides: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let environment = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator(ENV_SEPARATOR)
+            .separator(ENV_SEPARATOR)
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("worker.capabilities")
+            .source(Some(overrides));
+        let builder = config::Config::builder();
+        let builder = match source {
+            Source::File(path) => builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            ),
+            Source::Toml(text) => {
+                builder.add_source(config::File::from_str(text, config::FileFormat::Toml))
+            }
+        };
+        let mut cfg: Config = builder
+            .add_source(environment)
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| ConfigError::single("(file)", e.to_string()))?;
+        for provider in cfg.providers.values_mut() {
+            provider.api_key = provider
+                .api_key_env
+                .as_ref()
+                .and_then(|var| env.get(var))
+                .filter(|v| !v.is_empty())
+                .map(|v| Secret::new(v.clone()));
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every setting and reports all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Problems::default();
+        if self.nats.url.trim().is_empty() {
+            p.add("nats.url", "must not be empty");
+        }
+        if !(1..=5).contains(&self.nats.replicas) {
+            p.add("nats.replicas", "must be between 1 and 5");
+        }
+        p.positive("queue.max_msgs", self.queue.max_msgs);
+        p.positive("queue.max_bytes", self.queue.max_bytes);
+        p.positive("queue.max_deliver", self.queue.max_deliver);
+        if self.queue.ack_wait_ms < 100 {
+            p.add("queue.ack_wait_ms", "must be at least 100");
+        }
+        if self.queue.max_age_secs == 0 {
+            p.add("queue.max_age_secs", "must be greater than 0");
+        }
+        if self.results.ttl_secs == 0 {
+            p.add("results.ttl_secs", "must be greater than 0");
+        }
+        p.positive("events.max_bytes", self.events.max_bytes);
+        if self.gateway.listen.parse::<SocketAddr>().is_err() {
+            p.add(
+                "gateway.listen",
+                format!("{:?} is not an address like 127.0.0.1:8080", self.gateway.listen),
+            );
+        }
+        if self.gateway.max_body_bytes == 0 {
+            p.add("gateway.max_body_bytes", "must be greater than 0");
+        }
+        if self.gateway.default_timeout_ms == 0 {
+            p.add("gateway.default_timeout_ms", "must be greater than 0");
+        }
+        if self.gateway.default_timeout_ms > self.gateway.max_timeout_ms {
+            p.add(
+                "gateway.default_timeout_ms",
+                "must not exceed gateway.max_timeout_ms",
+            );
+        }
+        if self.worker.concurrency == 0 {
+            p.add("worker.concurrency", "must be at least 1");
+        }
+        let known = self.capability_names();
+        for (i, cap) in self.worker.capabilities.iter().enumerate() {
+            let key = format!("worker.capabilities[{i}]");
+            match cap.parse::<Capability>() {
+                Err(e) => p.add(&key, format!("{cap:?} {e}")),
+                Ok(c) if !known.contains(&c) => {
+                    p.add(&key, format!("{cap:?} is not used by any route or [capabilities] entry"));
+                }
+                Ok(_) => {}
+            }
+        }
+        for (name, cap) in &self.capabilities {
+            if let Err(e) = name.parse::<Capability>() {
+                p.add(&format!("capabilities.{name}"), format!("name {e}"));
+            }
+            p.positive(&format!("capabilities.{name}.max_in_flight"), cap.max_in_flight);
+        }
+        for (name, provider) in &self.providers {
+            validate_provider(&mut p, name, provider);
+        }
+        if self.routes.is_empty() {
+            p.add("routes", "at least one route is needed");
+        }
+        for (name, route) in &self.routes {
+            let key = format!("routes.{name}");
+            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                p.add(&key, "route names must be non-empty without whitespace");
+            }
+            if let Err(e) = route.capability.parse::<Capability>() {
+                p.add(&format!("{key}.capability"), format!("{:?} {e}", route.capability));
+            }
+            if !self.providers.contains_key(&route.provider) {
+                p.add(
+                    &format!("{key}.provider"),
+                    format!("{:?} is not a configured provider", route.provider),
+                );
+            }
+            if route.model.trim().is_empty() {
+                p.add(&format!("{key}.model"), "must not be empty");
+            }
+        }
+        p.finish()
+    }
+
+    /// Every capability named by a route or a `[capabilities]` entry (valid names only).
+    pub fn capability_names(&self) -> BTreeSet<Capability> {
+        self.routes
+            .values()
+            .map(|r| r.capability.as_str())
+            .chain(self.capabilities.keys().map(String::as_str))
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    }
+
+    /// The capabilities a worker with this configuration serves.
+    pub fn worker_capabilities(&self) -> Vec<Capability> {
+        let all = self.capability_names();
+        if self.worker.capabilities.is_empty() {
+            return all.into_iter().collect();
+        }
+        all.into_iter()
+            .filter(|c| self.worker.capabilities.iter().any(|w| w == c.as_str()))
+            .collect()
+    }
+
+    /// Settings of one capability (defaults when it has no `[capabilities]` entry).
+    pub fn capability(&self, capability: &Capability) -> CapabilityConfig {
+        self.capabilities
+            .get(capability.as_str())
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn validate_provider(p: &mut Problems, name: &str, provider: &ProviderConfig) {
+    let key = format!("providers.{name}");
+    if let Err(e) = name.parse::<Capability>() {
+        p.add(&key, format!("provider name {e}"));
+    }
+    match provider.kind {
+        ProviderKind::Simulated => {
+            if provider.base_url.is_some() {
+                p.add(&format!("{key}.base_url"), "the simulated provider takes no base_url");
+            }
+        }
+        ProviderKind::Openai => match provider.base_url.as_deref() {
+            None => p.add(&format!("{key}.base_url"), "is required for kind = \"openai\""),
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                p.add(&format!("{key}.base_url"), "must start with http:// or https://");
+            }
+            Some(_) => {}
+        },
+    }
+    if let Some(var) = &provider.api_key_env
+        && provider.api_key.is_none()
+    {
+        p.add(
+            &format!("{key}.api_key_env"),
+            format!("environment variable {var} is not set"),
+        );
+    }
+    if provider.timeout_ms == 0 {
+        p.add(&format!("{key}.timeout_ms"), "must be greater than 0");
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn add(&mut self, key: &str, problem: impl Into<String>) {
+        self.0.push(ConfigProblem {
+            key: key.to_owned(),
+            problem: problem.into(),
+        });
+    }
+
+    fn positive(&mut self, key: &str, value: i64) {
+        if value <= 0 {
+            self.add(key, "must be greater than 0");
+        }
+    }
+
+    fn finish(self) -> Result<(), ConfigError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems: self.0 })
+        }
+    }
+}
+
+fn default_nats_url() -> String {
+    DEFAULT_NATS_URL.to_owned()
+}
+fn default_replicas() -> usize {
+    DEFAULT_REPLICAS
+}
+fn default_queue_max_msgs() -> i64 {
+    DEFAULT_QUEUE_MAX_MSGS
+}
+fn default_queue_max_bytes() -> i64 {
+    DEFAULT_QUEUE_MAX_BYTES
+}
+fn default_queue_max_age_secs() -> u64 {
+    DEFAULT_QUEUE_MAX_AGE_SECS
+}
+fn default_ack_wait_ms() -> u64 {
+    DEFAULT_ACK_WAIT_MS
+}
+fn default_max_deliver() -> i64 {
+    DEFAULT_MAX_DELIVER
+}
+fn default_results_ttl_secs() -> u64 {
+    DEFAULT_RESULTS_TTL_SECS
+}
+fn default_events_max_age_secs() -> u64 {
+    DEFAULT_EVENTS_MAX_AGE_SECS
+}
+fn default_events_max_bytes() -> i64 {
+    DEFAULT_EVENTS_MAX_BYTES
+}
+fn default_listen() -> String {
+    DEFAULT_LISTEN.to_owned()
+}
+fn default_max_body_bytes() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+fn default_max_timeout_ms() -> u64 {
+    DEFAULT_MAX_TIMEOUT_MS
+}
+fn default_worker_concurrency() -> usize {
+    DEFAULT_WORKER_CONCURRENCY
+}
+fn default_drain_timeout_ms() -> u64 {
+    DEFAULT_DRAIN_TIMEOUT_MS
+}
+fn default_max_in_flight() -> i64 {
+    DEFAULT_MAX_IN_FLIGHT
+}
+fn default_provider_timeout_ms() -> u64 {
+    DEFAULT_PROVIDER_TIMEOUT_MS
+}
+fn default_capability() -> String {
+    DEFAULT_CAPABILITY.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn keys(err: &ConfigError) -> Vec<&str> {
+        err.problems.iter().map(|p| p.key.as_str()).collect()
+    }
+
+    #[test]
+    fn built_in_default_is_valid() {
+        let cfg = Config::load(Source::Toml(DEFAULT_TOML), &env(&[])).unwrap();
+        assert!(!cfg.routes.is_empty());
+        assert!(cfg.worker_capabilities().iter().any(|c| c.as_str() == "chat"));
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let cfg = Config::load(
+            Source::Toml(DEFAULT_TOML),
+            &env(&[
+                ("SWITCHYARD__GATEWAY__LISTEN", "0.0.0.0:9999"),
+                ("SWITCHYARD__QUEUE__MAX_DELIVER", "7"),
+                ("SWITCHYARD__WORKER__CAPABILITIES", "chat"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.gateway.listen, "0.0.0.0:9999");
+        assert_eq!(cfg.queue.max_deliver, 7);
+        assert_eq!(cfg.worker.capabilities, vec!["chat".to_owned()]);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::load(Source::Toml("[gateway]\nlisten_addr = \"x\"\n"), &env(&[])).unwrap_err();
+        assert!(err.problems[0].problem.contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let toml = r#"
+            [queue]
+            max_deliver = 0
+            [gateway]
+            listen = "nowhere"
+            [worker]
+            concurrency = 0
+            capabilities = ["Bad.Name"]
+            [providers.up]
+            kind = "openai"
+            api_key_env = "UP_KEY"
+            [routes.fast]
+            capability = "chat.>"
+            provider = "missing"
+            model = ""
+        "#;
+        let err = Config::load(Source::Toml(toml), &env(&[])).unwrap_err();
+        let keys = keys(&err);
+        for expected in [
+            "queue.max_deliver",
+            "gateway.listen",
+            "worker.concurrency",
+            "worker.capabilities[0]",
+            "providers.up.base_url",
+            "providers.up.api_key_env",
+            "routes.fast.capability",
+            "routes.fast.provider",
+            "routes.fast.model",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn api_key_comes_from_environment_and_never_prints() {
+        let toml = r#"
+            [providers.up]
+            kind = "openai"
+            base_url = "http://127.0.0.1:1/v1"
+            api_key_env = "UP_KEY"
+            [routes.fast]
+            provider = "up"
+            model = "m"
+        "#;
+        let cfg = Config::load(Source::Toml(toml), &env(&[("UP_KEY", "sk-very-secret")])).unwrap();
+        let provider = &cfg.providers["up"];
+        assert_eq!(provider.api_key.as_ref().unwrap().expose(), "sk-very-secret");
+        let printed = format!("{cfg:?}");
+        assert!(!printed.contains("sk-very-secret"));
+        assert!(printed.contains("*****"));
+    }
+}

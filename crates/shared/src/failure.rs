@@ -1,0 +1,90 @@
+//! The closed vocabulary of failure classes. Every failed attempt and every failed task
+//! carries exactly one; `docs/failover.md` gives the action each class triggers.
+
+use serde::{Deserialize, Serialize};
+
+/// Why an attempt or a task failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// The provider answered 429.
+    RateLimited,
+    /// The provider did not answer within the per-attempt timeout.
+    Timeout,
+    /// The provider answered 5xx.
+    #[serde(rename = "upstream_5xx")]
+    Upstream5xx,
+    /// The provider refused the credentials (401/403).
+    Auth,
+    /// The provider refused the request itself (other 4xx).
+    BadRequest,
+    /// The prompt does not fit the model's context window.
+    ContextLength,
+    /// The provider refused the content.
+    ContentFilter,
+    /// Connection refused, reset or cut before a complete answer.
+    Network,
+    /// The provider answered 2xx with a body that is not its documented shape.
+    InvalidResponse,
+    /// The caller went away or the task was cancelled.
+    Cancelled,
+    /// The task's deadline passed before an answer.
+    DeadlineExceeded,
+    /// A fault inside Switchyard; details are in its logs, not in the result.
+    Internal,
+}
+
+impl FailureClass {
+    /// Whether a later attempt at the same request may succeed.
+    pub fn is_transient(self) -> bool {
+        match self {
+            FailureClass::RateLimited
+            | FailureClass::Timeout
+            | FailureClass::Upstream5xx
+            | FailureClass::Network
+            | FailureClass::InvalidResponse
+            | FailureClass::Internal => true,
+            FailureClass::Auth
+            | FailureClass::BadRequest
+            | FailureClass::ContextLength
+            | FailureClass::ContentFilter
+            | FailureClass::Cancelled
+            | FailureClass::DeadlineExceeded => false,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::RateLimited => "rate_limited",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Upstream5xx => "upstream_5xx",
+            FailureClass::Auth => "auth",
+            FailureClass::BadRequest => "bad_request",
+            FailureClass::ContextLength => "context_length",
+            FailureClass::ContentFilter => "content_filter",
+            FailureClass::Network => "network",
+            FailureClass::InvalidResponse => "invalid_response",
+            FailureClass::Cancelled => "cancelled",
+            FailureClass::DeadlineExceeded => "deadline_exceeded",
+            FailureClass::Internal => "internal",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_name_matches_as_str() {
+        for class in [
+            FailureClass::RateLimited,
+            FailureClass::Upstream5xx,
+            FailureClass::DeadlineExceeded,
+            FailureClass::InvalidResponse,
+        ] {
+            let json = serde_json::to_string(&class).unwrap();
+            assert_eq!(json, format!("\"{}\"", class.as_str()));
+        }
+    }
+}

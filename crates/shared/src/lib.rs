@@ -1,0 +1,14 @@
+//! The contract between Switchyard's gateway and workers: task, result and stream-event
+//! types, subject and bucket names, configuration, JetStream provisioning and the closed
+//! vocabulary of failure classes. Nothing here talks HTTP.
+
+pub mod config;
+pub mod failure;
+pub mod names;
+pub mod nats;
+pub mod provision;
+pub mod task;
+
+pub use failure::FailureClass;
+pub use names::{Capability, NameError, Priority, TaskId};
+pub use task::{StreamEventKind, Task, TaskResult, TaskStatus};

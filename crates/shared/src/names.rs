@@ -1,0 +1,241 @@
+//! Names of JetStream resources and subjects, and the validated tokens that go into them.
+//!
+//! Anything that becomes part of a subject passes through [`Capability`], [`Priority`] or
+//! [`TaskId`] first, so a request can never inject `.`, `*`, `>` or whitespace into one.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Stream holding queued tasks (work-queue retention).
+pub const TASKS_STREAM: &str = "TASKS";
+/// Stream holding lifecycle events (limits retention).
+pub const EVENTS_STREAM: &str = "EVENTS";
+/// Key-value bucket holding one result per task id.
+pub const RESULTS_BUCKET: &str = "results";
+/// Subjects captured by the `TASKS` stream.
+pub const TASKS_SUBJECTS: &str = "tasks.>";
+/// Subjects captured by the `EVENTS` stream.
+pub const EVENTS_SUBJECTS: &str = "events.>";
+
+/// Header carrying the task id on a published task; JetStream de-duplicates on it.
+pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
+/// Header naming what a message on a reply or stream subject is: `chunk` or `result`.
+pub const HEADER_EVENT: &str = "Switchyard-Event";
+/// Header with the 0-based sequence number of a stream chunk within one delivery.
+pub const HEADER_SEQ: &str = "Switchyard-Seq";
+/// Header with the JetStream delivery count of the worker attempt that produced a message.
+pub const HEADER_DELIVERY: &str = "Switchyard-Delivery";
+
+/// Longest capability name accepted; keeps subjects and consumer names short.
+const MAX_TOKEN_LEN: usize = 64;
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {MAX_TOKEN_LEN} characters")]
+    TooLong,
+    #[error("may contain only lowercase letters, digits, '-' and '_', and must start with a letter or digit")]
+    BadCharacter,
+    #[error("must be one of high, normal, low")]
+    UnknownPriority,
+    #[error("must be a UUID")]
+    NotUuid,
+}
+
+/// A capability name (`chat`, `coder`, `summarize`): one subject token, also used in
+/// consumer names. Lowercase ASCII letters, digits, `-` and `_`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Capability(String);
+
+impl Capability {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Capability {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        validate_token(s)?;
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl TryFrom<String> for Capability {
+    type Error = NameError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        validate_token(&s)?;
+        Ok(Self(s))
+    }
+}
+
+impl From<Capability> for String {
+    fn from(c: Capability) -> Self {
+        c.0
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn validate_token(s: &str) -> Result<(), NameError> {
+    let first = s.bytes().next().ok_or(NameError::Empty)?;
+    if s.len() > MAX_TOKEN_LEN {
+        return Err(NameError::TooLong);
+    }
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
+    if !first.is_ascii_alphanumeric() || !s.bytes().all(allowed) {
+        return Err(NameError::BadCharacter);
+    }
+    Ok(())
+}
+
+/// Queue priority. Workers drain `high` before `normal` before `low`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    /// Every priority, in the order workers pull them.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+impl FromStr for Priority {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "high" => Ok(Priority::High),
+            "normal" => Ok(Priority::Normal),
+            "low" => Ok(Priority::Low),
+            _ => Err(NameError::UnknownPriority),
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A task id: a time-ordered UUIDv7, rendered hyphenated (a valid subject token and KV key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(Uuid);
+
+impl TaskId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::try_parse(s).map(Self).map_err(|_| NameError::NotUuid)
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// `tasks.<capability>.<priority>`: where a task is published.
+pub fn task_subject(capability: &Capability, priority: Priority) -> String {
+    format!("tasks.{capability}.{priority}")
+}
+
+/// Durable pull consumer name for one (capability, priority) queue.
+pub fn consumer_name(capability: &Capability, priority: Priority) -> String {
+    format!("tasks-{capability}-{priority}")
+}
+
+/// `stream.<task id>`: core-NATS subject carrying a streaming task's chunks.
+pub fn stream_subject(task_id: TaskId) -> String {
+    format!("stream.{task_id}")
+}
+
+/// `events.task.<status>`: lifecycle event subject for a finished task.
+pub fn task_event_subject(status: &str) -> String {
+    format!("events.task.{status}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_accepts_safe_tokens() {
+        for ok in ["chat", "coder", "a", "gpt-4o_mini", "0day"] {
+            assert!(ok.parse::<Capability>().is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn capability_rejects_subject_syntax() {
+        for (bad, why) in [
+            ("", NameError::Empty),
+            ("chat.high", NameError::BadCharacter),
+            ("*", NameError::BadCharacter),
+            (">", NameError::BadCharacter),
+            ("a b", NameError::BadCharacter),
+            ("Chat", NameError::BadCharacter),
+            ("-lead", NameError::BadCharacter),
+            ("tab\t", NameError::BadCharacter),
+            ("é", NameError::BadCharacter),
+        ] {
+            assert_eq!(bad.parse::<Capability>(), Err(why), "{bad:?}");
+        }
+        assert_eq!("a".repeat(65).parse::<Capability>(), Err(NameError::TooLong));
+    }
+
+    #[test]
+    fn capability_deserialization_validates() {
+        assert!(serde_json::from_str::<Capability>("\"chat\"").is_ok());
+        assert!(serde_json::from_str::<Capability>("\"a.b\"").is_err());
+    }
+
+    #[test]
+    fn subjects_and_consumers() {
+        let cap: Capability = "chat".parse().unwrap();
+        assert_eq!(task_subject(&cap, Priority::High), "tasks.chat.high");
+        assert_eq!(consumer_name(&cap, Priority::Low), "tasks-chat-low");
+    }
+
+    #[test]
+    fn task_id_round_trips() {
+        let id = TaskId::new();
+        assert_eq!(id.to_string().parse::<TaskId>(), Ok(id));
+        assert_eq!("x.y".parse::<TaskId>(), Err(NameError::NotUuid));
+    }
+}

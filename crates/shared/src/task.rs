@@ -1,0 +1,161 @@
+//! What travels on the wire: a [`Task`] published on `tasks.<capability>.<priority>`, the
+//! [`TaskResult`] stored in the `results` bucket and sent to the reply subject, and the kind
+//! of each message on a reply or stream subject. `docs/protocol.md` documents the JSON.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{Capability, FailureClass, Priority, TaskId};
+
+/// A unit of work: one chat completion request bound for a capability's queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub capability: Capability,
+    #[serde(default)]
+    pub priority: Priority,
+    /// The route (model alias) the caller asked for; workers resolve it to a provider.
+    pub route: String,
+    /// The OpenAI-shaped request body, exactly as received (unknown fields included).
+    pub request: Map<String, Value>,
+    /// Unix time in milliseconds after which the answer is no longer wanted.
+    pub deadline_ms: u64,
+    /// Core-NATS subject for the result (and, for streaming tasks, the chunks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    pub created_ms: u64,
+}
+
+impl Task {
+    /// Whether the caller asked for a streamed answer (`"stream": true`).
+    pub fn is_streaming(&self) -> bool {
+        self.request.get("stream").and_then(Value::as_bool) == Some(true)
+    }
+
+    /// Time left before the deadline; zero once it has passed.
+    pub fn remaining(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms.saturating_sub(now_ms()))
+    }
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Completed,
+    Failed,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+        }
+    }
+}
+
+/// Why a task failed, safe to show to the caller (never secrets or internals).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskError {
+    pub class: FailureClass,
+    pub message: String,
+    /// HTTP status the provider answered, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
+}
+
+/// The one result of a task, written once to the `results` bucket (first writer wins).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub id: TaskId,
+    pub status: TaskStatus,
+    /// The OpenAI `chat.completion` object, when completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TaskError>,
+    /// Provider and model that answered (or last failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Worker that wrote the result.
+    pub worker: String,
+    /// JetStream delivery count of the attempt that wrote the result (1 = first delivery).
+    pub delivery: u64,
+    pub finished_ms: u64,
+}
+
+/// What a message on a reply or `stream.<task id>` subject carries (header
+/// `Switchyard-Event`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEventKind {
+    /// One OpenAI `chat.completion.chunk` object.
+    Chunk,
+    /// The final [`TaskResult`].
+    Result,
+}
+
+impl StreamEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamEventKind::Chunk => "chunk",
+            StreamEventKind::Result => "result",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "chunk" => Some(StreamEventKind::Chunk),
+            "result" => Some(StreamEventKind::Result),
+            _ => None,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_json_round_trips_and_keeps_unknown_request_fields() {
+        let json = serde_json::json!({
+            "id": "01935c5e-7b7a-7cc0-9f43-6f7c1a9e1a01",
+            "capability": "chat",
+            "route": "fast",
+            "request": {"model": "fast", "messages": [], "stream": true, "x_vendor": {"a": 1}},
+            "deadline_ms": 10,
+            "created_ms": 1
+        });
+        let task: Task = serde_json::from_value(json).unwrap();
+        assert_eq!(task.priority, Priority::Normal);
+        assert!(task.is_streaming());
+        assert_eq!(task.request["x_vendor"]["a"], 1);
+        assert_eq!(task.remaining(), Duration::ZERO);
+        let back: Task = serde_json::from_str(&serde_json::to_string(&task).unwrap()).unwrap();
+        assert_eq!(back, task);
+    }
+
+    #[test]
+    fn task_with_bad_capability_is_refused() {
+        let json = serde_json::json!({
+            "id": "01935c5e-7b7a-7cc0-9f43-6f7c1a9e1a01",
+            "capability": "chat.>",
+            "route": "fast",
+            "request": {},
+            "deadline_ms": 10,
+            "created_ms": 1
+        });
+        assert!(serde_json::from_value::<Task>(json).is_err());
+    }
+}
