@@ -1,1 +1,200 @@
-fn main() {}
+//! `switchyard`: the one binary users run.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shared::config::{Config, DEFAULT_TOML, Source};
+use switchyard::local_nats::LocalNats;
+use switchyard::serve;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// How long `up` waits for an existing NATS at the configured URL before starting its own.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Parser)]
+#[command(name = "switchyard", version, about = "LLM API gateway for multi-agent systems, on NATS JetStream")]
+struct Cli {
+    /// Configuration file (TOML). Without one, the built-in default (simulated provider) is used.
+    #[arg(long, short, global = true, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "SWITCHYARD_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Everything on one machine: NATS (started if none is reachable), a gateway and a worker.
+    Up {
+        /// Where a locally started nats-server keeps its store.
+        #[arg(long, default_value = ".switchyard")]
+        data_dir: PathBuf,
+    },
+    /// The HTTP gateway.
+    Gateway,
+    /// A worker that pulls tasks and calls providers.
+    Worker,
+    /// Create or update streams, consumers and buckets, then exit.
+    Provision,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let config = match load_config(cli.config.as_ref()) {
+        Ok(c) => Arc::new(c),
+        Err(report) => {
+            report_error(&report);
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            report_error(&format!("cannot start the async runtime: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            report_error(&format!("{e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[expect(clippy::print_stderr, reason = "errors before or after logging go to the terminal")]
+fn report_error(message: &str) {
+    eprintln!("switchyard: {message}");
+}
+
+fn init_tracing(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Loads the file (or the built-in default) with the process environment. `NATS_URL` is
+/// honoured when `SWITCHYARD__NATS__URL` is not set.
+fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
+    let mut env: HashMap<String, String> = std::env::vars().collect();
+    if let Some(url) = env.get("NATS_URL").cloned() {
+        env.entry("SWITCHYARD__NATS__URL".to_owned()).or_insert(url);
+    }
+    let source = path.map_or(Source::Toml(DEFAULT_TOML), |p| Source::File(p));
+    Config::load(source, &env).map_err(|e| e.to_string())
+}
+
+async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    match command {
+        Command::Up { data_dir } => up(config, &data_dir, shutdown).await,
+        Command::Gateway => {
+            let client = serve::connect(&config, "gateway").await?;
+            let listener = serve::bind(&config).await?;
+            serve::cancel_on_signal(shutdown.clone());
+            gateway::run(config, client, listener, shutdown).await?;
+            Ok(())
+        }
+        Command::Worker => {
+            let client = serve::connect(&config, "worker").await?;
+            serve::cancel_on_signal(shutdown.clone());
+            worker::run(config, client, worker::new_worker_id(), shutdown).await?;
+            Ok(())
+        }
+        Command::Provision => {
+            let client = serve::connect(&config, "provision").await?;
+            let js = async_nats::jetstream::new(client);
+            shared::provision::provision(&js, &config).await?;
+            info!("streams, consumers and buckets are in place");
+            Ok(())
+        }
+    }
+}
+
+async fn up(
+    config: Arc<Config>,
+    data_dir: &std::path::Path,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (client, local) = match tokio::time::timeout(
+        PROBE_TIMEOUT,
+        shared::nats::connect(&config.nats.url, "up"),
+    )
+    .await
+    {
+        Ok(Ok(client)) => {
+            info!(url = %config.nats.url, "using the NATS server at the configured URL");
+            (client, None)
+        }
+        _ => {
+            info!(url = %config.nats.url, "no NATS server reachable; starting one");
+            let local = LocalNats::start(&config.nats.url, data_dir).await?;
+            let client = serve::connect(&config, "up").await?;
+            (client, Some(local))
+        }
+    };
+    let listener = serve::bind(&config).await?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    serve::cancel_on_signal(shutdown.clone());
+    let served = {
+        let banner_shutdown = shutdown.clone();
+        let run = serve::gateway_and_worker(config.clone(), client, listener, shutdown);
+        tokio::pin!(run);
+        // Print the banner once the gateway is ready to take requests.
+        let ready = wait_ready(addr);
+        tokio::select! {
+            result = &mut run => result,
+            ready = ready => {
+                if ready {
+                    print_banner(addr, &config);
+                } else {
+                    warn!("gateway did not become ready; stopping");
+                    banner_shutdown.cancel();
+                }
+                run.await
+            }
+        }
+    };
+    if let Some(local) = local {
+        local.stop().await;
+    }
+    served
+}
+
+async fn wait_ready(addr: std::net::SocketAddr) -> bool {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[expect(clippy::print_stdout, reason = "the first-run banner is for the person at the terminal")]
+fn print_banner(addr: std::net::SocketAddr, config: &Config) {
+    let model = config.routes.keys().next().map_or("simulated", String::as_str);
+    println!();
+    println!("Switchyard is up at http://{addr}  (Ctrl-C stops it)");
+    println!();
+    println!("Try it:");
+    println!(
+        "  curl -s http://{addr}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello, Switchyard\"}}]}}'"
+    );
+    println!();
+}

@@ -1,1 +1,83 @@
-//! placeholder
+//! Switchyard's HTTP gateway: authenticates nothing yet, validates requests, turns each into
+//! a task on `tasks.<capability>.<priority>`, and waits for its result on a reply inbox (or
+//! relays its stream). Holds no state of its own: run as many replicas as needed.
+
+mod body;
+mod chat;
+pub mod error;
+pub mod headers;
+mod info;
+mod replies;
+mod routes;
+mod state;
+mod stream;
+mod submit;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use shared::Capability;
+use shared::config::Config;
+use shared::provision::{ProvisionError, provision};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use routes::app;
+pub use state::AppState;
+
+use crate::replies::ReplyRouter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    #[error("subscribing to the reply inbox: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    #[error("serving HTTP: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Provisions JetStream resources and builds the shared state.
+pub async fn state(
+    config: Arc<Config>,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> Result<AppState, GatewayError> {
+    let js = jetstream::new(client.clone());
+    let provisioned = provision(&js, &config).await?;
+    let gateway_id = uuid::Uuid::now_v7().simple().to_string();
+    let replies = ReplyRouter::start(&client, &gateway_id, shutdown).await?;
+    let route_capabilities: HashMap<String, Capability> = config
+        .routes
+        .iter()
+        .filter_map(|(name, r)| Some((name.clone(), r.capability.parse().ok()?)))
+        .collect();
+    let capabilities: BTreeSet<Capability> = config.capability_names();
+    Ok(AppState {
+        config,
+        client,
+        js,
+        results: provisioned.results,
+        replies,
+        route_capabilities: Arc::new(route_capabilities),
+        capabilities: Arc::new(capabilities),
+    })
+}
+
+/// Serves the gateway on `listener` until `shutdown`, then lets in-flight requests finish.
+pub async fn run(
+    config: Arc<Config>,
+    client: async_nats::Client,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), GatewayError> {
+    let state = state(config, client, shutdown.clone()).await?;
+    info!(addr = %listener.local_addr()?, "gateway listening");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    info!("gateway stopped");
+    Ok(())
+}

@@ -1,1 +1,139 @@
-//! placeholder
+//! Switchyard's worker: pulls tasks for its capabilities from JetStream (never more than it
+//! has free slots), calls LLM providers, stores one result per task and delivers it, then
+//! acks. Stateless: start as many as the load needs. Draining on shutdown stops pulling,
+//! finishes in-flight tasks within a grace period, then returns.
+
+mod assemble;
+mod backoff;
+mod process;
+pub mod provider;
+mod pull;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use shared::Priority;
+use shared::config::Config;
+use shared::names::{TASKS_STREAM, consumer_name};
+use shared::provision::{ProvisionError, provision};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::process::{Deps, Target};
+use crate::pull::{Fetcher, Queues};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    #[error("opening consumer {name}: {source}")]
+    Consumer {
+        name: String,
+        source: async_nats::Error,
+    },
+    #[error("building the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("a fetch loop stopped unexpectedly")]
+    FetcherDied,
+}
+
+/// A fresh worker id: short, unique, and safe in logs and results.
+pub fn new_worker_id() -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("worker-{}", &id[id.len() - 12..])
+}
+
+/// Runs a worker until `shutdown` is cancelled, then drains.
+pub async fn run(
+    config: Arc<Config>,
+    client: async_nats::Client,
+    worker_id: String,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let js = jetstream::new(client.clone());
+    let provisioned = provision(&js, &config).await?;
+    let providers = provider::build_providers(&config)?
+        .into_iter()
+        .map(|(name, provider)| {
+            let timeout = config.providers[&name].timeout();
+            (name, Target { provider, timeout })
+        })
+        .collect::<HashMap<_, _>>();
+    let deps = Arc::new(Deps {
+        client: client.clone(),
+        results: provisioned.results,
+        providers,
+        routes: config.routes.clone(),
+        worker_id: worker_id.clone(),
+        ack_wait: config.queue.ack_wait(),
+        max_deliver: config.queue.max_deliver,
+    });
+    let handlers = TaskTracker::new();
+    let mut fetchers = JoinSet::new();
+    let capabilities = config.worker_capabilities();
+    for capability in &capabilities {
+        let mut consumers = Vec::new();
+        for priority in Priority::ALL {
+            let name = consumer_name(capability, priority);
+            let consumer = provisioned
+                .tasks
+                .get_consumer(&name)
+                .await
+                .map_err(|source| WorkerError::Consumer {
+                    name: name.clone(),
+                    source,
+                })?;
+            consumers.push((priority, consumer));
+        }
+        let fetcher = Fetcher {
+            queues: Arc::new(Queues { consumers }),
+            slots: Arc::new(Semaphore::new(config.worker.concurrency)),
+            deps: deps.clone(),
+            handlers: handlers.clone(),
+        };
+        for priority in Priority::ALL {
+            fetchers.spawn(fetcher.clone().run(priority, shutdown.clone()));
+        }
+    }
+    let names: Vec<&str> = capabilities.iter().map(|c| c.as_str()).collect();
+    info!(
+        worker_id,
+        stream = TASKS_STREAM,
+        capabilities = ?names,
+        concurrency = config.worker.concurrency,
+        "worker started"
+    );
+
+    let died = tokio::select! {
+        () = shutdown.cancelled() => false,
+        Some(_) = fetchers.join_next() => true,
+    };
+    if died {
+        warn!("a fetch loop stopped; shutting the worker down");
+        shutdown.cancel();
+    }
+    info!(in_flight = handlers.len(), "draining: no new pulls; finishing in-flight tasks");
+    while fetchers.join_next().await.is_some() {}
+    handlers.close();
+    let grace = Duration::from_millis(config.worker.drain_timeout_ms);
+    if tokio::time::timeout(grace, handlers.wait()).await.is_err() {
+        warn!(
+            unfinished = handlers.len(),
+            "drain grace period over; unfinished tasks will be redelivered"
+        );
+    }
+    if let Err(e) = client.flush().await {
+        warn!(error = %e, "could not flush the NATS connection");
+    }
+    info!("worker stopped");
+    if died {
+        Err(WorkerError::FetcherDied)
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,149 @@
+//! Reading and checking a chat completion request body. The body is kept as the JSON object
+//! the caller sent (unknown fields included, passed through to the provider); only the
+//! fields Switchyard itself relies on are checked, each with the parameter it concerns.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A checked chat completion request.
+#[derive(Debug)]
+pub struct ChatBody {
+    pub model: String,
+    pub stream: bool,
+    pub body: Map<String, Value>,
+}
+
+impl FromRequest<AppState> for ChatBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = state.config.gateway.max_body_bytes;
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::BodyTooLarge { limit }
+            } else {
+                ApiError::invalid("body", rejection.body_text())
+            }
+        })?;
+        parse(&bytes)
+    }
+}
+
+/// Parses and checks a request body.
+pub fn parse(bytes: &[u8]) -> Result<ChatBody, ApiError> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let Value::Object(body) = value else {
+        return Err(ApiError::invalid("body", "request body must be a JSON object"));
+    };
+    let model = match body.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        Some(Value::String(_)) => return Err(ApiError::invalid("model", "`model` must not be empty")),
+        Some(_) => return Err(ApiError::invalid("model", "`model` must be a string")),
+        None => return Err(ApiError::invalid("model", "`model` is required")),
+    };
+    check_messages(body.get("messages"))?;
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("stream", "`stream` must be a boolean")),
+    };
+    Ok(ChatBody {
+        model,
+        stream,
+        body,
+    })
+}
+
+fn check_messages(messages: Option<&Value>) -> Result<(), ApiError> {
+    let messages = match messages {
+        Some(Value::Array(m)) => m,
+        Some(_) => return Err(ApiError::invalid("messages", "`messages` must be an array")),
+        None => return Err(ApiError::invalid("messages", "`messages` is required")),
+    };
+    if messages.is_empty() {
+        return Err(ApiError::invalid("messages", "`messages` must not be empty"));
+    }
+    for (i, message) in messages.iter().enumerate() {
+        let Some(message) = message.as_object() else {
+            return Err(ApiError::invalid(
+                format!("messages[{i}]"),
+                format!("`messages[{i}]` must be an object"),
+            ));
+        };
+        match message.get("role") {
+            Some(Value::String(_)) => {}
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].role"),
+                    format!("`messages[{i}].role` must be a string"),
+                ));
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].role"),
+                    format!("`messages[{i}].role` is required"),
+                ));
+            }
+        }
+        match message.get("content") {
+            None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].content"),
+                    format!("`messages[{i}].content` must be a string or an array of parts"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param(err: ApiError) -> String {
+        match err {
+            ApiError::InvalidRequest { param, .. } => param,
+            other => panic!("expected InvalidRequest, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn good_body_keeps_unknown_fields() {
+        let b = parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"x_extra":[1]}"#)
+            .unwrap();
+        assert_eq!(b.model, "m");
+        assert!(!b.stream);
+        assert_eq!(b.body["x_extra"][0], 1);
+    }
+
+    #[test]
+    fn malformed_json() {
+        assert!(matches!(parse(b"{\"model\":"), Err(ApiError::InvalidJson(_))));
+    }
+
+    #[test]
+    fn each_bad_field_names_its_param() {
+        let cases: [(&[u8], &str); 9] = [
+            (br#"[]"#, "body"),
+            (br#"{"messages":[{"role":"user"}]}"#, "model"),
+            (br#"{"model":7,"messages":[{"role":"user"}]}"#, "model"),
+            (br#"{"model":"m"}"#, "messages"),
+            (br#"{"model":"m","messages":"hi"}"#, "messages"),
+            (br#"{"model":"m","messages":[]}"#, "messages"),
+            (br#"{"model":"m","messages":[{"content":"x"}]}"#, "messages[0].role"),
+            (br#"{"model":"m","messages":[{"role":"user","content":5}]}"#, "messages[0].content"),
+            (br#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#, "stream"),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(param(parse(body).unwrap_err()), expected, "{}", String::from_utf8_lossy(body));
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! `POST /v1/chat/completions`, non-streaming: publish the task, wait for its reply (or, past
+//! the deadline, its stored result), answer in the OpenAI shape.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use shared::{TaskId, TaskResult, TaskStatus};
+
+use crate::body::ChatBody;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::submit::{build_task, decode_result, publish, stored_result};
+use crate::{headers, stream};
+
+pub async fn chat_completions(
+    State(st): State<AppState>,
+    Extension(task_id): Extension<TaskId>,
+    headers: HeaderMap,
+    body: ChatBody,
+) -> Result<Response, ApiError> {
+    let streaming = body.stream;
+    let mut task = build_task(&st, task_id, &headers, body)?;
+    if streaming {
+        return stream::respond(st, task).await;
+    }
+    let mut pending = st.replies.register(task.id);
+    task.reply_to = Some(pending.subject.clone());
+    publish(&st, &task).await?;
+    let payload = match tokio::time::timeout(task.remaining(), pending.recv()).await {
+        Ok(Some(msg)) => msg.payload,
+        _ => stored_result(&st, task.id)
+            .await?
+            .ok_or_else(|| ApiError::DeadlineExceeded {
+                task_id: task.id.to_string(),
+            })?,
+    };
+    result_response(decode_result(&payload)?)
+}
+
+/// A finished task as an HTTP answer: the completion, or its failure as an error.
+pub fn result_response(result: TaskResult) -> Result<Response, ApiError> {
+    match (result.status, result.response, result.error) {
+        (TaskStatus::Completed, Some(response), _) => {
+            let mut out = Json(response).into_response();
+            for (name, value) in [(headers::PROVIDER, &result.provider), (headers::MODEL, &result.model)] {
+                if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                    out.headers_mut().insert(name, v);
+                }
+            }
+            Ok(out)
+        }
+        (TaskStatus::Failed, _, Some(error)) => Err(ApiError::TaskFailed(error)),
+        _ => {
+            tracing::error!(task_id = %result.id, "stored result is neither a completion nor a failure");
+            Err(ApiError::Internal)
+        }
+    }
+}

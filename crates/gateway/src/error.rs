@@ -1,0 +1,168 @@
+//! The one API error type at the HTTP edge. Each variant maps to a status and an OpenAI-shaped
+//! body (`{"error": {"message", "type", "param", "code"}}`) in one exhaustive match, so a new
+//! variant forces a decision. 5xx bodies never carry internals: those go to the log.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use shared::FailureClass;
+use shared::task::TaskError;
+
+/// Seconds a client is told to wait before retrying a 429/503.
+const RETRY_AFTER_SECS: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("{message}")]
+    InvalidRequest { param: String, message: String },
+    #[error("request body is larger than the {limit}-byte limit")]
+    BodyTooLarge { limit: usize },
+    #[error("the model `{0}` does not exist; GET /v1/models lists the configured routes")]
+    UnknownModel(String),
+    #[error("the capability `{0}` is not configured")]
+    UnknownCapability(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the task queue is full; retry later")]
+    QueueFull,
+    #[error("the task queue is unavailable; retry later")]
+    Unavailable,
+    #[error("no answer within the deadline; fetch GET /v1/tasks/{task_id} later")]
+    DeadlineExceeded { task_id: String },
+    #[error("{}", .0.message)]
+    TaskFailed(TaskError),
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::InvalidRequest {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Status, OpenAI error `type`, `code` and `param` of this error.
+    fn parts(&self) -> (StatusCode, &'static str, &'static str, Option<String>) {
+        use StatusCode as S;
+        match self {
+            ApiError::InvalidJson(_) => (S::BAD_REQUEST, "invalid_request_error", "invalid_json", None),
+            ApiError::InvalidRequest { param, .. } => (
+                S::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_value",
+                Some(param.clone()),
+            ),
+            ApiError::BodyTooLarge { .. } => (
+                S::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "request_too_large",
+                None,
+            ),
+            ApiError::UnknownModel(_) => (
+                S::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                Some("model".to_owned()),
+            ),
+            ApiError::UnknownCapability(_) => (
+                S::BAD_REQUEST,
+                "invalid_request_error",
+                "unknown_capability",
+                Some("x-switchyard-capability".to_owned()),
+            ),
+            ApiError::NotFound(_) => (S::NOT_FOUND, "invalid_request_error", "not_found", None),
+            ApiError::QueueFull => (S::TOO_MANY_REQUESTS, "rate_limit_error", "queue_full", None),
+            ApiError::Unavailable => (
+                S::SERVICE_UNAVAILABLE,
+                "service_unavailable_error",
+                "queue_unavailable",
+                None,
+            ),
+            ApiError::DeadlineExceeded { .. } => {
+                (S::GATEWAY_TIMEOUT, "timeout_error", "deadline_exceeded", None)
+            }
+            ApiError::TaskFailed(e) => task_failure_parts(e.class),
+            ApiError::Internal => (S::INTERNAL_SERVER_ERROR, "server_error", "internal", None),
+        }
+    }
+}
+
+/// How a failed task is shown to the caller: its own mistakes as 4xx, upstream trouble as
+/// 429/502/504, never the upstream 401 (the caller's credentials were fine).
+fn task_failure_parts(class: FailureClass) -> (StatusCode, &'static str, &'static str, Option<String>) {
+    use StatusCode as S;
+    let code = class.as_str();
+    match class {
+        FailureClass::BadRequest => (S::BAD_REQUEST, "invalid_request_error", code, None),
+        FailureClass::ContextLength => (
+            S::BAD_REQUEST,
+            "invalid_request_error",
+            "context_length_exceeded",
+            Some("messages".to_owned()),
+        ),
+        FailureClass::ContentFilter => (S::BAD_REQUEST, "invalid_request_error", code, None),
+        FailureClass::RateLimited => (S::TOO_MANY_REQUESTS, "rate_limit_error", code, None),
+        FailureClass::Timeout | FailureClass::DeadlineExceeded => {
+            (S::GATEWAY_TIMEOUT, "timeout_error", code, None)
+        }
+        FailureClass::Upstream5xx
+        | FailureClass::Auth
+        | FailureClass::Network
+        | FailureClass::InvalidResponse => (S::BAD_GATEWAY, "upstream_error", code, None),
+        FailureClass::Cancelled => (S::CONFLICT, "cancelled_error", code, None),
+        FailureClass::Internal => (S::INTERNAL_SERVER_ERROR, "server_error", code, None),
+    }
+}
+
+/// The OpenAI error object for `error`, also used inside SSE error events.
+pub fn error_body(error: &ApiError) -> serde_json::Value {
+    let (_, kind, code, param) = error.parts();
+    json!({"error": {"message": error.to_string(), "type": kind, "param": param, "code": code}})
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, ..) = self.parts();
+        let mut response = (status, Json(error_body(&self))).into_response();
+        if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_full_is_429_with_retry_after() {
+        let response = ApiError::QueueFull.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn internal_error_says_nothing_inside() {
+        let body = error_body(&ApiError::Internal);
+        assert_eq!(body["error"]["message"], "internal error");
+        assert_eq!(body["error"]["type"], "server_error");
+    }
+
+    #[test]
+    fn upstream_auth_failure_is_not_the_callers_401() {
+        let e = ApiError::TaskFailed(TaskError {
+            class: FailureClass::Auth,
+            message: "bad key".into(),
+            upstream_status: Some(401),
+        });
+        assert_eq!(e.into_response().status(), StatusCode::BAD_GATEWAY);
+    }
+}

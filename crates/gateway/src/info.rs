@@ -1,0 +1,85 @@
+//! Read-only endpoints: health, readiness, the model list and stored task results.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use shared::TaskId;
+use shared::names::{EVENTS_STREAM, RESULTS_BUCKET, TASKS_STREAM};
+
+use crate::error::ApiError;
+use crate::headers;
+use crate::state::AppState;
+use crate::submit::stored_result;
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: NATS is connected and every stream the gateway needs exists.
+pub async fn readyz(State(st): State<AppState>) -> Response {
+    let connected = st.client.connection_state() == async_nats::connection::State::Connected;
+    let mut missing = Vec::new();
+    if connected {
+        let results_stream = format!("KV_{RESULTS_BUCKET}");
+        for stream in [TASKS_STREAM, EVENTS_STREAM, results_stream.as_str()] {
+            if st.js.get_stream_no_info(stream).await.is_err() {
+                missing.push(stream.to_owned());
+            }
+        }
+    }
+    let ready = connected && missing.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "nats_connected": connected,
+        "missing_streams": missing,
+    });
+    (status, Json(body)).into_response()
+}
+
+/// `GET /v1/models`: the configured routes, in the OpenAI list shape.
+pub async fn models(State(st): State<AppState>) -> Json<serde_json::Value> {
+    let data: Vec<_> = st
+        .config
+        .routes
+        .iter()
+        .map(|(name, route)| {
+            json!({
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": route.provider,
+                "capability": route.capability,
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1/tasks/{id}`: the stored result of a task.
+pub async fn task(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let task_id: TaskId = id
+        .parse()
+        .map_err(|e| ApiError::invalid("id", format!("task id {e}")))?;
+    let stored = stored_result(&st, task_id).await?.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no result for task {task_id}: unknown, still running, or expired"
+        ))
+    })?;
+    let mut response = (
+        [(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        stored,
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&task_id.to_string()) {
+        response.headers_mut().insert(headers::TASK_ID, v);
+    }
+    Ok(response)
+}

@@ -1,0 +1,97 @@
+//! One subscription per gateway for every synchronous reply. Each waiting request registers
+//! its task id and gets a oneshot receiver; the subscription routes
+//! `_INBOX.switchyard.<gateway id>.<task id>` to it. Dropping the [`PendingReply`] (the
+//! client went away) forgets the registration.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_nats::Message;
+use futures::StreamExt;
+use shared::TaskId;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Message>>>>;
+
+#[derive(Debug, Clone)]
+pub struct ReplyRouter {
+    prefix: String,
+    pending: Pending,
+}
+
+/// A registered wait for one task's reply.
+#[derive(Debug)]
+pub struct PendingReply {
+    pub subject: String,
+    key: String,
+    rx: oneshot::Receiver<Message>,
+    pending: Pending,
+}
+
+impl ReplyRouter {
+    /// Subscribes and starts routing. If the subscription ends, `shutdown` is cancelled:
+    /// a gateway that cannot receive replies must not keep accepting requests.
+    pub async fn start(
+        client: &async_nats::Client,
+        gateway_id: &str,
+        shutdown: CancellationToken,
+    ) -> Result<Self, async_nats::SubscribeError> {
+        let prefix = format!("_INBOX.switchyard.{gateway_id}.");
+        let mut subscription = client.subscribe(format!("{prefix}*")).await?;
+        let pending: Pending = Arc::default();
+        let routes = pending.clone();
+        let strip = prefix.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    msg = subscription.next() => {
+                        let Some(msg) = msg else { break };
+                        let Some(key) = msg.subject.as_str().strip_prefix(&strip) else { continue };
+                        let waiter = lock(&routes).remove(key);
+                        match waiter {
+                            Some(tx) => { let _ = tx.send(msg); }
+                            None => debug!(task_id = key, "reply for a request that is no longer waiting"),
+                        }
+                    }
+                    () = shutdown.cancelled() => return,
+                }
+            }
+            warn!("reply subscription ended; shutting the gateway down");
+            shutdown.cancel();
+        });
+        Ok(Self { prefix, pending })
+    }
+
+    /// Registers a wait for `task_id`'s reply; the returned subject goes in the task.
+    pub fn register(&self, task_id: TaskId) -> PendingReply {
+        let key = task_id.to_string();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(key.clone(), tx);
+        PendingReply {
+            subject: format!("{}{key}", self.prefix),
+            key,
+            rx,
+            pending: self.pending.clone(),
+        }
+    }
+}
+
+impl PendingReply {
+    /// The reply, or `None` if the router stopped.
+    pub async fn recv(&mut self) -> Option<Message> {
+        (&mut self.rx).await.ok()
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        lock(&self.pending).remove(&self.key);
+    }
+}
+
+fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Message>>> {
+    // The map stays consistent even if a holder panicked: every operation is one call.
+    pending.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,23 @@
+//! What every handler shares.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, kv};
+use shared::Capability;
+use shared::config::Config;
+
+use crate::replies::ReplyRouter;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub results: kv::Store,
+    pub replies: ReplyRouter,
+    /// Capability of each route, parsed once.
+    pub route_capabilities: Arc<HashMap<String, Capability>>,
+    /// Every configured capability (each has consumers).
+    pub capabilities: Arc<BTreeSet<Capability>>,
+}

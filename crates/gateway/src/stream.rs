@@ -1,0 +1,265 @@
+//! `POST /v1/chat/completions` with `"stream": true`. The gateway subscribes to
+//! `stream.<task id>` before publishing, waits for the first event (so a task that fails
+//! before its first chunk still gets a proper HTTP error), then relays chunks as SSE and ends
+//! with `data: [DONE]`. If a chunk goes missing or a redelivered attempt starts over, the
+//! relay stops forwarding chunks and completes the answer from the stored result instead.
+//! A failure after the first chunk ends the stream with an error event, never `[DONE]`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use async_nats::{Message, Subscriber};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use shared::names::{HEADER_DELIVERY, HEADER_EVENT, HEADER_SEQ, stream_subject};
+use shared::{StreamEventKind, Task, TaskId, TaskResult, TaskStatus};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::chat::result_response;
+use crate::error::{ApiError, error_body};
+use crate::state::AppState;
+use crate::submit::{decode_result, publish, stored_result};
+
+/// What arrived for a streaming task.
+enum Incoming {
+    Chunk { seq: u64, delivery: u64, payload: Bytes },
+    Result(TaskResult),
+    Timeout,
+    Closed,
+}
+
+pub async fn respond(st: AppState, mut task: Task) -> Result<Response, ApiError> {
+    let subject = stream_subject(task.id);
+    let sub = st.client.subscribe(subject.clone()).await.map_err(|e| {
+        warn!(error = %e, "could not subscribe to a stream subject");
+        ApiError::Unavailable
+    })?;
+    task.reply_to = Some(subject);
+    publish(&st, &task).await?;
+    let deadline = Instant::now() + task.remaining();
+    let mut relay = Relay {
+        st,
+        sub,
+        task_id: task.id,
+        deadline,
+        delivery: None,
+        next_seq: 0,
+        sent: String::new(),
+        finished: false,
+        queued: VecDeque::new(),
+    };
+    match relay.next_incoming().await? {
+        Incoming::Result(result) => {
+            // Whole answer before any chunk (e.g. a redelivery found it stored): one chunk.
+            if result.status == TaskStatus::Failed {
+                return result_response(result);
+            }
+            relay.finish_with(result);
+        }
+        Incoming::Timeout => {
+            return Err(ApiError::DeadlineExceeded {
+                task_id: task.id.to_string(),
+            });
+        }
+        Incoming::Closed => return Err(ApiError::Unavailable),
+        chunk @ Incoming::Chunk { .. } => relay.accept(chunk),
+    }
+    let events = futures::stream::unfold(relay, |mut relay| async move {
+        let event = relay.next_event().await?;
+        Some((Ok::<_, Infallible>(event), relay))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+struct Relay {
+    st: AppState,
+    sub: Subscriber,
+    task_id: TaskId,
+    deadline: Instant,
+    /// Delivery whose chunks are being relayed; chunks of any other are ignored.
+    delivery: Option<u64>,
+    next_seq: u64,
+    /// Text of choice 0 sent so far, to complete from the stored result after a gap.
+    sent: String,
+    finished: bool,
+    queued: VecDeque<Event>,
+}
+
+impl Relay {
+    async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.queued.pop_front() {
+                return Some(event);
+            }
+            if self.finished {
+                return None;
+            }
+            match self.next_incoming().await {
+                Ok(Incoming::Result(result)) => self.finish_with(result),
+                Ok(Incoming::Timeout) => self.fail(&ApiError::DeadlineExceeded {
+                    task_id: self.task_id.to_string(),
+                }),
+                Ok(Incoming::Closed) | Err(_) => self.fail(&ApiError::Unavailable),
+                Ok(chunk) => self.accept(chunk),
+            }
+        }
+    }
+
+    /// Reads the next message; past the deadline, looks for a stored result once.
+    async fn next_incoming(&mut self) -> Result<Incoming, ApiError> {
+        loop {
+            let msg = match tokio::time::timeout_at(self.deadline, self.sub.next()).await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return Ok(Incoming::Closed),
+                Err(_) => {
+                    return Ok(match stored_result(&self.st, self.task_id).await? {
+                        Some(stored) => Incoming::Result(decode_result(&stored)?),
+                        None => Incoming::Timeout,
+                    });
+                }
+            };
+            if let Some(incoming) = decode(&msg)? {
+                return Ok(incoming);
+            }
+        }
+    }
+
+    /// Relays a chunk if it is the next one of the delivery being followed.
+    fn accept(&mut self, chunk: Incoming) {
+        let Incoming::Chunk { seq, delivery, payload } = chunk else { return };
+        if *self.delivery.get_or_insert(delivery) != delivery || seq != self.next_seq {
+            if self.next_seq != u64::MAX {
+                debug!(task_id = %self.task_id, seq, delivery, "gap in stream; will complete from the stored result");
+            }
+            self.next_seq = u64::MAX;
+            return;
+        }
+        let (Ok(text), Ok(value)) = (
+            std::str::from_utf8(&payload),
+            serde_json::from_slice::<Value>(&payload),
+        ) else {
+            self.next_seq = u64::MAX;
+            return;
+        };
+        if let Some(content) = value["choices"][0]["delta"]["content"].as_str() {
+            self.sent.push_str(content);
+        }
+        self.next_seq += 1;
+        self.queued.push_back(Event::default().data(text));
+    }
+
+    /// Ends the stream with whatever of `result` the client has not seen, then `[DONE]`.
+    fn finish_with(&mut self, result: TaskResult) {
+        self.finished = true;
+        let response = match (result.status, result.response, result.error) {
+            (TaskStatus::Completed, Some(response), _) => response,
+            (_, _, Some(error)) => return self.fail(&ApiError::TaskFailed(error)),
+            _ => return self.fail(&ApiError::Internal),
+        };
+        let full = response["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default();
+        let Some(rest) = full.strip_prefix(self.sent.as_str()) else {
+            warn!(task_id = %self.task_id, "relayed text diverged from the stored result");
+            return self.fail(&ApiError::Internal);
+        };
+        let in_order = self.next_seq != u64::MAX && self.next_seq > 0;
+        if !(in_order && rest.is_empty()) {
+            let chunk = closing_chunk(&response, rest, self.next_seq == 0);
+            self.queued.push_back(Event::default().data(chunk.to_string()));
+        }
+        self.queued.push_back(Event::default().data("[DONE]"));
+    }
+
+    fn fail(&mut self, error: &ApiError) {
+        self.finished = true;
+        self.queued
+            .push_back(Event::default().data(error_body(error).to_string()));
+    }
+}
+
+/// Decodes a message on the stream subject; `None` for one that is not Switchyard's.
+fn decode(msg: &Message) -> Result<Option<Incoming>, ApiError> {
+    let header = |name: &str| {
+        msg.headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let kind = header(HEADER_EVENT).as_deref().and_then(StreamEventKind::parse);
+    let number = |name: &str| header(name).and_then(|v| v.parse::<u64>().ok());
+    Ok(match kind {
+        Some(StreamEventKind::Result) => Some(Incoming::Result(decode_result(&msg.payload)?)),
+        Some(StreamEventKind::Chunk) => match (number(HEADER_SEQ), number(HEADER_DELIVERY)) {
+            (Some(seq), Some(delivery)) => Some(Incoming::Chunk {
+                seq,
+                delivery,
+                payload: msg.payload.clone(),
+            }),
+            _ => None,
+        },
+        None => None,
+    })
+}
+
+/// One `chat.completion.chunk` carrying `rest` of choice 0 and the finish reason; with
+/// `whole`, it carries every choice's full message (nothing was relayed before).
+fn closing_chunk(response: &Value, rest: &str, whole: bool) -> Value {
+    let choices: Vec<Value> = response["choices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| whole || c["index"].as_u64().unwrap_or(0) == 0)
+        .map(|c| {
+            let mut delta = c["message"].clone();
+            if !whole {
+                delta = json!({"content": rest});
+            }
+            json!({"index": c["index"], "delta": delta, "finish_reason": c["finish_reason"]})
+        })
+        .collect();
+    let mut chunk = json!({
+        "id": response["id"],
+        "object": "chat.completion.chunk",
+        "created": response["created"],
+        "model": response["model"],
+        "choices": choices,
+    });
+    if let Some(usage) = response.get("usage") {
+        chunk["usage"] = usage.clone();
+    }
+    chunk
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completion() -> Value {
+        json!({
+            "id": "c", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello world"}, "finish_reason": "stop"}],
+            "usage": {"total_tokens": 3}
+        })
+    }
+
+    #[test]
+    fn closing_chunk_carries_only_the_rest() {
+        let chunk = closing_chunk(&completion(), "world", false);
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        assert_eq!(chunk["choices"][0]["delta"]["content"], "world");
+        assert_eq!(chunk["choices"][0]["finish_reason"], "stop");
+        assert_eq!(chunk["usage"]["total_tokens"], 3);
+    }
+
+    #[test]
+    fn closing_chunk_whole_carries_the_message() {
+        let chunk = closing_chunk(&completion(), "", true);
+        assert_eq!(chunk["choices"][0]["delta"]["content"], "Hello world");
+        assert_eq!(chunk["choices"][0]["delta"]["role"], "assistant");
+    }
+}

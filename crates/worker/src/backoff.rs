@@ -1,0 +1,98 @@
+//! The one retry/backoff policy: full-jitter exponential backoff, or what the provider asked
+//! for with `Retry-After`, bounded by the task's deadline and its remaining deliveries.
+
+use std::time::Duration;
+
+use crate::provider::ProviderError;
+
+/// Backoff before the second delivery; doubles each delivery after.
+const BASE_DELAY: Duration = Duration::from_millis(500);
+/// Longest wait between deliveries, whatever the provider asks.
+const MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// How long to wait before the task is delivered again, or `None` when it must fail now:
+/// the failure is not transient, no deliveries are left, or the wait would outlast the
+/// deadline.
+pub(crate) fn retry_delay(
+    err: &ProviderError,
+    delivery: i64,
+    max_deliver: i64,
+    remaining: Duration,
+) -> Option<Duration> {
+    if !err.class.is_transient() || delivery >= max_deliver {
+        return None;
+    }
+    let delay = match err.retry_after {
+        Some(asked) => asked.min(MAX_DELAY),
+        None => full_jitter(delivery),
+    };
+    (delay < remaining).then_some(delay)
+}
+
+/// A random delay in `[0, min(MAX_DELAY, BASE_DELAY * 2^(delivery-1))]`.
+fn full_jitter(delivery: i64) -> Duration {
+    let exponent = u32::try_from(delivery.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    let ceiling = BASE_DELAY.saturating_mul(2u32.saturating_pow(exponent)).min(MAX_DELAY);
+    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(fastrand::u64(0..=millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::FailureClass;
+
+    fn err(class: FailureClass, retry_after: Option<Duration>) -> ProviderError {
+        ProviderError {
+            retry_after,
+            ..ProviderError::new(class, "x")
+        }
+    }
+
+    const LONG: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn permanent_failures_are_not_retried() {
+        assert_eq!(retry_delay(&err(FailureClass::BadRequest, None), 1, 5, LONG), None);
+        assert_eq!(retry_delay(&err(FailureClass::Auth, None), 1, 5, LONG), None);
+    }
+
+    #[test]
+    fn last_delivery_is_not_retried() {
+        assert_eq!(retry_delay(&err(FailureClass::Upstream5xx, None), 5, 5, LONG), None);
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_capped() {
+        let asked = Some(Duration::from_secs(2));
+        assert_eq!(
+            retry_delay(&err(FailureClass::RateLimited, asked), 1, 5, LONG),
+            asked
+        );
+        let huge = Some(Duration::from_secs(10_000));
+        assert_eq!(
+            retry_delay(&err(FailureClass::RateLimited, huge), 1, 5, LONG),
+            Some(MAX_DELAY)
+        );
+    }
+
+    #[test]
+    fn delay_never_outlasts_the_deadline() {
+        let asked = Some(Duration::from_secs(2));
+        assert_eq!(
+            retry_delay(&err(FailureClass::RateLimited, asked), 1, 5, Duration::from_secs(1)),
+            None
+        );
+    }
+
+    #[test]
+    fn jitter_stays_within_its_ceiling() {
+        for delivery in 1..40 {
+            for _ in 0..50 {
+                let d = full_jitter(delivery);
+                let exp = u32::try_from((delivery - 1).min(16)).unwrap();
+                assert!(d <= BASE_DELAY.saturating_mul(2u32.pow(exp)).min(MAX_DELAY));
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The built-in `simulated` provider: in-process, deterministic, configurable latency, no
+//! network. Every answer says it is simulated, so nobody mistakes it for a model.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Map, Value, json};
+use shared::config::ProviderConfig;
+use shared::task::now_ms;
+
+use super::{ChunkStream, ProviderError};
+
+/// Longest echo of the caller's last message in a simulated answer.
+const ECHO_CHARS: usize = 200;
+
+#[derive(Debug, Clone)]
+pub struct Simulated {
+    latency: Duration,
+    chunk_delay: Duration,
+}
+
+impl Simulated {
+    pub fn new(config: &ProviderConfig) -> Self {
+        Self {
+            latency: Duration::from_millis(config.latency_ms),
+            chunk_delay: Duration::from_millis(config.chunk_delay_ms),
+        }
+    }
+
+    pub async fn complete(
+        &self,
+        model: &str,
+        request: &Map<String, Value>,
+    ) -> Result<Value, ProviderError> {
+        tokio::time::sleep(self.latency).await;
+        let text = answer(model, request);
+        Ok(json!({
+            "id": completion_id(),
+            "object": "chat.completion",
+            "created": now_ms() / 1000,
+            "model": model,
+            "system_fingerprint": "simulated",
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop"
+            }],
+            "usage": usage(request, &text),
+        }))
+    }
+
+    pub fn stream(&self, model: &str, request: &Map<String, Value>) -> ChunkStream {
+        let text = answer(model, request);
+        let usage = usage(request, &text);
+        let id = completion_id();
+        let created = now_ms() / 1000;
+        let chunk = move |delta: Value, finish: Value, usage: Value| {
+            json!({
+                "id": id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "simulated",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                "usage": usage,
+            })
+        };
+        let mut chunks = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+            Value::Null,
+        )];
+        chunks.extend(
+            text.split_inclusive(' ')
+                .map(|word| chunk(json!({"content": word}), Value::Null, Value::Null)),
+        );
+        chunks.push(chunk(json!({}), json!("stop"), usage));
+        let latency = self.latency;
+        let delay = self.chunk_delay;
+        futures::stream::iter(chunks.into_iter().enumerate())
+            .then(move |(i, c)| async move {
+                tokio::time::sleep(if i == 0 { latency } else { delay }).await;
+                Ok(c)
+            })
+            .boxed()
+    }
+}
+
+fn completion_id() -> String {
+    format!("chatcmpl-sim-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// The deterministic answer: which model, how many messages, and an echo of the last one.
+fn answer(model: &str, request: &Map<String, Value>) -> String {
+    let messages = request.get("messages").and_then(Value::as_array);
+    let count = messages.map_or(0, Vec::len);
+    let last = messages
+        .and_then(|m| m.last())
+        .and_then(|m| m.get("content"))
+        .map(content_text)
+        .unwrap_or_default();
+    let echo: String = last.chars().take(ECHO_CHARS).collect();
+    format!("[simulated {model}] Received {count} message(s). You said: {echo}")
+}
+
+fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        // Content parts: keep the text ones.
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+/// Token counts estimated at four characters a token.
+fn usage(request: &Map<String, Value>, text: &str) -> Value {
+    let prompt_chars: usize = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, |m| {
+            m.iter()
+                .filter_map(|m| m.get("content"))
+                .map(|c| content_text(c).len())
+                .sum()
+        });
+    let prompt = prompt_chars.div_ceil(4);
+    let completion = text.len().div_ceil(4);
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> Map<String, Value> {
+        json!({"messages": [{"role": "user", "content": "hello there"}]})
+            .as_object()
+            .cloned()
+            .unwrap()
+    }
+
+    fn provider() -> Simulated {
+        Simulated {
+            latency: Duration::ZERO,
+            chunk_delay: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_deterministically_and_says_simulated() {
+        let a = provider().complete("sim", &request()).await.unwrap();
+        let b = provider().complete("sim", &request()).await.unwrap();
+        let text = a["choices"][0]["message"]["content"].as_str().unwrap();
+        assert_eq!(text, b["choices"][0]["message"]["content"]);
+        assert!(text.contains("simulated"));
+        assert!(text.contains("hello there"));
+        assert_eq!(a["usage"]["prompt_tokens"], 3);
+    }
+
+    #[tokio::test]
+    async fn stream_reassembles_to_the_same_text() {
+        let whole = provider().complete("sim", &request()).await.unwrap();
+        let chunks: Vec<Value> = provider()
+            .stream("sim", &request())
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, whole["choices"][0]["message"]["content"]);
+        assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    }
+}

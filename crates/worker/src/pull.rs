@@ -1,0 +1,155 @@
+//! Pulling tasks without hoarding them. Each capability has one semaphore of `concurrency`
+//! slots and one fetcher per priority. A fetcher first takes every free slot and fills them
+//! from the queues in priority order with non-blocking fetches (high, then normal, then low);
+//! only when all queues are empty does it keep one slot and long-poll its own priority.
+//! So a worker never holds more messages than it has free slots, backlogs drain in priority
+//! order, and an idle worker still picks up a new task as soon as it is published.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use futures::StreamExt;
+use shared::Priority;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use crate::process::{Deps, process};
+
+/// How long an idle long-poll waits on the server. Bounds how long draining waits for the
+/// last pull to return (a pull is never abandoned, so no message is stranded in it).
+const LONG_POLL: Duration = Duration::from_secs(2);
+/// Most messages taken in one non-blocking fetch.
+const MAX_BATCH: usize = 64;
+/// Pause after a failed fetch (NATS unreachable, consumer missing) before trying again.
+const FETCH_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// The three queues of one capability, in priority order.
+#[derive(Debug)]
+pub(crate) struct Queues {
+    pub consumers: Vec<(Priority, PullConsumer)>,
+}
+
+/// Everything one fetcher shares with its siblings.
+#[derive(Debug, Clone)]
+pub(crate) struct Fetcher {
+    pub queues: Arc<Queues>,
+    pub slots: Arc<Semaphore>,
+    pub deps: Arc<Deps>,
+    pub handlers: TaskTracker,
+}
+
+impl Fetcher {
+    /// Runs until `shutdown`; returns once its last pull has completed.
+    pub async fn run(self, own: Priority, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let permit = tokio::select! {
+                p = self.slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                () = shutdown.cancelled() => return,
+            };
+            let mut permits = permit;
+            let extra = self.slots.available_permits().min(MAX_BATCH - 1);
+            if let Some(more) = u32::try_from(extra)
+                .ok()
+                .filter(|n| *n > 0)
+                .and_then(|n| self.slots.clone().try_acquire_many_owned(n).ok())
+            {
+                permits.merge(more);
+            }
+            match self.drain(permits).await {
+                Drained::Dispatched => {}
+                Drained::Empty(mut left) => {
+                    let one = left.split(1);
+                    drop(left);
+                    if let Some(one) = one {
+                        self.long_poll(own, one).await;
+                    }
+                }
+                Drained::Failed => tokio::time::sleep(FETCH_RETRY_PAUSE).await,
+            }
+        }
+    }
+
+    /// Fills `permits` from the queues in priority order without waiting.
+    async fn drain(&self, mut permits: OwnedSemaphorePermit) -> Drained {
+        let mut dispatched = false;
+        for (priority, consumer) in &self.queues.consumers {
+            let want = permits.num_permits();
+            if want == 0 {
+                break;
+            }
+            let batch = match consumer.fetch().max_messages(want).messages().await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    warn!(%priority, error = %e, "fetch failed");
+                    return Drained::Failed;
+                }
+            };
+            dispatched |= self.dispatch_all(batch, &mut permits).await;
+        }
+        if dispatched {
+            Drained::Dispatched
+        } else {
+            Drained::Empty(permits)
+        }
+    }
+
+    /// Waits up to [`LONG_POLL`] for one message on `own`'s queue.
+    async fn long_poll(&self, own: Priority, mut permit: OwnedSemaphorePermit) {
+        let Some((_, consumer)) = self.queues.consumers.iter().find(|(p, _)| *p == own) else {
+            return;
+        };
+        match consumer.batch().max_messages(1).expires(LONG_POLL).messages().await {
+            Ok(batch) => {
+                self.dispatch_all(batch, &mut permit).await;
+            }
+            Err(e) => {
+                warn!(priority = %own, error = %e, "pull failed");
+                tokio::time::sleep(FETCH_RETRY_PAUSE).await;
+            }
+        }
+    }
+
+    /// Hands every message of `batch` to a handler with one of `permits`' slots.
+    async fn dispatch_all(
+        &self,
+        mut batch: async_nats::jetstream::consumer::pull::Batch,
+        permits: &mut OwnedSemaphorePermit,
+    ) -> bool {
+        let mut any = false;
+        while let Some(next) = batch.next().await {
+            match next {
+                Ok(msg) => {
+                    let Some(slot) = permits.split(1) else {
+                        // Cannot happen: a batch never exceeds the slots it asked for. The
+                        // message is not acked, so JetStream redelivers it.
+                        warn!("received more messages than requested");
+                        break;
+                    };
+                    let deps = self.deps.clone();
+                    self.handlers.spawn(async move {
+                        process(msg, &deps).await;
+                        drop(slot);
+                    });
+                    any = true;
+                }
+                Err(e) => warn!(error = %e, "pull ended with an error"),
+            }
+        }
+        any
+    }
+}
+
+enum Drained {
+    /// At least one message went to a handler.
+    Dispatched,
+    /// Every queue was empty; the slots come back.
+    Empty(OwnedSemaphorePermit),
+    /// A fetch failed.
+    Failed,
+}

@@ -1,0 +1,5 @@
+//! The `switchyard` binary's library half: running the gateway and workers as one process
+//! (`switchyard up`), and starting a local `nats-server` when none is reachable.
+
+pub mod local_nats;
+pub mod serve;
