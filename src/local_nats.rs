@@ -89,6 +89,8 @@ impl LocalNats {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
+            // Its own process group: Ctrl-C reaches Switchyard, which drains, then stops it.
+            .process_group(0)
             .spawn()
             .map_err(io(&conf))?;
         let mut local = Self {
@@ -100,7 +102,10 @@ impl LocalNats {
             if let Ok(Some(status)) = local.child.try_wait() {
                 return Err(LocalNatsError::Exited(status, log));
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 info!(url = %local.url, store = %store.display(), "started a local nats-server");
                 return Ok(local);
             }
@@ -116,7 +121,10 @@ impl LocalNats {
         if let Some(pid) = self.child.id().and_then(|id| i32::try_from(id).ok()) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
-        if tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await.is_err() {
+        if tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
+            .await
+            .is_err()
+        {
             warn!("nats-server did not stop in time; killing it");
             let _ = self.child.kill().await;
         }

@@ -19,7 +19,11 @@ use tracing_subscriber::EnvFilter;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Parser)]
-#[command(name = "switchyard", version, about = "LLM API gateway for multi-agent systems, on NATS JetStream")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "LLM API gateway for multi-agent systems, on NATS JetStream"
+)]
 struct Cli {
     /// Configuration file (TOML). Without one, the built-in default (simulated provider) is used.
     #[arg(long, short, global = true, env = "SWITCHYARD_CONFIG")]
@@ -73,14 +77,19 @@ fn main() -> ExitCode {
     }
 }
 
-#[expect(clippy::print_stderr, reason = "errors before or after logging go to the terminal")]
+#[expect(
+    clippy::print_stderr,
+    reason = "errors before or after logging go to the terminal"
+)]
 fn report_error(message: &str) {
     eprintln!("switchyard: {message}");
 }
 
 fn init_tracing(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -131,23 +140,21 @@ async fn up(
     data_dir: &std::path::Path,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (client, local) = match tokio::time::timeout(
-        PROBE_TIMEOUT,
-        shared::nats::connect(&config.nats.url, "up"),
-    )
-    .await
-    {
-        Ok(Ok(client)) => {
-            info!(url = %config.nats.url, "using the NATS server at the configured URL");
-            (client, None)
-        }
-        _ => {
-            info!(url = %config.nats.url, "no NATS server reachable; starting one");
-            let local = LocalNats::start(&config.nats.url, data_dir).await?;
-            let client = serve::connect(&config, "up").await?;
-            (client, Some(local))
-        }
-    };
+    let (client, local) =
+        match tokio::time::timeout(PROBE_TIMEOUT, shared::nats::connect(&config.nats.url, "up"))
+            .await
+        {
+            Ok(Ok(client)) => {
+                info!(url = %config.nats.url, "using the NATS server at the configured URL");
+                (client, None)
+            }
+            _ => {
+                info!(url = %config.nats.url, "no NATS server reachable; starting one");
+                let local = LocalNats::start(&config.nats.url, data_dir).await?;
+                let client = serve::connect(&config, "up").await?;
+                (client, Some(local))
+            }
+        };
     let listener = serve::bind(&config).await?;
     let addr = listener.local_addr().context("reading the bound address")?;
     serve::cancel_on_signal(shutdown.clone());
@@ -186,9 +193,16 @@ async fn wait_ready(addr: std::net::SocketAddr) -> bool {
     false
 }
 
-#[expect(clippy::print_stdout, reason = "the first-run banner is for the person at the terminal")]
+#[expect(
+    clippy::print_stdout,
+    reason = "the first-run banner is for the person at the terminal"
+)]
 fn print_banner(addr: std::net::SocketAddr, config: &Config) {
-    let model = config.routes.keys().next().map_or("simulated", String::as_str);
+    let model = config
+        .routes
+        .keys()
+        .next()
+        .map_or("simulated", String::as_str);
     println!();
     println!("Switchyard is up at http://{addr}  (Ctrl-C stops it)");
     println!();

@@ -39,11 +39,16 @@ pub fn parse(bytes: &[u8]) -> Result<ChatBody, ApiError> {
     let value: Value =
         serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let Value::Object(body) = value else {
-        return Err(ApiError::invalid("body", "request body must be a JSON object"));
+        return Err(ApiError::invalid(
+            "body",
+            "request body must be a JSON object",
+        ));
     };
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(Value::String(_)) => return Err(ApiError::invalid("model", "`model` must not be empty")),
+        Some(Value::String(_)) => {
+            return Err(ApiError::invalid("model", "`model` must not be empty"));
+        }
         Some(_) => return Err(ApiError::invalid("model", "`model` must be a string")),
         None => return Err(ApiError::invalid("model", "`model` is required")),
     };
@@ -67,7 +72,10 @@ fn check_messages(messages: Option<&Value>) -> Result<(), ApiError> {
         None => return Err(ApiError::invalid("messages", "`messages` is required")),
     };
     if messages.is_empty() {
-        return Err(ApiError::invalid("messages", "`messages` must not be empty"));
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must not be empty",
+        ));
     }
     for (i, message) in messages.iter().enumerate() {
         let Some(message) = message.as_object() else {
@@ -117,8 +125,9 @@ mod tests {
 
     #[test]
     fn good_body_keeps_unknown_fields() {
-        let b = parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"x_extra":[1]}"#)
-            .unwrap();
+        let b =
+            parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"x_extra":[1]}"#)
+                .unwrap();
         assert_eq!(b.model, "m");
         assert!(!b.stream);
         assert_eq!(b.body["x_extra"][0], 1);
@@ -126,7 +135,10 @@ mod tests {
 
     #[test]
     fn malformed_json() {
-        assert!(matches!(parse(b"{\"model\":"), Err(ApiError::InvalidJson(_))));
+        assert!(matches!(
+            parse(b"{\"model\":"),
+            Err(ApiError::InvalidJson(_))
+        ));
     }
 
     #[test]
@@ -138,12 +150,26 @@ mod tests {
             (br#"{"model":"m"}"#, "messages"),
             (br#"{"model":"m","messages":"hi"}"#, "messages"),
             (br#"{"model":"m","messages":[]}"#, "messages"),
-            (br#"{"model":"m","messages":[{"content":"x"}]}"#, "messages[0].role"),
-            (br#"{"model":"m","messages":[{"role":"user","content":5}]}"#, "messages[0].content"),
-            (br#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#, "stream"),
+            (
+                br#"{"model":"m","messages":[{"content":"x"}]}"#,
+                "messages[0].role",
+            ),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+                "messages[0].content",
+            ),
+            (
+                br#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#,
+                "stream",
+            ),
         ];
         for (body, expected) in cases {
-            assert_eq!(param(parse(body).unwrap_err()), expected, "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                param(parse(body).unwrap_err()),
+                expected,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 }

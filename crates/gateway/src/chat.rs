@@ -1,11 +1,11 @@
 //! `POST /v1/chat/completions`, non-streaming: publish the task, wait for its reply (or, past
 //! the deadline, its stored result), answer in the OpenAI shape.
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use shared::{TaskId, TaskResult, TaskStatus};
 
 use crate::body::ChatBody;
@@ -44,7 +44,10 @@ pub fn result_response(result: TaskResult) -> Result<Response, ApiError> {
     match (result.status, result.response, result.error) {
         (TaskStatus::Completed, Some(response), _) => {
             let mut out = Json(response).into_response();
-            for (name, value) in [(headers::PROVIDER, &result.provider), (headers::MODEL, &result.model)] {
+            for (name, value) in [
+                (headers::PROVIDER, &result.provider),
+                (headers::MODEL, &result.model),
+            ] {
                 if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
                     out.headers_mut().insert(name, v);
                 }

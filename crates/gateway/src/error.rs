@@ -50,7 +50,12 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str, Option<String>) {
         use StatusCode as S;
         match self {
-            ApiError::InvalidJson(_) => (S::BAD_REQUEST, "invalid_request_error", "invalid_json", None),
+            ApiError::InvalidJson(_) => (
+                S::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_json",
+                None,
+            ),
             ApiError::InvalidRequest { param, .. } => (
                 S::BAD_REQUEST,
                 "invalid_request_error",
@@ -83,9 +88,12 @@ impl ApiError {
                 "queue_unavailable",
                 None,
             ),
-            ApiError::DeadlineExceeded { .. } => {
-                (S::GATEWAY_TIMEOUT, "timeout_error", "deadline_exceeded", None)
-            }
+            ApiError::DeadlineExceeded { .. } => (
+                S::GATEWAY_TIMEOUT,
+                "timeout_error",
+                "deadline_exceeded",
+                None,
+            ),
             ApiError::TaskFailed(e) => task_failure_parts(e.class),
             ApiError::Internal => (S::INTERNAL_SERVER_ERROR, "server_error", "internal", None),
         }
@@ -94,7 +102,9 @@ impl ApiError {
 
 /// How a failed task is shown to the caller: its own mistakes as 4xx, upstream trouble as
 /// 429/502/504, never the upstream 401 (the caller's credentials were fine).
-fn task_failure_parts(class: FailureClass) -> (StatusCode, &'static str, &'static str, Option<String>) {
+fn task_failure_parts(
+    class: FailureClass,
+) -> (StatusCode, &'static str, &'static str, Option<String>) {
     use StatusCode as S;
     let code = class.as_str();
     match class {
@@ -129,10 +139,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, ..) = self.parts();
         let mut response = (status, Json(error_body(&self))).into_response();
-        if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        if matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
         }
         response
     }

@@ -64,7 +64,10 @@ pub async fn models(State(st): State<AppState>) -> Json<serde_json::Value> {
 }
 
 /// `GET /v1/tasks/{id}`: the stored result of a task.
-pub async fn task(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn task(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let task_id: TaskId = id
         .parse()
         .map_err(|e| ApiError::invalid("id", format!("task id {e}")))?;
@@ -74,7 +77,10 @@ pub async fn task(State(st): State<AppState>, Path(id): Path<String>) -> Result<
         ))
     })?;
     let mut response = (
-        [(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         stored,
     )
         .into_response();

@@ -26,7 +26,11 @@ use crate::submit::{decode_result, publish, stored_result};
 
 /// What arrived for a streaming task.
 enum Incoming {
-    Chunk { seq: u64, delivery: u64, payload: Bytes },
+    Chunk {
+        seq: u64,
+        delivery: u64,
+        payload: Bytes,
+    },
     Result(TaskResult),
     Timeout,
     Closed,
@@ -72,7 +76,9 @@ pub async fn respond(st: AppState, mut task: Task) -> Result<Response, ApiError>
         let event = relay.next_event().await?;
         Some((Ok::<_, Infallible>(event), relay))
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 struct Relay {
@@ -130,7 +136,14 @@ impl Relay {
 
     /// Relays a chunk if it is the next one of the delivery being followed.
     fn accept(&mut self, chunk: Incoming) {
-        let Incoming::Chunk { seq, delivery, payload } = chunk else { return };
+        let Incoming::Chunk {
+            seq,
+            delivery,
+            payload,
+        } = chunk
+        else {
+            return;
+        };
         if *self.delivery.get_or_insert(delivery) != delivery || seq != self.next_seq {
             if self.next_seq != u64::MAX {
                 debug!(task_id = %self.task_id, seq, delivery, "gap in stream; will complete from the stored result");
@@ -170,7 +183,8 @@ impl Relay {
         let in_order = self.next_seq != u64::MAX && self.next_seq > 0;
         if !(in_order && rest.is_empty()) {
             let chunk = closing_chunk(&response, rest, self.next_seq == 0);
-            self.queued.push_back(Event::default().data(chunk.to_string()));
+            self.queued
+                .push_back(Event::default().data(chunk.to_string()));
         }
         self.queued.push_back(Event::default().data("[DONE]"));
     }
@@ -190,7 +204,9 @@ fn decode(msg: &Message) -> Result<Option<Incoming>, ApiError> {
             .and_then(|h| h.get(name))
             .map(|v| v.as_str().to_owned())
     };
-    let kind = header(HEADER_EVENT).as_deref().and_then(StreamEventKind::parse);
+    let kind = header(HEADER_EVENT)
+        .as_deref()
+        .and_then(StreamEventKind::parse);
     let number = |name: &str| header(name).and_then(|v| v.parse::<u64>().ok());
     Ok(match kind {
         Some(StreamEventKind::Result) => Some(Incoming::Result(decode_result(&msg.payload)?)),

@@ -107,8 +107,7 @@ pub async fn publish(st: &AppState, task: &Task) -> Result<(), ApiError> {
 fn publish_error(st: &AppState, e: &PublishError) -> ApiError {
     match e.kind() {
         PublishErrorKind::MaxPayloadExceeded => ApiError::BodyTooLarge {
-            limit: usize::try_from(st.client.server_info().max_payload)
-                .unwrap_or(st.config.gateway.max_body_bytes),
+            limit: st.client.server_info().max_payload,
         },
         // A full stream with discard-new answers "maximum messages/bytes exceeded".
         PublishErrorKind::Other if e.to_string().contains("maximum") => ApiError::QueueFull,

@@ -429,7 +429,10 @@ impl Config {
         if self.gateway.listen.parse::<SocketAddr>().is_err() {
             p.add(
                 "gateway.listen",
-                format!("{:?} is not an address like 127.0.0.1:8080", self.gateway.listen),
+                format!(
+                    "{:?} is not an address like 127.0.0.1:8080",
+                    self.gateway.listen
+                ),
             );
         }
         if self.gateway.max_body_bytes == 0 {
@@ -453,7 +456,10 @@ impl Config {
             match cap.parse::<Capability>() {
                 Err(e) => p.add(&key, format!("{cap:?} {e}")),
                 Ok(c) if !known.contains(&c) => {
-                    p.add(&key, format!("{cap:?} is not used by any route or [capabilities] entry"));
+                    p.add(
+                        &key,
+                        format!("{cap:?} is not used by any route or [capabilities] entry"),
+                    );
                 }
                 Ok(_) => {}
             }
@@ -462,7 +468,10 @@ impl Config {
             if let Err(e) = name.parse::<Capability>() {
                 p.add(&format!("capabilities.{name}"), format!("name {e}"));
             }
-            p.positive(&format!("capabilities.{name}.max_in_flight"), cap.max_in_flight);
+            p.positive(
+                &format!("capabilities.{name}.max_in_flight"),
+                cap.max_in_flight,
+            );
         }
         for (name, provider) in &self.providers {
             validate_provider(&mut p, name, provider);
@@ -476,7 +485,10 @@ impl Config {
                 p.add(&key, "route names must be non-empty without whitespace");
             }
             if let Err(e) = route.capability.parse::<Capability>() {
-                p.add(&format!("{key}.capability"), format!("{:?} {e}", route.capability));
+                p.add(
+                    &format!("{key}.capability"),
+                    format!("{:?} {e}", route.capability),
+                );
             }
             if !self.providers.contains_key(&route.provider) {
                 p.add(
@@ -529,13 +541,22 @@ fn validate_provider(p: &mut Problems, name: &str, provider: &ProviderConfig) {
     match provider.kind {
         ProviderKind::Simulated => {
             if provider.base_url.is_some() {
-                p.add(&format!("{key}.base_url"), "the simulated provider takes no base_url");
+                p.add(
+                    &format!("{key}.base_url"),
+                    "the simulated provider takes no base_url",
+                );
             }
         }
         ProviderKind::Openai => match provider.base_url.as_deref() {
-            None => p.add(&format!("{key}.base_url"), "is required for kind = \"openai\""),
+            None => p.add(
+                &format!("{key}.base_url"),
+                "is required for kind = \"openai\"",
+            ),
             Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                p.add(&format!("{key}.base_url"), "must start with http:// or https://");
+                p.add(
+                    &format!("{key}.base_url"),
+                    "must start with http:// or https://",
+                );
             }
             Some(_) => {}
         },
@@ -656,7 +677,11 @@ mod tests {
     fn built_in_default_is_valid() {
         let cfg = Config::load(Source::Toml(DEFAULT_TOML), &env(&[])).unwrap();
         assert!(!cfg.routes.is_empty());
-        assert!(cfg.worker_capabilities().iter().any(|c| c.as_str() == "chat"));
+        assert!(
+            cfg.worker_capabilities()
+                .iter()
+                .any(|c| c.as_str() == "chat")
+        );
     }
 
     #[test]
@@ -678,7 +703,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected() {
-        let err = Config::load(Source::Toml("[gateway]\nlisten_addr = \"x\"\n"), &env(&[])).unwrap_err();
+        let err =
+            Config::load(Source::Toml("[gateway]\nlisten_addr = \"x\"\n"), &env(&[])).unwrap_err();
         assert!(err.problems[0].problem.contains("listen_addr"), "{err}");
     }
 
@@ -730,7 +756,10 @@ mod tests {
         "#;
         let cfg = Config::load(Source::Toml(toml), &env(&[("UP_KEY", "sk-very-secret")])).unwrap();
         let provider = &cfg.providers["up"];
-        assert_eq!(provider.api_key.as_ref().unwrap().expose(), "sk-very-secret");
+        assert_eq!(
+            provider.api_key.as_ref().unwrap().expose(),
+            "sk-very-secret"
+        );
         let printed = format!("{cfg:?}");
         assert!(!printed.contains("sk-very-secret"));
         assert!(printed.contains("*****"));

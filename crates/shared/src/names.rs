@@ -39,7 +39,9 @@ pub enum NameError {
     Empty,
     #[error("must be at most {MAX_TOKEN_LEN} characters")]
     TooLong,
-    #[error("may contain only lowercase letters, digits, '-' and '_', and must start with a letter or digit")]
+    #[error(
+        "may contain only lowercase letters, digits, '-' and '_', and must start with a letter or digit"
+    )]
     BadCharacter,
     #[error("must be one of high, normal, low")]
     UnknownPriority,
@@ -216,7 +218,10 @@ mod tests {
         ] {
             assert_eq!(bad.parse::<Capability>(), Err(why), "{bad:?}");
         }
-        assert_eq!("a".repeat(65).parse::<Capability>(), Err(NameError::TooLong));
+        assert_eq!(
+            "a".repeat(65).parse::<Capability>(),
+            Err(NameError::TooLong)
+        );
     }
 
     #[test]

@@ -41,13 +41,20 @@ impl Assembler {
         if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
             self.usage = Some(usage.clone());
         }
-        for c in chunk.get("choices").and_then(Value::as_array).into_iter().flatten() {
+        for c in chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
             let choice = self.choices.entry(index).or_default();
             if let Some(reason) = c.get("finish_reason").filter(|r| !r.is_null()) {
                 choice.finish_reason = Some(reason.clone());
             }
-            let Some(delta) = c.get("delta") else { continue };
+            let Some(delta) = c.get("delta") else {
+                continue;
+            };
             if let Some(role) = delta.get("role").and_then(Value::as_str) {
                 choice.role = Some(role.to_owned());
             }
@@ -55,7 +62,12 @@ impl Assembler {
                 choice.content.push_str(text);
                 choice.has_content = true;
             }
-            for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            for call in delta
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 merge_tool_call(choice, call);
             }
         }
@@ -67,10 +79,17 @@ impl Assembler {
             .into_iter()
             .map(|(index, c)| {
                 let mut message = Map::new();
-                message.insert("role".into(), json!(c.role.unwrap_or_else(|| "assistant".into())));
+                message.insert(
+                    "role".into(),
+                    json!(c.role.unwrap_or_else(|| "assistant".into())),
+                );
                 message.insert(
                     "content".into(),
-                    if c.has_content { json!(c.content) } else { Value::Null },
+                    if c.has_content {
+                        json!(c.content)
+                    } else {
+                        Value::Null
+                    },
                 );
                 if !c.tool_calls.is_empty() {
                     let calls: Vec<Value> = c.tool_calls.into_values().map(Value::Object).collect();
@@ -108,7 +127,9 @@ fn merge_tool_call(choice: &mut Choice, call: &Value) {
             entry.insert(key.into(), v.clone());
         }
     }
-    let Some(function) = call.get("function") else { return };
+    let Some(function) = call.get("function") else {
+        return;
+    };
     let target = entry
         .entry("function")
         .or_insert_with(|| json!({"name": "", "arguments": ""}));
@@ -144,7 +165,10 @@ mod tests {
         let message = &done["choices"][0]["message"];
         assert_eq!(message["content"], "Hello");
         assert_eq!(message["tool_calls"][0]["function"]["name"], "get");
-        assert_eq!(message["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(
+            message["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":1}"
+        );
         assert_eq!(done["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(done["usage"]["total_tokens"], 9);
     }

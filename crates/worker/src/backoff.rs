@@ -32,7 +32,9 @@ pub(crate) fn retry_delay(
 /// A random delay in `[0, min(MAX_DELAY, BASE_DELAY * 2^(delivery-1))]`.
 fn full_jitter(delivery: i64) -> Duration {
     let exponent = u32::try_from(delivery.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
-    let ceiling = BASE_DELAY.saturating_mul(2u32.saturating_pow(exponent)).min(MAX_DELAY);
+    let ceiling = BASE_DELAY
+        .saturating_mul(2u32.saturating_pow(exponent))
+        .min(MAX_DELAY);
     let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(fastrand::u64(0..=millis))
 }
@@ -53,13 +55,22 @@ mod tests {
 
     #[test]
     fn permanent_failures_are_not_retried() {
-        assert_eq!(retry_delay(&err(FailureClass::BadRequest, None), 1, 5, LONG), None);
-        assert_eq!(retry_delay(&err(FailureClass::Auth, None), 1, 5, LONG), None);
+        assert_eq!(
+            retry_delay(&err(FailureClass::BadRequest, None), 1, 5, LONG),
+            None
+        );
+        assert_eq!(
+            retry_delay(&err(FailureClass::Auth, None), 1, 5, LONG),
+            None
+        );
     }
 
     #[test]
     fn last_delivery_is_not_retried() {
-        assert_eq!(retry_delay(&err(FailureClass::Upstream5xx, None), 5, 5, LONG), None);
+        assert_eq!(
+            retry_delay(&err(FailureClass::Upstream5xx, None), 5, 5, LONG),
+            None
+        );
     }
 
     #[test]
@@ -80,7 +91,12 @@ mod tests {
     fn delay_never_outlasts_the_deadline() {
         let asked = Some(Duration::from_secs(2));
         assert_eq!(
-            retry_delay(&err(FailureClass::RateLimited, asked), 1, 5, Duration::from_secs(1)),
+            retry_delay(
+                &err(FailureClass::RateLimited, asked),
+                1,
+                5,
+                Duration::from_secs(1)
+            ),
             None
         );
     }

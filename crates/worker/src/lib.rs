@@ -117,7 +117,10 @@ pub async fn run(
         warn!("a fetch loop stopped; shutting the worker down");
         shutdown.cancel();
     }
-    info!(in_flight = handlers.len(), "draining: no new pulls; finishing in-flight tasks");
+    info!(
+        in_flight = handlers.len(),
+        "draining: no new pulls; finishing in-flight tasks"
+    );
     while fetchers.join_next().await.is_some() {}
     handlers.close();
     let grace = Duration::from_millis(config.worker.drain_timeout_ms);

@@ -13,7 +13,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use shared::config::RouteConfig;
-use shared::names::{HEADER_DELIVERY, HEADER_EVENT, HEADER_SEQ, stream_subject, task_event_subject};
+use shared::names::{
+    HEADER_DELIVERY, HEADER_EVENT, HEADER_SEQ, stream_subject, task_event_subject,
+};
 use shared::task::{TaskError, now_ms};
 use shared::{FailureClass, StreamEventKind, Task, TaskResult, TaskStatus};
 use tracing::{Instrument, debug, info_span, warn};
@@ -83,7 +85,11 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
         Ok(response) => (TaskStatus::Completed, Some(response), None),
         Err(err) => {
             if let Some(delay) = retry_delay(&err, delivery, deps.max_deliver, task.remaining()) {
-                warn!(class = err.class.as_str(), ?delay, "transient failure; task goes back to the queue");
+                warn!(
+                    class = err.class.as_str(),
+                    ?delay,
+                    "transient failure; task goes back to the queue"
+                );
                 ack(&msg, AckKind::Nak(Some(delay))).await;
                 return;
             }
@@ -129,7 +135,10 @@ async fn execute(
         )
     })?;
     let target = deps.providers.get(&route.provider).ok_or_else(|| {
-        ProviderError::new(FailureClass::Internal, "route names an unconfigured provider")
+        ProviderError::new(
+            FailureClass::Internal,
+            "route names an unconfigured provider",
+        )
     })?;
     let budget = task.remaining().min(target.timeout);
     let call = async {
@@ -213,7 +222,9 @@ async fn store(task: &Task, result: &TaskResult, deps: &Deps) -> Option<Bytes> {
 
 /// Sends the stored result to the task's reply subject, if it has one.
 async fn deliver(task: &Task, stored: Bytes, delivery: i64, deps: &Deps) {
-    let Some(reply_to) = &task.reply_to else { return };
+    let Some(reply_to) = &task.reply_to else {
+        return;
+    };
     let headers = event_headers(StreamEventKind::Result, delivery);
     if let Err(e) = deps
         .client

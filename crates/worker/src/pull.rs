@@ -104,7 +104,13 @@ impl Fetcher {
         let Some((_, consumer)) = self.queues.consumers.iter().find(|(p, _)| *p == own) else {
             return;
         };
-        match consumer.batch().max_messages(1).expires(LONG_POLL).messages().await {
+        match consumer
+            .batch()
+            .max_messages(1)
+            .expires(LONG_POLL)
+            .messages()
+            .await
+        {
             Ok(batch) => {
                 self.dispatch_all(batch, &mut permit).await;
             }

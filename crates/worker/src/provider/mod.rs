@@ -89,9 +89,7 @@ pub fn build_providers(config: &Config) -> Result<HashMap<String, Provider>, req
         .map(|(name, p)| {
             let provider = match p.kind {
                 ProviderKind::Simulated => Provider::Simulated(Simulated::new(p)),
-                ProviderKind::Openai => {
-                    Provider::OpenAi(OpenAiCompatible::new(http.clone(), p))
-                }
+                ProviderKind::Openai => Provider::OpenAi(OpenAiCompatible::new(http.clone(), p)),
             };
             (name.clone(), provider)
         })

@@ -112,10 +112,7 @@ impl OpenAiCompatible {
         let text = response.text().await.unwrap_or_default();
         Err(ProviderError {
             class: classify_status(status.as_u16(), &text),
-            message: error_text(
-                &text,
-                self.api_key.as_ref().map(Secret::expose),
-            ),
+            message: error_text(&text, self.api_key.as_ref().map(Secret::expose)),
             status: Some(status.as_u16()),
             retry_after,
         })

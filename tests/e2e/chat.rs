@@ -1,0 +1,143 @@
+//! The happy paths: a completion, a streamed completion, results, models, health.
+
+use serde_json::{Value, json};
+
+use crate::fake_provider::answer_text;
+use crate::harness::{FAKE_KEY, Stack, chat_body, sse_data};
+
+#[tokio::test]
+async fn chat_completion_round_trip() {
+    let stack = Stack::start(1, &[]).await;
+    let mut body = chat_body("fake", "hello gateway");
+    body["x_vendor_option"] = json!({"keep": true});
+    body["temperature"] = json!(0.25);
+    let response = stack.chat(body).await;
+    assert_eq!(response.status(), 200);
+    let task_id = response.headers()["x-switchyard-task-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(response.headers()["x-switchyard-provider"], "fake");
+    let completion: Value = response.json().await.unwrap();
+    assert_eq!(completion["object"], "chat.completion");
+    assert_eq!(
+        completion["choices"][0]["message"]["content"],
+        "fake answer from fake-model to: hello gateway"
+    );
+
+    // The provider got the target model, the caller's unknown fields untouched, and the key.
+    let sent = &stack.provider.requests()[0];
+    assert_eq!(sent["model"], "fake-model");
+    assert_eq!(sent["x_vendor_option"], json!({"keep": true}));
+    assert_eq!(sent["temperature"], json!(0.25));
+    assert!(sent.get("stream").is_none());
+    assert_eq!(
+        stack.provider.authorizations()[0].as_deref(),
+        Some(format!("Bearer {FAKE_KEY}").as_str())
+    );
+
+    // The result is stored under the task id.
+    let stored: Value = stack.task(&task_id).await.json().await.unwrap();
+    assert_eq!(stored["id"], task_id);
+    assert_eq!(stored["status"], "completed");
+    assert_eq!(stored["delivery"], 1);
+    assert_eq!(stored["response"], completion);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn streamed_completion_arrives_in_order_and_ends_with_done() {
+    let stack = Stack::start(1, &[]).await;
+    let mut body = chat_body("fake", "stream me please");
+    body["stream"] = json!(true);
+    let response = stack.chat(body.clone()).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert!(response.headers().contains_key("x-switchyard-task-id"));
+    let data = sse_data(&response.text().await.unwrap());
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(
+        chunks.len() > 3,
+        "expected several chunks, got {}",
+        chunks.len()
+    );
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    body["model"] = json!("fake-model");
+    assert_eq!(text, answer_text(&body));
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
+    assert_eq!(stack.provider.requests()[0]["stream"], json!(true));
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn simulated_provider_answers_offline_and_says_so() {
+    let stack = Stack::start(1, &[]).await;
+    let response = stack.chat(chat_body("simulated", "anyone there?")).await;
+    assert_eq!(response.status(), 200);
+    let completion: Value = response.json().await.unwrap();
+    let text = completion["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert!(text.contains("simulated"), "{text}");
+    assert!(text.contains("anyone there?"), "{text}");
+    assert_eq!(stack.provider.calls(), 0);
+
+    let mut body = chat_body("simulated", "stream it");
+    body["stream"] = json!(true);
+    let data = sse_data(&stack.chat(body).await.text().await.unwrap());
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn models_health_and_readiness() {
+    let stack = Stack::start(0, &[]).await;
+    let models: Value = stack
+        .http
+        .get(format!("{}/v1/models", stack.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["object"], "list");
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["fake", "simulated", "slow-stream"]);
+    for path in ["/healthz", "/readyz"] {
+        let r = stack
+            .http
+            .get(format!("{}{path}", stack.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.headers().contains_key("x-switchyard-task-id"), "{path}");
+    }
+    stack.stop().await;
+}

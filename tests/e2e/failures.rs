@@ -1,0 +1,192 @@
+//! Provider failures: transient ones are retried through the queue, permanent ones fail fast
+//! with their class, deadlines hold, keys never leak, and a caller that leaves loses nothing.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{FAKE_KEY, Stack, chat_body, eventually, sse_data};
+
+#[tokio::test]
+async fn transient_failure_is_redelivered_and_completes_once() {
+    let stack = Stack::start(1, &[]).await;
+    stack
+        .provider
+        .push_fault(503, r#"{"error":{"message":"overloaded"}}"#);
+    let response = stack.chat(chat_body("fake", "try again")).await;
+    assert_eq!(response.status(), 200);
+    let task_id = response.headers()["x-switchyard-task-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(stack.provider.calls(), 2);
+    let stored: Value = stack.task(&task_id).await.json().await.unwrap();
+    assert_eq!(stored["status"], "completed");
+    assert_eq!(stored["delivery"], 2);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn permanent_failure_fails_fast_with_its_class() {
+    let stack = Stack::start(1, &[]).await;
+    stack
+        .provider
+        .push_fault(400, r#"{"error":{"message":"unsupported parameter: foo"}}"#);
+    let response = stack.chat(chat_body("fake", "bad")).await;
+    assert_eq!(response.status(), 400);
+    let task_id = response.headers()["x-switchyard-task-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unsupported parameter")
+    );
+    assert_eq!(stack.provider.calls(), 1);
+    let stored: Value = stack.task(&task_id).await.json().await.unwrap();
+    assert_eq!(stored["status"], "failed");
+    assert_eq!(stored["error"]["class"], "bad_request");
+    assert_eq!(stored["error"]["upstream_status"], 400);
+
+    // Before the first chunk, a streaming request gets the same HTTP error.
+    stack
+        .provider
+        .push_fault(400, r#"{"error":{"message":"nope"}}"#);
+    let mut body = chat_body("fake", "bad stream");
+    body["stream"] = json!(true);
+    let response = stack.chat(body).await;
+    assert_eq!(response.status(), 400);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn retries_stop_after_max_deliver_with_the_last_class() {
+    let stack = Stack::start(1, &[("SWITCHYARD__QUEUE__MAX_DELIVER", "2")]).await;
+    for _ in 0..2 {
+        stack
+            .provider
+            .push_fault(500, r#"{"error":{"message":"boom"}}"#);
+    }
+    let response = stack.chat(chat_body("fake", "doomed")).await;
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_5xx");
+    assert_eq!(stack.provider.calls(), 2);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn provider_key_never_reaches_the_caller() {
+    let stack = Stack::start(1, &[]).await;
+    let echo = format!(r#"{{"error":{{"message":"Incorrect API key provided: {FAKE_KEY}"}}}}"#);
+    stack.provider.push_fault(401, &echo);
+    let response = stack.chat(chat_body("fake", "who am i")).await;
+    assert_eq!(
+        response.status(),
+        502,
+        "an upstream 401 is not the caller's 401"
+    );
+    let task_id = response.headers()["x-switchyard-task-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let text = response.text().await.unwrap();
+    assert!(!text.contains(FAKE_KEY), "{text}");
+    assert!(text.contains("*****"), "{text}");
+    let stored = stack.task(&task_id).await.text().await.unwrap();
+    assert!(!stored.contains(FAKE_KEY), "{stored}");
+    assert!(stored.contains("\"auth\""), "{stored}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn deadline_bounds_the_wait_and_the_task() {
+    let stack = Stack::start(1, &[]).await;
+    stack.provider.set_delay(Duration::from_secs(3));
+    let response = stack
+        .chat_with(
+            chat_body("fake", "slow"),
+            &[("x-switchyard-timeout-ms", "500")],
+        )
+        .await;
+    assert_eq!(response.status(), 504);
+    let task_id = response.headers()["x-switchyard-task-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "deadline_exceeded");
+    // The worker gives up at the deadline too and records why.
+    let stored: Value = eventually(Duration::from_secs(10), || async {
+        let r = stack.task(&task_id).await;
+        if r.status() == 200 {
+            r.json().await.ok()
+        } else {
+            None
+        }
+    })
+    .await;
+    assert_eq!(stored["status"], "failed");
+    assert_eq!(stored["error"]["class"], "deadline_exceeded");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn caller_that_disconnects_loses_nothing() {
+    let stack = Stack::start(1, &[]).await;
+    stack.provider.set_delay(Duration::from_millis(800));
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let err = impatient
+        .post(format!("{}/v1/chat/completions", stack.base))
+        .json(&chat_body("fake", "I will not wait"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout());
+    // The task still completes and its result is stored; find it through the event stream.
+    let results = stack.results_bucket().await;
+    let key = eventually(Duration::from_secs(10), || {
+        let results = results.clone();
+        async move {
+            use futures::StreamExt;
+            let mut keys = results.keys().await.ok()?;
+            keys.next().await?.ok()
+        }
+    })
+    .await;
+    let stored: Value = stack.task(&key).await.json().await.unwrap();
+    assert_eq!(stored["status"], "completed");
+    // The gateway keeps serving.
+    stack.provider.set_delay(Duration::ZERO);
+    assert_eq!(stack.chat(chat_body("fake", "next")).await.status(), 200);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn stream_failure_after_first_chunk_is_an_error_event_not_done() {
+    // `slow-stream` sends a chunk every 100 ms; the deadline passes mid-stream.
+    let stack = Stack::start(1, &[]).await;
+    let mut body = chat_body("slow-stream", &"word ".repeat(40));
+    body["stream"] = json!(true);
+    let response = stack
+        .chat_with(body, &[("x-switchyard-timeout-ms", "600")])
+        .await;
+    assert_eq!(response.status(), 200, "the stream had started");
+    let data = sse_data(&response.text().await.unwrap());
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{data:?}");
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "deadline_exceeded", "{last}");
+    let chunks = data
+        .iter()
+        .filter(|d| d.contains("chat.completion.chunk"))
+        .count();
+    assert!(chunks >= 1, "{data:?}");
+    stack.stop().await;
+}

