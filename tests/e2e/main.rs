@@ -12,5 +12,6 @@ mod cli;
 mod failures;
 mod fake_provider;
 mod harness;
+mod protocol;
 mod provisioning;
 mod workers;

@@ -2,6 +2,8 @@
 //! the deadline, its stored result), answer in the OpenAI shape.
 
 use axum::Extension;
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
@@ -13,6 +15,9 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::submit::{build_task, decode_result, publish, stored_result};
 use crate::{headers, stream};
+
+/// How often a waiting request also looks for its stored result, in case the reply was lost.
+pub const STORED_RESULT_CHECK: Duration = Duration::from_secs(5);
 
 pub async fn chat_completions(
     State(st): State<AppState>,
@@ -28,13 +33,20 @@ pub async fn chat_completions(
     let mut pending = st.replies.register(task.id);
     task.reply_to = Some(pending.subject.clone());
     publish(&st, &task).await?;
-    let payload = match tokio::time::timeout(task.remaining(), pending.recv()).await {
-        Ok(Some(msg)) => msg.payload,
-        _ => stored_result(&st, task.id)
-            .await?
-            .ok_or_else(|| ApiError::DeadlineExceeded {
+    let payload = loop {
+        let wait = task.remaining().min(STORED_RESULT_CHECK);
+        if let Ok(Some(msg)) = tokio::time::timeout(wait, pending.recv()).await {
+            break msg.payload;
+        }
+        // The reply is the fast path; a reply lost in a reconnect is still stored.
+        if let Some(stored) = stored_result(&st, task.id).await? {
+            break stored;
+        }
+        if task.remaining().is_zero() {
+            return Err(ApiError::DeadlineExceeded {
                 task_id: task.id.to_string(),
-            })?,
+            });
+        }
     };
     result_response(decode_result(&payload)?)
 }

@@ -19,7 +19,7 @@ use shared::{StreamEventKind, Task, TaskId, TaskResult, TaskStatus};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::chat::result_response;
+use crate::chat::{STORED_RESULT_CHECK, result_response};
 use crate::error::{ApiError, error_body};
 use crate::state::AppState;
 use crate::submit::{decode_result, publish, stored_result};
@@ -52,6 +52,7 @@ pub async fn respond(st: AppState, mut task: Task) -> Result<Response, ApiError>
         deadline,
         delivery: None,
         next_seq: 0,
+        gap: false,
         sent: String::new(),
         finished: false,
         queued: VecDeque::new(),
@@ -89,6 +90,8 @@ struct Relay {
     /// Delivery whose chunks are being relayed; chunks of any other are ignored.
     delivery: Option<u64>,
     next_seq: u64,
+    /// A chunk went missing or another delivery started over: stop relaying chunks.
+    gap: bool,
     /// Text of choice 0 sent so far, to complete from the stored result after a gap.
     sent: String,
     finished: bool,
@@ -115,17 +118,22 @@ impl Relay {
         }
     }
 
-    /// Reads the next message; past the deadline, looks for a stored result once.
+    /// Reads the next message, looking for a stored result whenever none came for a while.
     async fn next_incoming(&mut self) -> Result<Incoming, ApiError> {
         loop {
-            let msg = match tokio::time::timeout_at(self.deadline, self.sub.next()).await {
+            let wait = self.deadline.min(Instant::now() + STORED_RESULT_CHECK);
+            let msg = match tokio::time::timeout_at(wait, self.sub.next()).await {
                 Ok(Some(msg)) => msg,
                 Ok(None) => return Ok(Incoming::Closed),
                 Err(_) => {
-                    return Ok(match stored_result(&self.st, self.task_id).await? {
-                        Some(stored) => Incoming::Result(decode_result(&stored)?),
-                        None => Incoming::Timeout,
-                    });
+                    // The result message may have been lost; the stored result is not.
+                    if let Some(stored) = stored_result(&self.st, self.task_id).await? {
+                        return Ok(Incoming::Result(decode_result(&stored)?));
+                    }
+                    if Instant::now() >= self.deadline {
+                        return Ok(Incoming::Timeout);
+                    }
+                    continue;
                 }
             };
             if let Some(incoming) = decode(&msg)? {
@@ -144,18 +152,16 @@ impl Relay {
         else {
             return;
         };
-        if *self.delivery.get_or_insert(delivery) != delivery || seq != self.next_seq {
-            if self.next_seq != u64::MAX {
-                debug!(task_id = %self.task_id, seq, delivery, "gap in stream; will complete from the stored result");
-            }
-            self.next_seq = u64::MAX;
+        if self.gap {
             return;
         }
-        let (Ok(text), Ok(value)) = (
-            std::str::from_utf8(&payload),
-            serde_json::from_slice::<Value>(&payload),
-        ) else {
-            self.next_seq = u64::MAX;
+        let in_order = *self.delivery.get_or_insert(delivery) == delivery && seq == self.next_seq;
+        let decoded = std::str::from_utf8(&payload)
+            .ok()
+            .zip(serde_json::from_slice::<Value>(&payload).ok());
+        let (true, Some((text, value))) = (in_order, decoded) else {
+            debug!(task_id = %self.task_id, seq, delivery, "gap in stream; will complete from the stored result");
+            self.gap = true;
             return;
         };
         if let Some(content) = value["choices"][0]["delta"]["content"].as_str() {
@@ -180,9 +186,10 @@ impl Relay {
             warn!(task_id = %self.task_id, "relayed text diverged from the stored result");
             return self.fail(&ApiError::Internal);
         };
-        let in_order = self.next_seq != u64::MAX && self.next_seq > 0;
-        if !(in_order && rest.is_empty()) {
-            let chunk = closing_chunk(&response, rest, self.next_seq == 0);
+        let relayed_all = !self.gap && self.next_seq > 0 && rest.is_empty();
+        if !relayed_all {
+            let nothing_relayed = self.sent.is_empty() && self.next_seq == 0;
+            let chunk = closing_chunk(&response, rest, nothing_relayed);
             self.queued
                 .push_back(Event::default().data(chunk.to_string()));
         }

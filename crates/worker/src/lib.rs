@@ -95,6 +95,7 @@ pub async fn run(
             slots: Arc::new(Semaphore::new(config.worker.concurrency)),
             deps: deps.clone(),
             handlers: handlers.clone(),
+            idle_wait: pull::long_poll_for(config.worker.concurrency),
         };
         for priority in Priority::ALL {
             fetchers.spawn(fetcher.clone().run(priority, shutdown.clone()));

@@ -21,6 +21,9 @@ use crate::process::{Deps, process};
 /// How long an idle long-poll waits on the server. Bounds how long draining waits for the
 /// last pull to return (a pull is never abandoned, so no message is stranded in it).
 const LONG_POLL: Duration = Duration::from_secs(2);
+/// Long-poll for workers with fewer slots than priorities: an idle long-poll holds a slot,
+/// so the other priorities are only looked at when it ends; keep that wait short.
+const SHORT_LONG_POLL: Duration = Duration::from_millis(250);
 /// Most messages taken in one non-blocking fetch.
 const MAX_BATCH: usize = 64;
 /// Pause after a failed fetch (NATS unreachable, consumer missing) before trying again.
@@ -39,6 +42,16 @@ pub(crate) struct Fetcher {
     pub slots: Arc<Semaphore>,
     pub deps: Arc<Deps>,
     pub handlers: TaskTracker,
+    pub idle_wait: Duration,
+}
+
+/// The idle long-poll for a worker with `concurrency` slots per capability.
+pub(crate) fn long_poll_for(concurrency: usize) -> Duration {
+    if concurrency >= Priority::ALL.len() {
+        LONG_POLL
+    } else {
+        SHORT_LONG_POLL
+    }
 }
 
 impl Fetcher {
@@ -99,7 +112,7 @@ impl Fetcher {
         }
     }
 
-    /// Waits up to [`LONG_POLL`] for one message on `own`'s queue.
+    /// Waits up to `idle_wait` for one message on `own`'s queue.
     async fn long_poll(&self, own: Priority, mut permit: OwnedSemaphorePermit) {
         let Some((_, consumer)) = self.queues.consumers.iter().find(|(p, _)| *p == own) else {
             return;
@@ -107,7 +120,7 @@ impl Fetcher {
         match consumer
             .batch()
             .max_messages(1)
-            .expires(LONG_POLL)
+            .expires(self.idle_wait)
             .messages()
             .await
         {

@@ -1,0 +1,176 @@
+//! The wire protocol as `docs/protocol.md` states it, spoken by hand over NATS: a client that
+//! publishes tasks directly, and a hand-written worker whose chunks arrive with a gap.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use shared::task::now_ms;
+use shared::{Task, TaskId};
+
+use crate::harness::{Stack, chat_body, sse_data};
+
+#[tokio::test]
+async fn task_published_directly_is_answered_once() {
+    let stack = Stack::start(1, &[]).await;
+    let js = jetstream::new(stack.client.clone());
+    let id = TaskId::new();
+    let inbox = stack.client.new_inbox();
+    let mut replies = stack.client.subscribe(inbox.clone()).await.unwrap();
+    let task = json!({
+        "id": id,
+        "capability": "chat",
+        "priority": "high",
+        "route": "fake",
+        "request": {"model": "fake", "messages": [{"role": "user", "content": "from another language"}]},
+        "deadline_ms": now_ms() + 30_000,
+        "reply_to": inbox,
+        "created_ms": now_ms(),
+    });
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id.to_string().as_str());
+    let payload = Bytes::from(task.to_string());
+    let first = js
+        .publish_with_headers("tasks.chat.high", headers.clone(), payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    // A retried publish with the same id is recognised and not queued again.
+    let again = js
+        .publish_with_headers("tasks.chat.high", headers, payload)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+
+    let reply = tokio::time::timeout(Duration::from_secs(20), replies.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let event = reply
+        .headers
+        .as_ref()
+        .unwrap()
+        .get("Switchyard-Event")
+        .unwrap();
+    assert_eq!(event.as_str(), "result");
+    let result: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(result["id"], id.to_string());
+    assert_eq!(result["status"], "completed");
+    let stored = stack
+        .results_bucket()
+        .await
+        .get(id.to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&stored).unwrap(), result);
+    assert_eq!(stack.provider.calls(), 1);
+    stack.stop().await;
+}
+
+/// Publishes one chunk the way a worker does.
+async fn chunk(client: &async_nats::Client, task: &Task, seq: u64, text: &str) {
+    let mut headers = HeaderMap::new();
+    headers.insert("Switchyard-Event", "chunk");
+    headers.insert("Switchyard-Seq", seq.to_string().as_str());
+    headers.insert("Switchyard-Delivery", "1");
+    let body = json!({
+        "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "hand",
+        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]
+    });
+    client
+        .publish_with_headers(
+            format!("stream.{}", task.id),
+            headers,
+            body.to_string().into(),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn stream_with_a_missing_chunk_is_completed_from_the_stored_result() {
+    let stack = Stack::start(0, &[]).await;
+    let mut body = chat_body("fake", "gap please");
+    body["stream"] = json!(true);
+    let request = stack
+        .http
+        .post(format!("{}/v1/chat/completions", stack.base))
+        .json(&body);
+    let pending = tokio::spawn(async move { request.send().await.unwrap().text().await.unwrap() });
+
+    // A hand-written worker: take the task, lose chunk 1, store and send the result.
+    let js = jetstream::new(stack.client.clone());
+    let consumer: PullConsumer = js
+        .get_stream("TASKS")
+        .await
+        .unwrap()
+        .get_consumer("tasks-chat-normal")
+        .await
+        .unwrap();
+    let mut batch = consumer
+        .batch()
+        .max_messages(1)
+        .expires(Duration::from_secs(20))
+        .messages()
+        .await
+        .unwrap();
+    let msg = batch.next().await.unwrap().unwrap();
+    let task: Task = serde_json::from_slice(&msg.payload).unwrap();
+    chunk(&stack.client, &task, 0, "Hello ").await;
+    chunk(&stack.client, &task, 2, "new ").await; // seq 1 ("brave ") never arrives
+    let result = json!({
+        "id": task.id, "status": "completed", "worker": "hand", "delivery": 1, "finished_ms": now_ms(),
+        "response": {
+            "id": "c", "object": "chat.completion", "created": 1, "model": "hand",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello brave new world"}, "finish_reason": "stop"}]
+        }
+    });
+    let stored = Bytes::from(result.to_string());
+    stack
+        .results_bucket()
+        .await
+        .create(task.id.to_string(), stored.clone())
+        .await
+        .unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("Switchyard-Event", "result");
+    headers.insert("Switchyard-Delivery", "1");
+    stack
+        .client
+        .publish_with_headers(task.reply_to.clone().unwrap(), headers, stored)
+        .await
+        .unwrap();
+    msg.ack().await.unwrap();
+
+    let data = sse_data(
+        &tokio::time::timeout(Duration::from_secs(20), pending)
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "Hello brave new world");
+    assert_eq!(
+        chunks.len(),
+        2,
+        "the chunk after the gap is dropped: {data:?}"
+    );
+    assert_eq!(chunks[1]["choices"][0]["finish_reason"], "stop");
+    stack.stop().await;
+}
