@@ -140,6 +140,8 @@ async fn up(
     data_dir: &std::path::Path,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Bind first: a busy port should fail before a nats-server is started for nothing.
+    let listener = serve::bind(&config).await?;
     let (client, local) =
         match tokio::time::timeout(PROBE_TIMEOUT, shared::nats::connect(&config.nats.url, "up"))
             .await
@@ -155,7 +157,6 @@ async fn up(
                 (client, Some(local))
             }
         };
-    let listener = serve::bind(&config).await?;
     let addr = listener.local_addr().context("reading the bound address")?;
     serve::cancel_on_signal(shutdown.clone());
     let served = {

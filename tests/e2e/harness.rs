@@ -278,6 +278,11 @@ impl Stack {
             .unwrap()
     }
 
+    /// Starts the gateway's graceful shutdown without waiting for it.
+    pub fn begin_gateway_shutdown(&self) {
+        self.gateway_shutdown.cancel();
+    }
+
     /// Stops the gateway and every worker, waiting for them to drain.
     pub async fn stop(mut self) {
         for (_, token, handle) in self.workers.drain(..) {

@@ -19,50 +19,41 @@ async fn provisioning_twice_changes_nothing() {
     let js = jetstream::new(client);
 
     let snapshot = || async {
-        let mut tasks = js.get_stream("TASKS").await.unwrap();
-        let mut info = tasks.info().await.unwrap().clone();
-        // Server-added metadata is a map: its Debug order varies, its content does not.
-        info.config.metadata.clear();
-        let consumers: Vec<_> = tasks.consumers().try_collect().await.unwrap();
+        let mut streams = Vec::new();
+        for name in ["TASKS", "EVENTS", "KV_results"] {
+            let mut info = js
+                .get_stream(name)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .clone();
+            // Server-added metadata is a map: its Debug order varies, its content does not.
+            info.config.metadata.clear();
+            streams.push((info.created, info.config));
+        }
+        let consumers: Vec<_> = js
+            .get_stream("TASKS")
+            .await
+            .unwrap()
+            .consumers()
+            .try_collect()
+            .await
+            .unwrap();
         let mut consumers: Vec<_> = consumers
             .into_iter()
             .map(|c| {
                 (
-                    c.name.clone(),
+                    c.name,
                     c.created,
-                    c.config.filter_subject.clone(),
+                    c.config.filter_subject,
                     c.config.max_ack_pending,
                 )
             })
             .collect();
         consumers.sort();
-        let mut events = js
-            .get_stream("EVENTS")
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .clone();
-        let mut results = js
-            .get_stream("KV_results")
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .clone();
-        events.config.metadata.clear();
-        results.config.metadata.clear();
-        (
-            info.created,
-            info.config,
-            consumers,
-            events.created,
-            events.config,
-            results.created,
-            results.config,
-        )
+        (streams, consumers)
     };
 
     provision(&js, &config).await.unwrap();
@@ -71,7 +62,8 @@ async fn provisioning_twice_changes_nothing() {
     let second = snapshot().await;
     assert_eq!(format!("{first:?}"), format!("{second:?}"));
 
-    let (_, tasks_config, consumers, ..) = first;
+    let (streams, consumers) = first;
+    let tasks_config = &streams[0].1;
     assert_eq!(tasks_config.max_messages, 1234);
     assert_eq!(
         tasks_config.retention,

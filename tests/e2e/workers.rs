@@ -128,3 +128,22 @@ async fn sigterm_drains_in_flight_work_then_exits() {
     );
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn gateway_shutdown_lets_in_flight_requests_finish() {
+    let stack = Stack::start(1, &[]).await;
+    stack.provider.set_delay(Duration::from_millis(1000));
+    let pending = send(&stack, "answer me before you go");
+    wait_for_calls(&stack, 1).await;
+    stack.begin_gateway_shutdown();
+    let response = pending.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let completion: Value = response.json().await.unwrap();
+    assert!(
+        completion["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("before you go")
+    );
+    stack.stop().await;
+}

@@ -35,8 +35,11 @@ pub async fn chat_completions(
     publish(&st, &task).await?;
     let payload = loop {
         let wait = task.remaining().min(STORED_RESULT_CHECK);
-        if let Ok(Some(msg)) = tokio::time::timeout(wait, pending.recv()).await {
-            break msg.payload;
+        match tokio::time::timeout(wait, pending.recv()).await {
+            Ok(Some(msg)) => break msg.payload,
+            // The reply subscription is gone; the caller can fetch the result later.
+            Ok(None) => return Err(ApiError::Unavailable),
+            Err(_) => {}
         }
         // The reply is the fast path; a reply lost in a reconnect is still stored.
         if let Some(stored) = stored_result(&st, task.id).await? {

@@ -74,10 +74,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     let state = state(config, client, shutdown.clone()).await?;
+    let replies = state.replies.clone();
     info!(addr = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, app(state))
+    let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+        .await;
+    // Every request has finished: nobody waits for a reply any more.
+    replies.stop();
+    served?;
     info!("gateway stopped");
     Ok(())
 }

@@ -19,6 +19,7 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Message>>>>;
 pub struct ReplyRouter {
     prefix: String,
     pending: Pending,
+    stop: CancellationToken,
 }
 
 /// A registered wait for one task's reply.
@@ -31,8 +32,10 @@ pub struct PendingReply {
 }
 
 impl ReplyRouter {
-    /// Subscribes and starts routing. If the subscription ends, `shutdown` is cancelled:
-    /// a gateway that cannot receive replies must not keep accepting requests.
+    /// Subscribes and starts routing until [`ReplyRouter::stop`]. It outlives the gateway's
+    /// `shutdown` so that requests in flight during a graceful shutdown still get their
+    /// replies. If the subscription ends, `shutdown` is cancelled: a gateway that cannot
+    /// receive replies must not keep accepting requests.
     pub async fn start(
         client: &async_nats::Client,
         gateway_id: &str,
@@ -43,6 +46,8 @@ impl ReplyRouter {
         let pending: Pending = Arc::default();
         let routes = pending.clone();
         let strip = prefix.clone();
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -55,13 +60,22 @@ impl ReplyRouter {
                             None => debug!(task_id = key, "reply for a request that is no longer waiting"),
                         }
                     }
-                    () = shutdown.cancelled() => return,
+                    () = stopped.cancelled() => return,
                 }
             }
             warn!("reply subscription ended; shutting the gateway down");
             shutdown.cancel();
         });
-        Ok(Self { prefix, pending })
+        Ok(Self {
+            prefix,
+            pending,
+            stop,
+        })
+    }
+
+    /// Stops routing; waiting requests get `None`.
+    pub fn stop(&self) {
+        self.stop.cancel();
     }
 
     /// Registers a wait for `task_id`'s reply; the returned subject goes in the task.
