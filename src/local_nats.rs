@@ -65,7 +65,8 @@ impl LocalNats {
     /// Starts `nats-server -js` on the port of `url`, with its store under `data_dir`.
     pub async fn start(url: &str, data_dir: &Path) -> Result<Self, LocalNatsError> {
         let binary = find_on_path("nats-server").ok_or(LocalNatsError::NotInstalled)?;
-        let port = local_port(url).ok_or_else(|| LocalNatsError::BadUrl(url.to_owned()))?;
+        let port =
+            local_port(url).ok_or_else(|| LocalNatsError::BadUrl(shared::nats::redacted(url)))?;
         let dir = data_dir.join("nats");
         let io = |path: &Path| {
             let path = path.to_owned();

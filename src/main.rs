@@ -142,21 +142,23 @@ async fn up(
 ) -> anyhow::Result<()> {
     // Bind first: a busy port should fail before a nats-server is started for nothing.
     let listener = serve::bind(&config).await?;
-    let (client, local) =
-        match tokio::time::timeout(PROBE_TIMEOUT, shared::nats::connect(&config.nats.url, "up"))
-            .await
-        {
-            Ok(Ok(client)) => {
-                info!(url = %config.nats.url, "using the NATS server at the configured URL");
-                (client, None)
-            }
-            _ => {
-                info!(url = %config.nats.url, "no NATS server reachable; starting one");
-                let local = LocalNats::start(&config.nats.url, data_dir).await?;
-                let client = serve::connect(&config, "up").await?;
-                (client, Some(local))
-            }
-        };
+    let (client, local) = match tokio::time::timeout(
+        PROBE_TIMEOUT,
+        shared::nats::connect(&config.nats.url, "up"),
+    )
+    .await
+    {
+        Ok(Ok(client)) => {
+            info!(url = %shared::nats::redacted(&config.nats.url), "using the NATS server at the configured URL");
+            (client, None)
+        }
+        _ => {
+            info!(url = %shared::nats::redacted(&config.nats.url), "no NATS server reachable; starting one");
+            let local = LocalNats::start(&config.nats.url, data_dir).await?;
+            let client = serve::connect(&config, "up").await?;
+            (client, Some(local))
+        }
+    };
     let addr = listener.local_addr().context("reading the bound address")?;
     serve::cancel_on_signal(shutdown.clone());
     let served = {

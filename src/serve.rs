@@ -36,7 +36,12 @@ pub fn cancel_on_signal(token: CancellationToken) {
 pub async fn connect(config: &Config, role: &str) -> anyhow::Result<async_nats::Client> {
     shared::nats::connect(&config.nats.url, role)
         .await
-        .with_context(|| format!("connecting to NATS at {}", config.nats.url))
+        .with_context(|| {
+            format!(
+                "connecting to NATS at {}",
+                shared::nats::redacted(&config.nats.url)
+            )
+        })
 }
 
 pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
@@ -45,24 +50,36 @@ pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding {}", config.gateway.listen))
 }
 
-/// Runs a gateway and a worker in this process until `shutdown`.
+/// Runs a gateway and a worker in this process until `shutdown`. The worker keeps working
+/// while the gateway drains, so requests in flight get their answers; it stops after the
+/// gateway has. If the worker fails first, the gateway is stopped too.
 pub async fn gateway_and_worker(
     config: Arc<Config>,
     client: async_nats::Client,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let worker = tokio::spawn(worker::run(
+    let worker_stop = CancellationToken::new();
+    let mut worker = tokio::spawn(worker::run(
         config.clone(),
         client.clone(),
         worker::new_worker_id(),
-        shutdown.clone(),
+        worker_stop.clone(),
     ));
-    let served = gateway::run(config, client, listener, shutdown.clone()).await;
-    // The gateway has stopped, whether by signal or by failure: stop the worker too.
-    shutdown.cancel();
-    let worked = worker.await.context("worker task")?;
-    served.context("gateway")?;
-    worked.context("worker")?;
+    let mut gateway = tokio::spawn(gateway::run(config, client, listener, shutdown.clone()));
+    tokio::select! {
+        served = &mut gateway => {
+            worker_stop.cancel();
+            let worked = worker.await.context("worker task")?;
+            served.context("gateway task")?.context("gateway")?;
+            worked.context("worker")?;
+        }
+        worked = &mut worker => {
+            shutdown.cancel();
+            let served = gateway.await.context("gateway task")?;
+            worked.context("worker task")?.context("worker stopped early")?;
+            served.context("gateway")?;
+        }
+    }
     Ok(())
 }

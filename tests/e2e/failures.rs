@@ -65,7 +65,8 @@ async fn permanent_failure_fails_fast_with_its_class() {
 
 #[tokio::test]
 async fn retries_stop_after_max_deliver_with_the_last_class() {
-    let stack = Stack::start(1, &[("SWITCHYARD__QUEUE__MAX_DELIVER", "2")]).await;
+    // Three deliveries: two provider attempts and the reserve.
+    let stack = Stack::start(1, &[("SWITCHYARD__QUEUE__MAX_DELIVER", "3")]).await;
     for _ in 0..2 {
         stack
             .provider
@@ -188,5 +189,29 @@ async fn stream_failure_after_first_chunk_is_an_error_event_not_done() {
         .filter(|d| d.contains("chat.completion.chunk"))
         .count();
     assert!(chunks >= 1, "{data:?}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn stream_cut_by_the_provider_fails_instead_of_completing() {
+    let stack = Stack::start(1, &[]).await;
+    stack.provider.push_cut_stream();
+    let mut body = chat_body("fake", "cut me off");
+    body["stream"] = json!(true);
+    let response = stack.chat(body).await;
+    assert_eq!(response.status(), 200, "the stream had started");
+    let task_id = response.headers()["x-switchyard-task-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let data = sse_data(&response.text().await.unwrap());
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{data:?}");
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "network", "{last}");
+    // Output had reached the caller, so the task is not retried with a second beginning.
+    assert_eq!(stack.provider.calls(), 1);
+    let stored: Value = stack.task(&task_id).await.json().await.unwrap();
+    assert_eq!(stored["status"], "failed");
+    assert_eq!(stored["error"]["class"], "network");
     stack.stop().await;
 }

@@ -19,9 +19,11 @@ use serde_json::{Value, json};
 
 /// One scripted answer that replaces the next normal one.
 #[derive(Debug, Clone)]
-pub struct Fault {
-    pub status: u16,
-    pub body: String,
+pub enum Fault {
+    /// Answer with this status and body.
+    Status { status: u16, body: String },
+    /// Start a 200 event stream, send two chunks, then end it without `[DONE]`.
+    CutStream,
 }
 
 #[derive(Default)]
@@ -51,10 +53,19 @@ impl FakeProvider {
 
     /// The next call answers `status` with `body` instead of a completion.
     pub fn push_fault(&self, status: u16, body: &str) {
-        self.state.script.lock().unwrap().push_back(Fault {
+        self.state.script.lock().unwrap().push_back(Fault::Status {
             status,
             body: body.to_owned(),
         });
+    }
+
+    /// The next streaming call is cut after two chunks.
+    pub fn push_cut_stream(&self) {
+        self.state
+            .script
+            .lock()
+            .unwrap()
+            .push_back(Fault::CutStream);
     }
 
     /// Every later call waits `delay` before answering.
@@ -114,9 +125,22 @@ async fn chat(
         .map(str::to_owned);
     state.requests.lock().unwrap().push((auth, body.clone()));
     let fault = state.script.lock().unwrap().pop_front();
-    if let Some(fault) = fault {
-        let status = StatusCode::from_u16(fault.status).unwrap();
-        return (status, [("content-type", "application/json")], fault.body).into_response();
+    match fault {
+        Some(Fault::Status { status, body }) => {
+            let status = StatusCode::from_u16(status).unwrap();
+            return (status, [("content-type", "application/json")], body).into_response();
+        }
+        Some(Fault::CutStream) => {
+            let events = ["Hello ", "there "].map(|text| {
+                let chunk = json!({
+                    "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+                    "model": body["model"], "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]
+                });
+                Ok::<_, Infallible>(Event::default().data(chunk.to_string()))
+            });
+            return Sse::new(futures::stream::iter(events)).into_response();
+        }
+        None => {}
     }
     let delay = *state.delay.lock().unwrap();
     tokio::time::sleep(delay).await;

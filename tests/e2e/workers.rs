@@ -147,3 +147,46 @@ async fn gateway_shutdown_lets_in_flight_requests_finish() {
     );
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn task_whose_last_attempt_died_is_failed_not_stranded() {
+    // Two deliveries: one attempt and the reserve. The attempt's worker is killed.
+    let stack = Stack::start(0, &[("SWITCHYARD__QUEUE__MAX_DELIVER", "2")]).await;
+    let logs = tempfile::TempDir::new().unwrap();
+    stack.provider.set_delay(Duration::from_secs(30));
+    let mut doomed = stack.spawn_worker_process(&logs.path().join("doomed.log"));
+    let pending = send(&stack, "last chance");
+    wait_for_calls(&stack, 1).await;
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let mut rescuer = stack.spawn_worker_process(&logs.path().join("rescuer.log"));
+
+    let response = tokio::time::timeout(Duration::from_secs(30), pending)
+        .await
+        .expect("the client got no answer")
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    let task_id = response.headers()["x-switchyard-task-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "internal");
+    let stored: Value = stack.task(&task_id).await.json().await.unwrap();
+    assert_eq!(stored["status"], "failed");
+    assert_eq!(stored["error"]["class"], "internal");
+    assert_eq!(stored["delivery"], 2);
+    assert_eq!(
+        stack.provider.calls(),
+        1,
+        "the reserve delivery calls no provider"
+    );
+
+    kill(
+        Pid::from_raw(rescuer.id().try_into().unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(rescuer.wait().unwrap().success());
+    stack.stop().await;
+}

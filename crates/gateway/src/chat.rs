@@ -42,7 +42,9 @@ pub async fn chat_completions(
             Err(_) => {}
         }
         // The reply is the fast path; a reply lost in a reconnect is still stored.
-        if let Some(stored) = stored_result(&st, task.id).await? {
+        // A failed read (NATS reconnecting) is logged and retried at the next check: the
+        // task was accepted, so the caller must not be told to send it again.
+        if let Some(stored) = stored_result(&st, task.id).await.ok().flatten() {
             break stored;
         }
         if task.remaining().is_zero() {

@@ -34,6 +34,11 @@ pub enum ApiError {
     DeadlineExceeded { task_id: String },
     #[error("{}", .0.message)]
     TaskFailed(TaskError),
+    #[error(
+        "the stream was interrupted and the retried answer differs from what was sent; \
+         the complete answer is at GET /v1/tasks/{task_id}"
+    )]
+    StreamDiverged { task_id: String },
     #[error("internal error")]
     Internal,
 }
@@ -95,6 +100,9 @@ impl ApiError {
                 None,
             ),
             ApiError::TaskFailed(e) => task_failure_parts(e.class),
+            ApiError::StreamDiverged { .. } => {
+                (S::BAD_GATEWAY, "upstream_error", "stream_interrupted", None)
+            }
             ApiError::Internal => (S::INTERNAL_SERVER_ERROR, "server_error", "internal", None),
         }
     }

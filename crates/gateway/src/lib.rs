@@ -15,6 +15,7 @@ mod submit;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream;
 use shared::Capability;
@@ -22,7 +23,7 @@ use shared::config::Config;
 use shared::provision::{ProvisionError, provision};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use routes::app;
 pub use state::AppState;
@@ -73,12 +74,24 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
+    let grace = Duration::from_millis(config.gateway.drain_timeout_ms);
     let state = state(config, client, shutdown.clone()).await?;
     let replies = state.replies.clone();
     info!(addr = %listener.local_addr()?, "gateway listening");
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    let server = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    let grace_over = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    let served = tokio::select! {
+        served = server => served,
+        () = grace_over => {
+            warn!(?grace, "drain grace period over; closing the remaining connections");
+            Ok(())
+        }
+    };
     // Every request has finished: nobody waits for a reply any more.
     replies.stop();
     served?;

@@ -60,11 +60,15 @@ impl ReplyRouter {
                             None => debug!(task_id = key, "reply for a request that is no longer waiting"),
                         }
                     }
-                    () = stopped.cancelled() => return,
+                    () = stopped.cancelled() => break,
                 }
             }
-            warn!("reply subscription ended; shutting the gateway down");
-            shutdown.cancel();
+            // Dropping the senders tells every remaining waiter that no reply will come.
+            lock(&routes).clear();
+            if !stopped.is_cancelled() {
+                warn!("reply subscription ended; shutting the gateway down");
+                shutdown.cancel();
+            }
         });
         Ok(Self {
             prefix,

@@ -127,7 +127,8 @@ impl Relay {
                 Ok(None) => return Ok(Incoming::Closed),
                 Err(_) => {
                     // The result message may have been lost; the stored result is not.
-                    if let Some(stored) = stored_result(&self.st, self.task_id).await? {
+                    if let Some(stored) = stored_result(&self.st, self.task_id).await.ok().flatten()
+                    {
                         return Ok(Incoming::Result(decode_result(&stored)?));
                     }
                     if Instant::now() >= self.deadline {
@@ -183,8 +184,11 @@ impl Relay {
             .as_str()
             .unwrap_or_default();
         let Some(rest) = full.strip_prefix(self.sent.as_str()) else {
+            // A retried attempt answered differently from the one already relayed.
             warn!(task_id = %self.task_id, "relayed text diverged from the stored result");
-            return self.fail(&ApiError::Internal);
+            return self.fail(&ApiError::StreamDiverged {
+                task_id: self.task_id.to_string(),
+            });
         };
         let relayed_all = !self.gap && self.next_seq > 0 && rest.is_empty();
         if !relayed_all {

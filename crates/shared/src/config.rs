@@ -32,7 +32,8 @@ const DEFAULT_QUEUE_MAX_BYTES: i64 = 1 << 30;
 const DEFAULT_QUEUE_MAX_AGE_SECS: u64 = 86_400;
 /// Short, so a dead worker's task is redelivered quickly; live workers send progress acks.
 const DEFAULT_ACK_WAIT_MS: u64 = 30_000;
-/// Bounded redelivery: a poison task stops after this many attempts.
+/// Bounded redelivery: four provider attempts, then a reserve delivery that records the
+/// failure if the last attempt's worker died.
 const DEFAULT_MAX_DELIVER: i64 = 5;
 /// Results are kept a day so late clients can still fetch them.
 const DEFAULT_RESULTS_TTL_SECS: u64 = 86_400;
@@ -48,6 +49,8 @@ const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
 const DEFAULT_TIMEOUT_MS: u64 = 120_000;
 /// Upper bound a caller may ask for with `x-switchyard-timeout-ms`.
 const DEFAULT_MAX_TIMEOUT_MS: u64 = 600_000;
+/// Time a stopping gateway gives in-flight requests before closing their connections.
+const DEFAULT_GATEWAY_DRAIN_TIMEOUT_MS: u64 = 30_000;
 /// Tasks one worker runs at once per capability.
 const DEFAULT_WORKER_CONCURRENCY: usize = 64;
 /// Time a draining worker gives in-flight tasks before it exits anyway.
@@ -209,6 +212,8 @@ pub struct GatewayConfig {
     pub default_timeout_ms: u64,
     #[serde(default = "default_max_timeout_ms")]
     pub max_timeout_ms: u64,
+    #[serde(default = "default_gateway_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -218,6 +223,7 @@ impl Default for GatewayConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             default_timeout_ms: DEFAULT_TIMEOUT_MS,
             max_timeout_ms: DEFAULT_MAX_TIMEOUT_MS,
+            drain_timeout_ms: DEFAULT_GATEWAY_DRAIN_TIMEOUT_MS,
         }
     }
 }
@@ -415,7 +421,12 @@ impl Config {
         }
         p.positive("queue.max_msgs", self.queue.max_msgs);
         p.positive("queue.max_bytes", self.queue.max_bytes);
-        p.positive("queue.max_deliver", self.queue.max_deliver);
+        if self.queue.max_deliver < 2 {
+            p.add(
+                "queue.max_deliver",
+                "must be at least 2: one attempt plus the reserve delivery that records a failure",
+            );
+        }
         if self.queue.ack_wait_ms < 100 {
             p.add("queue.ack_wait_ms", "must be at least 100");
         }
@@ -641,6 +652,9 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_max_timeout_ms() -> u64 {
     DEFAULT_MAX_TIMEOUT_MS
+}
+fn default_gateway_drain_timeout_ms() -> u64 {
+    DEFAULT_GATEWAY_DRAIN_TIMEOUT_MS
 }
 fn default_worker_concurrency() -> usize {
     DEFAULT_WORKER_CONCURRENCY

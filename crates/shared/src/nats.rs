@@ -17,3 +17,33 @@ pub async fn connect(
         .connect(url)
         .await
 }
+
+/// `url` with any `user:password@` replaced by `***@`, for logs and error messages.
+pub fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = match rest.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => rest.to_owned(),
+    };
+    if scheme.is_empty() {
+        rest
+    } else {
+        format!("{scheme}://{rest}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn credentials_are_hidden() {
+        assert_eq!(
+            redacted("nats://gateway:s3cret@host:4222"),
+            "nats://***@host:4222"
+        );
+        assert_eq!(redacted("nats://token@host:4222"), "nats://***@host:4222");
+        assert_eq!(redacted("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(redacted("host:4222"), "host:4222");
+    }
+}

@@ -11,15 +11,18 @@ const BASE_DELAY: Duration = Duration::from_millis(500);
 const MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// How long to wait before the task is delivered again, or `None` when it must fail now:
-/// the failure is not transient, no deliveries are left, or the wait would outlast the
-/// deadline.
+/// the failure is not transient, part of the answer already reached the caller, this is
+/// the last attempt, or the wait would outlast the deadline.
+///
+/// The last attempt is delivery `max_deliver - 1`: delivery `max_deliver` is kept in
+/// reserve to record a failure if that attempt's worker dies (see `process::handle`).
 pub(crate) fn retry_delay(
     err: &ProviderError,
     delivery: i64,
     max_deliver: i64,
     remaining: Duration,
 ) -> Option<Duration> {
-    if !err.class.is_transient() || delivery >= max_deliver {
+    if !err.class.is_transient() || err.partial || delivery >= last_attempt(max_deliver) {
         return None;
     }
     let delay = match err.retry_after {
@@ -27,6 +30,11 @@ pub(crate) fn retry_delay(
         None => full_jitter(delivery),
     };
     (delay < remaining).then_some(delay)
+}
+
+/// The last delivery on which a provider is called.
+pub(crate) fn last_attempt(max_deliver: i64) -> i64 {
+    max_deliver.saturating_sub(1).max(1)
 }
 
 /// A random delay in `[0, min(MAX_DELAY, BASE_DELAY * 2^(delivery-1))]`.
@@ -66,11 +74,20 @@ mod tests {
     }
 
     #[test]
-    fn last_delivery_is_not_retried() {
-        assert_eq!(
-            retry_delay(&err(FailureClass::Upstream5xx, None), 5, 5, LONG),
-            None
-        );
+    fn last_attempt_is_not_retried() {
+        let e = err(FailureClass::Upstream5xx, None);
+        assert!(retry_delay(&e, 3, 5, LONG).is_some());
+        assert_eq!(retry_delay(&e, 4, 5, LONG), None);
+        assert_eq!(retry_delay(&e, 5, 5, LONG), None);
+    }
+
+    #[test]
+    fn partial_answers_are_not_retried() {
+        let e = ProviderError {
+            partial: true,
+            ..err(FailureClass::Network, None)
+        };
+        assert_eq!(retry_delay(&e, 1, 5, LONG), None);
     }
 
     #[test]

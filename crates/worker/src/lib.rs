@@ -64,22 +64,11 @@ pub async fn run(
             (name, Target { provider, timeout })
         })
         .collect::<HashMap<_, _>>();
-    let deps = Arc::new(Deps {
-        client: client.clone(),
-        results: provisioned.results,
-        providers,
-        routes: config.routes.clone(),
-        worker_id: worker_id.clone(),
-        ack_wait: config.queue.ack_wait(),
-        max_deliver: config.queue.max_deliver,
-    });
-    let handlers = TaskTracker::new();
-    let mut fetchers = JoinSet::new();
-    let capabilities = config.worker_capabilities();
-    for capability in &capabilities {
+    let mut queues = Vec::new();
+    for capability in config.worker_capabilities() {
         let mut consumers = Vec::new();
         for priority in Priority::ALL {
-            let name = consumer_name(capability, priority);
+            let name = consumer_name(&capability, priority);
             let consumer = provisioned
                 .tasks
                 .get_consumer(&name)
@@ -90,8 +79,31 @@ pub async fn run(
                 })?;
             consumers.push((priority, consumer));
         }
+        queues.push((capability, Queues { consumers }));
+    }
+    // The server's max_deliver is the one that counts (another process may have provisioned).
+    let max_deliver = queues
+        .iter()
+        .flat_map(|(_, q)| &q.consumers)
+        .map(|(_, c)| c.cached_info().config.max_deliver)
+        .filter(|m| *m > 0)
+        .min()
+        .unwrap_or(config.queue.max_deliver);
+    let deps = Arc::new(Deps {
+        client: client.clone(),
+        results: provisioned.results,
+        providers,
+        routes: config.routes.clone(),
+        worker_id: worker_id.clone(),
+        ack_wait: config.queue.ack_wait(),
+        max_deliver,
+    });
+    let handlers = TaskTracker::new();
+    let mut fetchers = JoinSet::new();
+    let capabilities: Vec<_> = queues.iter().map(|(c, _)| c.clone()).collect();
+    for (_, queues) in queues {
         let fetcher = Fetcher {
-            queues: Arc::new(Queues { consumers }),
+            queues: Arc::new(queues),
             slots: Arc::new(Semaphore::new(config.worker.concurrency)),
             deps: deps.clone(),
             handlers: handlers.clone(),

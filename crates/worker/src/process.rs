@@ -21,7 +21,7 @@ use shared::{FailureClass, StreamEventKind, Task, TaskResult, TaskStatus};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::assemble::Assembler;
-use crate::backoff::retry_delay;
+use crate::backoff::{last_attempt, retry_delay};
 use crate::provider::{Provider, ProviderError};
 
 /// A provider together with its per-attempt timeout.
@@ -77,6 +77,13 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
         Err(ProviderError::new(
             FailureClass::DeadlineExceeded,
             "the deadline passed before a worker could take the task",
+        ))
+    } else if delivery > last_attempt(deps.max_deliver) {
+        // The reserve delivery: the last attempt ended without a result (its worker died
+        // or could not store it). Record the failure rather than risk stranding the task.
+        Err(ProviderError::new(
+            FailureClass::Internal,
+            "every attempt ended without a result (the worker running it stopped)",
         ))
     } else {
         with_progress(&msg, deps.ack_wait, execute(&task, route, delivery, deps)).await
@@ -175,7 +182,10 @@ async fn stream_to_caller(
     let mut assembler = Assembler::default();
     let mut seq: u64 = 0;
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk?;
+        let chunk = chunk.map_err(|e| ProviderError {
+            partial: seq > 0,
+            ..e
+        })?;
         assembler.push(&chunk);
         let mut headers = event_headers(StreamEventKind::Chunk, delivery);
         headers.insert(HEADER_SEQ, seq.to_string().as_str());

@@ -24,6 +24,9 @@ const LONG_POLL: Duration = Duration::from_secs(2);
 /// Long-poll for workers with fewer slots than priorities: an idle long-poll holds a slot,
 /// so the other priorities are only looked at when it ends; keep that wait short.
 const SHORT_LONG_POLL: Duration = Duration::from_millis(250);
+/// Longest a non-blocking fetch may take, e.g. when the server parks it because the
+/// capability is at its `max_ack_pending`.
+const FETCH_LIMIT: Duration = Duration::from_secs(5);
 /// Most messages taken in one non-blocking fetch.
 const MAX_BATCH: usize = 64;
 /// Pause after a failed fetch (NATS unreachable, consumer missing) before trying again.
@@ -79,8 +82,10 @@ impl Fetcher {
                 Drained::Empty(mut left) => {
                     let one = left.split(1);
                     drop(left);
-                    if let Some(one) = one {
-                        self.long_poll(own, one).await;
+                    if let Some(one) = one
+                        && self.long_poll(own, one).await == Pulled::Failed
+                    {
+                        tokio::time::sleep(FETCH_RETRY_PAUSE).await;
                     }
                 }
                 Drained::Failed => tokio::time::sleep(FETCH_RETRY_PAUSE).await,
@@ -96,14 +101,27 @@ impl Fetcher {
             if want == 0 {
                 break;
             }
-            let batch = match consumer.fetch().max_messages(want).messages().await {
-                Ok(batch) => batch,
-                Err(e) => {
-                    warn!(%priority, error = %e, "fetch failed");
-                    return Drained::Failed;
+            // No `expires`: with it the server waits that long when the queue is empty
+            // instead of answering "no messages" at once. Without it, a fetch the server
+            // parks (the capability is at max_ack_pending) is bounded here instead; a message
+            // that arrives after that is redelivered once ack_wait passes.
+            let fetch = async {
+                match consumer.fetch().max_messages(want).messages().await {
+                    Ok(batch) => self.dispatch_all(batch, &mut permits).await,
+                    Err(e) => {
+                        warn!(%priority, error = %e, "fetch failed");
+                        Pulled::Failed
+                    }
                 }
             };
-            dispatched |= self.dispatch_all(batch, &mut permits).await;
+            let pulled = tokio::time::timeout(FETCH_LIMIT, fetch)
+                .await
+                .unwrap_or(Pulled::Failed);
+            match pulled {
+                Pulled::Failed => return Drained::Failed,
+                Pulled::Dispatched => dispatched = true,
+                Pulled::Nothing => {}
+            }
         }
         if dispatched {
             Drained::Dispatched
@@ -113,9 +131,9 @@ impl Fetcher {
     }
 
     /// Waits up to `idle_wait` for one message on `own`'s queue.
-    async fn long_poll(&self, own: Priority, mut permit: OwnedSemaphorePermit) {
+    async fn long_poll(&self, own: Priority, mut permit: OwnedSemaphorePermit) -> Pulled {
         let Some((_, consumer)) = self.queues.consumers.iter().find(|(p, _)| *p == own) else {
-            return;
+            return Pulled::Nothing;
         };
         match consumer
             .batch()
@@ -124,23 +142,23 @@ impl Fetcher {
             .messages()
             .await
         {
-            Ok(batch) => {
-                self.dispatch_all(batch, &mut permit).await;
-            }
+            Ok(batch) => self.dispatch_all(batch, &mut permit).await,
             Err(e) => {
                 warn!(priority = %own, error = %e, "pull failed");
-                tokio::time::sleep(FETCH_RETRY_PAUSE).await;
+                Pulled::Failed
             }
         }
     }
 
-    /// Hands every message of `batch` to a handler with one of `permits`' slots.
+    /// Hands every message of `batch` to a handler with one of `permits`' slots. A pull
+    /// that ends with an error status (no responders, leadership change, too many waiting
+    /// pulls) is reported as failed, so the caller pauses instead of spinning.
     async fn dispatch_all(
         &self,
         mut batch: async_nats::jetstream::consumer::pull::Batch,
         permits: &mut OwnedSemaphorePermit,
-    ) -> bool {
-        let mut any = false;
+    ) -> Pulled {
+        let mut outcome = Pulled::Nothing;
         while let Some(next) = batch.next().await {
             match next {
                 Ok(msg) => {
@@ -155,13 +173,26 @@ impl Fetcher {
                         process(msg, &deps).await;
                         drop(slot);
                     });
-                    any = true;
+                    outcome = Pulled::Dispatched;
                 }
-                Err(e) => warn!(error = %e, "pull ended with an error"),
+                Err(e) => {
+                    warn!(error = %e, "pull ended with an error");
+                    if outcome == Pulled::Nothing {
+                        outcome = Pulled::Failed;
+                    }
+                }
             }
         }
-        any
+        outcome
     }
+}
+
+/// What one pull request yielded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pulled {
+    Dispatched,
+    Nothing,
+    Failed,
 }
 
 enum Drained {

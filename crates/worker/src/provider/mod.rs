@@ -19,6 +19,8 @@ pub use simulated::Simulated;
 /// A stream of `chat.completion.chunk` objects; an `Err` item ends it.
 pub type ChunkStream = BoxStream<'static, Result<Value, ProviderError>>;
 
+/// Longest `Retry-After` taken literally; anything longer is as good as "much later".
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
 /// Longest provider error text kept in a result; the rest is noise for the caller.
 const MAX_ERROR_TEXT: usize = 500;
 
@@ -31,6 +33,9 @@ pub struct ProviderError {
     pub status: Option<u16>,
     /// What the provider asked for with `Retry-After`, if anything.
     pub retry_after: Option<Duration>,
+    /// Part of the answer already reached the caller (a stream was cut): retrying would
+    /// send a second, different beginning, so the task fails instead.
+    pub partial: bool,
 }
 
 impl ProviderError {
@@ -40,6 +45,7 @@ impl ProviderError {
             message: message.into(),
             status: None,
             retry_after: None,
+            partial: false,
         }
     }
 }
@@ -128,23 +134,29 @@ pub fn error_text(body: &str, secret: Option<&str>) -> String {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| body.trim().to_owned());
-    let mut message: String = message.chars().take(MAX_ERROR_TEXT).collect();
-    if let Some(secret) = secret.filter(|s| !s.is_empty()) {
-        message = message.replace(secret, "*****");
-    }
-    message
+    // Blank the secret before shortening: a key cut in half would no longer match.
+    let message = match secret.filter(|s| !s.is_empty()) {
+        Some(secret) => message.replace(secret, "*****"),
+        None => message,
+    };
+    message.chars().take(MAX_ERROR_TEXT).collect()
 }
 
 /// Parses `Retry-After` as seconds or as an HTTP date.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        if secs.is_nan() {
+            return None;
+        }
+        // Clamp before converting: a huge value must not overflow a Duration.
+        return Duration::try_from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())).ok();
     }
     let when = httpdate::parse_http_date(value).ok()?;
     Some(
         when.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
     )
 }
 
@@ -180,6 +192,9 @@ mod tests {
         );
         assert_eq!(error_text("plain failure\n", None), "plain failure");
         assert_eq!(error_text(&"x".repeat(2000), None).len(), MAX_ERROR_TEXT);
+        // A key straddling the cut is still blanked whole.
+        let long = format!("{} sk-abc123 tail", "y".repeat(MAX_ERROR_TEXT - 4));
+        assert!(!error_text(&long, Some("sk-abc123")).contains("sk-a"));
     }
 
     #[test]
@@ -187,6 +202,8 @@ mod tests {
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
         assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("1e20"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("NaN"), None);
         assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),

@@ -56,33 +56,29 @@ impl OpenAiCompatible {
         request: &Map<String, Value>,
     ) -> Result<ChunkStream, ProviderError> {
         let response = self.send(model, request, true).await?;
+        let is_sse = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_sse {
+            return Err(ProviderError::new(
+                FailureClass::InvalidResponse,
+                "provider answered a streaming request without an event stream",
+            ));
+        }
         let secret = self.api_key.as_ref().map(|s| s.expose().to_owned());
         let events = response.bytes_stream().eventsource();
-        let chunks = events
-            .map(move |event| {
-                let event = event.map_err(|e| {
-                    ProviderError::new(FailureClass::Network, format!("stream broke: {e}"))
-                })?;
-                if event.data.trim() == "[DONE]" {
-                    return Ok(None);
-                }
-                let value: Value = serde_json::from_str(&event.data).map_err(|e| {
-                    ProviderError::new(
-                        FailureClass::InvalidResponse,
-                        format!("malformed stream chunk: {e}"),
-                    )
-                })?;
-                if value.get("error").is_some() {
-                    return Err(ProviderError::new(
-                        classify_status(500, &event.data),
-                        error_text(&event.data, secret.as_deref()),
-                    ));
-                }
-                Ok(Some(value))
-            })
-            // `[DONE]` ends the stream; anything after it is ignored.
-            .take_while(|item| std::future::ready(!matches!(item, Ok(None))))
-            .filter_map(|item| std::future::ready(item.transpose()));
+        let state = StreamState {
+            events: Box::pin(events),
+            secret,
+            finished: false,
+            ended: false,
+        };
+        let chunks = futures::stream::unfold(state, |mut state| async move {
+            let item = state.next_chunk().await?;
+            Some((item, state))
+        });
         Ok(chunks.boxed())
     }
 
@@ -115,6 +111,7 @@ impl OpenAiCompatible {
             message: error_text(&text, self.api_key.as_ref().map(Secret::expose)),
             status: Some(status.as_u16()),
             retry_after,
+            partial: false,
         })
     }
 }
@@ -134,4 +131,91 @@ fn network_error(e: reqwest::Error) -> ProviderError {
     };
     // The URL is the configured base URL (no credentials); the error text names the cause.
     ProviderError::new(class, format!("provider unreachable: {}", e.without_url()))
+}
+
+type EventStream = std::pin::Pin<
+    Box<
+        dyn futures::Stream<
+                Item = Result<
+                    eventsource_stream::Event,
+                    eventsource_stream::EventStreamError<reqwest::Error>,
+                >,
+            > + Send,
+    >,
+>;
+
+/// Reads SSE events into chunks. A stream must end with `[DONE]` (or at least have sent a
+/// `finish_reason`); one that just stops is a cut stream, not a complete answer.
+struct StreamState {
+    events: EventStream,
+    secret: Option<String>,
+    /// A chunk carried a `finish_reason`.
+    finished: bool,
+    ended: bool,
+}
+
+impl StreamState {
+    async fn next_chunk(&mut self) -> Option<Result<Value, ProviderError>> {
+        if self.ended {
+            return None;
+        }
+        let result = self.read().await;
+        if !matches!(result, Some(Ok(_))) {
+            self.ended = true;
+        }
+        result
+    }
+
+    async fn read(&mut self) -> Option<Result<Value, ProviderError>> {
+        loop {
+            let Some(event) = self.events.next().await else {
+                return (!self.finished).then(|| {
+                    Err(ProviderError::new(
+                        FailureClass::Network,
+                        "stream ended before [DONE]",
+                    ))
+                });
+            };
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    return Some(Err(ProviderError::new(
+                        FailureClass::Network,
+                        format!("stream broke: {e}"),
+                    )));
+                }
+            };
+            let data = event.data.trim();
+            if data.is_empty() {
+                continue;
+            }
+            if data == "[DONE]" {
+                return None;
+            }
+            let value: Value = match serde_json::from_str(data) {
+                Ok(v) => v,
+                Err(e) => {
+                    return Some(Err(ProviderError::new(
+                        FailureClass::InvalidResponse,
+                        format!("malformed stream chunk: {e}"),
+                    )));
+                }
+            };
+            if value.get("error").is_some() {
+                return Some(Err(ProviderError::new(
+                    classify_status(500, data),
+                    error_text(data, self.secret.as_deref()),
+                )));
+            }
+            let choices = value.get("choices").and_then(Value::as_array);
+            if choices
+                .into_iter()
+                .flatten()
+                .any(|c| c.get("finish_reason").is_some_and(|r| !r.is_null()))
+            {
+                self.finished = true;
+            }
+            return Some(Ok(value));
+        }
+    }
 }
