@@ -196,22 +196,26 @@ async fn wait_ready(addr: std::net::SocketAddr) -> bool {
     false
 }
 
-#[expect(
-    clippy::print_stdout,
-    reason = "the first-run banner is for the person at the terminal"
-)]
+/// Prints the first-run banner for the person at the terminal. Written in one piece and
+/// never fatal: a closed stdout (`switchyard up | head`) must not take the process down.
 fn print_banner(addr: std::net::SocketAddr, config: &Config) {
+    use std::io::Write;
     let model = config
         .routes
         .keys()
         .next()
         .map_or("simulated", String::as_str);
-    println!();
-    println!("Switchyard is up at http://{addr}  (Ctrl-C stops it)");
-    println!();
-    println!("Try it:");
-    println!(
-        "  curl -s http://{addr}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello, Switchyard\"}}]}}'"
+    let banner = format!(
+        "\nSwitchyard is up at http://{addr}  (Ctrl-C stops it)\n\nTry it:\n  \
+         curl -s http://{addr}/v1/chat/completions -H 'content-type: application/json' \\\n    \
+         -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello, Switchyard\"}}]}}'\n\n"
     );
-    println!();
+    let mut out = std::io::stdout().lock();
+    if out
+        .write_all(banner.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        warn!("could not print the banner: stdout is closed");
+    }
 }

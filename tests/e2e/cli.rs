@@ -41,15 +41,23 @@ async fn up_starts_nats_serves_a_completion_and_stops_cleanly() {
             format!("127.0.0.1:{http_port}"),
         )
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(data.path().join("up.log")).unwrap())
         .spawn()
         .unwrap();
+    let log = || std::fs::read_to_string(data.path().join("up.log")).unwrap_or_default();
     let stdout = child.stdout.take().unwrap();
     // The banner names the URL and a curl to paste.
+    // Read stdout to the end (a reader that stops early would close the pipe on it), and
+    // hand over the banner once its curl line is out.
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
     let banner = tokio::task::spawn_blocking(move || {
         let mut seen = String::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
+        while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(60)) {
             seen.push_str(&line);
             seen.push('\n');
             if line.contains("curl") {
@@ -57,24 +65,20 @@ async fn up_starts_nats_serves_a_completion_and_stops_cleanly() {
             }
         }
         seen
-    });
-    let banner = tokio::time::timeout(Duration::from_secs(60), banner)
-        .await
-        .unwrap()
-        .unwrap();
+    })
+    .await
+    .unwrap();
     let url = format!("http://127.0.0.1:{http_port}");
     assert!(banner.contains(&url), "{banner}");
     assert!(data.path().join("nats").join("jetstream").exists());
 
-    let completion: Value = reqwest::Client::new()
+    let response = reqwest::Client::new()
         .post(format!("{url}/v1/chat/completions"))
         .json(&chat_body("simulated", "first run"))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}\n{}", log()));
+    let completion: Value = response.json().await.unwrap();
     assert!(
         completion["choices"][0]["message"]["content"]
             .as_str()
@@ -90,7 +94,7 @@ async fn up_starts_nats_serves_a_completion_and_stops_cleanly() {
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
         .unwrap();
-    assert!(status.success(), "{status:?}");
+    assert!(status.success(), "{status:?}\n{}", log());
     // The local nats-server went with it.
     assert!(std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_err());
 }

@@ -76,3 +76,26 @@ async fn provisioning_twice_changes_nothing() {
         ["tasks.chat.high", "tasks.chat.low", "tasks.chat.normal"]
     );
 }
+
+#[tokio::test]
+async fn processes_starting_together_all_provision() {
+    let nats = Nats::start();
+    let config = Config::load(
+        Source::Toml(&config_toml(&nats.url, "http://127.0.0.1:9")),
+        &stack_env(&[]),
+    )
+    .unwrap();
+    let mut contexts = Vec::new();
+    for _ in 0..6 {
+        let client = shared::nats::connect(&nats.url, "test").await.unwrap();
+        contexts.push(jetstream::new(client));
+    }
+    let rounds = contexts.iter().map(|js| {
+        let config = config.clone();
+        let js = js.clone();
+        tokio::spawn(async move { provision(&js, &config).await.map(|_| ()) })
+    });
+    for outcome in futures::future::join_all(rounds).await {
+        outcome.unwrap().unwrap();
+    }
+}

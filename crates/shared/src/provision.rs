@@ -11,11 +11,17 @@ use crate::names::{
     EVENTS_STREAM, EVENTS_SUBJECTS, RESULTS_BUCKET, TASKS_STREAM, TASKS_SUBJECTS, consumer_name,
     task_subject,
 };
+use tracing::warn;
+
 use crate::{Capability, Priority};
 
 /// How long JetStream remembers a `Nats-Msg-Id`: a client retrying a publish within this
 /// window does not enqueue the task twice.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Rounds of provisioning before giving up, and the pause after the first failed one
+/// (growing linearly).
+const PROVISION_ROUNDS: u32 = 5;
+const PROVISION_PAUSE: Duration = Duration::from_millis(200);
 /// Pull requests a consumer keeps waiting at once; every worker holds one per priority.
 const MAX_WAITING_PULLS: i64 = 512;
 
@@ -51,7 +57,29 @@ pub struct Provisioned {
 }
 
 /// Creates or updates every stream, consumer and bucket `config` calls for.
+///
+/// Processes that start together (a gateway and workers) provision at the same moment, and
+/// one's create can fail because another's just succeeded ("already in use"). Every step is
+/// idempotent, so a failed round is simply run again a few times.
 pub async fn provision(
+    js: &jetstream::Context,
+    config: &Config,
+) -> Result<Provisioned, ProvisionError> {
+    let mut round = 1;
+    loop {
+        match provision_once(js, config).await {
+            Ok(done) => return Ok(done),
+            Err(e) if round < PROVISION_ROUNDS => {
+                warn!(error = %e, round, "provisioning round failed; trying again");
+                tokio::time::sleep(PROVISION_PAUSE * round).await;
+                round += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn provision_once(
     js: &jetstream::Context,
     config: &Config,
 ) -> Result<Provisioned, ProvisionError> {
