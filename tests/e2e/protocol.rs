@@ -174,3 +174,77 @@ async fn stream_with_a_missing_chunk_is_completed_from_the_stored_result() {
     assert_eq!(chunks[1]["choices"][0]["finish_reason"], "stop");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn redelivered_task_with_a_stored_result_is_not_run_again() {
+    let mut stack = Stack::start(0, &[]).await;
+    let request = stack
+        .http
+        .post(format!("{}/v1/chat/completions", stack.base))
+        .json(&chat_body("fake", "already done"));
+    let pending = tokio::spawn(async move { request.send().await.unwrap() });
+
+    // A worker that stored the result and emitted its event, then died before acking.
+    let js = jetstream::new(stack.client.clone());
+    let consumer: PullConsumer = js
+        .get_stream("TASKS")
+        .await
+        .unwrap()
+        .get_consumer("tasks-chat-normal")
+        .await
+        .unwrap();
+    let mut batch = consumer
+        .batch()
+        .max_messages(1)
+        .expires(Duration::from_secs(20))
+        .messages()
+        .await
+        .unwrap();
+    let msg = batch.next().await.unwrap().unwrap();
+    let task: Task = serde_json::from_slice(&msg.payload).unwrap();
+    let result = json!({
+        "id": task.id, "status": "completed", "worker": "hand", "delivery": 1, "finished_ms": now_ms(),
+        "response": {
+            "id": "c", "object": "chat.completion", "created": 1, "model": "hand",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "stored earlier"}, "finish_reason": "stop"}]
+        }
+    });
+    stack
+        .results_bucket()
+        .await
+        .create(task.id.to_string(), result.to_string().into())
+        .await
+        .unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", task.id.to_string().as_str());
+    js.publish_with_headers("events.task.completed", headers, "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    drop(msg); // never acked: redelivered after ack_wait
+
+    stack.start_worker().await;
+    let response = tokio::time::timeout(Duration::from_secs(20), pending)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let completion: Value = response.json().await.unwrap();
+    assert_eq!(
+        completion["choices"][0]["message"]["content"],
+        "stored earlier"
+    );
+    assert_eq!(
+        stack.provider.calls(),
+        0,
+        "the stored result is re-sent, not recomputed"
+    );
+    let mut events = js.get_stream("EVENTS").await.unwrap();
+    assert_eq!(
+        events.info().await.unwrap().state.messages,
+        1,
+        "the second event for the task is de-duplicated"
+    );
+    stack.stop().await;
+}

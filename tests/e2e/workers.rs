@@ -71,6 +71,12 @@ async fn killed_worker_task_is_redelivered_and_answered_once() {
         .collect()
         .await;
     assert_eq!(history.len(), 1);
+    // And exactly one lifecycle event.
+    let mut events = async_nats::jetstream::new(stack.client.clone())
+        .get_stream("EVENTS")
+        .await
+        .unwrap();
+    assert_eq!(events.info().await.unwrap().state.messages, 1);
 
     kill(
         Pid::from_raw(rescuer.id().try_into().unwrap()),

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use shared::config::RouteConfig;
 use shared::names::{
-    HEADER_DELIVERY, HEADER_EVENT, HEADER_SEQ, stream_subject, task_event_subject,
+    HEADER_DELIVERY, HEADER_EVENT, HEADER_MSG_ID, HEADER_SEQ, stream_subject, task_event_subject,
 };
 use shared::task::{TaskError, now_ms};
 use shared::{FailureClass, StreamEventKind, Task, TaskResult, TaskStatus};
@@ -64,8 +64,7 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
         match deps.results.get(task.id.to_string()).await {
             Ok(Some(stored)) => {
                 debug!("result already stored by an earlier delivery; re-sending it");
-                deliver(&task, stored, delivery, deps).await;
-                ack(&msg, AckKind::Ack).await;
+                finish(&msg, &task, stored, delivery, deps).await;
                 return;
             }
             Ok(None) => {}
@@ -124,8 +123,20 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
         // Not durable: leave the message unacked so it is redelivered after ack_wait.
         return;
     };
-    deliver(&task, stored, delivery, deps).await;
-    ack(&msg, AckKind::Ack).await;
+    finish(&msg, &task, stored, delivery, deps).await;
+}
+
+/// After the result is durable: deliver it, record the lifecycle event, ack. Every delivery
+/// that gets here does all three, so a worker that died after storing loses nothing; the
+/// event is de-duplicated by JetStream on the task id.
+async fn finish(msg: &jetstream::Message, task: &Task, stored: Bytes, delivery: i64, deps: &Deps) {
+    let result = serde_json::from_slice::<TaskResult>(&stored);
+    deliver(task, stored, delivery, deps).await;
+    match result {
+        Ok(result) => emit_event(task, &result, deps).await,
+        Err(e) => warn!(error = %e, "stored result does not decode; no event"),
+    }
+    ack(msg, AckKind::Ack).await;
 }
 
 /// Calls the route's provider within the task's deadline and the target's timeout.
@@ -208,10 +219,7 @@ async fn store(task: &Task, result: &TaskResult, deps: &Deps) -> Option<Bytes> {
     let key = task.id.to_string();
     let bytes = Bytes::from(serde_json::to_vec(result).ok()?);
     match deps.results.create(&key, bytes.clone()).await {
-        Ok(_) => {
-            emit_event(task, result, deps).await;
-            Some(bytes)
-        }
+        Ok(_) => Some(bytes),
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
             debug!("another delivery stored the result first; using it");
             match deps.results.get(key).await {
@@ -261,7 +269,13 @@ async fn emit_event(task: &Task, result: &TaskResult, deps: &Deps) {
     });
     let payload = Bytes::from(event.to_string());
     let subject = task_event_subject(result.status.as_str());
-    if let Err(e) = deps.client.publish(subject, payload).await {
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_MSG_ID, task.id.to_string().as_str());
+    if let Err(e) = deps
+        .client
+        .publish_with_headers(subject, headers, payload)
+        .await
+    {
         warn!(error = %e, "could not publish the task event");
     }
 }
