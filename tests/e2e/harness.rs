@@ -27,19 +27,23 @@ pub struct Nats {
 
 impl Nats {
     pub fn start() -> Self {
-        let dir = TempDir::new().unwrap();
-        let conf = dir.path().join("nats.conf");
-        std::fs::write(
-            &conf,
+        Self::start_with(|store| {
             format!(
-                "listen: \"127.0.0.1:-1\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {:?}\n}}\n",
-                dir.path().join("js").display().to_string()
-            ),
-        )
-        .unwrap();
+                "listen: \"127.0.0.1:-1\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {store:?}\n}}\n"
+            )
+        })
+    }
+
+    /// Starts a server whose configuration `conf` writes, given the store directory. It must
+    /// listen on `127.0.0.1:-1` (a random port).
+    pub fn start_with(conf: impl FnOnce(&str) -> String) -> Self {
+        let dir = TempDir::new().unwrap();
+        let conf_path = dir.path().join("nats.conf");
+        let store = dir.path().join("js").display().to_string();
+        std::fs::write(&conf_path, conf(&store)).unwrap();
         let child = Command::new("nats-server")
             .arg("-c")
-            .arg(&conf)
+            .arg(&conf_path)
             .arg("--ports_file_dir")
             .arg(dir.path())
             .stdout(Stdio::null())

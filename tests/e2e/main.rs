@@ -6,6 +6,7 @@
     reason = "test helpers: a failed step must fail the test loudly"
 )]
 
+mod accounts;
 mod bad_input;
 mod chat;
 mod cli;

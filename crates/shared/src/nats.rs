@@ -6,16 +6,25 @@ use std::time::Duration;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects to `url`, naming the connection after the process role so `nats-server`
-/// monitoring shows who is who.
+/// monitoring shows who is who. Credentials in the URL (`nats://user:password@host` or
+/// `nats://token@host`) are used to authenticate: the client library does not read them
+/// from the URL itself.
 pub async fn connect(
     url: &str,
     role: &str,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name(format!("switchyard-{role}"))
-        .connection_timeout(CONNECT_TIMEOUT)
-        .connect(url)
-        .await
+        .connection_timeout(CONNECT_TIMEOUT);
+    if let Ok(addr) = url.parse::<async_nats::ServerAddr>()
+        && let Some(user) = addr.username()
+    {
+        options = match addr.password() {
+            Some(password) => options.user_and_password(user.to_owned(), password.to_owned()),
+            None => options.token(user.to_owned()),
+        };
+    }
+    options.connect(url).await
 }
 
 /// `url` with any `user:password@` replaced by `***@`, for logs and error messages.
