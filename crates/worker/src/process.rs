@@ -24,6 +24,9 @@ use crate::assemble::Assembler;
 use crate::backoff::{last_attempt, retry_delay};
 use crate::provider::{Provider, ProviderError};
 
+/// How soon a task whose result could not be stored is delivered again.
+const STORE_RETRY_DELAY: Duration = Duration::from_secs(1);
+
 /// A provider together with its per-attempt timeout.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
@@ -120,7 +123,8 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
         finished_ms: now_ms(),
     };
     let Some(stored) = store(&task, &result, deps).await else {
-        // Not durable: leave the message unacked so it is redelivered after ack_wait.
+        // Not durable, so not done: hand the task back to be delivered again shortly.
+        ack(&msg, AckKind::Nak(Some(STORE_RETRY_DELAY))).await;
         return;
     };
     finish(&msg, &task, stored, delivery, deps).await;
@@ -232,7 +236,7 @@ async fn store(task: &Task, result: &TaskResult, deps: &Deps) -> Option<Bytes> {
             }
         }
         Err(e) => {
-            warn!(error = %e, "could not store the result; the task will be redelivered");
+            warn!(error = %e, "could not store the result; the task goes back to the queue");
             None
         }
     }

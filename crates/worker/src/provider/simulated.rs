@@ -32,7 +32,7 @@ impl Simulated {
         model: &str,
         request: &Map<String, Value>,
     ) -> Result<Value, ProviderError> {
-        tokio::time::sleep(self.latency).await;
+        pause(self.latency).await;
         let text = answer(model, request);
         Ok(json!({
             "id": completion_id(),
@@ -79,10 +79,17 @@ impl Simulated {
         let delay = self.chunk_delay;
         futures::stream::iter(chunks.into_iter().enumerate())
             .then(move |(i, c)| async move {
-                tokio::time::sleep(if i == 0 { latency } else { delay }).await;
+                pause(if i == 0 { latency } else { delay }).await;
                 Ok(c)
             })
             .boxed()
+    }
+}
+
+/// Waits `delay`; a zero delay does not wait for the timer's next (1 ms) tick.
+async fn pause(delay: Duration) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
 }
 
