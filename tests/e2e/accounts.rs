@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use shared::config::{Config, Source};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{FakeProvider, Nats, chat_body, config_toml, sse_data, stack_env};
+use crate::harness::{FakeProvider, Nats, chat_body, config_toml, sse_data, stack_env, task_id};
 
 const GATEWAY_PASSWORD: &str = "gateway-test-password";
 const WORKER_PASSWORD: &str = "worker-test-password";
@@ -74,10 +74,7 @@ async fn per_role_users_can_do_their_jobs() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let task_id = response.headers()["x-switchyard-task-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let task_id = task_id(&response);
     let completion: Value = response.json().await.unwrap();
     assert!(
         completion["choices"][0]["message"]["content"]

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::fake_provider::answer_text;
-use crate::harness::{FAKE_KEY, Stack, chat_body, sse_data};
+use crate::harness::{FAKE_KEY, Stack, chat_body, sse_data, task_id};
 
 #[tokio::test]
 async fn chat_completion_round_trip() {
@@ -13,10 +13,7 @@ async fn chat_completion_round_trip() {
     body["temperature"] = json!(0.25);
     let response = stack.chat(body).await;
     assert_eq!(response.status(), 200);
-    let task_id = response.headers()["x-switchyard-task-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let task_id = task_id(&response);
     assert_eq!(response.headers()["x-switchyard-provider"], "fake");
     let completion: Value = response.json().await.unwrap();
     assert_eq!(completion["object"], "chat.completion");

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{FAKE_KEY, Stack, chat_body, eventually, sse_data};
+use crate::harness::{FAKE_KEY, Stack, chat_body, eventually, sse_data, task_id};
 
 #[tokio::test]
 async fn transient_failure_is_redelivered_and_completes_once() {
@@ -15,10 +15,7 @@ async fn transient_failure_is_redelivered_and_completes_once() {
         .push_fault(503, r#"{"error":{"message":"overloaded"}}"#);
     let response = stack.chat(chat_body("fake", "try again")).await;
     assert_eq!(response.status(), 200);
-    let task_id = response.headers()["x-switchyard-task-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let task_id = task_id(&response);
     assert_eq!(stack.provider.calls(), 2);
     let stored: Value = stack.task(&task_id).await.json().await.unwrap();
     assert_eq!(stored["status"], "completed");
@@ -34,10 +31,7 @@ async fn permanent_failure_fails_fast_with_its_class() {
         .push_fault(400, r#"{"error":{"message":"unsupported parameter: foo"}}"#);
     let response = stack.chat(chat_body("fake", "bad")).await;
     assert_eq!(response.status(), 400);
-    let task_id = response.headers()["x-switchyard-task-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let task_id = task_id(&response);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "bad_request");
     assert!(
@@ -91,10 +85,7 @@ async fn provider_key_never_reaches_the_caller() {
         502,
         "an upstream 401 is not the caller's 401"
     );
-    let task_id = response.headers()["x-switchyard-task-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let task_id = task_id(&response);
     let text = response.text().await.unwrap();
     assert!(!text.contains(FAKE_KEY), "{text}");
     assert!(text.contains("*****"), "{text}");
@@ -115,10 +106,7 @@ async fn deadline_bounds_the_wait_and_the_task() {
         )
         .await;
     assert_eq!(response.status(), 504);
-    let task_id = response.headers()["x-switchyard-task-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let task_id = task_id(&response);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "deadline_exceeded");
     // The worker gives up at the deadline too and records why.
@@ -200,10 +188,7 @@ async fn stream_cut_by_the_provider_fails_instead_of_completing() {
     body["stream"] = json!(true);
     let response = stack.chat(body).await;
     assert_eq!(response.status(), 200, "the stream had started");
-    let task_id = response.headers()["x-switchyard-task-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let task_id = task_id(&response);
     let data = sse_data(&response.text().await.unwrap());
     assert!(!data.iter().any(|d| d == "[DONE]"), "{data:?}");
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();

@@ -300,6 +300,14 @@ impl Stack {
     }
 }
 
+/// The `x-switchyard-task-id` of a response.
+pub fn task_id(response: &reqwest::Response) -> String {
+    response.headers()["x-switchyard-task-id"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// A chat request for `route` with one user message.
 pub fn chat_body(route: &str, text: &str) -> serde_json::Value {
     serde_json::json!({"model": route, "messages": [{"role": "user", "content": text}]})

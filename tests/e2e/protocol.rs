@@ -75,6 +75,27 @@ async fn task_published_directly_is_answered_once() {
     stack.stop().await;
 }
 
+/// Takes the next `chat` task at normal priority the way a worker does.
+async fn take_task(stack: &Stack) -> (jetstream::Message, Task) {
+    let consumer: PullConsumer = jetstream::new(stack.client.clone())
+        .get_stream("TASKS")
+        .await
+        .unwrap()
+        .get_consumer("tasks-chat-normal")
+        .await
+        .unwrap();
+    let mut batch = consumer
+        .batch()
+        .max_messages(1)
+        .expires(Duration::from_secs(20))
+        .messages()
+        .await
+        .unwrap();
+    let msg = batch.next().await.unwrap().unwrap();
+    let task = serde_json::from_slice(&msg.payload).unwrap();
+    (msg, task)
+}
+
 /// Publishes one chunk the way a worker does.
 async fn chunk(client: &async_nats::Client, task: &Task, seq: u64, text: &str) {
     let mut headers = HeaderMap::new();
@@ -107,23 +128,7 @@ async fn stream_with_a_missing_chunk_is_completed_from_the_stored_result() {
     let pending = tokio::spawn(async move { request.send().await.unwrap().text().await.unwrap() });
 
     // A hand-written worker: take the task, lose chunk 1, store and send the result.
-    let js = jetstream::new(stack.client.clone());
-    let consumer: PullConsumer = js
-        .get_stream("TASKS")
-        .await
-        .unwrap()
-        .get_consumer("tasks-chat-normal")
-        .await
-        .unwrap();
-    let mut batch = consumer
-        .batch()
-        .max_messages(1)
-        .expires(Duration::from_secs(20))
-        .messages()
-        .await
-        .unwrap();
-    let msg = batch.next().await.unwrap().unwrap();
-    let task: Task = serde_json::from_slice(&msg.payload).unwrap();
+    let (msg, task) = take_task(&stack).await;
     chunk(&stack.client, &task, 0, "Hello ").await;
     chunk(&stack.client, &task, 2, "new ").await; // seq 1 ("brave ") never arrives
     let result = json!({
@@ -186,22 +191,7 @@ async fn redelivered_task_with_a_stored_result_is_not_run_again() {
 
     // A worker that stored the result and emitted its event, then died before acking.
     let js = jetstream::new(stack.client.clone());
-    let consumer: PullConsumer = js
-        .get_stream("TASKS")
-        .await
-        .unwrap()
-        .get_consumer("tasks-chat-normal")
-        .await
-        .unwrap();
-    let mut batch = consumer
-        .batch()
-        .max_messages(1)
-        .expires(Duration::from_secs(20))
-        .messages()
-        .await
-        .unwrap();
-    let msg = batch.next().await.unwrap().unwrap();
-    let task: Task = serde_json::from_slice(&msg.payload).unwrap();
+    let (msg, task) = take_task(&stack).await;
     let result = json!({
         "id": task.id, "status": "completed", "worker": "hand", "delivery": 1, "finished_ms": now_ms(),
         "response": {

@@ -2,14 +2,16 @@
 //! capability both take work; SIGTERM drains in-flight work before exiting.
 
 use std::collections::BTreeSet;
+use std::process::Child;
 use std::time::Duration;
 
 use futures::StreamExt;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
+use tempfile::TempDir;
 
-use crate::harness::{Stack, chat_body, eventually};
+use crate::harness::{Stack, chat_body, eventually, task_id};
 
 fn send(stack: &Stack, text: &str) -> tokio::task::JoinHandle<reqwest::Response> {
     let request = stack
@@ -26,29 +28,46 @@ async fn wait_for_calls(stack: &Stack, n: usize) {
     .await;
 }
 
-#[tokio::test]
-async fn killed_worker_task_is_redelivered_and_answered_once() {
-    let stack = Stack::start(0, &[]).await;
-    let logs = tempfile::TempDir::new().unwrap();
+/// Sends `text`, SIGKILLs the worker process that is running it (no drain, no ack, no
+/// result), starts a fresh worker process, and returns the caller's answer with the running
+/// rescuer, which [`terminate`] stops.
+async fn crash_mid_task(stack: &Stack, text: &str) -> (reqwest::Response, Child, TempDir) {
+    let logs = TempDir::new().unwrap();
     stack.provider.set_delay(Duration::from_secs(30));
     let mut doomed = stack.spawn_worker_process(&logs.path().join("doomed.log"));
-    let pending = send(&stack, "survive a crash");
-    wait_for_calls(&stack, 1).await;
-
-    doomed.kill().unwrap(); // SIGKILL: no drain, no ack, no result.
+    let pending = send(stack, text);
+    wait_for_calls(stack, 1).await;
+    doomed.kill().unwrap();
     doomed.wait().unwrap();
     stack.provider.set_delay(Duration::ZERO);
-    let mut rescuer = stack.spawn_worker_process(&logs.path().join("rescuer.log"));
-
+    let rescuer = stack.spawn_worker_process(&logs.path().join("rescuer.log"));
     let response = tokio::time::timeout(Duration::from_secs(30), pending)
         .await
         .expect("the client got no answer")
         .unwrap();
+    (response, rescuer, logs)
+}
+
+fn sigterm(process: &Child) {
+    kill(
+        Pid::from_raw(process.id().try_into().unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
+/// Stops a worker process with SIGTERM and checks that it drained and exited cleanly.
+fn terminate(mut worker: Child) {
+    sigterm(&worker);
+    assert!(worker.wait().unwrap().success());
+}
+
+#[tokio::test]
+async fn killed_worker_task_is_redelivered_and_answered_once() {
+    let stack = Stack::start(0, &[]).await;
+    let (response, rescuer, _logs) = crash_mid_task(&stack, "survive a crash").await;
     assert_eq!(response.status(), 200);
-    let task_id = response.headers()["x-switchyard-task-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let task_id = task_id(&response);
     let completion: Value = response.json().await.unwrap();
     assert!(
         completion["choices"][0]["message"]["content"]
@@ -78,12 +97,7 @@ async fn killed_worker_task_is_redelivered_and_answered_once() {
         .unwrap();
     assert_eq!(events.info().await.unwrap().state.messages, 1);
 
-    kill(
-        Pid::from_raw(rescuer.id().try_into().unwrap()),
-        Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(rescuer.wait().unwrap().success());
+    terminate(rescuer);
     stack.stop().await;
 }
 
@@ -96,10 +110,7 @@ async fn two_workers_sharing_a_capability_both_take_work() {
     for p in pending {
         let response = p.await.unwrap();
         assert_eq!(response.status(), 200);
-        let id = response.headers()["x-switchyard-task-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let id = task_id(&response);
         let stored: Value = stack.task(&id).await.json().await.unwrap();
         workers.insert(stored["worker"].as_str().unwrap().to_owned());
     }
@@ -111,16 +122,12 @@ async fn two_workers_sharing_a_capability_both_take_work() {
 #[tokio::test]
 async fn sigterm_drains_in_flight_work_then_exits() {
     let stack = Stack::start(0, &[]).await;
-    let logs = tempfile::TempDir::new().unwrap();
+    let logs = TempDir::new().unwrap();
     stack.provider.set_delay(Duration::from_millis(1500));
     let mut worker = stack.spawn_worker_process(&logs.path().join("worker.log"));
     let pending = send(&stack, "finish me");
     wait_for_calls(&stack, 1).await;
-    kill(
-        Pid::from_raw(worker.id().try_into().unwrap()),
-        Signal::SIGTERM,
-    )
-    .unwrap();
+    sigterm(&worker);
     let response = pending.await.unwrap();
     assert_eq!(response.status(), 200);
     let status = tokio::task::spawn_blocking(move || worker.wait().unwrap())
@@ -158,24 +165,9 @@ async fn gateway_shutdown_lets_in_flight_requests_finish() {
 async fn task_whose_last_attempt_died_is_failed_not_stranded() {
     // Two deliveries: one attempt and the reserve. The attempt's worker is killed.
     let stack = Stack::start(0, &[("SWITCHYARD__QUEUE__MAX_DELIVER", "2")]).await;
-    let logs = tempfile::TempDir::new().unwrap();
-    stack.provider.set_delay(Duration::from_secs(30));
-    let mut doomed = stack.spawn_worker_process(&logs.path().join("doomed.log"));
-    let pending = send(&stack, "last chance");
-    wait_for_calls(&stack, 1).await;
-    doomed.kill().unwrap();
-    doomed.wait().unwrap();
-    let mut rescuer = stack.spawn_worker_process(&logs.path().join("rescuer.log"));
-
-    let response = tokio::time::timeout(Duration::from_secs(30), pending)
-        .await
-        .expect("the client got no answer")
-        .unwrap();
+    let (response, rescuer, _logs) = crash_mid_task(&stack, "last chance").await;
     assert_eq!(response.status(), 500);
-    let task_id = response.headers()["x-switchyard-task-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let task_id = task_id(&response);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "internal");
     let stored: Value = stack.task(&task_id).await.json().await.unwrap();
@@ -188,11 +180,6 @@ async fn task_whose_last_attempt_died_is_failed_not_stranded() {
         "the reserve delivery calls no provider"
     );
 
-    kill(
-        Pid::from_raw(rescuer.id().try_into().unwrap()),
-        Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(rescuer.wait().unwrap().success());
+    terminate(rescuer);
     stack.stop().await;
 }
