@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 use shared::config::{Config, Source};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{FakeProvider, Nats, chat_body, config_toml, sse_data, stack_env, task_id};
+use crate::harness::{
+    FakeProvider, Nats, chat_body, config_toml, content, sse_data, stack_env, task_id,
+};
 
 const GATEWAY_PASSWORD: &str = "gateway-test-password";
 const WORKER_PASSWORD: &str = "worker-test-password";
@@ -76,12 +78,7 @@ async fn per_role_users_can_do_their_jobs() {
     assert_eq!(response.status(), 200);
     let task_id = task_id(&response);
     let completion: Value = response.json().await.unwrap();
-    assert!(
-        completion["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .contains("with permissions")
-    );
+    assert!(content(&completion).contains("with permissions"));
     let stored = http
         .get(format!("{base}/v1/tasks/{task_id}"))
         .send()

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::fake_provider::answer_text;
-use crate::harness::{FAKE_KEY, Stack, chat_body, sse_data, task_id};
+use crate::harness::{FAKE_KEY, Stack, chat_body, content, sse_data, task_id};
 
 #[tokio::test]
 async fn chat_completion_round_trip() {
@@ -92,9 +92,7 @@ async fn simulated_provider_answers_offline_and_says_so() {
     let response = stack.chat(chat_body("simulated", "anyone there?")).await;
     assert_eq!(response.status(), 200);
     let completion: Value = response.json().await.unwrap();
-    let text = completion["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap();
+    let text = content(&completion);
     assert!(text.contains("simulated"), "{text}");
     assert!(text.contains("anyone there?"), "{text}");
     assert_eq!(stack.provider.calls(), 0);

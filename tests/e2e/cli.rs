@@ -8,7 +8,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::harness::chat_body;
+use crate::harness::{chat_body, content};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -79,12 +79,7 @@ async fn up_starts_nats_serves_a_completion_and_stops_cleanly() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", log()));
     let completion: Value = response.json().await.unwrap();
-    assert!(
-        completion["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .contains("simulated")
-    );
+    assert!(content(&completion).contains("simulated"));
 
     kill(
         Pid::from_raw(child.id().try_into().unwrap()),

@@ -308,6 +308,13 @@ pub fn task_id(response: &reqwest::Response) -> String {
         .to_owned()
 }
 
+/// The text of a `chat.completion`'s first choice.
+pub fn content(completion: &serde_json::Value) -> &str {
+    completion["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+}
+
 /// A chat request for `route` with one user message.
 pub fn chat_body(route: &str, text: &str) -> serde_json::Value {
     serde_json::json!({"model": route, "messages": [{"role": "user", "content": text}]})

@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::harness::{Stack, chat_body, eventually, task_id};
+use crate::harness::{Stack, chat_body, content, eventually, task_id};
 
 fn send(stack: &Stack, text: &str) -> tokio::task::JoinHandle<reqwest::Response> {
     let request = stack
@@ -69,12 +69,7 @@ async fn killed_worker_task_is_redelivered_and_answered_once() {
     assert_eq!(response.status(), 200);
     let task_id = task_id(&response);
     let completion: Value = response.json().await.unwrap();
-    assert!(
-        completion["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .contains("survive a crash")
-    );
+    assert!(content(&completion).contains("survive a crash"));
     assert_eq!(stack.provider.calls(), 2, "one call per delivery");
 
     let stored: Value = stack.task(&task_id).await.json().await.unwrap();
@@ -152,12 +147,7 @@ async fn gateway_shutdown_lets_in_flight_requests_finish() {
     let response = pending.await.unwrap();
     assert_eq!(response.status(), 200);
     let completion: Value = response.json().await.unwrap();
-    assert!(
-        completion["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .contains("before you go")
-    );
+    assert!(content(&completion).contains("before you go"));
     stack.stop().await;
 }
 
