@@ -4,8 +4,8 @@
 
 mod body;
 mod chat;
-pub mod error;
-pub mod headers;
+mod error;
+mod headers;
 mod info;
 mod replies;
 mod routes;
@@ -25,8 +25,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use routes::app;
-pub use state::AppState;
+use routes::app;
+use state::AppState;
 
 use crate::replies::ReplyRouter;
 
@@ -41,7 +41,7 @@ pub enum GatewayError {
 }
 
 /// Provisions JetStream resources and builds the shared state.
-pub async fn state(
+async fn state(
     config: Arc<Config>,
     client: async_nats::Client,
     shutdown: CancellationToken,
