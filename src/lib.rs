@@ -2,4 +2,5 @@
 //! (`switchyard up`), and starting a local `nats-server` when none is reachable.
 
 pub mod local_nats;
+pub mod operate;
 pub mod serve;

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use shared::TaskId;
 use shared::config::{Config, DEFAULT_TOML, Source};
 use switchyard::local_nats::LocalNats;
-use switchyard::serve;
+use switchyard::{operate, serve};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -49,6 +50,32 @@ enum Command {
     Worker,
     /// Create or update streams, consumers and buckets, then exit.
     Provision,
+    /// Show each provider target's shared health: breaker, latency, errors, cooldowns, keys.
+    Providers,
+    /// Inspect and replay the dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// List dead letters, oldest first, with each attempt.
+    List {
+        /// Only this capability's dead letters.
+        #[arg(long)]
+        capability: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Queue dead-lettered tasks again (as new tasks) and remove them from the DLQ.
+    Replay {
+        /// Task ids of the dead letters.
+        #[arg(required = true)]
+        task_ids: Vec<TaskId>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -125,6 +152,13 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
             worker::run(config, client, worker::new_worker_id(), shutdown).await?;
             Ok(())
         }
+        Command::Providers => operate::providers(&config).await,
+        Command::Dlq {
+            action: DlqAction::List { capability, limit },
+        } => operate::dlq_list(&config, capability.as_deref(), limit).await,
+        Command::Dlq {
+            action: DlqAction::Replay { task_ids },
+        } => operate::dlq_replay(&config, &task_ids).await,
         Command::Provision => {
             let client = serve::connect(&config, "provision").await?;
             let js = async_nats::jetstream::new(client);

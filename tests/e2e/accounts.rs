@@ -8,7 +8,7 @@ use shared::config::{Config, Source};
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{
-    FakeProvider, Nats, chat_body, config_toml, content, sse_data, stack_env, task_id,
+    FakeProvider, Format, Nats, chat_body, config_toml, content, sse_data, stack_env, task_id,
 };
 
 const GATEWAY_PASSWORD: &str = "gateway-test-password";
@@ -30,14 +30,14 @@ async fn per_role_users_can_do_their_jobs() {
             .replace("$GATEWAY_PASSWORD", &format!("{GATEWAY_PASSWORD:?}"))
             .replace("$WORKER_PASSWORD", &format!("{WORKER_PASSWORD:?}"))
     });
-    let provider = FakeProvider::start().await;
+    let provider = FakeProvider::start(Format::OpenAi).await.unwrap();
     let as_user = |user: &str, password: &str| {
         let url = nats
             .url
             .replacen("nats://", &format!("nats://{user}:{password}@"), 1);
         Arc::new(
             Config::load(
-                Source::Toml(&config_toml(&url, &provider.url)),
+                Source::Toml(&config_toml(&url, &provider.base_url())),
                 &stack_env(&[]),
             )
             .unwrap(),

@@ -2,7 +2,6 @@
 
 use serde_json::{Value, json};
 
-use crate::fake_provider::answer_text;
 use crate::harness::{FAKE_KEY, Stack, chat_body, content, sse_data, task_id};
 
 #[tokio::test]
@@ -23,15 +22,12 @@ async fn chat_completion_round_trip() {
     );
 
     // The provider got the target model, the caller's unknown fields untouched, and the key.
-    let sent = &stack.provider.requests()[0];
+    let sent = &stack.provider.requests()[0].body;
     assert_eq!(sent["model"], "fake-model");
     assert_eq!(sent["x_vendor_option"], json!({"keep": true}));
     assert_eq!(sent["temperature"], json!(0.25));
     assert!(sent.get("stream").is_none());
-    assert_eq!(
-        stack.provider.authorizations()[0].as_deref(),
-        Some(format!("Bearer {FAKE_KEY}").as_str())
-    );
+    assert_eq!(stack.provider.requests()[0].key.as_deref(), Some(FAKE_KEY));
 
     // The result is stored under the task id.
     let stored: Value = stack.task(&task_id).await.json().await.unwrap();
@@ -76,13 +72,15 @@ async fn streamed_completion_arrives_in_order_and_ends_with_done() {
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
         .collect();
-    body["model"] = json!("fake-model");
-    assert_eq!(text, answer_text(&body));
+    assert_eq!(
+        text,
+        fake_provider::answer_text("fake-model", "stream me please")
+    );
     assert_eq!(
         chunks.last().unwrap()["choices"][0]["finish_reason"],
         "stop"
     );
-    assert_eq!(stack.provider.requests()[0]["stream"], json!(true));
+    assert_eq!(stack.provider.requests()[0].body["stream"], json!(true));
     stack.stop().await;
 }
 

@@ -5,30 +5,41 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{FAKE_KEY, Stack, chat_body, eventually, sse_data, task_id};
+use crate::harness::{FAKE_KEY, Fault, Stack, chat_body, eventually, sse_data, task_id};
 
 #[tokio::test]
 async fn transient_failure_is_redelivered_and_completes_once() {
     let stack = Stack::start(1, &[]).await;
-    stack
-        .provider
-        .push_fault(503, r#"{"error":{"message":"overloaded"}}"#);
+    // A 503 is retried once in place; the second fails the only target, so the task goes
+    // back to the queue and the next delivery answers.
+    stack.provider.push_fault(Fault::status(503));
+    stack.provider.push_fault(Fault::status(503));
     let response = stack.chat(chat_body("fake", "try again")).await;
     assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchyard-attempts"], "3");
     let task_id = task_id(&response);
-    assert_eq!(stack.provider.calls(), 2);
+    assert_eq!(stack.provider.calls(), 3);
     let stored: Value = stack.task(&task_id).await.json().await.unwrap();
     assert_eq!(stored["status"], "completed");
     assert_eq!(stored["delivery"], 2);
+    let classes: Vec<Value> = stored["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["class"].clone())
+        .collect();
+    assert_eq!(
+        classes,
+        vec![json!("upstream_5xx"), json!("upstream_5xx"), Value::Null]
+    );
+    assert_eq!(stored["attempts"][2]["delivery"], 2);
     stack.stop().await;
 }
 
 #[tokio::test]
 async fn permanent_failure_fails_fast_with_its_class() {
     let stack = Stack::start(1, &[]).await;
-    stack
-        .provider
-        .push_fault(400, r#"{"error":{"message":"unsupported parameter: foo"}}"#);
+    stack.provider.push_fault(Fault::status(400));
     let response = stack.chat(chat_body("fake", "bad")).await;
     assert_eq!(response.status(), 400);
     let task_id = task_id(&response);
@@ -38,7 +49,7 @@ async fn permanent_failure_fails_fast_with_its_class() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("unsupported parameter")
+            .contains("injected fault")
     );
     assert_eq!(stack.provider.calls(), 1);
     let stored: Value = stack.task(&task_id).await.json().await.unwrap();
@@ -47,9 +58,7 @@ async fn permanent_failure_fails_fast_with_its_class() {
     assert_eq!(stored["error"]["upstream_status"], 400);
 
     // Before the first chunk, a streaming request gets the same HTTP error.
-    stack
-        .provider
-        .push_fault(400, r#"{"error":{"message":"nope"}}"#);
+    stack.provider.push_fault(Fault::status(400));
     let mut body = chat_body("fake", "bad stream");
     body["stream"] = json!(true);
     let response = stack.chat(body).await;
@@ -59,26 +68,27 @@ async fn permanent_failure_fails_fast_with_its_class() {
 
 #[tokio::test]
 async fn retries_stop_after_max_deliver_with_the_last_class() {
-    // Three deliveries: two provider attempts and the reserve.
+    // Three deliveries: two that call the provider (twice each: one retry in place) and
+    // the reserve.
     let stack = Stack::start(1, &[("SWITCHYARD__QUEUE__MAX_DELIVER", "3")]).await;
-    for _ in 0..2 {
-        stack
-            .provider
-            .push_fault(500, r#"{"error":{"message":"boom"}}"#);
+    for _ in 0..4 {
+        stack.provider.push_fault(Fault::status(500));
     }
     let response = stack.chat(chat_body("fake", "doomed")).await;
     assert_eq!(response.status(), 502);
+    let task_id = task_id(&response);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "upstream_5xx");
-    assert_eq!(stack.provider.calls(), 2);
+    assert_eq!(stack.provider.calls(), 4);
+    let stored: Value = stack.task(&task_id).await.json().await.unwrap();
+    assert_eq!(stored["attempts"].as_array().unwrap().len(), 4);
     stack.stop().await;
 }
 
 #[tokio::test]
 async fn provider_key_never_reaches_the_caller() {
     let stack = Stack::start(1, &[]).await;
-    let echo = format!(r#"{{"error":{{"message":"Incorrect API key provided: {FAKE_KEY}"}}}}"#);
-    stack.provider.push_fault(401, &echo);
+    stack.provider.push_fault(Fault::status(401));
     let response = stack.chat(chat_body("fake", "who am i")).await;
     assert_eq!(
         response.status(),
@@ -98,7 +108,7 @@ async fn provider_key_never_reaches_the_caller() {
 #[tokio::test]
 async fn deadline_bounds_the_wait_and_the_task() {
     let stack = Stack::start(1, &[]).await;
-    stack.provider.set_delay(Duration::from_secs(3));
+    stack.provider.set_latency(Duration::from_secs(3));
     let response = stack
         .chat_with(
             chat_body("fake", "slow"),
@@ -127,7 +137,7 @@ async fn deadline_bounds_the_wait_and_the_task() {
 #[tokio::test]
 async fn caller_that_disconnects_loses_nothing() {
     let stack = Stack::start(1, &[]).await;
-    stack.provider.set_delay(Duration::from_millis(800));
+    stack.provider.set_latency(Duration::from_millis(800));
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(200))
         .build()
@@ -153,7 +163,7 @@ async fn caller_that_disconnects_loses_nothing() {
     let stored: Value = stack.task(&key).await.json().await.unwrap();
     assert_eq!(stored["status"], "completed");
     // The gateway keeps serving.
-    stack.provider.set_delay(Duration::ZERO);
+    stack.provider.set_latency(Duration::ZERO);
     assert_eq!(stack.chat(chat_body("fake", "next")).await.status(), 200);
     stack.stop().await;
 }
@@ -183,7 +193,7 @@ async fn stream_failure_after_first_chunk_is_an_error_event_not_done() {
 #[tokio::test]
 async fn stream_cut_by_the_provider_fails_instead_of_completing() {
     let stack = Stack::start(1, &[]).await;
-    stack.provider.push_cut_stream();
+    stack.provider.push_fault(Fault::CutStream);
     let mut body = chat_body("fake", "cut me off");
     body["stream"] = json!(true);
     let response = stack.chat(body).await;

@@ -1,6 +1,7 @@
 //! Real parts for end-to-end tests: a `nats-server -js` per test (random port, temporary
-//! store, killed on drop), a fake OpenAI-compatible provider that is a real HTTP server on
-//! loopback, and a stack that runs the gateway and workers in-process or as processes.
+//! store, killed on drop), fake providers that are real HTTP servers on loopback (the
+//! `fake-provider` crate), and a stack that runs the gateway and workers in-process or as
+//! processes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::fake_provider::FakeProvider;
+pub use fake_provider::{FakeProvider, Fault, Format};
 
 /// The API key the fake provider expects; tests check it never leaks.
 pub const FAKE_KEY: &str = "sk-test-fake-0123456789abcdef";
@@ -101,7 +102,7 @@ drain_timeout_ms = 20000
 
 [providers.fake]
 kind = "openai"
-base_url = "{provider_url}/v1"
+base_url = "{provider_url}"
 api_key_env = "FAKE_PROVIDER_KEY"
 timeout_ms = 20000
 
@@ -156,9 +157,14 @@ pub struct Stack {
 impl Stack {
     /// A stack with `workers` in-process workers and configuration `overrides`.
     pub async fn start(workers: usize, overrides: &[(&str, &str)]) -> Self {
+        Self::start_with(workers, overrides, "").await
+    }
+
+    /// A stack whose configuration also has `extra` (more providers and routes, in TOML).
+    pub async fn start_with(workers: usize, overrides: &[(&str, &str)], extra: &str) -> Self {
         let nats = Nats::start();
-        let provider = FakeProvider::start().await;
-        let toml = config_toml(&nats.url, &provider.url);
+        let provider = FakeProvider::start(Format::OpenAi).await.unwrap();
+        let toml = config_toml(&nats.url, &provider.base_url()) + extra;
         let env = stack_env(overrides);
         let config = Arc::new(Config::load(Source::Toml(&toml), &env).unwrap());
         let client = shared::nats::connect(&nats.url, "test").await.unwrap();

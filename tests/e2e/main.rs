@@ -11,7 +11,6 @@ mod bad_input;
 mod chat;
 mod cli;
 mod failures;
-mod fake_provider;
 mod harness;
 mod protocol;
 mod provisioning;

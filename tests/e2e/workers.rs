@@ -33,13 +33,13 @@ async fn wait_for_calls(stack: &Stack, n: usize) {
 /// rescuer, which [`terminate`] stops.
 async fn crash_mid_task(stack: &Stack, text: &str) -> (reqwest::Response, Child, TempDir) {
     let logs = TempDir::new().unwrap();
-    stack.provider.set_delay(Duration::from_secs(30));
+    stack.provider.set_latency(Duration::from_secs(30));
     let mut doomed = stack.spawn_worker_process(&logs.path().join("doomed.log"));
     let pending = send(stack, text);
     wait_for_calls(stack, 1).await;
     doomed.kill().unwrap();
     doomed.wait().unwrap();
-    stack.provider.set_delay(Duration::ZERO);
+    stack.provider.set_latency(Duration::ZERO);
     let rescuer = stack.spawn_worker_process(&logs.path().join("rescuer.log"));
     let response = tokio::time::timeout(Duration::from_secs(30), pending)
         .await
@@ -99,7 +99,7 @@ async fn killed_worker_task_is_redelivered_and_answered_once() {
 #[tokio::test]
 async fn two_workers_sharing_a_capability_both_take_work() {
     let stack = Stack::start(2, &[("SWITCHYARD__WORKER__CONCURRENCY", "1")]).await;
-    stack.provider.set_delay(Duration::from_millis(300));
+    stack.provider.set_latency(Duration::from_millis(300));
     let pending: Vec<_> = (0..6).map(|i| send(&stack, &format!("job {i}"))).collect();
     let mut workers = BTreeSet::new();
     for p in pending {
@@ -118,7 +118,7 @@ async fn two_workers_sharing_a_capability_both_take_work() {
 async fn sigterm_drains_in_flight_work_then_exits() {
     let stack = Stack::start(0, &[]).await;
     let logs = TempDir::new().unwrap();
-    stack.provider.set_delay(Duration::from_millis(1500));
+    stack.provider.set_latency(Duration::from_millis(1500));
     let mut worker = stack.spawn_worker_process(&logs.path().join("worker.log"));
     let pending = send(&stack, "finish me");
     wait_for_calls(&stack, 1).await;
@@ -140,7 +140,7 @@ async fn sigterm_drains_in_flight_work_then_exits() {
 #[tokio::test]
 async fn gateway_shutdown_lets_in_flight_requests_finish() {
     let stack = Stack::start(1, &[]).await;
-    stack.provider.set_delay(Duration::from_millis(1000));
+    stack.provider.set_latency(Duration::from_millis(1000));
     let pending = send(&stack, "answer me before you go");
     wait_for_calls(&stack, 1).await;
     stack.begin_gateway_shutdown();

@@ -6,15 +6,17 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use shared::{TaskId, TaskResult, TaskStatus};
+use tokio::time::Instant;
 
 use crate::body::ChatBody;
 use crate::error::ApiError;
+use crate::headers::Answered;
 use crate::state::AppState;
+use crate::stream;
 use crate::submit::{build_task, decode_result, publish, stored_result};
-use crate::{headers, stream};
 
 /// How often a waiting request also looks for its stored result, in case the reply was lost.
 pub const STORED_RESULT_CHECK: Duration = Duration::from_secs(5);
@@ -25,10 +27,11 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: ChatBody,
 ) -> Result<Response, ApiError> {
+    let started = Instant::now();
     let streaming = body.stream;
     let mut task = build_task(&st, task_id, &headers, body)?;
     if streaming {
-        return stream::respond(st, task).await;
+        return stream::respond(st, task, started).await;
     }
     let mut pending = st.replies.register(task.id);
     task.reply_to = Some(pending.subject.clone());
@@ -53,22 +56,34 @@ pub async fn chat_completions(
             });
         }
     };
-    result_response(decode_result(&payload)?)
+    result_response(decode_result(&payload)?, Some(started))
+}
+
+/// Who answered `result`, with the overhead when the request started at `started`.
+pub fn answered(result: &TaskResult, started: Option<Instant>) -> Answered {
+    Answered {
+        provider: result.provider.clone(),
+        model: result.model.clone(),
+        attempts: Some(result.attempts.len()),
+        fallback_depth: Some(result.fallback_depth),
+        overhead_ms: started.map(|s| overhead_ms(s, result.upstream_ms)),
+    }
+}
+
+/// Milliseconds since `started` not spent with providers.
+pub fn overhead_ms(started: Instant, upstream_ms: u64) -> u64 {
+    u64::try_from(started.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_sub(upstream_ms)
 }
 
 /// A finished task as an HTTP answer: the completion, or its failure as an error.
-pub fn result_response(result: TaskResult) -> Result<Response, ApiError> {
+pub fn result_response(result: TaskResult, started: Option<Instant>) -> Result<Response, ApiError> {
+    let answered = answered(&result, started);
     match (result.status, result.response, result.error) {
         (TaskStatus::Completed, Some(response), _) => {
             let mut out = Json(response).into_response();
-            for (name, value) in [
-                (headers::PROVIDER, &result.provider),
-                (headers::MODEL, &result.model),
-            ] {
-                if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
-                    out.headers_mut().insert(name, v);
-                }
-            }
+            answered.apply(&mut out);
             Ok(out)
         }
         (TaskStatus::Failed, _, Some(error)) => Err(ApiError::TaskFailed(error)),

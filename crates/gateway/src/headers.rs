@@ -8,6 +8,41 @@ pub const PRIORITY: &str = "x-switchyard-priority";
 pub const CAPABILITY: &str = "x-switchyard-capability";
 /// Request: how long to wait for the answer, in milliseconds (bounded by configuration).
 pub const TIMEOUT_MS: &str = "x-switchyard-timeout-ms";
-/// Response: provider and model of the route that answered.
+/// Response: provider and model of the target that answered.
 pub const PROVIDER: &str = "x-switchyard-provider";
 pub const MODEL: &str = "x-switchyard-model";
+/// Response: provider calls made for the task, across redeliveries.
+pub const ATTEMPTS: &str = "x-switchyard-attempts";
+/// Response: targets tried before the one that answered (0: the first choice).
+pub const FALLBACK_DEPTH: &str = "x-switchyard-fallback-depth";
+/// Response: the gateway's own share of the time to answer, in milliseconds: time from
+/// the request to the answer (streams: to the first chunk) minus time spent with providers.
+pub const OVERHEAD_MS: &str = "x-switchyard-overhead-ms";
+
+/// Who answered and at what cost, as response headers.
+#[derive(Debug, Clone, Default)]
+pub struct Answered {
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub attempts: Option<usize>,
+    pub fallback_depth: Option<u32>,
+    pub overhead_ms: Option<u64>,
+}
+
+impl Answered {
+    /// Sets the headers this knows on `response`.
+    pub fn apply(&self, response: &mut axum::response::Response) {
+        let values = [
+            (PROVIDER, self.provider.clone()),
+            (MODEL, self.model.clone()),
+            (ATTEMPTS, self.attempts.map(|a| a.to_string())),
+            (FALLBACK_DEPTH, self.fallback_depth.map(|d| d.to_string())),
+            (OVERHEAD_MS, self.overhead_ms.map(|o| o.to_string())),
+        ];
+        for (name, value) in values {
+            if let Some(v) = value.and_then(|v| axum::http::HeaderValue::from_str(&v).ok()) {
+                response.headers_mut().insert(name, v);
+            }
+        }
+    }
+}

@@ -55,7 +55,7 @@ pub async fn models(State(st): State<AppState>) -> Json<serde_json::Value> {
                 "id": name,
                 "object": "model",
                 "created": 0,
-                "owned_by": route.provider,
+                "owned_by": route.targets.first().map(|t| t.provider.as_str()),
                 "capability": route.capability,
             })
         })

@@ -7,6 +7,7 @@ mod chat;
 mod error;
 mod headers;
 mod info;
+mod operate;
 mod replies;
 mod routes;
 mod state;
@@ -61,7 +62,9 @@ async fn state(
         client,
         js,
         results: provisioned.results,
+        providers: provisioned.providers,
         replies,
+        default_capability: Capability::default(),
         route_capabilities: Arc::new(route_capabilities),
         capabilities: Arc::new(capabilities),
     })

@@ -5,6 +5,9 @@
 //! | POST   | `/v1/chat/completions` | [`chat::chat_completions`] |
 //! | GET    | `/v1/models`           | [`info::models`]           |
 //! | GET    | `/v1/tasks/{id}`       | [`info::task`]             |
+//! | GET    | `/v1/providers`        | [`operate::providers`]     |
+//! | GET    | `/v1/dlq`              | [`operate::list`]          |
+//! | POST   | `/v1/dlq/{id}/replay`  | [`operate::replay`]        |
 //! | GET    | `/healthz`             | [`info::healthz`]          |
 //! | GET    | `/readyz`              | [`info::readyz`]           |
 
@@ -18,7 +21,7 @@ use shared::TaskId;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{chat, headers, info};
+use crate::{chat, headers, info, operate};
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.gateway.max_body_bytes;
@@ -26,6 +29,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(info::models))
         .route("/v1/tasks/{id}", get(info::task))
+        .route("/v1/providers", get(operate::providers))
+        .route("/v1/dlq", get(operate::list))
+        .route("/v1/dlq/{id}/replay", post(operate::replay))
         .route("/healthz", get(info::healthz))
         .route("/readyz", get(info::readyz))
         .fallback(not_found)

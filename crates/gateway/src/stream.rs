@@ -14,13 +14,17 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
-use shared::names::{HEADER_DELIVERY, HEADER_EVENT, HEADER_SEQ, stream_subject};
+use shared::names::{
+    HEADER_ATTEMPTS, HEADER_DELIVERY, HEADER_EVENT, HEADER_FALLBACK_DEPTH, HEADER_MODEL,
+    HEADER_PROVIDER, HEADER_SEQ, HEADER_UPSTREAM_MS, stream_subject,
+};
 use shared::{StreamEventKind, Task, TaskId, TaskResult, TaskStatus};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::chat::{STORED_RESULT_CHECK, result_response};
+use crate::chat::{STORED_RESULT_CHECK, answered, overhead_ms, result_response};
 use crate::error::{ApiError, error_body};
+use crate::headers::Answered;
 use crate::state::AppState;
 use crate::submit::{decode_result, publish, stored_result};
 
@@ -30,13 +34,15 @@ enum Incoming {
         seq: u64,
         delivery: u64,
         payload: Bytes,
+        /// Who answers, on the first chunk of an attempt.
+        meta: Option<Box<Answered>>,
     },
     Result(TaskResult),
     Timeout,
     Closed,
 }
 
-pub async fn respond(st: AppState, mut task: Task) -> Result<Response, ApiError> {
+pub async fn respond(st: AppState, mut task: Task, started: Instant) -> Result<Response, ApiError> {
     let subject = stream_subject(task.id);
     let sub = st.client.subscribe(subject.clone()).await.map_err(|e| {
         warn!(error = %e, "could not subscribe to a stream subject");
@@ -57,12 +63,14 @@ pub async fn respond(st: AppState, mut task: Task) -> Result<Response, ApiError>
         finished: false,
         queued: VecDeque::new(),
     };
+    let mut answered_by = Answered::default();
     match relay.next_incoming().await? {
         Incoming::Result(result) => {
             // Whole answer before any chunk (e.g. a redelivery found it stored): one chunk.
             if result.status == TaskStatus::Failed {
-                return result_response(result);
+                return result_response(result, Some(started));
             }
+            answered_by = answered(&result, Some(started));
             relay.finish_with(result);
         }
         Incoming::Timeout => {
@@ -71,15 +79,36 @@ pub async fn respond(st: AppState, mut task: Task) -> Result<Response, ApiError>
             });
         }
         Incoming::Closed => return Err(ApiError::Unavailable),
-        chunk @ Incoming::Chunk { .. } => relay.accept(chunk),
+        Incoming::Chunk {
+            seq,
+            delivery,
+            payload,
+            meta,
+        } => {
+            if let Some(mut meta) = meta {
+                // The worker sent its provider time to the first chunk as the overhead slot.
+                meta.overhead_ms = meta
+                    .overhead_ms
+                    .map(|upstream| overhead_ms(started, upstream));
+                answered_by = *meta;
+            }
+            relay.accept(Incoming::Chunk {
+                seq,
+                delivery,
+                payload,
+                meta: None,
+            });
+        }
     }
     let events = futures::stream::unfold(relay, |mut relay| async move {
         let event = relay.next_event().await?;
         Some((Ok::<_, Infallible>(event), relay))
     });
-    Ok(Sse::new(events)
+    let mut response = Sse::new(events)
         .keep_alive(KeepAlive::default())
-        .into_response())
+        .into_response();
+    answered_by.apply(&mut response);
+    Ok(response)
 }
 
 struct Relay {
@@ -149,6 +178,7 @@ impl Relay {
             seq,
             delivery,
             payload,
+            ..
         } = chunk
         else {
             return;
@@ -226,6 +256,16 @@ fn decode(msg: &Message) -> Result<Option<Incoming>, ApiError> {
                 seq,
                 delivery,
                 payload: msg.payload.clone(),
+                meta: header(HEADER_PROVIDER).map(|provider| {
+                    Box::new(Answered {
+                        provider: Some(provider),
+                        model: header(HEADER_MODEL),
+                        attempts: number(HEADER_ATTEMPTS).and_then(|a| usize::try_from(a).ok()),
+                        fallback_depth: number(HEADER_FALLBACK_DEPTH)
+                            .and_then(|d| u32::try_from(d).ok()),
+                        overhead_ms: number(HEADER_UPSTREAM_MS),
+                    })
+                }),
             }),
             _ => None,
         },

@@ -5,6 +5,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use axum::http::HeaderMap as HttpHeaders;
 use bytes::Bytes;
+use shared::config::split_direct;
 use shared::names::{HEADER_MSG_ID, task_subject};
 use shared::task::now_ms;
 use shared::{Capability, Priority, Task, TaskId, TaskResult};
@@ -22,12 +23,16 @@ pub fn build_task(
     headers: &HttpHeaders,
     body: ChatBody,
 ) -> Result<Task, ApiError> {
-    let route_capability = st
-        .route_capabilities
-        .get(&body.model)
-        .ok_or_else(|| ApiError::UnknownModel(body.model.clone()))?;
+    let route_capability = match st.route_capabilities.get(&body.model) {
+        Some(capability) => capability.clone(),
+        // `provider/model` addresses one target directly, on the default capability.
+        None if split_direct(&body.model, &st.config.providers).is_some() => {
+            st.default_capability.clone()
+        }
+        None => return Err(ApiError::UnknownModel(body.model.clone())),
+    };
     let capability = match header(headers, headers::CAPABILITY)? {
-        None => route_capability.clone(),
+        None => route_capability,
         Some(name) => {
             let capability: Capability = name.parse().map_err(|e| {
                 ApiError::invalid(headers::CAPABILITY, format!("capability name {e}"))
@@ -72,6 +77,7 @@ pub fn build_task(
         deadline_ms: now.saturating_add(timeout_ms),
         reply_to: None,
         created_ms: now,
+        replay_of: None,
     })
 }
 

@@ -53,6 +53,27 @@ impl FailureClass {
         }
     }
 
+    /// Whether a task that failed with this class goes to the dead-letter queue: it failed
+    /// for a reason on the provider's or our side, so replaying it later may succeed. A
+    /// request the provider judged (bad request, too long, filtered) or the caller dropped
+    /// would fail the same way again.
+    pub fn dead_letters(self) -> bool {
+        match self {
+            FailureClass::RateLimited
+            | FailureClass::Timeout
+            | FailureClass::Upstream5xx
+            | FailureClass::Auth
+            | FailureClass::Network
+            | FailureClass::InvalidResponse
+            | FailureClass::DeadlineExceeded
+            | FailureClass::Internal => true,
+            FailureClass::BadRequest
+            | FailureClass::ContextLength
+            | FailureClass::ContentFilter
+            | FailureClass::Cancelled => false,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureClass::RateLimited => "rate_limited",

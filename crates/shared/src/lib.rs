@@ -3,7 +3,9 @@
 //! vocabulary of failure classes. Nothing here talks HTTP.
 
 pub mod config;
+pub mod dlq;
 pub mod failure;
+pub mod health;
 pub mod names;
 pub mod nats;
 pub mod provision;
@@ -11,4 +13,4 @@ pub mod task;
 
 pub use failure::FailureClass;
 pub use names::{Capability, NameError, Priority, TaskId};
-pub use task::{StreamEventKind, Task, TaskResult, TaskStatus};
+pub use task::{Attempt, StreamEventKind, Task, TaskResult, TaskStatus};

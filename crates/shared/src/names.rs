@@ -19,6 +19,15 @@ pub const RESULTS_BUCKET: &str = "results";
 pub const TASKS_SUBJECTS: &str = "tasks.>";
 /// Subjects captured by the `EVENTS` stream.
 pub const EVENTS_SUBJECTS: &str = "events.>";
+/// Stream holding dead letters: tasks that failed for good, with their failure history.
+pub const DLQ_STREAM: &str = "DLQ";
+/// Subjects captured by the `DLQ` stream.
+pub const DLQ_SUBJECTS: &str = "dlq.>";
+/// Key-value bucket of provider health shared by all workers (breakers, cooldowns, keys).
+pub const PROVIDERS_BUCKET: &str = "providers";
+/// Key-value bucket holding the attempts of a task that went back to the queue, so the
+/// next delivery continues its history.
+pub const ATTEMPTS_BUCKET: &str = "attempts";
 
 /// Header carrying the task id on a published task; JetStream de-duplicates on it.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
@@ -28,6 +37,14 @@ pub const HEADER_EVENT: &str = "Switchyard-Event";
 pub const HEADER_SEQ: &str = "Switchyard-Seq";
 /// Header with the JetStream delivery count of the worker attempt that produced a message.
 pub const HEADER_DELIVERY: &str = "Switchyard-Delivery";
+
+/// Headers on the first chunk of a stream, so the gateway can name who answered before
+/// the body starts: provider, model, attempts so far, fallback depth, provider time (ms).
+pub const HEADER_PROVIDER: &str = "Switchyard-Provider";
+pub const HEADER_MODEL: &str = "Switchyard-Model";
+pub const HEADER_ATTEMPTS: &str = "Switchyard-Attempts";
+pub const HEADER_FALLBACK_DEPTH: &str = "Switchyard-Fallback-Depth";
+pub const HEADER_UPSTREAM_MS: &str = "Switchyard-Upstream-Ms";
 
 /// Longest capability name accepted; keeps subjects and consumer names short.
 const MAX_TOKEN_LEN: usize = 64;
@@ -54,6 +71,15 @@ pub enum NameError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Capability(String);
+
+/// Capability of routes that name none, and of `provider/model` requests.
+pub const DEFAULT_CAPABILITY: &str = "chat";
+
+impl Default for Capability {
+    fn default() -> Self {
+        Capability(DEFAULT_CAPABILITY.to_owned())
+    }
+}
 
 impl Capability {
     pub fn as_str(&self) -> &str {
@@ -185,6 +211,11 @@ pub fn consumer_name(capability: &Capability, priority: Priority) -> String {
 /// `stream.<task id>`: core-NATS subject carrying a streaming task's chunks.
 pub fn stream_subject(task_id: TaskId) -> String {
     format!("stream.{task_id}")
+}
+
+/// `dlq.<capability>`: where a capability's dead letters are kept.
+pub fn dlq_subject(capability: &Capability) -> String {
+    format!("dlq.{capability}")
 }
 
 /// `events.task.<status>`: lifecycle event subject for a finished task.

@@ -8,8 +8,8 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 
 use crate::config::Config;
 use crate::names::{
-    EVENTS_STREAM, EVENTS_SUBJECTS, RESULTS_BUCKET, TASKS_STREAM, TASKS_SUBJECTS, consumer_name,
-    task_subject,
+    ATTEMPTS_BUCKET, DLQ_STREAM, EVENTS_STREAM, EVENTS_SUBJECTS, PROVIDERS_BUCKET, RESULTS_BUCKET,
+    TASKS_STREAM, TASKS_SUBJECTS, consumer_name, task_subject,
 };
 use tracing::warn;
 
@@ -24,6 +24,8 @@ const PROVISION_ROUNDS: u32 = 5;
 const PROVISION_PAUSE: Duration = Duration::from_millis(200);
 /// Pull requests a consumer keeps waiting at once; every worker holds one per priority.
 const MAX_WAITING_PULLS: i64 = 512;
+/// Provider health records expire a day after their last update.
+const PROVIDER_HEALTH_TTL_SECS: u64 = 86_400;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
@@ -54,6 +56,8 @@ pub enum ProvisionError {
 pub struct Provisioned {
     pub tasks: stream::Stream,
     pub results: kv::Store,
+    pub providers: kv::Store,
+    pub attempts: kv::Store,
 }
 
 /// Creates or updates every stream, consumer and bucket `config` calls for.
@@ -139,7 +143,59 @@ async fn provision_once(
             name: RESULTS_BUCKET,
             source,
         })?;
-    Ok(Provisioned { tasks, results })
+    js.create_or_update_stream(crate::dlq::stream_config(
+        Duration::from_secs(config.dlq.max_age_secs),
+        replicas,
+    ))
+    .await
+    .map_err(|source| ProvisionError::Stream {
+        name: DLQ_STREAM,
+        source,
+    })?;
+    let providers = bucket(
+        js,
+        PROVIDERS_BUCKET,
+        "Switchyard provider health shared by all workers",
+        // A record nobody refreshed for a day is stale: forgetting it re-admits the key
+        // or target, which is the safe way to be wrong.
+        Duration::from_secs(PROVIDER_HEALTH_TTL_SECS),
+        replicas,
+    )
+    .await?;
+    let attempts = bucket(
+        js,
+        ATTEMPTS_BUCKET,
+        "Switchyard attempts of tasks waiting for another delivery",
+        Duration::from_secs(config.results.ttl_secs),
+        replicas,
+    )
+    .await?;
+    Ok(Provisioned {
+        tasks,
+        results,
+        providers,
+        attempts,
+    })
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: &'static str,
+    description: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store, ProvisionError> {
+    js.create_or_update_key_value(kv::Config {
+        bucket: name.to_owned(),
+        description: description.to_owned(),
+        history: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|source| ProvisionError::Bucket { name, source })
 }
 
 fn tasks_stream_config(config: &Config) -> stream::Config {

@@ -26,6 +26,9 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
     pub created_ms: u64,
+    /// The dead-lettered task this one replays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<TaskId>,
 }
 
 impl Task {
@@ -87,6 +90,36 @@ pub struct TaskResult {
     /// JetStream delivery count of the attempt that wrote the result (1 = first delivery).
     pub delivery: u64,
     pub finished_ms: u64,
+    /// Every provider call made for the task, across deliveries, in order.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+    /// Position of the answering target in the order tried (0: the first choice).
+    #[serde(default)]
+    pub fallback_depth: u32,
+    /// Time spent waiting on providers, all attempts together, in milliseconds.
+    #[serde(default)]
+    pub upstream_ms: u64,
+}
+
+/// One provider call: who was asked, with which key, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub provider: String,
+    pub model: String,
+    /// Name of the key's environment variable (never the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// JetStream delivery the attempt was made in.
+    pub delivery: u64,
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    /// `None` when the attempt answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<FailureClass>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What a message on a reply or `stream.<task id>` subject carries (header

@@ -3,14 +3,19 @@
 //! acks. Stateless: start as many as the load needs. Draining on shutdown stops pulling,
 //! finishes in-flight tasks within a grace period, then returns.
 
+mod action;
 mod assemble;
 mod backoff;
+mod failover;
+mod health;
+mod plan;
 mod process;
 pub mod provider;
 mod pull;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -24,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::process::{Deps, Target};
+use crate::health::Health;
+use crate::process::{Deps, Runtime};
 use crate::pull::{Fetcher, Queues};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,13 +63,30 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let js = jetstream::new(client.clone());
     let provisioned = provision(&js, &config).await?;
-    let providers = provider::build_providers(&config)?
-        .into_iter()
-        .map(|(name, provider)| {
-            let timeout = config.providers[&name].timeout();
-            (name, Target { provider, timeout })
+    let http = provider::http_client()?;
+    let runtimes = config
+        .providers
+        .iter()
+        .map(|(name, p)| {
+            let runtime = Runtime {
+                provider: provider::Provider::new(&http, p),
+                timeout: p.timeout(),
+                first_token_timeout: p.first_token_timeout(),
+                idle_timeout: p.idle_timeout(),
+            };
+            (name.clone(), runtime)
         })
         .collect::<HashMap<_, _>>();
+    let background = TaskTracker::new();
+    let health_stop = CancellationToken::new();
+    let health = Health::start(
+        provisioned.providers.clone(),
+        config.health.clone(),
+        &background,
+        // Stopped after the drain, so the last successes are shared too.
+        health_stop.clone(),
+    )
+    .await;
     let mut queues = Vec::new();
     for capability in config.worker_capabilities() {
         let mut consumers = Vec::new();
@@ -91,9 +114,14 @@ pub async fn run(
         .unwrap_or(config.queue.max_deliver);
     let deps = Arc::new(Deps {
         client: client.clone(),
+        js: js.clone(),
         results: provisioned.results,
-        providers,
+        attempts: provisioned.attempts,
+        health,
+        runtimes,
+        provider_configs: config.providers.clone(),
         routes: config.routes.clone(),
+        rotation: AtomicUsize::new(0),
         worker_id: worker_id.clone(),
         ack_wait: config.queue.ack_wait(),
         max_deliver,
@@ -142,6 +170,14 @@ pub async fn run(
             unfinished = handlers.len(),
             "drain grace period over; unfinished tasks will be redelivered"
         );
+    }
+    health_stop.cancel();
+    background.close();
+    if tokio::time::timeout(grace, background.wait())
+        .await
+        .is_err()
+    {
+        warn!("provider health did not finish its last flush");
     }
     if let Err(e) = client.flush().await {
         warn!(error = %e, "could not flush the NATS connection");

@@ -1,46 +1,56 @@
 //! Handling one delivered task, from decoding to ack: skip the work if a result already
-//! exists, call the provider with in-progress acks, stream chunks, store the one result with
-//! `create` (first writer wins), deliver it to the reply subject, emit an event, then ack.
-//! A transient failure with deliveries left is NAKed with a delay instead, so JetStream
-//! redelivers it later; the result is stored before the ack, so nothing is lost.
+//! exists, run the failover loop with in-progress acks, store the one result with `create`
+//! (first writer wins) carrying every attempt, dead-letter it if it failed for good, deliver
+//! it to the reply subject, emit an event, then ack. When no target could answer for a
+//! reason that may pass, the task is NAKed with a delay instead and its attempts are kept
+//! for the next delivery; the result is stored before the ack, so nothing is lost.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, kv};
 use bytes::Bytes;
-use futures::StreamExt;
-use serde_json::{Value, json};
-use shared::config::RouteConfig;
-use shared::names::{
-    HEADER_DELIVERY, HEADER_EVENT, HEADER_MSG_ID, HEADER_SEQ, stream_subject, task_event_subject,
-};
+use serde_json::json;
+use shared::config::{ProviderConfig, RouteConfig};
+use shared::dlq::{self, DeadLetter};
+use shared::names::{HEADER_DELIVERY, HEADER_EVENT, HEADER_MSG_ID, task_event_subject};
 use shared::task::{TaskError, now_ms};
-use shared::{FailureClass, StreamEventKind, Task, TaskResult, TaskStatus};
+use shared::{Attempt, FailureClass, StreamEventKind, Task, TaskResult, TaskStatus};
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::assemble::Assembler;
 use crate::backoff::{last_attempt, retry_delay};
+use crate::failover::{self, Outcome};
+use crate::health::Health;
 use crate::provider::{Provider, ProviderError};
 
 /// How soon a task whose result could not be stored is delivered again.
 const STORE_RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// A provider together with its per-attempt timeout.
+/// One configured provider's adapter and timeouts.
 #[derive(Debug, Clone)]
-pub(crate) struct Target {
+pub(crate) struct Runtime {
     pub provider: Provider,
     pub timeout: Duration,
+    pub first_token_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 /// What handling a task needs; shared by every in-flight task of a worker.
 #[derive(Debug)]
 pub(crate) struct Deps {
     pub client: async_nats::Client,
+    pub js: jetstream::Context,
     pub results: kv::Store,
-    pub providers: HashMap<String, Target>,
+    pub attempts: kv::Store,
+    pub health: Arc<Health>,
+    pub runtimes: HashMap<String, Runtime>,
+    pub provider_configs: BTreeMap<String, ProviderConfig>,
     pub routes: BTreeMap<String, RouteConfig>,
+    /// Where the next key rotation starts, so load spreads over a pool.
+    pub rotation: AtomicUsize,
     pub worker_id: String,
     pub ack_wait: Duration,
     pub max_deliver: i64,
@@ -63,6 +73,7 @@ pub(crate) async fn process(msg: jetstream::Message, deps: &Deps) {
 }
 
 async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps) {
+    let mut history = Vec::new();
     if delivery > 1 {
         match deps.results.get(task.id.to_string()).await {
             Ok(Some(stored)) => {
@@ -73,32 +84,45 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
             Ok(None) => {}
             Err(e) => warn!(error = %e, "could not look up an earlier result"),
         }
+        history = earlier_attempts(&task, deps).await;
     }
-    let route = deps.routes.get(&task.route);
     let outcome = if task.remaining().is_zero() {
-        Err(ProviderError::new(
+        Outcome::failed(
             FailureClass::DeadlineExceeded,
             "the deadline passed before a worker could take the task",
-        ))
+        )
     } else if delivery > last_attempt(deps.max_deliver) {
         // The reserve delivery: the last attempt ended without a result (its worker died
         // or could not store it). Record the failure rather than risk stranding the task.
-        Err(ProviderError::new(
+        Outcome::failed(
             FailureClass::Internal,
             "every attempt ended without a result (the worker running it stopped)",
-        ))
+        )
     } else {
-        with_progress(&msg, deps.ack_wait, execute(&task, route, delivery, deps)).await
+        with_progress(
+            &msg,
+            deps.ack_wait,
+            failover::run(&task, delivery, &history, deps),
+        )
+        .await
     };
-    let (status, response, error) = match outcome {
+    let Outcome {
+        answer,
+        attempts,
+        answered_by,
+        fallback_depth,
+    } = outcome;
+    history.extend(attempts);
+    let (status, response, error) = match answer {
         Ok(response) => (TaskStatus::Completed, Some(response), None),
         Err(err) => {
             if let Some(delay) = retry_delay(&err, delivery, deps.max_deliver, task.remaining()) {
                 warn!(
                     class = err.class.as_str(),
                     ?delay,
-                    "transient failure; task goes back to the queue"
+                    "no target answered; task goes back to the queue"
                 );
+                keep_attempts(&task, &history, deps).await;
                 ack(&msg, AckKind::Nak(Some(delay))).await;
                 return;
             }
@@ -111,16 +135,27 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
             (TaskStatus::Failed, None, Some(error))
         }
     };
+    let last = history.last();
+    let (provider, model) = match answered_by {
+        Some((provider, model)) => (Some(provider), Some(model)),
+        None => (
+            last.map(|a| a.provider.clone()),
+            last.map(|a| a.model.clone()),
+        ),
+    };
     let result = TaskResult {
         id: task.id,
         status,
         response,
         error,
-        provider: route.map(|r| r.provider.clone()),
-        model: route.map(|r| r.model.clone()),
+        provider,
+        model,
         worker: deps.worker_id.clone(),
         delivery: u64::try_from(delivery).unwrap_or(1),
         finished_ms: now_ms(),
+        upstream_ms: history.iter().map(|a| a.duration_ms).sum(),
+        attempts: history,
+        fallback_depth,
     };
     let Some(stored) = store(&task, &result, deps).await else {
         // Not durable, so not done: hand the task back to be delivered again shortly.
@@ -130,92 +165,75 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
     finish(&msg, &task, stored, delivery, deps).await;
 }
 
-/// After the result is durable: deliver it, record the lifecycle event, ack. Every delivery
-/// that gets here does all three, so a worker that died after storing loses nothing; the
-/// event is de-duplicated by JetStream on the task id.
+/// After the result is durable: dead-letter it if it failed for good, deliver it, record
+/// the lifecycle event, ack. Every delivery that gets here does all of it, so a worker that
+/// died after storing loses nothing; the dead letter and the event are de-duplicated by
+/// JetStream on the task id.
 async fn finish(msg: &jetstream::Message, task: &Task, stored: Bytes, delivery: i64, deps: &Deps) {
     let result = serde_json::from_slice::<TaskResult>(&stored);
+    if let Ok(result) = &result
+        && let Some(error) = &result.error
+        && error.class.dead_letters()
+    {
+        let letter = DeadLetter {
+            task: task.clone(),
+            error: error.clone(),
+            attempts: result.attempts.clone(),
+            worker: result.worker.clone(),
+            dead_lettered_ms: now_ms(),
+        };
+        if let Err(e) = dlq::publish(&deps.js, &letter).await {
+            // The result is stored; the next delivery finds it and dead-letters again.
+            warn!(error = %e, "could not dead-letter the task; it goes back to the queue");
+            ack(msg, AckKind::Nak(Some(STORE_RETRY_DELAY))).await;
+            return;
+        }
+        warn!(class = error.class.as_str(), "task dead-lettered");
+    }
     deliver(task, stored, delivery, deps).await;
     match result {
         Ok(result) => emit_event(task, &result, deps).await,
         Err(e) => warn!(error = %e, "stored result does not decode; no event"),
     }
     ack(msg, AckKind::Ack).await;
+    if delivery > 1
+        && let Err(e) = deps.attempts.delete(task.id.to_string()).await
+    {
+        debug!(error = %e, "could not remove the kept attempts (they expire anyway)");
+    }
 }
 
-/// Calls the route's provider within the task's deadline and the target's timeout.
-async fn execute(
-    task: &Task,
-    route: Option<&RouteConfig>,
-    delivery: i64,
-    deps: &Deps,
-) -> Result<Value, ProviderError> {
-    let route = route.ok_or_else(|| {
-        ProviderError::new(
-            FailureClass::BadRequest,
-            format!("unknown route {:?}", task.route),
-        )
-    })?;
-    let target = deps.providers.get(&route.provider).ok_or_else(|| {
-        ProviderError::new(
-            FailureClass::Internal,
-            "route names an unconfigured provider",
-        )
-    })?;
-    let budget = task.remaining().min(target.timeout);
-    let call = async {
-        if task.is_streaming() {
-            stream_to_caller(task, &target.provider, &route.model, delivery, deps).await
-        } else {
-            target.provider.complete(&route.model, &task.request).await
+/// Attempts that earlier deliveries kept for this task.
+async fn earlier_attempts(task: &Task, deps: &Deps) -> Vec<Attempt> {
+    match deps.attempts.get(task.id.to_string()).await {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            warn!(error = %e, "could not read earlier attempts");
+            Vec::new()
         }
+    }
+}
+
+/// Keeps the attempts so far for the next delivery. Losing them loses history, not work.
+async fn keep_attempts(task: &Task, attempts: &[Attempt], deps: &Deps) {
+    let Ok(bytes) = serde_json::to_vec(attempts) else {
+        return;
     };
-    match tokio::time::timeout(budget, call).await {
-        Ok(outcome) => outcome,
-        Err(_) if task.remaining().is_zero() => Err(ProviderError::new(
-            FailureClass::DeadlineExceeded,
-            "the task's deadline passed while the provider was answering",
-        )),
-        Err(_) => Err(ProviderError::new(
-            FailureClass::Timeout,
-            format!("provider did not answer within {} ms", budget.as_millis()),
-        )),
+    if let Err(e) = deps.attempts.put(task.id.to_string(), bytes.into()).await {
+        warn!(error = %e, "could not keep the attempts for the next delivery");
     }
 }
 
-/// Forwards each chunk to `stream.<task id>` as it arrives and returns the assembled
-/// completion.
-async fn stream_to_caller(
-    task: &Task,
-    provider: &Provider,
-    model: &str,
-    delivery: i64,
-    deps: &Deps,
-) -> Result<Value, ProviderError> {
-    let mut chunks = provider.stream(model, &task.request).await?;
-    let subject = stream_subject(task.id);
-    let mut assembler = Assembler::default();
-    let mut seq: u64 = 0;
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|e| ProviderError {
-            partial: seq > 0,
-            ..e
-        })?;
-        assembler.push(&chunk);
-        let mut headers = event_headers(StreamEventKind::Chunk, delivery);
-        headers.insert(HEADER_SEQ, seq.to_string().as_str());
-        let payload = Bytes::from(serde_json::to_vec(&chunk).unwrap_or_default());
-        if let Err(e) = deps
-            .client
-            .publish_with_headers(subject.clone(), headers, payload)
-            .await
-        {
-            // Chunks are the fast path; the stored result is the durable one.
-            warn!(error = %e, "could not publish a stream chunk");
+impl Outcome {
+    fn failed(class: FailureClass, message: &str) -> Self {
+        Self {
+            answer: Err(ProviderError::new(class, message)),
+            attempts: Vec::new(),
+            answered_by: None,
+            fallback_depth: 0,
         }
-        seq += 1;
     }
-    Ok(assembler.finish())
 }
 
 /// Stores `result` unless another delivery already stored one; returns what is stored.
@@ -269,6 +287,8 @@ async fn emit_event(task: &Task, result: &TaskResult, deps: &Deps) {
         "model": result.model,
         "worker": result.worker,
         "delivery": result.delivery,
+        "attempts": result.attempts.len(),
+        "fallback_depth": result.fallback_depth,
         "duration_ms": result.finished_ms.saturating_sub(task.created_ms),
     });
     let payload = Bytes::from(event.to_string());
@@ -284,7 +304,7 @@ async fn emit_event(task: &Task, result: &TaskResult, deps: &Deps) {
     }
 }
 
-fn event_headers(kind: StreamEventKind, delivery: i64) -> HeaderMap {
+pub(crate) fn event_headers(kind: StreamEventKind, delivery: i64) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_EVENT, kind.as_str());
     headers.insert(HEADER_DELIVERY, delivery.to_string().as_str());

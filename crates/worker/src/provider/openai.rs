@@ -1,46 +1,32 @@
 //! Any OpenAI-compatible `/chat/completions` endpoint (OpenAI, Groq, OpenRouter, Cerebras,
-//! Novita, Hugging Face router, Together, Ollama, vLLM, llama.cpp server, …).
+//! Novita, Hugging Face router, Together, Mistral, DeepSeek, Ollama, vLLM, llama.cpp
+//! server, …). The request passes through as the caller sent it, unknown fields included;
+//! only `model` and `stream` are set here.
 
-use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::{Map, Value};
 use shared::FailureClass;
-use shared::config::{ProviderConfig, Secret};
 
-use super::{ChunkStream, ProviderError, classify_status, error_text, parse_retry_after};
+use super::http::{EventStream, cut_stream, event_json, json_body, send, sse_events};
+use super::{Call, ChunkStream, ProviderError, classify_status, error_text};
 
 /// A client for one OpenAI-compatible base URL.
 #[derive(Debug, Clone)]
 pub struct OpenAiCompatible {
     http: reqwest::Client,
     url: String,
-    api_key: Option<Secret>,
 }
 
 impl OpenAiCompatible {
-    pub fn new(http: reqwest::Client, config: &ProviderConfig) -> Self {
-        let base = config.base_url.as_deref().unwrap_or_default();
+    pub fn new(http: reqwest::Client, base_url: String) -> Self {
         Self {
             http,
-            url: format!("{}/chat/completions", base.trim_end_matches('/')),
-            api_key: config.api_key.clone(),
+            url: format!("{base_url}/chat/completions"),
         }
     }
 
-    pub async fn complete(
-        &self,
-        model: &str,
-        request: &Map<String, Value>,
-    ) -> Result<Value, ProviderError> {
-        let response = self.send(model, request, false).await?;
-        let body = response.bytes().await.map_err(network_error)?;
-        let value: Value = serde_json::from_slice(&body).map_err(|e| {
-            ProviderError::new(
-                FailureClass::InvalidResponse,
-                format!("provider answered with malformed JSON: {e}"),
-            )
-        })?;
+    pub async fn complete(&self, call: Call<'_>) -> Result<Value, ProviderError> {
+        let value = json_body(self.send(call, false).await?).await?;
         if value.get("choices").and_then(Value::as_array).is_none() {
             return Err(ProviderError::new(
                 FailureClass::InvalidResponse,
@@ -50,28 +36,11 @@ impl OpenAiCompatible {
         Ok(value)
     }
 
-    pub async fn stream(
-        &self,
-        model: &str,
-        request: &Map<String, Value>,
-    ) -> Result<ChunkStream, ProviderError> {
-        let response = self.send(model, request, true).await?;
-        let is_sse = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if !is_sse {
-            return Err(ProviderError::new(
-                FailureClass::InvalidResponse,
-                "provider answered a streaming request without an event stream",
-            ));
-        }
-        let secret = self.api_key.as_ref().map(|s| s.expose().to_owned());
-        let events = response.bytes_stream().eventsource();
+    pub async fn stream(&self, call: Call<'_>) -> Result<ChunkStream, ProviderError> {
+        let events = sse_events(self.send(call, true).await?)?;
         let state = StreamState {
-            events: Box::pin(events),
-            secret,
+            events,
+            secret: call.key.map(|s| s.expose().to_owned()),
             finished: false,
             ended: false,
         };
@@ -82,67 +51,29 @@ impl OpenAiCompatible {
         Ok(chunks.boxed())
     }
 
-    async fn send(
-        &self,
-        model: &str,
-        request: &Map<String, Value>,
-        stream: bool,
-    ) -> Result<reqwest::Response, ProviderError> {
-        let mut body = request.clone();
-        body.insert("model".to_owned(), Value::String(model.to_owned()));
-        if stream {
-            body.insert("stream".to_owned(), Value::Bool(true));
-        } else {
-            body.remove("stream");
+    async fn send(&self, call: Call<'_>, stream: bool) -> Result<reqwest::Response, ProviderError> {
+        let body = request_body(call.model, call.request, stream);
+        let mut request = self.http.post(&self.url).json(&body);
+        if let Some(key) = call.key {
+            request = request.bearer_auth(key.expose());
         }
-        let mut call = self.http.post(&self.url).json(&body);
-        if let Some(key) = &self.api_key {
-            call = call.bearer_auth(key.expose());
-        }
-        let response = call.send().await.map_err(network_error)?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let retry_after = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
-        Err(ProviderError {
-            class: classify_status(status.as_u16(), &text),
-            message: error_text(&text, self.api_key.as_ref().map(Secret::expose)),
-            status: Some(status.as_u16()),
-            retry_after,
-            partial: false,
-        })
+        send(request, call.key).await
     }
 }
 
-fn retry_after(headers: &HeaderMap) -> Option<std::time::Duration> {
-    headers
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after)
-}
-
-fn network_error(e: reqwest::Error) -> ProviderError {
-    let class = if e.is_timeout() {
-        FailureClass::Timeout
+/// The caller's request with `model` and `stream` set; usage is asked for on streams so the
+/// assembled result carries token counts.
+fn request_body(model: &str, request: &Map<String, Value>, stream: bool) -> Map<String, Value> {
+    let mut body = request.clone();
+    body.insert("model".to_owned(), Value::String(model.to_owned()));
+    if stream {
+        body.insert("stream".to_owned(), Value::Bool(true));
     } else {
-        FailureClass::Network
-    };
-    // The URL is the configured base URL (no credentials); the error text names the cause.
-    ProviderError::new(class, format!("provider unreachable: {}", e.without_url()))
+        body.remove("stream");
+        body.remove("stream_options");
+    }
+    body
 }
-
-type EventStream = std::pin::Pin<
-    Box<
-        dyn futures::Stream<
-                Item = Result<
-                    eventsource_stream::Event,
-                    eventsource_stream::EventStreamError<reqwest::Error>,
-                >,
-            > + Send,
-    >,
->;
 
 /// Reads SSE events into chunks. A stream must end with `[DONE]` (or at least have sent a
 /// `finish_reason`); one that just stops is a cut stream, not a complete answer.
@@ -169,21 +100,11 @@ impl StreamState {
     async fn read(&mut self) -> Option<Result<Value, ProviderError>> {
         loop {
             let Some(event) = self.events.next().await else {
-                return (!self.finished).then(|| {
-                    Err(ProviderError::new(
-                        FailureClass::Network,
-                        "stream ended before [DONE]",
-                    ))
-                });
+                return (!self.finished).then(|| Err(cut_stream("[DONE]")));
             };
             let event = match event {
                 Ok(event) => event,
-                Err(e) => {
-                    return Some(Err(ProviderError::new(
-                        FailureClass::Network,
-                        format!("stream broke: {e}"),
-                    )));
-                }
+                Err(e) => return Some(Err(e)),
             };
             let data = event.data.trim();
             if data.is_empty() {
@@ -192,14 +113,9 @@ impl StreamState {
             if data == "[DONE]" {
                 return None;
             }
-            let value: Value = match serde_json::from_str(data) {
+            let value = match event_json(data) {
                 Ok(v) => v,
-                Err(e) => {
-                    return Some(Err(ProviderError::new(
-                        FailureClass::InvalidResponse,
-                        format!("malformed stream chunk: {e}"),
-                    )));
-                }
+                Err(e) => return Some(Err(e)),
             };
             if value.get("error").is_some() {
                 return Some(Err(ProviderError::new(
@@ -217,5 +133,24 @@ impl StreamState {
             }
             return Some(Ok(value));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_fields_pass_through_and_stream_is_set() {
+        let request = json!({"messages": [], "seed": 7, "stream": true, "stream_options": {"include_usage": true}});
+        let request = request.as_object().unwrap();
+        let body = request_body("m1", request, false);
+        assert_eq!(body["seed"], 7);
+        assert_eq!(body["model"], "m1");
+        assert!(body.get("stream").is_none());
+        assert!(body.get("stream_options").is_none());
+        let body = request_body("m1", request, true);
+        assert_eq!(body["stream"], true);
     }
 }

@@ -8,7 +8,8 @@ use serde_json::{Map, Value, json};
 use shared::config::ProviderConfig;
 use shared::task::now_ms;
 
-use super::{ChunkStream, ProviderError};
+use super::shape::{self, content_text};
+use super::{Call, ChunkStream, ProviderError};
 
 /// Longest echo of the caller's last message in a simulated answer.
 const ECHO_CHARS: usize = 200;
@@ -27,11 +28,8 @@ impl Simulated {
         }
     }
 
-    pub async fn complete(
-        &self,
-        model: &str,
-        request: &Map<String, Value>,
-    ) -> Result<Value, ProviderError> {
+    pub async fn complete(&self, call: Call<'_>) -> Result<Value, ProviderError> {
+        let (model, request) = (call.model, call.request);
         pause(self.latency).await;
         let text = answer(model, request);
         Ok(json!({
@@ -49,7 +47,8 @@ impl Simulated {
         }))
     }
 
-    pub fn stream(&self, model: &str, request: &Map<String, Value>) -> ChunkStream {
+    pub fn stream(&self, call: Call<'_>) -> ChunkStream {
+        let (model, request) = (call.model, call.request);
         let text = answer(model, request);
         let usage = usage(request, &text);
         let id = completion_id();
@@ -110,19 +109,6 @@ fn answer(model: &str, request: &Map<String, Value>) -> String {
     format!("[simulated {model}] Received {count} message(s). You said: {echo}")
 }
 
-fn content_text(content: &Value) -> String {
-    match content {
-        Value::String(s) => s.clone(),
-        // Content parts: keep the text ones.
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    }
-}
-
 /// Token counts estimated at four characters a token.
 fn usage(request: &Map<String, Value>, text: &str) -> Value {
     let prompt_chars: usize = request
@@ -134,13 +120,10 @@ fn usage(request: &Map<String, Value>, text: &str) -> Value {
                 .map(|c| content_text(c).len())
                 .sum()
         });
-    let prompt = prompt_chars.div_ceil(4);
-    let completion = text.len().div_ceil(4);
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    })
+    shape::usage(
+        u64::try_from(prompt_chars.div_ceil(4)).unwrap_or(u64::MAX),
+        u64::try_from(text.len().div_ceil(4)).unwrap_or(u64::MAX),
+    )
 }
 
 #[cfg(test)]
@@ -154,6 +137,14 @@ mod tests {
             .unwrap()
     }
 
+    fn call(request: &Map<String, Value>) -> Call<'_> {
+        Call {
+            model: "sim",
+            request,
+            key: None,
+        }
+    }
+
     fn provider() -> Simulated {
         Simulated {
             latency: Duration::ZERO,
@@ -163,8 +154,8 @@ mod tests {
 
     #[tokio::test]
     async fn answers_deterministically_and_says_simulated() {
-        let a = provider().complete("sim", &request()).await.unwrap();
-        let b = provider().complete("sim", &request()).await.unwrap();
+        let a = provider().complete(call(&request())).await.unwrap();
+        let b = provider().complete(call(&request())).await.unwrap();
         let text = a["choices"][0]["message"]["content"].as_str().unwrap();
         assert_eq!(text, b["choices"][0]["message"]["content"]);
         assert!(text.contains("simulated"));
@@ -174,9 +165,9 @@ mod tests {
 
     #[tokio::test]
     async fn stream_reassembles_to_the_same_text() {
-        let whole = provider().complete("sim", &request()).await.unwrap();
+        let whole = provider().complete(call(&request())).await.unwrap();
         let chunks: Vec<Value> = provider()
-            .stream("sim", &request())
+            .stream(call(&request()))
             .map(Result::unwrap)
             .collect()
             .await;

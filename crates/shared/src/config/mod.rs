@@ -13,8 +13,14 @@ use serde::Deserialize;
 
 use crate::Capability;
 
+mod providers;
+mod routes;
+
+pub use providers::{Adapter, ApiKey, ProviderConfig, ProviderKind};
+pub use routes::{MAX_FALLBACK_HOPS, RouteConfig, Strategy, TargetConfig, split_direct};
+
 /// The configuration `switchyard up` uses when no file is given: the simulated provider only.
-pub const DEFAULT_TOML: &str = include_str!("../../../switchyard.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../../../switchyard.toml");
 
 /// Prefix of environment overrides: `SWITCHYARD__GATEWAY__LISTEN=0.0.0.0:8080`.
 pub const ENV_PREFIX: &str = "SWITCHYARD";
@@ -57,10 +63,23 @@ const DEFAULT_WORKER_CONCURRENCY: usize = 64;
 const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
 /// Tasks in flight per capability across all workers (`max_ack_pending`).
 const DEFAULT_MAX_IN_FLIGHT: i64 = 1_000;
-/// Per-attempt provider timeout.
-const DEFAULT_PROVIDER_TIMEOUT_MS: u64 = 60_000;
-/// Capability a route uses when it names none.
-const DEFAULT_CAPABILITY: &str = "chat";
+/// Consecutive failures of a target that open its circuit breaker.
+const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
+/// Share of failed calls in the window that opens a breaker…
+const DEFAULT_ERROR_RATIO: f64 = 0.5;
+/// …once the window holds at least this many calls (a few failures prove nothing).
+const DEFAULT_MIN_CALLS: u32 = 20;
+/// Length of the error-ratio window.
+const DEFAULT_WINDOW_SECS: u64 = 60;
+/// How long an open breaker turns calls away before one probe is let through.
+const DEFAULT_OPEN_MS: u64 = 30_000;
+/// Rate-limit cooldown when the provider gave no `Retry-After`.
+const DEFAULT_COOLDOWN_MS: u64 = 10_000;
+/// How often a worker shares its success counts and latency with the others.
+const DEFAULT_FLUSH_MS: u64 = 1_000;
+/// Dead letters are kept two weeks for inspection and replay.
+const DEFAULT_DLQ_MAX_AGE_SECS: u64 = 14 * 86_400;
+use crate::names::DEFAULT_CAPABILITY;
 
 /// A value that must never be printed: `Debug` and `Display` show `*****`.
 #[derive(Clone, PartialEq, Eq)]
@@ -113,6 +132,60 @@ pub struct Config {
     /// Model aliases callers put in `model`.
     #[serde(default)]
     pub routes: BTreeMap<String, RouteConfig>,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub dlq: DlqConfig,
+}
+
+/// Circuit breakers and cooldowns, shared by all workers through the `providers` bucket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    #[serde(default = "default_error_ratio")]
+    pub error_ratio: f64,
+    #[serde(default = "default_min_calls")]
+    pub min_calls: u32,
+    #[serde(default = "default_window_secs")]
+    pub window_secs: u64,
+    #[serde(default = "default_open_ms")]
+    pub open_ms: u64,
+    #[serde(default = "default_cooldown_ms")]
+    pub cooldown_ms: u64,
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+            error_ratio: DEFAULT_ERROR_RATIO,
+            min_calls: DEFAULT_MIN_CALLS,
+            window_secs: DEFAULT_WINDOW_SECS,
+            open_ms: DEFAULT_OPEN_MS,
+            cooldown_ms: DEFAULT_COOLDOWN_MS,
+            flush_ms: DEFAULT_FLUSH_MS,
+        }
+    }
+}
+
+/// The `DLQ` stream of tasks that failed for good.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqConfig {
+    #[serde(default = "default_dlq_max_age_secs")]
+    pub max_age_secs: u64,
+}
+
+impl Default for DlqConfig {
+    fn default() -> Self {
+        Self {
+            max_age_secs: DEFAULT_DLQ_MAX_AGE_SECS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -267,56 +340,6 @@ impl Default for CapabilityConfig {
     }
 }
 
-/// Which wire format a provider speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    /// Built in, offline, deterministic; answers are labelled `simulated`.
-    Simulated,
-    /// Any OpenAI-compatible `/chat/completions` endpoint.
-    Openai,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderConfig {
-    pub kind: ProviderKind,
-    /// Base URL up to and including the version, e.g. `https://api.groq.com/openai/v1`.
-    #[serde(default)]
-    pub base_url: Option<String>,
-    /// Name of the environment variable holding the API key (never the key itself).
-    #[serde(default)]
-    pub api_key_env: Option<String>,
-    #[serde(default = "default_provider_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Simulated provider: delay before the answer (or between streamed chunks' start).
-    #[serde(default)]
-    pub latency_ms: u64,
-    /// Simulated provider: delay between streamed chunks.
-    #[serde(default)]
-    pub chunk_delay_ms: u64,
-    /// Filled from the environment variable `api_key_env` names.
-    #[serde(skip)]
-    pub api_key: Option<Secret>,
-}
-
-impl ProviderConfig {
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms)
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    #[serde(default = "default_capability")]
-    pub capability: String,
-    /// Provider name, a key of `[providers]`.
-    pub provider: String,
-    /// Model name sent to the provider.
-    pub model: String,
-}
-
 /// One configuration problem, with the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -398,15 +421,28 @@ impl Config {
             .build()
             .and_then(config::Config::try_deserialize)
             .map_err(|e| ConfigError::single("(file)", e.to_string()))?;
-        for provider in cfg.providers.values_mut() {
-            provider.api_key = provider
-                .api_key_env
-                .as_ref()
-                .and_then(|var| env.get(var))
-                .filter(|v| !v.is_empty())
-                .map(|v| Secret::new(v.clone()));
+        let mut missing = Vec::new();
+        for (name, provider) in &mut cfg.providers {
+            let (keys, unset) = providers::read_keys(&provider.key_envs(), env);
+            provider.keys = keys;
+            missing.extend(
+                unset
+                    .into_iter()
+                    .map(|var| (format!("providers.{name}.api_key_env"), var)),
+            );
         }
-        cfg.validate()?;
+        let providers = cfg.providers.clone();
+        for (name, route) in &mut cfg.routes {
+            missing.extend(routes::resolve_route(name, route, &providers, env));
+        }
+        let mut p = Problems::default();
+        for (key, var) in missing {
+            p.add(&key, format!("environment variable {var} is not set"));
+        }
+        if let Err(e) = cfg.validate() {
+            p.0.extend(e.problems);
+        }
+        p.finish()?;
         Ok(cfg)
     }
 
@@ -485,40 +521,48 @@ impl Config {
             );
         }
         for (name, provider) in &self.providers {
-            validate_provider(&mut p, name, provider);
+            providers::validate_provider(&mut p, name, provider);
         }
         if self.routes.is_empty() {
             p.add("routes", "at least one route is needed");
         }
         for (name, route) in &self.routes {
-            let key = format!("routes.{name}");
-            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                p.add(&key, "route names must be non-empty without whitespace");
-            }
-            if let Err(e) = route.capability.parse::<Capability>() {
-                p.add(
-                    &format!("{key}.capability"),
-                    format!("{:?} {e}", route.capability),
-                );
-            }
-            if !self.providers.contains_key(&route.provider) {
-                p.add(
-                    &format!("{key}.provider"),
-                    format!("{:?} is not a configured provider", route.provider),
-                );
-            }
-            if route.model.trim().is_empty() {
-                p.add(&format!("{key}.model"), "must not be empty");
-            }
+            routes::validate_route(&mut p, name, route, &self.routes, &self.providers);
+        }
+        self.validate_health(&mut p);
+        if self.dlq.max_age_secs == 0 {
+            p.add("dlq.max_age_secs", "must be greater than 0");
         }
         p.finish()
     }
 
-    /// Every capability named by a route or a `[capabilities]` entry (valid names only).
+    fn validate_health(&self, p: &mut Problems) {
+        let h = &self.health;
+        if h.failure_threshold == 0 {
+            p.add("health.failure_threshold", "must be at least 1");
+        }
+        if !(h.error_ratio > 0.0 && h.error_ratio <= 1.0) {
+            p.add("health.error_ratio", "must be above 0 and at most 1");
+        }
+        for (key, value) in [
+            ("health.window_secs", h.window_secs),
+            ("health.open_ms", h.open_ms),
+            ("health.cooldown_ms", h.cooldown_ms),
+            ("health.flush_ms", h.flush_ms),
+        ] {
+            if value == 0 {
+                p.add(key, "must be greater than 0");
+            }
+        }
+    }
+
+    /// Every capability named by a route or a `[capabilities]` entry (valid names only),
+    /// plus the default one, which `provider/model` requests use.
     pub fn capability_names(&self) -> BTreeSet<Capability> {
         self.routes
             .values()
             .map(|r| r.capability.as_str())
+            .chain(std::iter::once(DEFAULT_CAPABILITY))
             .chain(self.capabilities.keys().map(String::as_str))
             .filter_map(|c| c.parse().ok())
             .collect()
@@ -544,52 +588,11 @@ impl Config {
     }
 }
 
-fn validate_provider(p: &mut Problems, name: &str, provider: &ProviderConfig) {
-    let key = format!("providers.{name}");
-    if let Err(e) = name.parse::<Capability>() {
-        p.add(&key, format!("provider name {e}"));
-    }
-    match provider.kind {
-        ProviderKind::Simulated => {
-            if provider.base_url.is_some() {
-                p.add(
-                    &format!("{key}.base_url"),
-                    "the simulated provider takes no base_url",
-                );
-            }
-        }
-        ProviderKind::Openai => match provider.base_url.as_deref() {
-            None => p.add(
-                &format!("{key}.base_url"),
-                "is required for kind = \"openai\"",
-            ),
-            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                p.add(
-                    &format!("{key}.base_url"),
-                    "must start with http:// or https://",
-                );
-            }
-            Some(_) => {}
-        },
-    }
-    if let Some(var) = &provider.api_key_env
-        && provider.api_key.is_none()
-    {
-        p.add(
-            &format!("{key}.api_key_env"),
-            format!("environment variable {var} is not set"),
-        );
-    }
-    if provider.timeout_ms == 0 {
-        p.add(&format!("{key}.timeout_ms"), "must be greater than 0");
-    }
-}
-
 #[derive(Default)]
-struct Problems(Vec<ConfigProblem>);
+pub(crate) struct Problems(Vec<ConfigProblem>);
 
 impl Problems {
-    fn add(&mut self, key: &str, problem: impl Into<String>) {
+    pub(crate) fn add(&mut self, key: &str, problem: impl Into<String>) {
         self.0.push(ConfigProblem {
             key: key.to_owned(),
             problem: problem.into(),
@@ -665,10 +668,31 @@ fn default_drain_timeout_ms() -> u64 {
 fn default_max_in_flight() -> i64 {
     DEFAULT_MAX_IN_FLIGHT
 }
-fn default_provider_timeout_ms() -> u64 {
-    DEFAULT_PROVIDER_TIMEOUT_MS
+fn default_failure_threshold() -> u32 {
+    DEFAULT_FAILURE_THRESHOLD
 }
-fn default_capability() -> String {
+fn default_error_ratio() -> f64 {
+    DEFAULT_ERROR_RATIO
+}
+fn default_min_calls() -> u32 {
+    DEFAULT_MIN_CALLS
+}
+fn default_window_secs() -> u64 {
+    DEFAULT_WINDOW_SECS
+}
+fn default_open_ms() -> u64 {
+    DEFAULT_OPEN_MS
+}
+fn default_cooldown_ms() -> u64 {
+    DEFAULT_COOLDOWN_MS
+}
+fn default_flush_ms() -> u64 {
+    DEFAULT_FLUSH_MS
+}
+fn default_dlq_max_age_secs() -> u64 {
+    DEFAULT_DLQ_MAX_AGE_SECS
+}
+pub(crate) fn default_capability() -> String {
     DEFAULT_CAPABILITY.to_owned()
 }
 
@@ -734,6 +758,7 @@ mod tests {
             capabilities = ["Bad.Name"]
             [providers.up]
             kind = "openai"
+            base_url = "ftp://example.com"
             api_key_env = "UP_KEY"
             [routes.fast]
             capability = "chat.>"
@@ -770,12 +795,117 @@ mod tests {
         "#;
         let cfg = Config::load(Source::Toml(toml), &env(&[("UP_KEY", "sk-very-secret")])).unwrap();
         let provider = &cfg.providers["up"];
-        assert_eq!(
-            provider.api_key.as_ref().unwrap().expose(),
-            "sk-very-secret"
-        );
+        assert_eq!(provider.keys[0].secret.expose(), "sk-very-secret");
         let printed = format!("{cfg:?}");
         assert!(!printed.contains("sk-very-secret"));
         assert!(printed.contains("*****"));
+    }
+
+    #[test]
+    fn presets_fill_base_url_and_key_variable() {
+        let toml = r#"
+            [providers.groq]
+            kind = "groq"
+            [providers.local]
+            kind = "ollama"
+            [routes.fast]
+            strategy = "latency"
+            targets = [
+                { provider = "groq", model = "llama-3.1-8b-instant" },
+                { provider = "local", model = "llama3.1" },
+            ]
+        "#;
+        let err = Config::load(Source::Toml(toml), &env(&[])).unwrap_err();
+        assert_eq!(keys(&err), vec!["providers.groq.api_key_env"], "{err}");
+        let cfg = Config::load(Source::Toml(toml), &env(&[("GROQ_API_KEY", "gk")])).unwrap();
+        let groq = &cfg.providers["groq"];
+        assert_eq!(groq.base_url(), Some("https://api.groq.com/openai/v1"));
+        assert_eq!(groq.kind.adapter(), Adapter::OpenAi);
+        assert!(cfg.providers["local"].keys.is_empty());
+        let route = &cfg.routes["fast"];
+        assert_eq!(route.strategy, Strategy::Latency);
+        assert_eq!(route.targets[0].keys[0].label, "GROQ_API_KEY");
+    }
+
+    #[test]
+    fn key_pools_and_target_pools_are_read() {
+        let toml = r#"
+            [providers.a]
+            kind = "anthropic"
+            api_key_envs = ["A1", "A2"]
+            [routes.smart]
+            targets = [
+                { provider = "a", model = "m" },
+                { provider = "a", model = "n", api_key_envs = ["A3", "A4"] },
+            ]
+        "#;
+        let err = Config::load(
+            Source::Toml(toml),
+            &env(&[("A1", "1"), ("A2", "2"), ("A3", "3")]),
+        )
+        .unwrap_err();
+        assert_eq!(keys(&err), vec!["routes.smart.targets[1].api_key_envs"]);
+        let vars = env(&[("A1", "1"), ("A2", "2"), ("A3", "3"), ("A4", "4")]);
+        let cfg = Config::load(Source::Toml(toml), &vars).unwrap();
+        let labels = |i: usize| -> Vec<String> {
+            cfg.routes["smart"].targets[i]
+                .keys
+                .iter()
+                .map(|k| k.label.clone())
+                .collect()
+        };
+        assert_eq!(labels(0), vec!["A1", "A2"]);
+        assert_eq!(labels(1), vec!["A3", "A4"]);
+    }
+
+    #[test]
+    fn route_shapes_and_fallbacks_are_checked() {
+        let toml = r#"
+            [providers.sim]
+            kind = "simulated"
+            [routes.both]
+            provider = "sim"
+            model = "a"
+            targets = [{ provider = "sim", model = "b" }, { provider = "sim", model = "c" }]
+            [routes.none]
+            context_length_fallback = "missing"
+            [routes.self]
+            provider = "sim"
+            model = "a"
+            content_filter_fallback = "self"
+            [routes.other]
+            capability = "code"
+            provider = "sim"
+            model = "a"
+            [routes."a/b"]
+            provider = "sim"
+            model = "a"
+            context_length_fallback = "other"
+        "#;
+        let err = Config::load(Source::Toml(toml), &env(&[])).unwrap_err();
+        let keys = keys(&err);
+        for expected in [
+            "routes.both",
+            "routes.none.targets",
+            "routes.none.context_length_fallback",
+            "routes.self.content_filter_fallback",
+            "routes.a/b",
+            "routes.a/b.context_length_fallback",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn direct_addresses_split_on_the_first_slash() {
+        let toml = "[providers.openrouter]\nkind = \"openrouter\"\n[routes.x]\nprovider = \"openrouter\"\nmodel = \"m\"\n";
+        let cfg = Config::load(Source::Toml(toml), &env(&[("OPENROUTER_API_KEY", "k")])).unwrap();
+        assert_eq!(
+            split_direct("openrouter/meta-llama/llama-3.1-8b", &cfg.providers),
+            Some(("openrouter", "meta-llama/llama-3.1-8b"))
+        );
+        assert_eq!(split_direct("nobody/model", &cfg.providers), None);
+        assert_eq!(split_direct("openrouter/", &cfg.providers), None);
+        assert_eq!(split_direct("fast", &cfg.providers), None);
     }
 }

@@ -1,0 +1,353 @@
+//! Fake LLM providers: real HTTP servers on loopback that speak one provider wire format
+//! each (OpenAI chat completions, Anthropic Messages, Gemini generateContent, Replicate
+//! predictions), answer deterministically, record every request, and inject faults on
+//! command — error statuses with or without `Retry-After`, stalls before the first byte or
+//! mid-stream, cut streams, malformed JSON and SSE, context-length and content-filter
+//! refusals. Tests drive them in-process; the benchmark runs the binary.
+
+mod anthropic;
+mod gemini;
+mod openai;
+mod replicate;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::Value;
+
+/// Which provider's wire format a fake speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenAi,
+    Anthropic,
+    Gemini,
+    Replicate,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "openai" => Ok(Format::OpenAi),
+            "anthropic" => Ok(Format::Anthropic),
+            "gemini" => Ok(Format::Gemini),
+            "replicate" => Ok(Format::Replicate),
+            other => Err(format!(
+                "unknown format {other:?}; expected openai, anthropic, gemini or replicate"
+            )),
+        }
+    }
+}
+
+/// One injected fault, replacing the normal answer to a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Answer this status with the format's error body and these extra headers
+    /// (e.g. `("retry-after", "2")`).
+    Status {
+        status: u16,
+        headers: Vec<(String, String)>,
+    },
+    /// A 400 in the format's words for "the prompt is longer than the context window".
+    ContextLength,
+    /// The format's refusal for filtered content.
+    ContentFilter,
+    /// Accept the request, then send nothing for this long before answering normally.
+    StallBeforeFirstByte(Duration),
+    /// Streams: send the first two events, stall this long, then send the rest.
+    StallMidStream(Duration),
+    /// Streams: send the first two events, then close without the end-of-stream marker.
+    CutStream,
+    /// A 200 whose JSON body (or, streaming, whose second event) is not valid JSON.
+    Malformed,
+}
+
+impl Fault {
+    /// A plain error status without extra headers.
+    pub fn status(status: u16) -> Self {
+        Fault::Status {
+            status,
+            headers: Vec::new(),
+        }
+    }
+
+    /// An error status with one extra header, e.g. `Retry-After`.
+    pub fn status_with(status: u16, header: &str, value: &str) -> Self {
+        Fault::Status {
+            status,
+            headers: vec![(header.to_owned(), value.to_owned())],
+        }
+    }
+}
+
+/// One request as the fake received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The model the request asked for (from the body or the path).
+    pub model: String,
+    /// The API key the request carried, in whichever header the format uses.
+    pub key: Option<String>,
+    pub stream: bool,
+    pub body: Value,
+}
+
+/// Shared state of one fake: its script of faults, settings and what it received.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    /// One-shot faults, taken in order by the first request they match.
+    script: Mutex<VecDeque<(Option<String>, Fault)>>,
+    /// A fault every request gets while it is set (an outage).
+    outage: Mutex<Option<Fault>>,
+    latency: Mutex<Duration>,
+    chunk_delay: Mutex<Duration>,
+    calls: AtomicUsize,
+    requests: Mutex<Vec<Recorded>>,
+    /// Off in long benchmark runs, where keeping every request would only grow memory.
+    forget_requests: std::sync::atomic::AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl State {
+    /// Records a request and returns the fault it gets, if any.
+    pub(crate) fn arrive(&self, recorded: Recorded) -> Option<Fault> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let model = recorded.model.clone();
+        if !self.forget_requests.load(Ordering::Relaxed) {
+            lock(&self.requests).push(recorded);
+        }
+        let mut script = lock(&self.script);
+        let scripted = script
+            .iter()
+            .position(|(m, _)| m.as_ref().is_none_or(|m| *m == model))
+            .and_then(|i| script.remove(i))
+            .map(|(_, f)| f);
+        scripted.or_else(|| lock(&self.outage).clone())
+    }
+
+    /// Waits as a real provider would before its first byte; a stall fault adds to it.
+    pub(crate) async fn before_answer(&self, fault: Option<&Fault>) {
+        let latency = *lock(&self.latency);
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        if let Some(Fault::StallBeforeFirstByte(stall)) = fault {
+            tokio::time::sleep(*stall).await;
+        }
+    }
+
+    pub(crate) fn chunk_delay(&self) -> Duration {
+        *lock(&self.chunk_delay)
+    }
+}
+
+/// A running fake provider; it stops when dropped.
+#[derive(Debug)]
+pub struct FakeProvider {
+    pub format: Format,
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeProvider {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl FakeProvider {
+    /// Starts a fake of `format` on a free loopback port.
+    pub async fn start(format: Format) -> std::io::Result<Self> {
+        Self::bind(
+            format,
+            "127.0.0.1:0".parse().map_err(std::io::Error::other)?,
+        )
+        .await
+    }
+
+    /// Starts a fake of `format` on `addr`.
+    pub async fn bind(format: Format, addr: SocketAddr) -> std::io::Result<Self> {
+        let state = Arc::new(State::default());
+        let app = match format {
+            Format::OpenAi => openai::router(),
+            Format::Anthropic => anthropic::router(),
+            Format::Gemini => gemini::router(),
+            Format::Replicate => replicate::router(),
+        }
+        .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move {
+            // The server only ends when the fake is dropped (the task is aborted).
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            format,
+            addr,
+            state,
+            server,
+        })
+    }
+
+    /// The `base_url` a Switchyard provider of this format is configured with.
+    pub fn base_url(&self) -> String {
+        match self.format {
+            Format::OpenAi | Format::Anthropic | Format::Replicate => {
+                format!("http://{}/v1", self.addr)
+            }
+            Format::Gemini => format!("http://{}/v1beta", self.addr),
+        }
+    }
+
+    /// The next request (for any model) gets `fault` instead of its answer.
+    pub fn push_fault(&self, fault: Fault) {
+        lock(&self.state.script).push_back((None, fault));
+    }
+
+    /// The next request for `model` gets `fault` instead of its answer.
+    pub fn push_fault_for(&self, model: &str, fault: Fault) {
+        lock(&self.state.script).push_back((Some(model.to_owned()), fault));
+    }
+
+    /// Every request gets `fault` until this is called with `None` (scripted faults first).
+    pub fn set_outage(&self, fault: Option<Fault>) {
+        *lock(&self.state.outage) = fault;
+    }
+
+    /// Delay before every answer's first byte.
+    pub fn set_latency(&self, latency: Duration) {
+        *lock(&self.state.latency) = latency;
+    }
+
+    /// Delay between streamed events.
+    pub fn set_chunk_delay(&self, delay: Duration) {
+        *lock(&self.state.chunk_delay) = delay;
+    }
+
+    /// Stops keeping requests (their count is still kept), for long benchmark runs.
+    pub fn forget_requests(&self) {
+        self.state.forget_requests.store(true, Ordering::Relaxed);
+    }
+
+    pub fn calls(&self) -> usize {
+        self.state.calls.load(Ordering::SeqCst)
+    }
+
+    /// Every request received, in order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.state.requests).clone()
+    }
+}
+
+/// A loopback URL nothing listens on: connecting to it is refused.
+pub fn refused_url() -> std::io::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    drop(listener);
+    Ok(format!("http://{addr}/v1"))
+}
+
+/// The text every fake answers with: which model, and an echo of the last user text.
+pub fn answer_text(model: &str, last_user_text: &str) -> String {
+    format!("fake answer from {model} to: {last_user_text}")
+}
+
+/// The words of `text`, each with its trailing space, as streamed pieces.
+pub(crate) fn pieces(text: &str) -> Vec<String> {
+    text.split_inclusive(' ').map(str::to_owned).collect()
+}
+
+/// A JSON error answer with extra headers.
+pub(crate) fn error_response(status: u16, headers: &[(String, String)], body: &Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut map = HeaderMap::new();
+    map.insert("content-type", HeaderValue::from_static("application/json"));
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            map.insert(name, value);
+        }
+    }
+    (status, map, body.to_string()).into_response()
+}
+
+/// A 200 whose body claims JSON but is not.
+pub(crate) fn malformed_json() -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        "{\"id\": \"broken",
+    )
+        .into_response()
+}
+
+/// One server-sent event: an optional `event:` name and its data.
+#[derive(Debug, Clone)]
+pub(crate) struct SseEvent {
+    pub name: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub(crate) fn data(data: impl Into<String>) -> Self {
+        Self {
+            name: None,
+            data: data.into(),
+        }
+    }
+
+    pub(crate) fn named(name: &str, data: impl Into<String>) -> Self {
+        Self {
+            name: Some(name.to_owned()),
+            data: data.into(),
+        }
+    }
+}
+
+/// Sends `events` as an SSE answer, `delay` apart, applying a mid-stream fault: a stall or
+/// a cut after the first two events, or malformed data as the second. A complete stream
+/// must have at least three events so the cut always lands before its end marker.
+pub(crate) fn sse(events: Vec<SseEvent>, delay: Duration, fault: Option<&Fault>) -> Response {
+    let mut events = events;
+    let mut stall_after_two = None;
+    match fault {
+        Some(Fault::CutStream) => events.truncate(2),
+        Some(Fault::StallMidStream(stall)) => stall_after_two = Some(*stall),
+        Some(Fault::Malformed) => {
+            events.truncate(1);
+            events.push(SseEvent::data("{\"choices\": [broken"));
+        }
+        _ => {}
+    }
+    let stream =
+        futures::stream::iter(events.into_iter().enumerate()).then(move |(i, e)| async move {
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if i == 2
+                && let Some(stall) = stall_after_two
+            {
+                tokio::time::sleep(stall).await;
+            }
+            let mut event = Event::default().data(e.data);
+            if let Some(name) = e.name {
+                event = event.event(name);
+            }
+            Ok::<_, Infallible>(event)
+        });
+    Sse::new(stream).into_response()
+}

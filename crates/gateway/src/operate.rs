@@ -1,0 +1,84 @@
+//! Operator endpoints: shared provider health (`GET /v1/providers`) and the dead-letter
+//! queue (`GET /v1/dlq`, `POST /v1/dlq/{task_id}/replay`).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shared::TaskId;
+use shared::dlq::{self, DlqError};
+use shared::health::Snapshot;
+use shared::task::now_ms;
+use tracing::warn;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Dead letters listed when the caller gives no `limit`.
+const DEFAULT_DLQ_LIST: usize = 100;
+
+/// `GET /v1/providers`: every configured target with its breaker state, latency, error
+/// ratio, cooldown end and keys, as all workers currently see them.
+pub async fn providers(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let snapshot = Snapshot::read(&st.providers).await.map_err(|e| {
+        warn!(error = %e, "could not read provider health");
+        ApiError::Unavailable
+    })?;
+    Ok(Json(snapshot.report(&st.config, now_ms())))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqQuery {
+    capability: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/dlq?capability=&limit=`: dead letters, oldest first, with their failure history.
+pub async fn list(
+    State(st): State<AppState>,
+    query: Result<Query<DlqQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    if let Some(capability) = &query.capability
+        && capability.parse::<shared::Capability>().is_err()
+    {
+        return Err(ApiError::invalid(
+            "capability",
+            format!("{capability:?} is not a capability name"),
+        ));
+    }
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_DLQ_LIST)
+        .clamp(1, dlq::MAX_LIST);
+    let letters = dlq::list(&st.js, query.capability.as_deref(), limit)
+        .await
+        .map_err(dlq_error)?;
+    Ok(Json(json!({"object": "list", "data": letters})))
+}
+
+/// `POST /v1/dlq/{task_id}/replay`: queues the dead-lettered task again as a new task.
+pub async fn replay(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let task_id: TaskId = id
+        .parse()
+        .map_err(|e| ApiError::invalid("task_id", format!("task id {e}")))?;
+    let new_id = dlq::replay(&st.js, task_id).await.map_err(dlq_error)?;
+    let body = json!({"task_id": new_id, "replay_of": task_id, "status": "queued"});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+fn dlq_error(e: DlqError) -> ApiError {
+    match e {
+        DlqError::NotFound(id) => ApiError::NotFound(format!("no dead letter for task {id}")),
+        DlqError::Stream(_) | DlqError::Publish(_) => {
+            warn!(error = %e, "dead-letter queue unavailable");
+            ApiError::Unavailable
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Routes: a model alias callers put in `model` (`fast`, `smart`, any name) with its
+//! targets (provider + model + optional key pool), the strategy that orders them, and the
+//! routes to fall back to on context-length and content-filter refusals. A `model` of the
+//! form `provider/model` addresses one target directly, without a route.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Deserialize;
+
+use super::providers::{ApiKey, ProviderConfig, read_keys};
+use super::{Problems, default_capability};
+use crate::Capability;
+
+/// Longest chain of fallback routes followed for one task; guards against cycles.
+pub const MAX_FALLBACK_HOPS: usize = 4;
+
+/// How a route orders its targets for each task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The configured order: the first is preferred, the rest are fallbacks.
+    #[default]
+    Priority,
+    /// A random order drawn by `weight`: traffic splits across targets.
+    Weighted,
+    /// Lowest recent latency first (an exponentially weighted moving average).
+    Latency,
+    /// Cheapest first, by the configured price per million tokens.
+    Cost,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(default = "default_capability")]
+    pub capability: String,
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+    /// Shorthand for a route with one target: its provider…
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// …and its model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Route to try when a target says the prompt exceeds its context window.
+    #[serde(default)]
+    pub context_length_fallback: Option<String>,
+    /// Route to try when a target refuses the content.
+    #[serde(default)]
+    pub content_filter_fallback: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Provider name, a key of `[providers]`.
+    pub provider: String,
+    /// Model name sent to the provider.
+    pub model: String,
+    /// Share of traffic under the `weighted` strategy.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// This target's own key pool (variable names); empty means the provider's pool.
+    #[serde(default)]
+    pub api_key_envs: Vec<String>,
+    /// Price per million prompt tokens, for the `cost` strategy.
+    #[serde(default)]
+    pub input_cost_per_mtok: f64,
+    /// Price per million completion tokens, for the `cost` strategy.
+    #[serde(default)]
+    pub output_cost_per_mtok: f64,
+    /// The key pool, read from the environment at load time (the provider's when empty).
+    #[serde(skip)]
+    pub keys: Vec<ApiKey>,
+}
+
+impl TargetConfig {
+    /// A target with the provider's defaults: how `provider/model` is addressed directly.
+    pub fn direct(provider: &str, model: &str, config: &ProviderConfig) -> Self {
+        Self {
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+            weight: default_weight(),
+            api_key_envs: Vec::new(),
+            input_cost_per_mtok: 0.0,
+            output_cost_per_mtok: 0.0,
+            keys: config.keys.clone(),
+        }
+    }
+
+    /// Price of a typical call (one input and one output token) for ordering by cost.
+    pub fn unit_cost(&self) -> f64 {
+        self.input_cost_per_mtok + self.output_cost_per_mtok
+    }
+}
+
+/// Splits `provider/model` when `provider` is configured; the model may contain `/` itself
+/// (`openrouter/meta-llama/llama-3.1-8b-instruct`).
+pub fn split_direct<'a>(
+    name: &'a str,
+    providers: &BTreeMap<String, ProviderConfig>,
+) -> Option<(&'a str, &'a str)> {
+    let (provider, model) = name.split_once('/')?;
+    (providers.contains_key(provider) && !model.trim().is_empty()).then_some((provider, model))
+}
+
+/// Turns the one-target shorthand into `targets` and reads every target's key pool.
+/// Returns the variables that were not set, by the key they were configured under.
+pub(crate) fn resolve_route(
+    name: &str,
+    route: &mut RouteConfig,
+    providers: &BTreeMap<String, ProviderConfig>,
+    env: &HashMap<String, String>,
+) -> Vec<(String, String)> {
+    if route.targets.is_empty()
+        && let (Some(provider), Some(model)) = (route.provider.clone(), route.model.clone())
+    {
+        route.targets.push(TargetConfig {
+            provider,
+            model,
+            weight: default_weight(),
+            api_key_envs: Vec::new(),
+            input_cost_per_mtok: 0.0,
+            output_cost_per_mtok: 0.0,
+            keys: Vec::new(),
+        });
+    }
+    let mut missing = Vec::new();
+    for (i, target) in route.targets.iter_mut().enumerate() {
+        if target.api_key_envs.is_empty() {
+            target.keys = providers
+                .get(&target.provider)
+                .map(|p| p.keys.clone())
+                .unwrap_or_default();
+        } else {
+            let (keys, unset) = read_keys(&target.api_key_envs, env);
+            target.keys = keys;
+            missing.extend(
+                unset
+                    .into_iter()
+                    .map(|var| (format!("routes.{name}.targets[{i}].api_key_envs"), var)),
+            );
+        }
+    }
+    missing
+}
+
+pub(crate) fn validate_route(
+    p: &mut Problems,
+    name: &str,
+    route: &RouteConfig,
+    routes: &BTreeMap<String, RouteConfig>,
+    providers: &BTreeMap<String, ProviderConfig>,
+) {
+    let key = format!("routes.{name}");
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        p.add(&key, "route names must be non-empty without whitespace");
+    }
+    if name.contains('/') {
+        p.add(
+            &key,
+            "route names must not contain '/', which addresses provider/model directly",
+        );
+    }
+    if let Err(e) = route.capability.parse::<Capability>() {
+        p.add(
+            &format!("{key}.capability"),
+            format!("{:?} {e}", route.capability),
+        );
+    }
+    let shorthand = route.provider.is_some() || route.model.is_some();
+    if shorthand && route.targets.len() > 1 {
+        p.add(&key, "give either provider and model, or targets, not both");
+    }
+    if shorthand && (route.provider.is_none() || route.model.is_none()) {
+        p.add(&key, "provider and model go together");
+    }
+    if route.targets.is_empty() && !shorthand {
+        p.add(&format!("{key}.targets"), "at least one target is needed");
+    }
+    for (i, target) in route.targets.iter().enumerate() {
+        let tkey = if shorthand {
+            key.clone()
+        } else {
+            format!("{key}.targets[{i}]")
+        };
+        if !providers.contains_key(&target.provider) {
+            p.add(
+                &format!("{tkey}.provider"),
+                format!("{:?} is not a configured provider", target.provider),
+            );
+        }
+        if target.model.trim().is_empty() {
+            p.add(&format!("{tkey}.model"), "must not be empty");
+        }
+        if target.weight == 0 && route.strategy == Strategy::Weighted {
+            p.add(&format!("{tkey}.weight"), "must be greater than 0");
+        }
+        for (field, cost) in [
+            ("input_cost_per_mtok", target.input_cost_per_mtok),
+            ("output_cost_per_mtok", target.output_cost_per_mtok),
+        ] {
+            if !cost.is_finite() || cost < 0.0 {
+                p.add(&format!("{tkey}.{field}"), "must be a price of 0 or more");
+            }
+        }
+    }
+    for (field, fallback) in [
+        ("context_length_fallback", &route.context_length_fallback),
+        ("content_filter_fallback", &route.content_filter_fallback),
+    ] {
+        match fallback {
+            Some(f) if f == name => p.add(&format!("{key}.{field}"), "must name another route"),
+            Some(f) if !routes.contains_key(f) => p.add(
+                &format!("{key}.{field}"),
+                format!("{f:?} is not a configured route"),
+            ),
+            Some(f) if routes[f].capability != route.capability => p.add(
+                &format!("{key}.{field}"),
+                format!("{f:?} serves another capability"),
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn default_weight() -> u32 {
+    1
+}

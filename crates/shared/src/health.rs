@@ -1,0 +1,227 @@
+//! Provider health as every worker sees it: one record per target (circuit breaker, error
+//! window, latency, rate-limit cooldown) and one per API key (taken out of rotation, cooling
+//! down), kept in the `providers` key-value bucket so what one worker learns, all use at
+//! once. Workers update records with compare-and-set; the gateway and the CLI read them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::FailureClass;
+use crate::config::Config;
+
+/// A circuit breaker's position.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Calls go through.
+    #[default]
+    Closed,
+    /// Calls are turned away until `open_until_ms`; then one probe may go.
+    Open,
+    /// One probe is in flight; its outcome closes or reopens the breaker.
+    HalfOpen,
+}
+
+/// Health of one target (provider + model).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TargetHealth {
+    pub provider: String,
+    pub model: String,
+    pub state: BreakerState,
+    pub consecutive_failures: u32,
+    /// Start of the current error-ratio window and the calls and failures in it.
+    pub window_start_ms: u64,
+    pub window_calls: u32,
+    pub window_failures: u32,
+    /// Open: when a probe may go. Half-open: when the probe counts as lost.
+    pub open_until_ms: u64,
+    /// Rate-limited (a keyless target): no calls before this.
+    pub cooldown_until_ms: u64,
+    /// Exponentially weighted moving average of successful call time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ewma_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_class: Option<FailureClass>,
+    pub updated_ms: u64,
+}
+
+/// Health of one API key of a provider.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeyHealth {
+    pub provider: String,
+    /// The key's environment variable name (never the key).
+    pub label: String,
+    /// Taken out of rotation: the provider refused it (401/403).
+    pub disabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Rate-limited: not used before this.
+    pub cooldown_until_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// `target.<provider>.<model>`: the model is made a safe token (a short hash keeps two
+/// models that differ only in unsafe characters apart).
+pub fn target_key(provider: &str, model: &str) -> String {
+    format!("target.{provider}.{}", safe_token(model))
+}
+
+/// `key.<provider>.<label>`.
+pub fn key_key(provider: &str, label: &str) -> String {
+    format!("key.{provider}.{}", safe_token(label))
+}
+
+/// `text` with every character outside `[A-Za-z0-9_-]` replaced by `_`, plus an FNV-1a
+/// hash of the original when anything was replaced.
+fn safe_token(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if cleaned == text && !text.is_empty() {
+        return cleaned;
+    }
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{cleaned}-{:08x}", hash & 0xffff_ffff)
+}
+
+/// Every health record in the bucket.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub targets: HashMap<String, TargetHealth>,
+    pub keys: HashMap<String, KeyHealth>,
+}
+
+impl Snapshot {
+    /// Reads every record; undecodable ones are skipped (a newer writer's format).
+    pub async fn read(store: &kv::Store) -> Result<Self, async_nats::Error> {
+        let mut snapshot = Snapshot::default();
+        let mut keys = store.keys().await?;
+        while let Some(key) = keys.next().await {
+            let key = key?;
+            let Some(value) = store.get(&key).await? else {
+                continue;
+            };
+            snapshot.insert(&key, &value);
+        }
+        Ok(snapshot)
+    }
+
+    /// Adds one record by its bucket key.
+    pub fn insert(&mut self, key: &str, value: &[u8]) {
+        if key.starts_with("target.") {
+            if let Ok(t) = serde_json::from_slice(value) {
+                self.targets.insert(key.to_owned(), t);
+            }
+        } else if key.starts_with("key.")
+            && let Ok(k) = serde_json::from_slice(value)
+        {
+            self.keys.insert(key.to_owned(), k);
+        }
+    }
+
+    /// The report `GET /v1/providers` and `switchyard providers` show: every configured
+    /// target with its breaker state, latency, error ratio and cooldown end, and each key.
+    pub fn report(&self, config: &Config, now_ms: u64) -> Value {
+        let mut targets: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+        for (name, route) in &config.routes {
+            for t in &route.targets {
+                targets
+                    .entry((t.provider.clone(), t.model.clone()))
+                    .or_default()
+                    .insert(name.clone());
+            }
+        }
+        let data: Vec<Value> = targets
+            .into_iter()
+            .map(|((provider, model), routes)| {
+                let health = self
+                    .targets
+                    .get(&target_key(&provider, &model))
+                    .cloned()
+                    .unwrap_or_default();
+                let labels = config
+                    .routes
+                    .values()
+                    .flat_map(|r| &r.targets)
+                    .filter(|t| t.provider == provider && t.model == model)
+                    .flat_map(|t| t.keys.iter().map(|k| k.label.clone()))
+                    .collect::<BTreeSet<_>>();
+                let keys: Vec<Value> = labels
+                    .iter()
+                    .map(|label| {
+                        let k = self.keys.get(&key_key(&provider, label));
+                        let state = match k {
+                            Some(k) if k.disabled => "disabled",
+                            Some(k) if k.cooldown_until_ms > now_ms => "cooling_down",
+                            _ => "active",
+                        };
+                        json!({
+                            "label": label,
+                            "state": state,
+                            "reason": k.and_then(|k| k.reason.clone()),
+                            "cooldown_until_ms": k.map(|k| k.cooldown_until_ms).filter(|&t| t > now_ms),
+                        })
+                    })
+                    .collect();
+                let state = match health.state {
+                    BreakerState::Open if now_ms >= health.open_until_ms => "half_open",
+                    BreakerState::Open => "open",
+                    BreakerState::HalfOpen => "half_open",
+                    BreakerState::Closed => "closed",
+                };
+                let window_live =
+                    now_ms.saturating_sub(health.window_start_ms) < config.health.window_secs * 1000;
+                let error_ratio = (window_live && health.window_calls > 0)
+                    .then(|| f64::from(health.window_failures) / f64::from(health.window_calls));
+                json!({
+                    "provider": provider,
+                    "model": model,
+                    "routes": routes,
+                    "state": state,
+                    "consecutive_failures": health.consecutive_failures,
+                    "error_ratio": error_ratio,
+                    "calls_in_window": if window_live { health.window_calls } else { 0 },
+                    "latency_ms": health.latency_ewma_ms.map(|l| (l * 10.0).round() / 10.0),
+                    "open_until_ms": (health.state != BreakerState::Closed).then_some(health.open_until_ms),
+                    "cooldown_until_ms": Some(health.cooldown_until_ms).filter(|&t| t > now_ms),
+                    "last_failure_class": health.last_class,
+                    "keys": keys,
+                })
+            })
+            .collect();
+        json!({"object": "list", "data": data})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_safe_tokens() {
+        assert_eq!(target_key("groq", "llama-3_1"), "target.groq.llama-3_1");
+        let a = target_key("openrouter", "meta-llama/llama-3.1-8b");
+        let b = target_key("openrouter", "meta-llama_llama-3_1-8b");
+        assert_ne!(a, b);
+        assert!(a.starts_with("target.openrouter.meta-llama_llama-3_1-8b-"));
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        );
+        assert_eq!(key_key("groq", "GROQ_KEY_2"), "key.groq.GROQ_KEY_2");
+        assert!(target_key("p", "").starts_with("target.p.-"));
+    }
+}

@@ -1,0 +1,86 @@
+//! Builders for the OpenAI shapes every adapter normalises to: `chat.completion`,
+//! `chat.completion.chunk` and `usage`, so each adapter only decides the contents.
+
+use serde_json::{Value, json};
+use shared::task::now_ms;
+
+/// A `chat.completion` with one choice.
+pub fn completion(
+    id: &str,
+    model: &str,
+    message: Value,
+    finish_reason: &str,
+    usage: Value,
+) -> Value {
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": now_ms() / 1000,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "usage": usage,
+    })
+}
+
+/// A `chat.completion.chunk` with one choice; `finish_reason` and `usage` may be null.
+pub fn chunk(id: &str, model: &str, delta: Value, finish_reason: Value, usage: Value) -> Value {
+    let mut chunk = json!({
+        "id": id,
+        "object": "chat.completion.chunk",
+        "created": now_ms() / 1000,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    });
+    if !usage.is_null() {
+        chunk["usage"] = usage;
+    }
+    chunk
+}
+
+/// An OpenAI `usage` object.
+pub fn usage(prompt_tokens: u64, completion_tokens: u64) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
+/// The text of an OpenAI message `content`: a string, or the text parts of an array.
+pub fn content_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_omits_null_usage() {
+        let c = chunk("id", "m", json!({"content": "x"}), Value::Null, Value::Null);
+        assert!(c.get("usage").is_none());
+        let c = chunk("id", "m", json!({}), json!("stop"), usage(1, 2));
+        assert_eq!(c["usage"]["total_tokens"], 3);
+        assert_eq!(c["choices"][0]["finish_reason"], "stop");
+    }
+
+    #[test]
+    fn content_text_joins_text_parts() {
+        assert_eq!(content_text(&json!("hi")), "hi");
+        assert_eq!(
+            content_text(
+                &json!([{"type":"text","text":"a"},{"type":"image_url"},{"type":"text","text":"b"}])
+            ),
+            "ab"
+        );
+        assert_eq!(content_text(&Value::Null), "");
+    }
+}

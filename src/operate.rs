@@ -1,0 +1,62 @@
+//! Operator commands: `switchyard providers` (shared provider health) and
+//! `switchyard dlq list|replay` (the dead-letter queue). They print JSON, the same the
+//! gateway's `/v1/providers` and `/v1/dlq` endpoints return.
+
+use std::io::Write;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use shared::config::Config;
+use shared::health::Snapshot;
+use shared::names::PROVIDERS_BUCKET;
+use shared::task::now_ms;
+use shared::{TaskId, dlq};
+
+use crate::serve;
+
+/// Prints every configured target's health as all workers currently see it.
+pub async fn providers(config: &Config) -> anyhow::Result<()> {
+    let client = serve::connect(config, "cli").await?;
+    let js = async_nats::jetstream::new(client);
+    let store = js
+        .get_key_value(PROVIDERS_BUCKET)
+        .await
+        .context("opening the providers bucket (run `switchyard provision` first?)")?;
+    let snapshot = Snapshot::read(&store)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading provider health: {e}"))?;
+    print_json(&snapshot.report(config, now_ms()))
+}
+
+/// Prints dead letters, oldest first.
+pub async fn dlq_list(
+    config: &Config,
+    capability: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let client = serve::connect(config, "cli").await?;
+    let js = async_nats::jetstream::new(client);
+    let letters = dlq::list(&js, capability, limit).await?;
+    print_json(&json!({"object": "list", "data": letters}))
+}
+
+/// Replays dead letters by task id; prints the new task ids.
+pub async fn dlq_replay(config: &Config, task_ids: &[TaskId]) -> anyhow::Result<()> {
+    let client = serve::connect(config, "cli").await?;
+    let js = async_nats::jetstream::new(client);
+    let mut replayed = Vec::new();
+    for id in task_ids {
+        let new_id = dlq::replay(&js, *id).await?;
+        replayed.push(json!({"task_id": new_id, "replay_of": id, "status": "queued"}));
+    }
+    print_json(&json!({"object": "list", "data": replayed}))
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("writing to stdout")
+}
