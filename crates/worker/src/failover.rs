@@ -466,6 +466,9 @@ async fn stream_to_caller(
     let subject = stream_subject(task.id);
     let mut assembler = Assembler::default();
     let mut seq: u64 = 0;
+    // Chunks without output (a role, empty text) are held back until output starts: until
+    // then nothing the caller would notice was sent, so failing over is still clean.
+    let mut held: Vec<Value> = Vec::new();
     loop {
         let (limit, what) = if seq == 0 {
             (
@@ -487,28 +490,62 @@ async fn stream_to_caller(
             Ok(Some(Ok(chunk))) => chunk,
         };
         assembler.push(&chunk);
-        let mut headers: HeaderMap = event_headers(StreamEventKind::Chunk, delivery);
-        headers.insert(HEADER_SEQ, seq.to_string().as_str());
-        if seq == 0 {
-            headers.insert(HEADER_PROVIDER, meta.provider);
-            headers.insert(HEADER_MODEL, meta.model);
-            headers.insert(HEADER_ATTEMPTS, meta.attempts.to_string().as_str());
-            headers.insert(HEADER_FALLBACK_DEPTH, meta.depth.to_string().as_str());
-            let upstream = u128::from(meta.upstream_before_ms) + clock.elapsed().as_millis();
-            headers.insert(HEADER_UPSTREAM_MS, upstream.to_string().as_str());
+        if seq == 0 && !carries_output(&chunk) {
+            held.push(chunk);
+            continue;
         }
-        let payload = Bytes::from(serde_json::to_vec(&chunk).unwrap_or_default());
-        if let Err(e) = deps
-            .client
-            .publish_with_headers(subject.clone(), headers, payload)
-            .await
-        {
-            // Chunks are the fast path; the stored result is the durable one.
-            warn!(error = %e, "could not publish a stream chunk");
+        for chunk in held.drain(..).chain(std::iter::once(chunk)) {
+            publish_chunk(deps, &subject, &chunk, delivery, seq, &meta, &clock).await;
+            seq += 1;
         }
+    }
+    // A stream that ended without output still sends what it had.
+    for chunk in held {
+        publish_chunk(deps, &subject, &chunk, delivery, seq, &meta, &clock).await;
         seq += 1;
     }
     Ok(assembler.finish())
+}
+
+/// Whether a chunk carries something the caller sees: text, a tool call or a finish reason.
+fn carries_output(chunk: &Value) -> bool {
+    chunk["choices"].as_array().into_iter().flatten().any(|c| {
+        let delta = &c["delta"];
+        delta["content"].as_str().is_some_and(|t| !t.is_empty())
+            || delta.get("tool_calls").is_some_and(|t| !t.is_null())
+            || !c["finish_reason"].is_null()
+    })
+}
+
+/// Publishes one chunk on `stream.<task id>`; the first carries who answers.
+async fn publish_chunk(
+    deps: &Deps,
+    subject: &str,
+    chunk: &Value,
+    delivery: i64,
+    seq: u64,
+    meta: &FirstChunkMeta<'_>,
+    clock: &Instant,
+) {
+    let mut headers: HeaderMap = event_headers(StreamEventKind::Chunk, delivery);
+    headers.insert(HEADER_SEQ, seq.to_string().as_str());
+    if seq == 0 {
+        headers.insert(HEADER_PROVIDER, meta.provider);
+        headers.insert(HEADER_MODEL, meta.model);
+        headers.insert(HEADER_ATTEMPTS, meta.attempts.to_string().as_str());
+        headers.insert(HEADER_FALLBACK_DEPTH, meta.depth.to_string().as_str());
+        let upstream = u128::from(meta.upstream_before_ms) + clock.elapsed().as_millis();
+        headers.insert(HEADER_UPSTREAM_MS, upstream.to_string().as_str());
+    }
+    let payload = Bytes::from(serde_json::to_vec(chunk).unwrap_or_default());
+    if let Err(e) = deps
+        .client
+        .publish_with_headers(subject.to_owned(), headers, payload)
+        .await
+    {
+        // Chunks are the fast path; the stored result is the durable one.
+        warn!(error = %e, "could not publish a stream chunk");
+    }
 }
 
 fn stall(limit: Duration, what: &str, partial: bool) -> ProviderError {

@@ -189,15 +189,16 @@ impl ProviderConfig {
         self.base_url.as_deref().or(self.kind.preset().1)
     }
 
-    /// Names of the variables that make up the key pool, in rotation order.
+    /// Names of the variables that make up the key pool, in rotation order. The preset's
+    /// variable is the default only at the preset's own URL: a self-hosted server behind
+    /// `kind = "openai"` and a `base_url` needs no `OPENAI_API_KEY`.
     pub fn key_envs(&self) -> Vec<String> {
-        let first = self.api_key_env.clone().or_else(|| {
-            self.api_key_envs
-                .is_empty()
-                .then(|| self.kind.preset().2.map(str::to_owned))
-                .flatten()
-        });
-        first
+        let preset_default = (self.base_url.is_none() && self.api_key_envs.is_empty())
+            .then(|| self.kind.preset().2.map(str::to_owned))
+            .flatten();
+        self.api_key_env
+            .clone()
+            .or(preset_default)
             .into_iter()
             .chain(self.api_key_envs.iter().cloned())
             .collect()
