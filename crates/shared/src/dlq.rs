@@ -47,9 +47,19 @@ pub enum DlqError {
 
 /// Records `letter` durably (waits for JetStream's ack); de-duplicated on the task id.
 pub async fn publish(js: &jetstream::Context, letter: &DeadLetter) -> Result<(), DlqError> {
+    publish_with_id(js, letter, Some(&letter.task.id.to_string())).await
+}
+
+async fn publish_with_id(
+    js: &jetstream::Context,
+    letter: &DeadLetter,
+    msg_id: Option<&str>,
+) -> Result<(), DlqError> {
     let payload = serde_json::to_vec(letter).map_err(|e| DlqError::Publish(e.to_string()))?;
     let mut headers = HeaderMap::new();
-    headers.insert(HEADER_MSG_ID, letter.task.id.to_string().as_str());
+    if let Some(id) = msg_id {
+        headers.insert(HEADER_MSG_ID, id);
+    }
     js.publish_with_headers(
         dlq_subject(&letter.task.capability),
         headers,
@@ -62,7 +72,8 @@ pub async fn publish(js: &jetstream::Context, letter: &DeadLetter) -> Result<(),
     Ok(())
 }
 
-/// Up to `limit` dead letters, oldest first, optionally of one capability.
+/// Up to `limit` dead letters, oldest first, optionally of one capability. Reads the
+/// stream one message at a time: meant for inspection, not for very large queues.
 pub async fn list(
     js: &jetstream::Context,
     capability: Option<&str>,
@@ -83,7 +94,7 @@ pub async fn list(
         return Ok(out);
     }
     for seq in state.first_sequence..=state.last_sequence {
-        if out.len() >= limit.min(MAX_LIST) {
+        if out.len() >= limit {
             break;
         }
         // Sequences of removed (replayed) letters are gaps.
@@ -101,14 +112,23 @@ pub async fn list(
 }
 
 /// Queues a dead-lettered task again as a new task and removes the dead letter. Returns
-/// the new task id.
+/// the new task id. The letter is removed first, so of two concurrent replays only one
+/// queues a task; if queueing then fails, the letter is put back.
 pub async fn replay(js: &jetstream::Context, task_id: TaskId) -> Result<TaskId, DlqError> {
-    let found = list(js, None, MAX_LIST)
+    let found = list(js, None, usize::MAX)
         .await?
         .into_iter()
         .find(|l| l.letter.task.id == task_id)
         .ok_or(DlqError::NotFound(task_id))?;
-    let old = found.letter.task;
+    let stream = js
+        .get_stream(DLQ_STREAM)
+        .await
+        .map_err(|e| DlqError::Stream(e.to_string()))?;
+    if stream.delete_message(found.seq).await.is_err() {
+        // Another replay removed it first.
+        return Err(DlqError::NotFound(task_id));
+    }
+    let old = found.letter.task.clone();
     let now = now_ms();
     // The original time budget, counted from now.
     let budget = old.deadline_ms.saturating_sub(old.created_ms);
@@ -121,7 +141,16 @@ pub async fn replay(js: &jetstream::Context, task_id: TaskId) -> Result<TaskId, 
         replay_of: Some(old.id),
         ..old
     };
-    let payload = serde_json::to_vec(&task).map_err(|e| DlqError::Publish(e.to_string()))?;
+    if let Err(e) = queue(js, &task).await {
+        // Not queued: the letter goes back (without a dedupe id, which would drop it).
+        publish_with_id(js, &found.letter, None).await?;
+        return Err(e);
+    }
+    Ok(task.id)
+}
+
+async fn queue(js: &jetstream::Context, task: &Task) -> Result<(), DlqError> {
+    let payload = serde_json::to_vec(task).map_err(|e| DlqError::Publish(e.to_string()))?;
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_MSG_ID, task.id.to_string().as_str());
     js.publish_with_headers(
@@ -133,15 +162,7 @@ pub async fn replay(js: &jetstream::Context, task_id: TaskId) -> Result<TaskId, 
     .map_err(|e| DlqError::Publish(e.to_string()))?
     .await
     .map_err(|e| DlqError::Publish(e.to_string()))?;
-    let stream = js
-        .get_stream(DLQ_STREAM)
-        .await
-        .map_err(|e| DlqError::Stream(e.to_string()))?;
-    // The new task is queued; a letter that cannot be removed would only be listed twice.
-    if let Err(e) = stream.delete_message(found.seq).await {
-        tracing::warn!(error = %e, seq = found.seq, "replayed, but could not remove the dead letter");
-    }
-    Ok(task.id)
+    Ok(())
 }
 
 /// The `DLQ` stream's configuration.

@@ -13,6 +13,15 @@ use serde_json::{Value, json};
 use crate::FailureClass;
 use crate::config::Config;
 
+/// Records not updated for this long are stale and read as absent (the bucket's `max_age`
+/// drops them too, silently): a refused key or an open breaker is forgotten after a day.
+pub const RECORD_TTL_MS: u64 = 86_400_000;
+
+/// Whether a record last updated at `updated_ms` still counts at `now`.
+pub fn is_fresh(updated_ms: u64, now: u64) -> bool {
+    updated_ms.saturating_add(RECORD_TTL_MS) > now
+}
+
 /// A circuit breaker's position.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -119,6 +128,12 @@ impl Snapshot {
         Ok(snapshot)
     }
 
+    /// Drops the record under `key` (deleted or purged).
+    pub fn remove(&mut self, key: &str) {
+        self.targets.remove(key);
+        self.keys.remove(key);
+    }
+
     /// Adds one record by its bucket key.
     pub fn insert(&mut self, key: &str, value: &[u8]) {
         if key.starts_with("target.") {
@@ -150,6 +165,7 @@ impl Snapshot {
                 let health = self
                     .targets
                     .get(&target_key(&provider, &model))
+                    .filter(|t| is_fresh(t.updated_ms, now_ms))
                     .cloned()
                     .unwrap_or_default();
                 let labels = config
@@ -162,7 +178,10 @@ impl Snapshot {
                 let keys: Vec<Value> = labels
                     .iter()
                     .map(|label| {
-                        let k = self.keys.get(&key_key(&provider, label));
+                        let k = self
+                            .keys
+                            .get(&key_key(&provider, label))
+                            .filter(|k| is_fresh(k.updated_ms, now_ms));
                         let state = match k {
                             Some(k) if k.disabled => "disabled",
                             Some(k) if k.cooldown_until_ms > now_ms => "cooling_down",

@@ -24,8 +24,6 @@ const PROVISION_ROUNDS: u32 = 5;
 const PROVISION_PAUSE: Duration = Duration::from_millis(200);
 /// Pull requests a consumer keeps waiting at once; every worker holds one per priority.
 const MAX_WAITING_PULLS: i64 = 512;
-/// Provider health records expire a day after their last update.
-const PROVIDER_HEALTH_TTL_SECS: u64 = 86_400;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
@@ -158,7 +156,7 @@ async fn provision_once(
         "Switchyard provider health shared by all workers",
         // A record nobody refreshed for a day is stale: forgetting it re-admits the key
         // or target, which is the safe way to be wrong.
-        Duration::from_secs(PROVIDER_HEALTH_TTL_SECS),
+        Duration::from_millis(crate::health::RECORD_TTL_MS),
         replicas,
     )
     .await?;

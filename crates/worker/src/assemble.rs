@@ -122,9 +122,11 @@ impl Assembler {
 fn merge_tool_call(choice: &mut Choice, call: &Value) {
     let index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
     let entry = choice.tool_calls.entry(index).or_default();
-    for key in ["id", "type"] {
-        if let Some(v) = call.get(key).filter(|v| !v.is_null()) {
-            entry.insert(key.into(), v.clone());
+    // Everything but the streamed pieces is copied as sent: `id`, `type`, and provider
+    // extras such as Gemini's `extra_content` (thought signatures a next turn needs).
+    for (key, v) in call.as_object().into_iter().flatten() {
+        if key != "index" && key != "function" && !v.is_null() {
+            entry.insert(key.clone(), v.clone());
         }
     }
     let Some(function) = call.get("function") else {
@@ -144,6 +146,21 @@ fn merge_tool_call(choice: &mut Choice, call: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tool_call_extras_survive_assembly() {
+        let mut a = Assembler::default();
+        let extra = json!({"google": {"thought_signature": "sig"}});
+        a.push(&json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "id": "call_1", "type": "function", "extra_content": extra,
+             "function": {"name": "f", "arguments": "{\"a\""}}]}}]}));
+        a.push(&json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": ":1}"}}]}, "finish_reason": "tool_calls"}]}));
+        let call = &a.finish()["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(call["extra_content"], extra);
+        assert_eq!(call["function"]["arguments"], "{\"a\":1}");
+        assert!(call.get("index").is_none());
+    }
 
     #[test]
     fn text_and_tool_calls_are_reassembled() {

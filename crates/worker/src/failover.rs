@@ -6,7 +6,7 @@
 //! reason that may pass, the outcome asks for the task to come back later (a delayed NAK),
 //! so a long outage is waited out in the queue instead of failing the task.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::action::{Action, Chain, Effect, decide, effect};
 use crate::assemble::Assembler;
-use crate::health::Admission;
+use crate::health::{Admission, Probe};
 use crate::plan;
 use crate::process::{Deps, Runtime, event_headers};
 use crate::provider::{Call, ProviderError};
@@ -99,12 +99,19 @@ struct Tally {
     passing: Option<FailureClass>,
     /// Earliest time (ms) a skipped target or key is back.
     back_at: Option<u64>,
+    /// A target failed for a passing reason but may be called again at once (no cooldown,
+    /// breaker still closed): come back after the usual backoff, not the latest `back_at`.
+    retry_soon: bool,
 }
 
 impl Tally {
     fn skipped_until(&mut self, until: u64, class: FailureClass) {
-        self.back_at = Some(self.back_at.map_or(until, |b| b.min(until)));
+        self.back_at_most(until);
         self.passing.get_or_insert(class);
+    }
+
+    fn back_at_most(&mut self, until: u64) {
+        self.back_at = Some(self.back_at.map_or(until, |b| b.min(until)));
     }
 }
 
@@ -232,31 +239,19 @@ async fn run_leg(
             continue;
         };
         let now = now_ms();
-        match deps.health.admit(&target.provider, &target.model, now) {
-            Admission::Go => {}
-            Admission::Probe => {
-                if !deps
-                    .health
-                    .claim_probe(&target.provider, &target.model, runtime.timeout)
-                    .await
-                {
-                    tally.skipped_until(now + 1000, FailureClass::Upstream5xx);
-                    continue;
-                }
-            }
-            Admission::Skip(until) => {
-                debug!(provider = %target.provider, model = %target.model, "target unavailable; skipping");
-                let class = match deps
-                    .health
-                    .target(&target.provider, &target.model)
-                    .last_class
-                {
-                    Some(FailureClass::RateLimited) => FailureClass::RateLimited,
-                    _ => FailureClass::Upstream5xx,
-                };
-                tally.skipped_until(until, class);
-                continue;
-            }
+        let admission = deps.health.admit(&target.provider, &target.model, now);
+        if let Admission::Skip(until) = admission {
+            debug!(provider = %target.provider, model = %target.model, "target unavailable; skipping");
+            let class = match deps
+                .health
+                .target(&target.provider, &target.model)
+                .last_class
+            {
+                Some(FailureClass::RateLimited) => FailureClass::RateLimited,
+                _ => FailureClass::Upstream5xx,
+            };
+            tally.skipped_until(until, class);
+            continue;
         }
         let start = deps.rotation.fetch_add(1, Ordering::Relaxed);
         let (keys, back_at) = if target.keys.is_empty() {
@@ -278,6 +273,24 @@ async fn run_leg(
                 ));
             }
             continue;
+        }
+        // Only a target that can actually be called claims the probe.
+        if admission == Admission::Probe {
+            match deps
+                .health
+                .claim_probe(&target.provider, &target.model, runtime.timeout)
+                .await
+            {
+                Probe::Won | Probe::Healthy => {}
+                Probe::Lost => {
+                    let until = match deps.health.admit(&target.provider, &target.model, now_ms()) {
+                        Admission::Skip(until) => until,
+                        Admission::Go | Admission::Probe => now_ms() + 1000,
+                    };
+                    tally.skipped_until(until, FailureClass::Upstream5xx);
+                    continue;
+                }
+            }
         }
         tally.targets_tried += 1;
         for (k, key) in keys.iter().enumerate() {
@@ -381,14 +394,33 @@ async fn run_leg(
                 let action = decide(&err, retries, k + 1 < keys.len());
                 if err.class.is_transient() {
                     tally.passing = Some(err.class);
-                    if let Some(wait) = err.retry_after {
-                        tally.back_at =
-                            Some(now_ms() + u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+                    let now = now_ms();
+                    // When this target (or key) is back, as the effect above just recorded.
+                    let target_back = match deps.health.admit(&target.provider, &target.model, now)
+                    {
+                        Admission::Skip(until) => Some(until),
+                        Admission::Go | Admission::Probe => None,
+                    };
+                    let key_back = label
+                        .as_deref()
+                        .and_then(|l| deps.health.key_back_at(&target.provider, l, now));
+                    let asked = err
+                        .retry_after
+                        .map(|wait| now + u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+                    match target_back.or(key_back).or(asked) {
+                        Some(at) => tally.back_at_most(at),
+                        None => tally.retry_soon = true,
                     }
                 }
                 tally.last_error = Some(err.clone());
                 match action {
                     Action::RetrySame(pause) => {
+                        // This failure may just have opened the breaker.
+                        if deps.health.admit(&target.provider, &target.model, now_ms())
+                            != Admission::Go
+                        {
+                            break false;
+                        }
                         retries += 1;
                         tokio::time::sleep(pause.min(task.remaining())).await;
                     }
@@ -416,20 +448,26 @@ async fn attempt(
     meta: FirstChunkMeta<'_>,
 ) -> Result<Value, ProviderError> {
     let budget = task.remaining().min(runtime.timeout);
+    // Set once a chunk reached the caller: from then on a timeout is partial, no failover.
+    let published = AtomicBool::new(false);
     let work = async {
         if task.is_streaming() {
-            stream_to_caller(task, delivery, deps, runtime, call, meta).await
+            stream_to_caller(task, delivery, deps, runtime, call, meta, &published).await
         } else {
             runtime.provider.complete(call).await
         }
     };
+    let timed_out = |class, message: String| ProviderError {
+        partial: published.load(Ordering::Relaxed),
+        ..ProviderError::new(class, message)
+    };
     match tokio::time::timeout(budget, work).await {
         Ok(outcome) => outcome,
-        Err(_) if task.remaining().is_zero() => Err(ProviderError::new(
+        Err(_) if task.remaining().is_zero() => Err(timed_out(
             FailureClass::DeadlineExceeded,
-            "the task's deadline passed while the provider was answering",
+            "the task's deadline passed while the provider was answering".to_owned(),
         )),
-        Err(_) => Err(ProviderError::new(
+        Err(_) => Err(timed_out(
             FailureClass::Timeout,
             format!("provider did not answer within {} ms", budget.as_millis()),
         )),
@@ -456,6 +494,7 @@ async fn stream_to_caller(
     runtime: &Runtime,
     call: Call<'_>,
     meta: FirstChunkMeta<'_>,
+    published: &AtomicBool,
 ) -> Result<Value, ProviderError> {
     let clock = Instant::now();
     let opened = tokio::time::timeout(runtime.first_token_timeout, runtime.provider.stream(call));
@@ -494,12 +533,14 @@ async fn stream_to_caller(
             held.push(chunk);
             continue;
         }
+        published.store(true, Ordering::Relaxed);
         for chunk in held.drain(..).chain(std::iter::once(chunk)) {
             publish_chunk(deps, &subject, &chunk, delivery, seq, &meta, &clock).await;
             seq += 1;
         }
     }
     // A stream that ended without output still sends what it had.
+    published.store(true, Ordering::Relaxed);
     for chunk in held {
         publish_chunk(deps, &subject, &chunk, delivery, seq, &meta, &clock).await;
         seq += 1;
@@ -507,11 +548,14 @@ async fn stream_to_caller(
     Ok(assembler.finish())
 }
 
-/// Whether a chunk carries something the caller sees: text, a tool call or a finish reason.
+/// Whether a chunk carries something the caller sees: text (or reasoning, or a refusal), a
+/// tool call or a finish reason.
 fn carries_output(chunk: &Value) -> bool {
     chunk["choices"].as_array().into_iter().flatten().any(|c| {
         let delta = &c["delta"];
-        delta["content"].as_str().is_some_and(|t| !t.is_empty())
+        ["content", "reasoning_content", "reasoning", "refusal"]
+            .iter()
+            .any(|field| delta[*field].as_str().is_some_and(|t| !t.is_empty()))
             || delta.get("tool_calls").is_some_and(|t| !t.is_null())
             || !c["finish_reason"].is_null()
     })

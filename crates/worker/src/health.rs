@@ -13,11 +13,15 @@ use bytes::Bytes;
 use futures::StreamExt;
 use shared::FailureClass;
 use shared::config::{ApiKey, HealthConfig};
-use shared::health::{BreakerState, KeyHealth, Snapshot, TargetHealth, key_key, target_key};
+use shared::health::{
+    BreakerState, KeyHealth, Snapshot, TargetHealth, is_fresh, key_key, target_key,
+};
 use shared::task::now_ms;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+/// Every key of the bucket, for the watch.
+const ALL_KEYS: &str = ">";
 /// Weight of the newest sample in the latency average.
 const LATENCY_ALPHA: f64 = 0.2;
 /// Tries of one compare-and-set before giving up (another worker kept winning).
@@ -42,11 +46,56 @@ struct Pending {
     latency_sum_ms: f64,
 }
 
+/// The local copy of the bucket, with each key's revision so an older value (a watch
+/// delivery overtaken by this worker's own write) never replaces a newer one.
+#[derive(Debug, Default)]
+struct Cache {
+    records: Snapshot,
+    revisions: HashMap<String, u64>,
+}
+
+impl Cache {
+    fn put(&mut self, key: &str, revision: u64, value: &[u8]) {
+        if self
+            .revisions
+            .get(key)
+            .is_some_and(|&known| known >= revision)
+        {
+            return;
+        }
+        self.revisions.insert(key.to_owned(), revision);
+        self.records.insert(key, value);
+    }
+
+    fn remove(&mut self, key: &str, revision: u64) {
+        if self
+            .revisions
+            .get(key)
+            .is_some_and(|&known| known >= revision)
+        {
+            return;
+        }
+        self.revisions.insert(key.to_owned(), revision);
+        self.records.remove(key);
+    }
+}
+
+/// The outcome of trying to become a target's probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// This caller probes.
+    Won,
+    /// Another caller probes, or the breaker reopened.
+    Lost,
+    /// The breaker is already closed (the local copy was behind): call normally.
+    Healthy,
+}
+
 #[derive(Debug)]
 pub(crate) struct Health {
     store: kv::Store,
     config: HealthConfig,
-    cache: Mutex<Snapshot>,
+    cache: Mutex<Cache>,
     pending: Mutex<HashMap<(String, String), Pending>>,
 }
 
@@ -55,21 +104,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Health {
-    /// Loads the bucket, then keeps the copy current and flushes successes until `shutdown`.
-    pub(crate) async fn start(
+    /// Starts keeping the copy current (every record's latest value, then each change)
+    /// and flushing successes, until `shutdown`.
+    pub(crate) fn start(
         store: kv::Store,
         config: HealthConfig,
         tracker: &tokio_util::task::TaskTracker,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let snapshot = Snapshot::read(&store).await.unwrap_or_else(|e| {
-            warn!(error = %e, "could not read provider health; starting from none");
-            Snapshot::default()
-        });
         let health = Arc::new(Self {
             store,
             config,
-            cache: Mutex::new(snapshot),
+            cache: Mutex::new(Cache::default()),
             pending: Mutex::new(HashMap::new()),
         });
         tracker.spawn(health.clone().watch(shutdown.clone()));
@@ -79,14 +125,22 @@ impl Health {
 
     async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            match self.store.watch_all().await {
+            // With history: the latest value of every key first, so a reopened watch
+            // misses nothing written while it was down.
+            match self.store.watch_with_history(ALL_KEYS).await {
                 Ok(mut entries) => loop {
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         entry = entries.next() => match entry {
                             Some(Ok(entry)) => {
-                                if entry.operation == kv::Operation::Put {
-                                    lock(&self.cache).insert(&entry.key, &entry.value);
+                                let mut cache = lock(&self.cache);
+                                match entry.operation {
+                                    kv::Operation::Put => {
+                                        cache.put(&entry.key, entry.revision, &entry.value);
+                                    }
+                                    kv::Operation::Delete | kv::Operation::Purge => {
+                                        cache.remove(&entry.key, entry.revision);
+                                    }
                                 }
                             }
                             Some(Err(e)) => {
@@ -145,13 +199,25 @@ impl Health {
         self.config.window_secs.saturating_mul(1000)
     }
 
-    /// The cached record of a target (default: never heard of, healthy).
+    /// The cached record of a target (default: never heard of, or stale: healthy).
     pub(crate) fn target(&self, provider: &str, model: &str) -> TargetHealth {
         lock(&self.cache)
+            .records
             .targets
             .get(&target_key(provider, model))
+            .filter(|t| is_fresh(t.updated_ms, now_ms()))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// When a cooling key is back (ms), if it is cooling.
+    pub(crate) fn key_back_at(&self, provider: &str, label: &str, now: u64) -> Option<u64> {
+        lock(&self.cache)
+            .records
+            .keys
+            .get(&key_key(provider, label))
+            .filter(|k| is_fresh(k.updated_ms, now) && !k.disabled && k.cooldown_until_ms > now)
+            .map(|k| k.cooldown_until_ms)
     }
 
     /// Whether `provider`/`model` may be called at `now`, from the cached record.
@@ -166,26 +232,30 @@ impl Health {
         provider: &str,
         model: &str,
         probe_for: Duration,
-    ) -> bool {
+    ) -> Probe {
         let key = target_key(provider, model);
         let Ok(Some(entry)) = self.store.entry(&key).await else {
-            return false;
+            return Probe::Lost;
         };
         let Ok(mut record) = serde_json::from_slice::<TargetHealth>(&entry.value) else {
-            return false;
+            return Probe::Lost;
         };
         let now = now_ms();
-        if admission(&record, now) != Admission::Probe {
-            return false;
+        lock(&self.cache).put(&key, entry.revision, &entry.value);
+        match admission(&record, now) {
+            Admission::Probe => {}
+            Admission::Go => return Probe::Healthy,
+            Admission::Skip(_) => return Probe::Lost,
         }
         record.state = BreakerState::HalfOpen;
         record.open_until_ms = now + u64::try_from(probe_for.as_millis()).unwrap_or(u64::MAX);
         record.updated_ms = now;
-        let won = self.put_if(&key, &record, Some(entry.revision)).await;
-        if won {
+        if self.put_if(&key, &record, Some(entry.revision)).await {
             info!(provider, model, "circuit half-open: probing");
+            Probe::Won
+        } else {
+            Probe::Lost
         }
-        won
     }
 
     /// The keys of a pool that may be used now, in rotation order from `start`, and the
@@ -202,7 +272,12 @@ impl Health {
         let mut back_at: Option<u64> = None;
         for i in 0..keys.len() {
             let key = &keys[(start + i) % keys.len()];
-            match cache.keys.get(&key_key(provider, &key.label)) {
+            let record = cache
+                .records
+                .keys
+                .get(&key_key(provider, &key.label))
+                .filter(|k| is_fresh(k.updated_ms, now));
+            match record {
                 Some(k) if k.disabled => {}
                 Some(k) if k.cooldown_until_ms > now => {
                     back_at =
@@ -379,17 +454,16 @@ impl Health {
         };
         let bytes = Bytes::from(bytes);
         let written = match revision {
-            Some(revision) => self
-                .store
-                .update(key, bytes.clone(), revision)
-                .await
-                .is_ok(),
-            None => self.store.create(key, bytes.clone()).await.is_ok(),
+            Some(revision) => self.store.update(key, bytes.clone(), revision).await.ok(),
+            None => self.store.create(key, bytes.clone()).await.ok(),
         };
-        if written {
-            lock(&self.cache).insert(key, &bytes);
+        match written {
+            Some(revision) => {
+                lock(&self.cache).put(key, revision, &bytes);
+                true
+            }
+            None => false,
         }
-        written
     }
 }
 

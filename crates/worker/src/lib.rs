@@ -85,8 +85,7 @@ pub async fn run(
         &background,
         // Stopped after the drain, so the last successes are shared too.
         health_stop.clone(),
-    )
-    .await;
+    );
     let mut queues = Vec::new();
     for capability in config.worker_capabilities() {
         let mut consumers = Vec::new();

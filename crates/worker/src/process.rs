@@ -19,7 +19,7 @@ use shared::dlq::{self, DeadLetter};
 use shared::names::{HEADER_DELIVERY, HEADER_EVENT, HEADER_MSG_ID, task_event_subject};
 use shared::task::{TaskError, now_ms};
 use shared::{Attempt, FailureClass, StreamEventKind, Task, TaskResult, TaskStatus};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, error, info_span, warn};
 
 use crate::backoff::{last_attempt, retry_delay};
 use crate::failover::{self, Outcome};
@@ -28,6 +28,8 @@ use crate::provider::{Provider, ProviderError};
 
 /// How soon a task whose result could not be stored is delivered again.
 const STORE_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// On the last delivery, tries to store the result (and dead-letter it) before giving up.
+const LAST_DELIVERY_TRIES: u32 = 10;
 
 /// One configured provider's adapter and timeouts.
 #[derive(Debug, Clone)]
@@ -157,7 +159,21 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
         attempts: history,
         fallback_depth,
     };
-    let Some(stored) = store(&task, &result, deps).await else {
+    // On the last delivery there is no next one to hand the task to: keep trying here.
+    let tries = if delivery >= deps.max_deliver {
+        LAST_DELIVERY_TRIES
+    } else {
+        1
+    };
+    let mut stored = None;
+    for try_number in 1..=tries {
+        stored = with_progress(&msg, deps.ack_wait, store(&task, &result, deps)).await;
+        if stored.is_some() || try_number == tries {
+            break;
+        }
+        tokio::time::sleep(STORE_RETRY_DELAY).await;
+    }
+    let Some(stored) = stored else {
         // Not durable, so not done: hand the task back to be delivered again shortly.
         ack(&msg, AckKind::Nak(Some(STORE_RETRY_DELAY))).await;
         return;
@@ -182,13 +198,32 @@ async fn finish(msg: &jetstream::Message, task: &Task, stored: Bytes, delivery: 
             worker: result.worker.clone(),
             dead_lettered_ms: now_ms(),
         };
-        if let Err(e) = dlq::publish(&deps.js, &letter).await {
-            // The result is stored; the next delivery finds it and dead-letters again.
-            warn!(error = %e, "could not dead-letter the task; it goes back to the queue");
-            ack(msg, AckKind::Nak(Some(STORE_RETRY_DELAY))).await;
-            return;
+        let tries = if delivery >= deps.max_deliver {
+            LAST_DELIVERY_TRIES
+        } else {
+            1
+        };
+        let mut published = Err(None);
+        for try_number in 1..=tries {
+            published = dlq::publish(&deps.js, &letter).await.map_err(Some);
+            if published.is_ok() || try_number == tries {
+                break;
+            }
+            tokio::time::sleep(STORE_RETRY_DELAY).await;
         }
-        warn!(class = error.class.as_str(), "task dead-lettered");
+        match published {
+            Ok(()) => warn!(class = error.class.as_str(), "task dead-lettered"),
+            // The result is stored; the next delivery finds it and dead-letters again.
+            Err(e) if delivery < deps.max_deliver => {
+                warn!(error = ?e, "could not dead-letter the task; it goes back to the queue");
+                ack(msg, AckKind::Nak(Some(STORE_RETRY_DELAY))).await;
+                return;
+            }
+            // No delivery is left: the failed result is durable, so the task is not lost.
+            Err(e) => {
+                error!(error = ?e, "could not dead-letter the task; its failed result is stored")
+            }
+        }
     }
     deliver(task, stored, delivery, deps).await;
     match result {
