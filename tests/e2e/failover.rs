@@ -12,7 +12,8 @@ use crate::harness::{
 };
 
 /// A primary target of each wire format, each with a two-key pool, falling back to the
-/// stack's OpenAI fake (`fake`); context-length refusals go to the `long` route.
+/// stack's OpenAI fake (`fake`); context-length and content-filter refusals go to the
+/// `long` route.
 struct Formats {
     stack: Stack,
     primaries: Vec<(Format, &'static str, FakeProvider)>,
@@ -66,6 +67,7 @@ idle_timeout_ms = 1000
 
 [routes.via-{name}]
 context_length_fallback = "long"
+content_filter_fallback = "long"
 targets = [{{ provider = "p-{name}", model = "{model}" }}, {{ provider = "fake", model = "backup-model" }}]
 "#,
                 url = fake.base_url()
@@ -105,6 +107,7 @@ struct Expect {
     first_class: &'static str,
 }
 
+/// Sends one request and checks it ended as `expect` says; returns the stored result.
 async fn check(stack: &Stack, route: &str, expect: &Expect, what: &str) -> Value {
     let response = stack.chat(chat_body(route, what)).await;
     assert_eq!(response.status(), 200, "{what}");
@@ -148,6 +151,7 @@ async fn check(stack: &Stack, route: &str, expect: &Expect, what: &str) -> Value
 async fn each_fault_of_each_wire_format_ends_where_the_table_says() {
     let formats = Formats::start("failure_threshold = 1000\ncooldown_ms = 300", &[]).await;
     let stack = &formats.stack;
+    let mut task_ids = Vec::new();
     for (format, name, fake) in &formats.primaries {
         let route = format!("via-{name}");
         let primary = format!("p-{name}");
@@ -199,6 +203,18 @@ async fn each_fault_of_each_wire_format_ends_where_the_table_says() {
                     first_class: "context_length",
                 },
             ),
+            // Refused content (an error or, for Anthropic and Gemini, an answer that says
+            // so): the content-filter fallback route answers.
+            (
+                Fault::ContentFilter,
+                Expect {
+                    provider: "fake".to_owned(),
+                    model: "long-model",
+                    attempts: 2,
+                    depth: 1,
+                    first_class: "content_filter",
+                },
+            ),
             // A refused key leaves the rotation; the other key answers.
             (Fault::status(401), same(2, "auth")),
         ];
@@ -207,6 +223,7 @@ async fn each_fault_of_each_wire_format_ends_where_the_table_says() {
             let (primary_before, backup_before) = (fake.calls(), stack.provider.calls());
             fake.push_fault(fault.clone());
             let stored = check(stack, &route, &expect, &what).await;
+            task_ids.push(stored["id"].as_str().unwrap().to_owned());
             // Exactly the recorded attempts reached the providers: nothing done twice.
             let calls = fake.calls() - primary_before + stack.provider.calls() - backup_before;
             assert_eq!(calls, expect.attempts, "{what}");
@@ -250,6 +267,17 @@ async fn each_fault_of_each_wire_format_ends_where_the_table_says() {
             assert!(KEYS.iter().any(|(_, v)| key.contains(v)), "{name}: {key}");
         }
     }
+    // One lifecycle event per task: each was finished exactly once.
+    eventually(Duration::from_secs(10), || async {
+        let events = stack.task_events().await;
+        task_ids
+            .iter()
+            .all(|id| events.get(id) == Some(&1))
+            .then_some(())
+    })
+    .await;
+    let events = stack.task_events().await;
+    assert!(task_ids.iter().all(|id| events[id] == 1));
     let dump = reqwest::get(format!("{}/v1/dlq", stack.base))
         .await
         .unwrap()
@@ -535,4 +563,135 @@ async fn provider_slash_model_addresses_one_target_and_keys_rotate() {
         .collect();
     assert_eq!(keys.len(), 2, "{keys:?}");
     formats.stack.stop().await;
+}
+
+#[tokio::test]
+async fn the_cli_lists_provider_health_and_replays_dead_letters() {
+    let stack = Stack::start(1, &[("SWITCHYARD__QUEUE__MAX_DELIVER", "2")]).await;
+    // One delivery calls the provider (twice: one retry in place); both fail, so the task
+    // fails for good and is dead-lettered.
+    stack.provider.push_fault(Fault::status(502));
+    stack.provider.push_fault(Fault::status(502));
+    let response = stack.chat(chat_body("fake", "to the dlq")).await;
+    assert_eq!(response.status(), 502);
+    let dead = task_id(&response);
+    let config = stack.config_file();
+    let cli = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("NATS_URL");
+        for (k, v) in &stack.env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let health = cli(&["providers"]);
+    let fake = health["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["provider"] == "fake")
+        .unwrap()
+        .clone();
+    assert_eq!(fake["consecutive_failures"], 2, "{health}");
+    assert_eq!(fake["last_failure_class"], "upstream_5xx");
+    assert_eq!(fake["keys"][0]["label"], "FAKE_PROVIDER_KEY");
+
+    let letters = eventually(Duration::from_secs(10), || async {
+        let list = cli(&["dlq", "list", "--capability", "chat"]);
+        (list["data"].as_array().unwrap().len() == 1).then_some(list)
+    })
+    .await;
+    let letter = &letters["data"][0];
+    assert_eq!(letter["task"]["id"], dead.as_str());
+    assert_eq!(letter["error"]["class"], "upstream_5xx");
+    assert_eq!(letter["attempts"].as_array().unwrap().len(), 2);
+
+    let replayed = cli(&["dlq", "replay", &dead]);
+    let new_id = replayed["data"][0]["task_id"].as_str().unwrap().to_owned();
+    let result: Value = eventually(Duration::from_secs(10), || async {
+        let r = stack.task(&new_id).await;
+        if r.status() != 200 {
+            return None;
+        }
+        r.json().await.ok()
+    })
+    .await;
+    assert_eq!(result["status"], "completed");
+    assert_eq!(cli(&["dlq", "list"])["data"].as_array().unwrap().len(), 0);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn latency_and_cost_strategies_order_targets() {
+    let slow = FakeProvider::start(Format::OpenAi).await.unwrap();
+    slow.set_latency(Duration::from_millis(300));
+    let extra = format!(
+        r#"
+[providers.slow]
+kind = "openai"
+base_url = "{url}"
+
+[routes.quickest]
+strategy = "latency"
+targets = [{{ provider = "slow", model = "s" }}, {{ provider = "fake", model = "f" }}]
+
+[routes.cheapest]
+strategy = "cost"
+targets = [
+  {{ provider = "slow", model = "pricey", input_cost_per_mtok = 3.0, output_cost_per_mtok = 15.0 }},
+  {{ provider = "fake", model = "thrifty", input_cost_per_mtok = 0.05, output_cost_per_mtok = 0.1 }},
+]
+"#,
+        url = slow.base_url()
+    );
+    let stack = Stack::start_with(1, &[], &extra).await;
+    for i in 0..3 {
+        let response = stack
+            .chat(chat_body("cheapest", &format!("cost {i}")))
+            .await;
+        assert_eq!(response.headers()["x-switchyard-model"], "thrifty");
+    }
+    // Both targets get measured (unknown ones go first), then the faster one wins once the
+    // workers have shared their latencies.
+    for i in 0..2 {
+        stack
+            .chat(chat_body("quickest", &format!("warm {i}")))
+            .await;
+    }
+    assert!(slow.calls() >= 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let slow_calls = slow.calls();
+    for i in 0..5 {
+        let response = stack
+            .chat(chat_body("quickest", &format!("fast {i}")))
+            .await;
+        assert_eq!(response.headers()["x-switchyard-provider"], "fake");
+    }
+    assert_eq!(slow.calls(), slow_calls);
+    let report: Value = reqwest::get(format!("{}/v1/providers", stack.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let slow_report = report["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["model"] == "s")
+        .unwrap();
+    assert!(
+        slow_report["latency_ms"].as_f64().unwrap() >= 300.0,
+        "{report}"
+    );
+    stack.stop().await;
 }

@@ -288,6 +288,25 @@ impl Stack {
             .unwrap()
     }
 
+    /// How many lifecycle events each task id has in the `EVENTS` stream.
+    pub async fn task_events(&self) -> HashMap<String, usize> {
+        let js = async_nats::jetstream::new(self.client.clone());
+        let mut stream = js.get_stream("EVENTS").await.unwrap();
+        let state = stream.info().await.unwrap().state.clone();
+        let mut counts = HashMap::new();
+        if state.messages == 0 {
+            return counts;
+        }
+        for seq in state.first_sequence..=state.last_sequence {
+            if let Ok(message) = stream.get_raw_message(seq).await {
+                let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+                let id = event["task_id"].as_str().unwrap().to_owned();
+                *counts.entry(id).or_default() += 1;
+            }
+        }
+        counts
+    }
+
     /// Starts the gateway's graceful shutdown without waiting for it.
     pub fn begin_gateway_shutdown(&self) {
         self.gateway_shutdown.cancel();

@@ -336,7 +336,6 @@ async fn run_leg(
                 };
                 let err = match result {
                     Ok(answer) => {
-                        tally.attempts.push(record);
                         deps.health
                             .success(
                                 &target.provider,
@@ -344,6 +343,24 @@ async fn run_leg(
                                 elapsed.as_secs_f64() * 1000.0,
                             )
                             .await;
+                        // Anthropic and Gemini refuse content with an answer, not an
+                        // error; with a fallback route (and nothing streamed yet) it is
+                        // treated as the refusal it is.
+                        if leg.content_filter_fallback.is_some()
+                            && !task.is_streaming()
+                            && is_refusal(&answer)
+                        {
+                            record.class = Some(FailureClass::ContentFilter);
+                            record.message = Some("the provider refused the content".to_owned());
+                            tally.attempts.push(record);
+                            let err = ProviderError::new(
+                                FailureClass::ContentFilter,
+                                "the provider refused the content",
+                            );
+                            tally.last_error = Some(err.clone());
+                            return LegEnd::Fallback(Chain::ContentFilter, err);
+                        }
+                        tally.attempts.push(record);
                         return LegEnd::Answered(
                             answer,
                             target.provider.clone(),
@@ -546,6 +563,11 @@ async fn stream_to_caller(
         seq += 1;
     }
     Ok(assembler.finish())
+}
+
+/// Whether an answer is a content-filter refusal (`finish_reason: content_filter`).
+fn is_refusal(answer: &Value) -> bool {
+    answer["choices"][0]["finish_reason"] == "content_filter"
 }
 
 /// Whether a chunk carries something the caller sees: text (or reasoning, or a refusal), a
