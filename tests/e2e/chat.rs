@@ -105,15 +105,7 @@ async fn simulated_provider_answers_offline_and_says_so() {
 #[tokio::test]
 async fn models_health_and_readiness() {
     let stack = Stack::start(0, &[]).await;
-    let models: Value = stack
-        .http
-        .get(format!("{}/v1/models", stack.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = stack.get_json("/v1/models").await;
     assert_eq!(models["object"], "list");
     let ids: Vec<&str> = models["data"]
         .as_array()

@@ -231,21 +231,7 @@ async fn each_fault_of_each_wire_format_ends_where_the_table_says() {
                 let refused = stored["attempts"][0]["key"].as_str().unwrap().to_owned();
                 let answered = stored["attempts"][1]["key"].as_str().unwrap();
                 assert_ne!(refused, answered, "{what}");
-                let report: Value = stack
-                    .http
-                    .get(format!("{}/v1/providers", stack.base))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                let target = report["data"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|t| t["provider"] == primary.as_str())
-                    .unwrap();
+                let (report, target) = stack.target_health(&primary).await;
                 let key = target["keys"]
                     .as_array()
                     .unwrap()
@@ -374,19 +360,7 @@ async fn an_open_breaker_is_shared_skipped_and_probed() {
     // Two 503s (one retried in place) open the breaker; the backup answers.
     let response = stack.chat(chat_body("via-openai", "first")).await;
     assert_eq!(response.headers()["x-switchyard-provider"], "fake");
-    let report: Value = reqwest::get(format!("{}/v1/providers", stack.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let target = report["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["provider"] == "p-openai")
-        .unwrap()
-        .clone();
+    let (report, target) = stack.target_health("p-openai").await;
     assert_eq!(target["state"], "open", "{report}");
     assert_eq!(target["last_failure_class"], "upstream_5xx");
     // While open, no worker calls it: several requests, none reach the primary.
@@ -404,19 +378,7 @@ async fn an_open_breaker_is_shared_skipped_and_probed() {
     let response = stack.chat(chat_body("via-openai", "probe")).await;
     assert_eq!(response.headers()["x-switchyard-provider"], "p-openai");
     assert_eq!(openai.calls(), calls + 1);
-    let report: Value = reqwest::get(format!("{}/v1/providers", stack.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let target = report["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["provider"] == "p-openai")
-        .unwrap()
-        .clone();
+    let (report, target) = stack.target_health("p-openai").await;
     assert_eq!(target["state"], "closed", "{report}");
     stack.stop().await;
 }
@@ -516,14 +478,7 @@ async fn a_long_outage_is_waited_out_in_the_queue_then_dead_letters_can_be_repla
         .unwrap();
     assert_eq!(replay["replay_of"], doomed.as_str());
     let new_id = replay["task_id"].as_str().unwrap().to_owned();
-    let result: Value = eventually(Duration::from_secs(10), || async {
-        let r = stack.task(&new_id).await;
-        if r.status() != 200 {
-            return None;
-        }
-        r.json().await.ok()
-    })
-    .await;
+    let result = stack.wait_result(&new_id).await;
     assert_eq!(result["status"], "completed", "{result}");
     // The replayed letter is gone; a second replay is a 404.
     let again = stack
@@ -617,14 +572,7 @@ async fn the_cli_lists_provider_health_and_replays_dead_letters() {
 
     let replayed = cli(&["dlq", "replay", &dead]);
     let new_id = replayed["data"][0]["task_id"].as_str().unwrap().to_owned();
-    let result: Value = eventually(Duration::from_secs(10), || async {
-        let r = stack.task(&new_id).await;
-        if r.status() != 200 {
-            return None;
-        }
-        r.json().await.ok()
-    })
-    .await;
+    let result = stack.wait_result(&new_id).await;
     assert_eq!(result["status"], "completed");
     assert_eq!(cli(&["dlq", "list"])["data"].as_array().unwrap().len(), 0);
     stack.stop().await;
@@ -677,12 +625,7 @@ targets = [
         assert_eq!(response.headers()["x-switchyard-provider"], "fake");
     }
     assert_eq!(slow.calls(), slow_calls);
-    let report: Value = reqwest::get(format!("{}/v1/providers", stack.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report: Value = stack.get_json("/v1/providers").await;
     let slow_report = report["data"]
         .as_array()
         .unwrap()

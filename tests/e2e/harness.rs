@@ -288,6 +288,43 @@ impl Stack {
             .unwrap()
     }
 
+    /// `GET path` on the gateway, as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /v1/providers`, and the entry of the first target of `provider`.
+    pub async fn target_health(&self, provider: &str) -> (serde_json::Value, serde_json::Value) {
+        let report = self.get_json("/v1/providers").await;
+        let target = report["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["provider"] == provider)
+            .unwrap()
+            .clone();
+        (report, target)
+    }
+
+    /// The stored result of a task once there is one.
+    pub async fn wait_result(&self, id: &str) -> serde_json::Value {
+        eventually(Duration::from_secs(10), || async {
+            let r = self.task(id).await;
+            if r.status() != 200 {
+                return None;
+            }
+            r.json().await.ok()
+        })
+        .await
+    }
+
     /// How many lifecycle events each task id has in the `EVENTS` stream.
     pub async fn task_events(&self) -> HashMap<String, usize> {
         let js = async_nats::jetstream::new(self.client.clone());

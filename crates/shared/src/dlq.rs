@@ -55,20 +55,26 @@ async fn publish_with_id(
     letter: &DeadLetter,
     msg_id: Option<&str>,
 ) -> Result<(), DlqError> {
-    let payload = serde_json::to_vec(letter).map_err(|e| DlqError::Publish(e.to_string()))?;
+    publish_acked(js, dlq_subject(&letter.task.capability), msg_id, letter).await
+}
+
+/// Publishes `value` as JSON and waits for JetStream to store it.
+async fn publish_acked(
+    js: &jetstream::Context,
+    subject: String,
+    msg_id: Option<&str>,
+    value: &impl Serialize,
+) -> Result<(), DlqError> {
+    let payload = serde_json::to_vec(value).map_err(|e| DlqError::Publish(e.to_string()))?;
     let mut headers = HeaderMap::new();
     if let Some(id) = msg_id {
         headers.insert(HEADER_MSG_ID, id);
     }
-    js.publish_with_headers(
-        dlq_subject(&letter.task.capability),
-        headers,
-        Bytes::from(payload),
-    )
-    .await
-    .map_err(|e| DlqError::Publish(e.to_string()))?
-    .await
-    .map_err(|e| DlqError::Publish(e.to_string()))?;
+    js.publish_with_headers(subject, headers, Bytes::from(payload))
+        .await
+        .map_err(|e| DlqError::Publish(e.to_string()))?
+        .await
+        .map_err(|e| DlqError::Publish(e.to_string()))?;
     Ok(())
 }
 
@@ -150,19 +156,8 @@ pub async fn replay(js: &jetstream::Context, task_id: TaskId) -> Result<TaskId, 
 }
 
 async fn queue(js: &jetstream::Context, task: &Task) -> Result<(), DlqError> {
-    let payload = serde_json::to_vec(task).map_err(|e| DlqError::Publish(e.to_string()))?;
-    let mut headers = HeaderMap::new();
-    headers.insert(HEADER_MSG_ID, task.id.to_string().as_str());
-    js.publish_with_headers(
-        task_subject(&task.capability, task.priority),
-        headers,
-        Bytes::from(payload),
-    )
-    .await
-    .map_err(|e| DlqError::Publish(e.to_string()))?
-    .await
-    .map_err(|e| DlqError::Publish(e.to_string()))?;
-    Ok(())
+    let subject = task_subject(&task.capability, task.priority);
+    publish_acked(js, subject, Some(&task.id.to_string()), task).await
 }
 
 /// The `DLQ` stream's configuration.

@@ -5,19 +5,17 @@
 
 use std::time::Duration;
 
+mod common;
+
+use common::stream_all;
 use fake_provider::{FakeProvider, Fault, Format};
-use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use shared::FailureClass;
-use shared::config::{ProviderConfig, Secret};
-use switchyard_worker::provider::{Call, Provider, ProviderError, http_client};
+use shared::config::Secret;
+use switchyard_worker::provider::{Call, Provider};
 
 async fn setup() -> (FakeProvider, Provider) {
-    let fake = FakeProvider::start(Format::Anthropic).await.unwrap();
-    let config: ProviderConfig =
-        serde_json::from_value(json!({"kind": "anthropic", "base_url": fake.base_url()})).unwrap();
-    let provider = Provider::new(&http_client().unwrap(), &config);
-    (fake, provider)
+    common::setup(Format::Anthropic, "anthropic").await
 }
 
 fn request(body: Value) -> Map<String, Value> {
@@ -37,10 +35,6 @@ fn call<'a>(request: &'a Map<String, Value>, key: Option<&'a Secret>) -> Call<'a
         request,
         key,
     }
-}
-
-async fn stream_all(provider: &Provider, call: Call<'_>) -> Vec<Result<Value, ProviderError>> {
-    provider.stream(call).await.unwrap().collect().await
 }
 
 /// The streamed text, and each tool call's id, name and arguments put back together.

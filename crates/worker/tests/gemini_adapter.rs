@@ -5,24 +5,22 @@
 
 use std::time::Duration;
 
+mod common;
+
 use fake_provider::{FakeProvider, Fault, Format};
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use shared::FailureClass;
-use shared::config::{ProviderConfig, Secret};
-use switchyard_worker::provider::{Call, Provider, ProviderError, http_client};
+use shared::config::Secret;
+use switchyard_worker::provider::{Call, Provider, ProviderError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn provider(base_url: &str) -> Provider {
-    let config: ProviderConfig =
-        serde_json::from_value(json!({"kind": "gemini", "base_url": base_url})).unwrap();
-    Provider::new(&http_client().unwrap(), &config)
+    common::provider("gemini", base_url)
 }
 
 async fn setup() -> (FakeProvider, Provider) {
-    let fake = FakeProvider::start(Format::Gemini).await.unwrap();
-    let provider = provider(&fake.base_url());
-    (fake, provider)
+    common::setup(Format::Gemini, "gemini").await
 }
 
 fn request(value: Value) -> Map<String, Value> {

@@ -7,19 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+mod common;
+
 use fake_provider::{FakeProvider, Fault, Format};
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use shared::FailureClass;
-use shared::config::{ProviderConfig, Secret};
-use switchyard_worker::provider::{Call, Provider, ProviderError, http_client};
+use shared::config::Secret;
+use switchyard_worker::provider::{Call, Provider, ProviderError};
 
 async fn setup() -> (FakeProvider, Provider) {
-    let fake = FakeProvider::start(Format::Replicate).await.unwrap();
-    let config: ProviderConfig =
-        serde_json::from_value(json!({"kind": "replicate", "base_url": fake.base_url()})).unwrap();
-    let provider = Provider::new(&http_client().unwrap(), &config);
-    (fake, provider)
+    common::setup(Format::Replicate, "replicate").await
 }
 
 fn request() -> Map<String, Value> {
