@@ -91,6 +91,18 @@ def wait_http(url: str, timeout: float = 60.0, headers: dict[str, str] | None = 
         time.sleep(0.1)
 
 
+def wait_tcp(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on port {port}") from None
+            time.sleep(0.05)
+
+
 def chat_ok(base: str, headers: dict[str, str]) -> None:
     """One completion must succeed before measuring: a broken setup is an error, not a number."""
     req = urllib.request.Request(
@@ -205,6 +217,8 @@ model = "bench-model"
         self.fake = self._start("fake", [str(FAKE), "--listen", f"127.0.0.1:{self.fake_port}",
                                           "--latency-ms", str(latency_ms)], env)
         cfg = ["--config", str(self.dir / "switchyard.toml")]
+        wait_tcp(self.nats_port)
+        wait_tcp(self.fake_port)
         subprocess.run([str(SWITCHYARD), *cfg, "provision"], check=True, env=env, capture_output=True)
         self.gateway = self._start("gateway", [str(SWITCHYARD), *cfg, "gateway"], env)
         self.workers = [self._start(f"worker{i}", [str(SWITCHYARD), *cfg, "worker"], env) for i in range(workers)]

@@ -25,5 +25,5 @@ if [ "$no_litellm" = 0 ] && [ ! -x bench/.venv-litellm/bin/litellm ]; then
   bench/.venv-litellm/bin/pip install --quiet --disable-pip-version-check "$LITELLM_PIN"
 fi
 
-cargo build --release --bin switchyard --bin switchyard-fake-provider
+cargo build --release --bin switchyard -p switchyard --bin switchyard-fake-provider -p switchyard-fake-provider
 python3 bench/bench.py "$@"

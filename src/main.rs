@@ -16,6 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: under load, glibc's malloc and free were the
+/// gateway's largest CPU cost (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long `up` waits for an existing NATS at the configured URL before starting its own.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 

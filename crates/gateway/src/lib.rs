@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use routes::app;
-use state::AppState;
+use state::{AppState, Shared};
 
 use crate::replies::ReplyRouter;
 
@@ -57,7 +57,7 @@ async fn state(
         .filter_map(|(name, r)| Some((name.clone(), r.capability.parse().ok()?)))
         .collect();
     let capabilities: BTreeSet<Capability> = config.capability_names();
-    Ok(AppState {
+    Ok(Arc::new(Shared {
         config,
         client,
         js,
@@ -65,9 +65,9 @@ async fn state(
         providers: provisioned.providers,
         replies,
         default_capability: Capability::default(),
-        route_capabilities: Arc::new(route_capabilities),
-        capabilities: Arc::new(capabilities),
-    })
+        route_capabilities,
+        capabilities,
+    }))
 }
 
 /// Serves the gateway on `listener` until `shutdown`, then lets in-flight requests finish.

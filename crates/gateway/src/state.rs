@@ -9,8 +9,11 @@ use shared::config::Config;
 
 use crate::replies::ReplyRouter;
 
-#[derive(Debug, Clone)]
-pub struct AppState {
+/// Shared by every handler; cloned per request, so it is one `Arc`.
+pub type AppState = Arc<Shared>;
+
+#[derive(Debug)]
+pub struct Shared {
     pub config: Arc<Config>,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
@@ -19,9 +22,9 @@ pub struct AppState {
     pub providers: kv::Store,
     pub replies: ReplyRouter,
     /// Capability of each route, parsed once.
-    pub route_capabilities: Arc<HashMap<String, Capability>>,
+    pub route_capabilities: HashMap<String, Capability>,
     /// Capability of `provider/model` requests.
     pub default_capability: Capability,
     /// Every configured capability (each has consumers).
-    pub capabilities: Arc<BTreeSet<Capability>>,
+    pub capabilities: BTreeSet<Capability>,
 }
