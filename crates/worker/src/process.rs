@@ -353,9 +353,11 @@ async fn with_progress<T>(
     ack_wait: Duration,
     work: impl Future<Output = T>,
 ) -> T {
-    let mut ticker = tokio::time::interval(ack_wait / 3);
+    let period = ack_wait / 3;
+    // The first tick one period from now: awaiting an immediate first tick would wait for
+    // the timer driver's next turn (up to a millisecond) on every task.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
     tokio::pin!(work);
     loop {
         tokio::select! {
