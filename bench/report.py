@@ -86,6 +86,10 @@ def write(results: dict) -> None:
             targets.append(("Scale-out ≥ 0.9 of linear, 1 → 4 workers", f"{four / (4 * one):.2f}", four / (4 * one) >= 0.9))
     rows.append(("6", "Workflow orchestration, 5-step plan", NA, "not measured", "multi-step workflows do not exist yet", NA, ""))
     targets.append(("Workflow orchestration ≤ 20 ms", "not measured: no workflows yet", None))
+    if "cpu_us_per_request" in s:
+        for c, cpu in s["cpu_us_per_request"].items():
+            rows.append(("3", f"… CPU per completion, concurrency {c} (gateway / worker / nats-server)", NA,
+                         f"{cpu['gateway']:.0f} / {cpu['worker']:.0f} / {cpu['nats-server']:.0f} µs", "", NA, ""))
     if "rss_mb" in s:
         r = s["rss_mb"]
         rows.append(("7", "Peak RSS under scenario 3 (gateway / worker / nats-server)", NA,

@@ -20,6 +20,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -191,6 +192,10 @@ impl FakeProvider {
         let addr = listener.local_addr()?;
         let server = tokio::spawn(async move {
             // The server only ends when the fake is dropped (the task is aborted).
+            // Like a real provider's server: streamed events go out as they are written.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app).await;
         });
         Ok(Self {

@@ -22,6 +22,7 @@ use async_nats::jetstream;
 use shared::Capability;
 use shared::config::Config;
 use shared::provision::{ProvisionError, provision};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -81,6 +82,13 @@ pub async fn run(
     let state = state(config, client, shutdown.clone()).await?;
     let replies = state.replies.clone();
     info!(addr = %listener.local_addr()?, "gateway listening");
+    // No Nagle: a streamed answer is many small writes, and each would otherwise wait for
+    // the client's (delayed) ACK of the one before, up to 40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            warn!(error = %e, "could not set TCP_NODELAY on a connection");
+        }
+    });
     let server = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
