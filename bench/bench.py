@@ -291,6 +291,13 @@ def version(cmd: list[str]) -> str:
         return "not available"
 
 
+def litellm_version() -> str:
+    if not LITELLM.exists():
+        return "not installed"
+    out = subprocess.run([str(LITELLM.parent / "pip"), "show", "litellm"], capture_output=True, text=True)
+    return next((l.split(":", 1)[1].strip() for l in out.stdout.splitlines() if l.startswith("Version:")), "unknown")
+
+
 def machine() -> dict[str, str]:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
@@ -306,8 +313,7 @@ def machine() -> dict[str, str]:
         "oha": version(["oha", "--version"]),
         "rustc": version(["rustc", "--version"]),
         "python": platform.python_version(),
-        "litellm": version([str(LITELLM.parent / "pip"), "show", "litellm"]).replace("Name: ", "")
-        if LITELLM.exists() else "not installed",
+        "litellm": litellm_version(),
     }
 
 

@@ -66,6 +66,10 @@ def write(results: dict) -> None:
                          ratio(y["rps"], l["rps"]) + " of LiteLLM" if l else NA))
             rows.append(("3", f"… p99 / errors, concurrency {c}", f"{ms(d['p99'])}, {d['errors']}",
                          f"{ms(y['p99'])}, {y['errors']}", "", f"{ms(l['p99'])}, {l['errors']}" if l else NA, ""))
+        if "cpu_us_per_request" in s:
+            for c, cpu in s["cpu_us_per_request"].items():
+                rows.append(("3", f"… CPU per completion, concurrency {c} (gateway / worker / nats-server)", NA,
+                             f"{cpu['gateway']:.0f} / {cpu['worker']:.0f} / {cpu['nats-server']:.0f} µs", "", NA, ""))
         y256 = s["max"].get("256", {}).get("switchyard")
         if y256:
             targets.append(("≥ 5,000 completions/s at concurrency 256", f"{num(y256['rps'])}/s", y256["rps"] >= 5000))
@@ -86,10 +90,6 @@ def write(results: dict) -> None:
             targets.append(("Scale-out ≥ 0.9 of linear, 1 → 4 workers", f"{four / (4 * one):.2f}", four / (4 * one) >= 0.9))
     rows.append(("6", "Workflow orchestration, 5-step plan", NA, "not measured", "multi-step workflows do not exist yet", NA, ""))
     targets.append(("Workflow orchestration ≤ 20 ms", "not measured: no workflows yet", None))
-    if "cpu_us_per_request" in s:
-        for c, cpu in s["cpu_us_per_request"].items():
-            rows.append(("3", f"… CPU per completion, concurrency {c} (gateway / worker / nats-server)", NA,
-                         f"{cpu['gateway']:.0f} / {cpu['worker']:.0f} / {cpu['nats-server']:.0f} µs", "", NA, ""))
     if "rss_mb" in s:
         r = s["rss_mb"]
         rows.append(("7", "Peak RSS under scenario 3 (gateway / worker / nats-server)", NA,

@@ -1,7 +1,10 @@
 //! Pulling tasks without hoarding them. Each capability has one semaphore of `concurrency`
 //! slots and one fetcher per priority. A fetcher first takes every free slot and fills them
 //! from the queues in priority order with non-blocking fetches (high, then normal, then low);
-//! only when all queues are empty does it keep one slot and long-poll its own priority.
+//! only when all queues are empty does it keep one slot and long-poll its own priority. A
+//! long-polled message says how many wait behind it; when none do, the fetcher long-polls
+//! again at once (the other queues have fetchers of their own), instead of asking all three
+//! queues first: three round trips per task saved at moderate load.
 //! So a worker never holds more messages than it has free slots, backlogs drain in priority
 //! order, and an idle worker still picks up a new task as soon as it is published.
 
@@ -60,6 +63,11 @@ pub(crate) fn long_poll_for(concurrency: usize) -> Duration {
 impl Fetcher {
     /// Runs until `shutdown`; returns once its last pull has completed.
     pub async fn run(self, own: Priority, shutdown: CancellationToken) {
+        // Whether the queues may hold a backlog worth draining in priority order. After a
+        // long-poll message that says its queue is now empty, the next pull is another
+        // long-poll: the other queues have fetchers of their own, and draining would only
+        // ask three empty queues (three round trips per task).
+        let mut backlog = true;
         while !shutdown.is_cancelled() {
             let permit = tokio::select! {
                 p = self.slots.clone().acquire_owned() => match p {
@@ -68,28 +76,43 @@ impl Fetcher {
                 },
                 () = shutdown.cancelled() => return,
             };
-            let mut permits = permit;
-            let extra = self.slots.available_permits().min(MAX_BATCH - 1);
-            if let Some(more) = u32::try_from(extra)
-                .ok()
-                .filter(|n| *n > 0)
-                .and_then(|n| self.slots.clone().try_acquire_many_owned(n).ok())
-            {
-                permits.merge(more);
-            }
-            match self.drain(permits).await {
-                Drained::Dispatched => {}
-                Drained::Empty(mut left) => {
-                    let one = left.split(1);
-                    drop(left);
-                    if let Some(one) = one
-                        && self.long_poll(own, one).await == Pulled::Failed
-                    {
+            let one = if backlog {
+                let mut permits = permit;
+                let extra = self.slots.available_permits().min(MAX_BATCH - 1);
+                if let Some(more) = u32::try_from(extra)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .and_then(|n| self.slots.clone().try_acquire_many_owned(n).ok())
+                {
+                    permits.merge(more);
+                }
+                match self.drain(permits).await {
+                    Drained::Dispatched => continue,
+                    Drained::Failed => {
                         tokio::time::sleep(FETCH_RETRY_PAUSE).await;
+                        continue;
+                    }
+                    Drained::Empty(mut left) => {
+                        let one = left.split(1);
+                        drop(left);
+                        match one {
+                            Some(one) => one,
+                            None => continue,
+                        }
                     }
                 }
-                Drained::Failed => tokio::time::sleep(FETCH_RETRY_PAUSE).await,
-            }
+            } else {
+                permit
+            };
+            backlog = match self.long_poll(own, one).await {
+                Polled::Failed => {
+                    tokio::time::sleep(FETCH_RETRY_PAUSE).await;
+                    true
+                }
+                // Nothing came: look at every queue again before the next long-poll.
+                Polled::Nothing => true,
+                Polled::Got { more_queued } => more_queued,
+            };
         }
     }
 
@@ -107,7 +130,7 @@ impl Fetcher {
             // that arrives after that is redelivered once ack_wait passes.
             let fetch = async {
                 match consumer.fetch().max_messages(want).messages().await {
-                    Ok(batch) => self.dispatch_all(batch, &mut permits).await,
+                    Ok(batch) => self.dispatch_all(batch, &mut permits, |_| {}).await,
                     Err(e) => {
                         warn!(%priority, error = %e, "fetch failed");
                         Pulled::Failed
@@ -131,22 +154,34 @@ impl Fetcher {
     }
 
     /// Waits up to `idle_wait` for one message on `own`'s queue.
-    async fn long_poll(&self, own: Priority, mut permit: OwnedSemaphorePermit) -> Pulled {
+    async fn long_poll(&self, own: Priority, mut permit: OwnedSemaphorePermit) -> Polled {
         let Some((_, consumer)) = self.queues.consumers.iter().find(|(p, _)| *p == own) else {
-            return Pulled::Nothing;
+            return Polled::Nothing;
         };
-        match consumer
+        let batch = match consumer
             .batch()
             .max_messages(1)
             .expires(self.idle_wait)
             .messages()
             .await
         {
-            Ok(batch) => self.dispatch_all(batch, &mut permit).await,
+            Ok(batch) => batch,
             Err(e) => {
                 warn!(priority = %own, error = %e, "pull failed");
-                Pulled::Failed
+                return Polled::Failed;
             }
+        };
+        let mut more_queued = false;
+        let pulled = self
+            .dispatch_all(batch, &mut permit, |msg| {
+                // JetStream tells each delivered message how many still wait behind it.
+                more_queued |= msg.info().is_ok_and(|i| i.pending > 0);
+            })
+            .await;
+        match pulled {
+            Pulled::Dispatched => Polled::Got { more_queued },
+            Pulled::Nothing => Polled::Nothing,
+            Pulled::Failed => Polled::Failed,
         }
     }
 
@@ -157,11 +192,13 @@ impl Fetcher {
         &self,
         mut batch: async_nats::jetstream::consumer::pull::Batch,
         permits: &mut OwnedSemaphorePermit,
+        mut seen: impl FnMut(&async_nats::jetstream::Message),
     ) -> Pulled {
         let mut outcome = Pulled::Nothing;
         while let Some(next) = batch.next().await {
             match next {
                 Ok(msg) => {
+                    seen(&msg);
                     let Some(slot) = permits.split(1) else {
                         // Cannot happen: a batch never exceeds the slots it asked for. The
                         // message is not acked, so JetStream redelivers it.
@@ -191,6 +228,15 @@ impl Fetcher {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pulled {
     Dispatched,
+    Nothing,
+    Failed,
+}
+
+/// What a long-poll yielded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Polled {
+    /// A message went to a handler; `more_queued` if its queue holds more.
+    Got { more_queued: bool },
     Nothing,
     Failed,
 }
