@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use axum::serve::ListenerExt;
 use shared::Capability;
 use shared::config::Config;
 use shared::provision::{ProvisionError, provision};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};

@@ -236,7 +236,9 @@ enum Pulled {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Polled {
     /// A message went to a handler; `more_queued` if its queue holds more.
-    Got { more_queued: bool },
+    Got {
+        more_queued: bool,
+    },
     Nothing,
     Failed,
 }
