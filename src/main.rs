@@ -56,11 +56,30 @@ enum Command {
     /// Create or update streams, consumers and buckets, then exit.
     Provision,
     /// Show each provider target's shared health: breaker, latency, errors, cooldowns, keys.
-    Providers,
+    Providers {
+        #[command(subcommand)]
+        action: Option<ProvidersAction>,
+    },
     /// Inspect and replay the dead-letter queue.
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProvidersAction {
+    /// Forget what workers learned about a key (taken out of rotation, cooling down) or a
+    /// target (breaker, cooldown, latency): every worker uses it again at once.
+    Reset {
+        /// The provider's name in the configuration.
+        provider: String,
+        /// The key, by the environment variable it is read from.
+        #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+        key: Option<String>,
+        /// The target's model.
+        #[arg(long)]
+        model: Option<String>,
     },
 }
 
@@ -157,7 +176,15 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
             worker::run(config, client, worker::new_worker_id(), shutdown).await?;
             Ok(())
         }
-        Command::Providers => operate::providers(&config).await,
+        Command::Providers { action: None } => operate::providers(&config).await,
+        Command::Providers {
+            action:
+                Some(ProvidersAction::Reset {
+                    provider,
+                    key,
+                    model,
+                }),
+        } => operate::reset(&config, &provider, key.as_deref(), model.as_deref()).await,
         Command::Dlq {
             action: DlqAction::List { capability, limit },
         } => operate::dlq_list(&config, capability.as_deref(), limit).await,

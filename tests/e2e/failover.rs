@@ -521,7 +521,7 @@ async fn provider_slash_model_addresses_one_target_and_keys_rotate() {
 }
 
 #[tokio::test]
-async fn the_cli_lists_provider_health_and_replays_dead_letters() {
+async fn the_cli_lists_provider_health_replays_dead_letters_and_resets_keys() {
     let stack = Stack::start(1, &[("SWITCHYARD__QUEUE__MAX_DELIVER", "2")]).await;
     // One delivery calls the provider (twice: one retry in place); both fail, so the task
     // fails for good and is dead-lettered.
@@ -575,6 +575,24 @@ async fn the_cli_lists_provider_health_and_replays_dead_letters() {
     let result = stack.wait_result(&new_id).await;
     assert_eq!(result["status"], "completed");
     assert_eq!(cli(&["dlq", "list"])["data"].as_array().unwrap().len(), 0);
+
+    // A refused key leaves the rotation for every worker until an operator resets it.
+    stack.provider.push_fault(Fault::status(401));
+    assert_eq!(stack.chat(chat_body("fake", "refused")).await.status(), 502);
+    let (_, fake) = stack.target_health("fake").await;
+    assert_eq!(fake["keys"][0]["state"], "disabled", "{fake}");
+    let calls = stack.provider.calls();
+    let refused = stack.chat(chat_body("fake", "no key left")).await;
+    assert_eq!(refused.status(), 502);
+    assert_eq!(stack.provider.calls(), calls, "a disabled key is not used");
+    cli(&["providers", "reset", "fake", "--key", "FAKE_PROVIDER_KEY"]);
+    eventually(Duration::from_secs(10), || async {
+        let response = stack.chat(chat_body("fake", "key is back")).await;
+        (response.status() == 200).then_some(())
+    })
+    .await;
+    let (_, fake) = stack.target_health("fake").await;
+    assert_eq!(fake["keys"][0]["state"], "active", "{fake}");
     stack.stop().await;
 }
 
