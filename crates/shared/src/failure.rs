@@ -14,7 +14,7 @@ pub enum FailureClass {
     /// The provider answered 5xx.
     #[serde(rename = "upstream_5xx")]
     Upstream5xx,
-    /// The provider refused the credentials (401/403).
+    /// The provider refused the credentials (401/403) or their account (402).
     Auth,
     /// The provider refused the request itself (other 4xx).
     BadRequest,

@@ -133,7 +133,9 @@ pub fn classify_status(status: u16, body: &str) -> FailureClass {
     }
     match status {
         429 => FailureClass::RateLimited,
-        401 | 403 => FailureClass::Auth,
+        // 402: the key's account cannot pay (Anthropic `billing_error`, OpenRouter credits);
+        // like a refused key, another key may work and this one should rest.
+        401..=403 => FailureClass::Auth,
         408 => FailureClass::Timeout,
         500..=599 => FailureClass::Upstream5xx,
         _ => FailureClass::BadRequest,
@@ -209,6 +211,7 @@ mod tests {
         assert_eq!(classify_status(429, ""), FailureClass::RateLimited);
         assert_eq!(classify_status(401, ""), FailureClass::Auth);
         assert_eq!(classify_status(403, ""), FailureClass::Auth);
+        assert_eq!(classify_status(402, ""), FailureClass::Auth);
         assert_eq!(classify_status(500, ""), FailureClass::Upstream5xx);
         assert_eq!(classify_status(529, ""), FailureClass::Upstream5xx);
         assert_eq!(classify_status(400, "{}"), FailureClass::BadRequest);
