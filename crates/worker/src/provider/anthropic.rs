@@ -7,13 +7,12 @@
 //! request for it fails on every older one, while a forced tool call works on every model
 //! with tool use. The tool's input comes back as the message `content`, as a JSON string.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
-use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use shared::FailureClass;
 
-use super::http::{EventStream, cut_stream, event_json, json_body, send, sse_events};
+use super::http::{Translate, chunk_stream, cut_stream, event_json, json_body, send, sse_events};
 use super::shape::{self, content_text};
 use super::{Call, ChunkStream, ProviderError, classify_status, error_text};
 
@@ -49,18 +48,11 @@ impl Anthropic {
     pub async fn stream(&self, call: Call<'_>) -> Result<ChunkStream, ProviderError> {
         let mapped = request_body(call.model, call.request, true)?;
         let events = sse_events(self.send(call, &mapped.body).await?)?;
-        let state = StreamState {
-            events,
+        let events_in = Events {
             translator: Translator::new(call.model, mapped.json_tool),
             secret: call.key.map(|s| s.expose().to_owned()),
-            pending: VecDeque::new(),
-            ended: false,
         };
-        let chunks = futures::stream::unfold(state, |mut state| async move {
-            let item = state.next_chunk().await?;
-            Some((item, state))
-        });
-        Ok(chunks.boxed())
+        Ok(chunk_stream(events, events_in))
     }
 
     async fn send(
@@ -683,46 +675,23 @@ impl Translator {
 
 /// Reads SSE events into chunks. A stream must end with `message_stop`; one that just stops
 /// is a cut stream, not a complete answer.
-struct StreamState {
-    events: EventStream,
+struct Events {
     translator: Translator,
     secret: Option<String>,
-    pending: VecDeque<Value>,
-    ended: bool,
 }
 
-impl StreamState {
-    async fn next_chunk(&mut self) -> Option<Result<Value, ProviderError>> {
-        loop {
-            if let Some(chunk) = self.pending.pop_front() {
-                return Some(Ok(chunk));
-            }
-            if self.ended || self.translator.done {
-                return None;
-            }
-            let event = match self.events.next().await {
-                Some(Ok(event)) => event,
-                Some(Err(e)) => return self.fail(e),
-                None => return self.fail(cut_stream("message_stop")),
-            };
-            let data = event.data.trim();
-            if data.is_empty() {
-                continue;
-            }
-            let value = match event_json(data) {
-                Ok(v) => v,
-                Err(e) => return self.fail(e),
-            };
-            match self.translator.event(&value, data, self.secret.as_deref()) {
-                Ok(chunks) => self.pending.extend(chunks),
-                Err(e) => return self.fail(e),
-            }
-        }
+impl Translate for Events {
+    fn event(&mut self, data: &str) -> Result<Vec<Value>, ProviderError> {
+        let value = event_json(data)?;
+        self.translator.event(&value, data, self.secret.as_deref())
     }
 
-    fn fail(&mut self, error: ProviderError) -> Option<Result<Value, ProviderError>> {
-        self.ended = true;
-        Some(Err(error))
+    fn done(&self) -> bool {
+        self.translator.done
+    }
+
+    fn end(&mut self) -> Result<Vec<Value>, ProviderError> {
+        Err(cut_stream("message_stop"))
     }
 }
 

@@ -21,16 +21,15 @@
 //! - Not mapped: `n` > 1 (one candidate is asked for), penalties, `seed`, `logprobs`,
 //!   `reasoning_effort`, and remote image URLs (Gemini cannot fetch them; data URLs work).
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use shared::FailureClass;
 use shared::config::Secret;
 
 use super::http::{
-    EventStream, cut_stream, event_json, json_body, network_error, retry_after, sse_events,
+    Translate, chunk_stream, cut_stream, event_json, json_body, network_error, retry_after,
+    sse_events,
 };
 use super::shape::{self, content_text};
 use super::{Call, ChunkStream, ProviderError, classify_status, error_text, parse_retry_after};
@@ -84,18 +83,11 @@ impl Gemini {
         let url = format!("{}?alt=sse", self.url(call.model, "streamGenerateContent")?);
         let body = request_body(call.request)?;
         let events = sse_events(self.post(&url, &body, call.key).await?)?;
-        let state = StreamState {
-            events,
+        let translator = Events {
             fragments: Fragments::new(call.model, answer_tag()),
-            pending: VecDeque::new(),
             secret: call.key.map(|s| s.expose().to_owned()),
-            ended: false,
         };
-        let chunks = futures::stream::unfold(state, |mut state| async move {
-            let item = state.next_chunk().await?;
-            Some((item, state))
-        });
-        Ok(chunks.boxed())
+        Ok(chunk_stream(events, translator))
     }
 
     fn url(&self, model: &str, method: &str) -> Result<String, ProviderError> {
@@ -706,44 +698,15 @@ impl Fragments {
     }
 }
 
-struct StreamState {
-    events: EventStream,
+/// Reads SSE events (each a response fragment) into chunks. Gemini streams have no end
+/// marker: the stream ends when the events do, and must have carried a finish reason.
+struct Events {
     fragments: Fragments,
-    /// Chunks made from one fragment and not yet handed out.
-    pending: VecDeque<Value>,
     secret: Option<String>,
-    ended: bool,
 }
 
-impl StreamState {
-    async fn next_chunk(&mut self) -> Option<Result<Value, ProviderError>> {
-        loop {
-            if let Some(chunk) = self.pending.pop_front() {
-                return Some(Ok(chunk));
-            }
-            if self.ended {
-                return None;
-            }
-            let Some(event) = self.events.next().await else {
-                self.ended = true;
-                return Some(self.fragments.end());
-            };
-            let read = event.and_then(|event| self.read(&event.data));
-            match read {
-                Ok(chunks) => self.pending.extend(chunks),
-                Err(e) => {
-                    self.ended = true;
-                    return Some(Err(e));
-                }
-            }
-        }
-    }
-
-    fn read(&mut self, data: &str) -> Result<Vec<Value>, ProviderError> {
-        let data = data.trim();
-        if data.is_empty() {
-            return Ok(Vec::new());
-        }
+impl Translate for Events {
+    fn event(&mut self, data: &str) -> Result<Vec<Value>, ProviderError> {
         let fragment = event_json(data)?;
         if let Some(error) = fragment.get("error") {
             let code = error["code"]
@@ -753,6 +716,14 @@ impl StreamState {
             return Err(gemini_error(code, data, self.secret.as_deref()));
         }
         Ok(self.fragments.push(&fragment))
+    }
+
+    fn done(&self) -> bool {
+        false
+    }
+
+    fn end(&mut self) -> Result<Vec<Value>, ProviderError> {
+        self.fragments.end().map(|chunk| vec![chunk])
     }
 }
 
@@ -1078,19 +1049,16 @@ mod tests {
 
     #[test]
     fn an_error_inside_the_stream_is_classified() {
-        let mut state = StreamState {
-            events: futures::stream::empty().boxed(),
+        let mut events = Events {
             fragments: Fragments::new("m", "t".into()),
-            pending: VecDeque::new(),
             secret: Some("gm-key".into()),
-            ended: false,
         };
         let data =
             r#"{"error":{"code":503,"message":"overloaded (key gm-key)","status":"UNAVAILABLE"}}"#;
-        let err = state.read(data).unwrap_err();
+        let err = events.event(data).unwrap_err();
         assert_eq!(err.class, FailureClass::Upstream5xx);
         assert_eq!(err.message, "overloaded (key *****)");
-        let err = state.read("{\"candidates\": [").unwrap_err();
+        let err = events.event("{\"candidates\": [").unwrap_err();
         assert_eq!(err.class, FailureClass::InvalidResponse);
     }
 

@@ -3,6 +3,7 @@
 //! seconds, HTTP-date and `retry-after-ms` forms. Provider error text is scrubbed of the
 //! key and shortened before it can reach a result or a log.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use serde_json::Value;
 use shared::FailureClass;
 use shared::config::Secret;
 
-use super::ProviderError;
+use super::{ChunkStream, ProviderError};
 
 /// Longest `Retry-After` taken literally; anything longer is as good as "much later".
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
@@ -81,6 +82,62 @@ pub(crate) fn sse_events(response: reqwest::Response) -> Result<EventStream, Pro
             })
         })
         .boxed())
+}
+
+/// One wire format's reading of its server-sent events into OpenAI chunks.
+pub(crate) trait Translate: Send + 'static {
+    /// The chunks one event's (non-empty) data becomes, often none, or the error it reports.
+    fn event(&mut self, data: &str) -> Result<Vec<Value>, ProviderError>;
+    /// Whether the format's end-of-stream marker has been read.
+    fn done(&self) -> bool;
+    /// The events ran out before `done`: the last chunks, or the error for a cut stream.
+    fn end(&mut self) -> Result<Vec<Value>, ProviderError>;
+}
+
+/// Drives `translator` over `events`: chunks in order, keep-alives skipped, and nothing
+/// after the first error, the end-of-stream marker or the end of the events.
+pub(crate) fn chunk_stream(events: EventStream, translator: impl Translate) -> ChunkStream {
+    struct Driver<T> {
+        events: EventStream,
+        translator: T,
+        pending: VecDeque<Value>,
+        ended: bool,
+    }
+    let driver = Driver {
+        events,
+        translator,
+        pending: VecDeque::new(),
+        ended: false,
+    };
+    futures::stream::unfold(driver, |mut d| async move {
+        loop {
+            if let Some(chunk) = d.pending.pop_front() {
+                return Some((Ok(chunk), d));
+            }
+            if d.ended || d.translator.done() {
+                return None;
+            }
+            let step = match d.events.next().await {
+                Some(Ok(event)) => match event.data.trim() {
+                    "" => continue,
+                    data => d.translator.event(data),
+                },
+                Some(Err(e)) => Err(e),
+                None => {
+                    d.ended = true;
+                    d.translator.end()
+                }
+            };
+            match step {
+                Ok(chunks) => d.pending.extend(chunks),
+                Err(e) => {
+                    d.ended = true;
+                    return Some((Err(e), d));
+                }
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Parses an event's data as JSON; malformed data is an `invalid_response`.

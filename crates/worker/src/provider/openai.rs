@@ -3,11 +3,10 @@
 //! server, …). The request passes through as the caller sent it, unknown fields included;
 //! only `model` and `stream` are set here.
 
-use futures::StreamExt;
 use serde_json::{Map, Value};
 use shared::FailureClass;
 
-use super::http::{EventStream, cut_stream, event_json, json_body, send, sse_events};
+use super::http::{Translate, chunk_stream, cut_stream, event_json, json_body, send, sse_events};
 use super::{Call, ChunkStream, ProviderError, classify_status, error_text};
 
 /// A client for one OpenAI-compatible base URL.
@@ -38,17 +37,12 @@ impl OpenAiCompatible {
 
     pub async fn stream(&self, call: Call<'_>) -> Result<ChunkStream, ProviderError> {
         let events = sse_events(self.send(call, true).await?)?;
-        let state = StreamState {
-            events,
+        let translator = Chunks {
             secret: call.key.map(|s| s.expose().to_owned()),
             finished: false,
-            ended: false,
+            done: false,
         };
-        let chunks = futures::stream::unfold(state, |mut state| async move {
-            let item = state.next_chunk().await?;
-            Some((item, state))
-        });
-        Ok(chunks.boxed())
+        Ok(chunk_stream(events, translator))
     }
 
     async fn send(&self, call: Call<'_>, stream: bool) -> Result<reqwest::Response, ProviderError> {
@@ -77,61 +71,47 @@ fn request_body(model: &str, request: &Map<String, Value>, stream: bool) -> Map<
 
 /// Reads SSE events into chunks. A stream must end with `[DONE]` (or at least have sent a
 /// `finish_reason`); one that just stops is a cut stream, not a complete answer.
-struct StreamState {
-    events: EventStream,
+struct Chunks {
     secret: Option<String>,
     /// A chunk carried a `finish_reason`.
     finished: bool,
-    ended: bool,
+    /// `[DONE]` was read.
+    done: bool,
 }
 
-impl StreamState {
-    async fn next_chunk(&mut self) -> Option<Result<Value, ProviderError>> {
-        if self.ended {
-            return None;
+impl Translate for Chunks {
+    fn event(&mut self, data: &str) -> Result<Vec<Value>, ProviderError> {
+        if data == "[DONE]" {
+            self.done = true;
+            return Ok(Vec::new());
         }
-        let result = self.read().await;
-        if !matches!(result, Some(Ok(_))) {
-            self.ended = true;
+        let value = event_json(data)?;
+        if value.get("error").is_some() {
+            return Err(ProviderError::new(
+                classify_status(500, data),
+                error_text(data, self.secret.as_deref()),
+            ));
         }
-        result
+        let choices = value.get("choices").and_then(Value::as_array);
+        if choices
+            .into_iter()
+            .flatten()
+            .any(|c| c.get("finish_reason").is_some_and(|r| !r.is_null()))
+        {
+            self.finished = true;
+        }
+        Ok(vec![value])
     }
 
-    async fn read(&mut self) -> Option<Result<Value, ProviderError>> {
-        loop {
-            let Some(event) = self.events.next().await else {
-                return (!self.finished).then(|| Err(cut_stream("[DONE]")));
-            };
-            let event = match event {
-                Ok(event) => event,
-                Err(e) => return Some(Err(e)),
-            };
-            let data = event.data.trim();
-            if data.is_empty() {
-                continue;
-            }
-            if data == "[DONE]" {
-                return None;
-            }
-            let value = match event_json(data) {
-                Ok(v) => v,
-                Err(e) => return Some(Err(e)),
-            };
-            if value.get("error").is_some() {
-                return Some(Err(ProviderError::new(
-                    classify_status(500, data),
-                    error_text(data, self.secret.as_deref()),
-                )));
-            }
-            let choices = value.get("choices").and_then(Value::as_array);
-            if choices
-                .into_iter()
-                .flatten()
-                .any(|c| c.get("finish_reason").is_some_and(|r| !r.is_null()))
-            {
-                self.finished = true;
-            }
-            return Some(Ok(value));
+    fn done(&self) -> bool {
+        self.done
+    }
+
+    fn end(&mut self) -> Result<Vec<Value>, ProviderError> {
+        if self.finished {
+            Ok(Vec::new())
+        } else {
+            Err(cut_stream("[DONE]"))
         }
     }
 }
