@@ -152,6 +152,7 @@ async fn each_fault_of_each_wire_format_ends_where_the_table_says() {
     let formats = Formats::start("failure_threshold = 1000\ncooldown_ms = 300", &[]).await;
     let stack = &formats.stack;
     let mut task_ids = Vec::new();
+    let mut stored_texts = Vec::new();
     for (format, name, fake) in &formats.primaries {
         let route = format!("via-{name}");
         let primary = format!("p-{name}");
@@ -224,6 +225,7 @@ async fn each_fault_of_each_wire_format_ends_where_the_table_says() {
             fake.push_fault(fault.clone());
             let stored = check(stack, &route, &expect, &what).await;
             task_ids.push(stored["id"].as_str().unwrap().to_owned());
+            stored_texts.push(stored.to_string());
             // Exactly the recorded attempts reached the providers: nothing done twice.
             let calls = fake.calls() - primary_before + stack.provider.calls() - backup_before;
             assert_eq!(calls, expect.attempts, "{what}");
@@ -231,6 +233,11 @@ async fn each_fault_of_each_wire_format_ends_where_the_table_says() {
                 let refused = stored["attempts"][0]["key"].as_str().unwrap().to_owned();
                 let answered = stored["attempts"][1]["key"].as_str().unwrap();
                 assert_ne!(refused, answered, "{what}");
+                if *format == Format::OpenAi {
+                    // OpenAI echoes the refused key in its error; the result has it blanked.
+                    let message = stored["attempts"][0]["message"].as_str().unwrap();
+                    assert!(message.contains("*****"), "{what}: {message}");
+                }
                 let (report, target) = stack.target_health(&primary).await;
                 let key = target["keys"]
                     .as_array()
@@ -247,7 +254,7 @@ async fn each_fault_of_each_wire_format_ends_where_the_table_says() {
             };
             tokio::time::sleep(Duration::from_millis(cooldown)).await;
         }
-        // Every key the fakes saw came from the pool, and none reached a caller or a result.
+        // Every key the fakes saw came from the pool.
         for request in fake.requests() {
             let key = request.key.unwrap_or_default();
             assert!(KEYS.iter().any(|(_, v)| key.contains(v)), "{name}: {key}");
@@ -264,14 +271,12 @@ async fn each_fault_of_each_wire_format_ends_where_the_table_says() {
     .await;
     let events = stack.task_events().await;
     assert!(task_ids.iter().all(|id| events[id] == 1));
-    let dump = reqwest::get(format!("{}/v1/dlq", stack.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // No key reached a stored result (the OpenAI 401 above echoed one).
     for (_, secret) in KEYS {
-        assert!(!dump.contains(secret));
+        assert!(
+            stored_texts.iter().all(|text| !text.contains(secret)),
+            "{secret} leaked"
+        );
     }
     formats.stack.stop().await;
 }

@@ -126,21 +126,14 @@ async fn provision_once(
         name: EVENTS_STREAM,
         source,
     })?;
-    let results = js
-        .create_or_update_key_value(kv::Config {
-            bucket: RESULTS_BUCKET.to_owned(),
-            description: "Switchyard task results, one per task id".to_owned(),
-            history: 1,
-            max_age: Duration::from_secs(config.results.ttl_secs),
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(|source| ProvisionError::Bucket {
-            name: RESULTS_BUCKET,
-            source,
-        })?;
+    let results = bucket(
+        js,
+        RESULTS_BUCKET,
+        "Switchyard task results, one per task id",
+        Duration::from_secs(config.results.ttl_secs),
+        replicas,
+    )
+    .await?;
     js.create_or_update_stream(crate::dlq::stream_config(
         Duration::from_secs(config.dlq.max_age_secs),
         replicas,

@@ -230,7 +230,7 @@ async fn run_leg(
     tally: &mut Tally,
 ) -> LegEnd {
     let order = plan::order(leg.strategy, &leg.targets, |t| {
-        deps.health.target(&t.provider, &t.model).latency_ewma_ms
+        deps.health.latency_ms(&t.provider, &t.model)
     });
     for index in order {
         let target = &leg.targets[index];

@@ -56,27 +56,28 @@ struct Cache {
 
 impl Cache {
     fn put(&mut self, key: &str, revision: u64, value: &[u8]) {
-        if self
-            .revisions
-            .get(key)
-            .is_some_and(|&known| known >= revision)
-        {
-            return;
+        if self.advance(key, revision) {
+            self.records.insert(key, value);
         }
-        self.revisions.insert(key.to_owned(), revision);
-        self.records.insert(key, value);
     }
 
     fn remove(&mut self, key: &str, revision: u64) {
+        if self.advance(key, revision) {
+            self.records.remove(key);
+        }
+    }
+
+    /// Records `revision` for `key` if it is newer than the one held; false if it is not.
+    fn advance(&mut self, key: &str, revision: u64) -> bool {
         if self
             .revisions
             .get(key)
             .is_some_and(|&known| known >= revision)
         {
-            return;
+            return false;
         }
         self.revisions.insert(key.to_owned(), revision);
-        self.records.remove(key);
+        true
     }
 }
 
@@ -201,13 +202,32 @@ impl Health {
 
     /// The cached record of a target (default: never heard of, or stale: healthy).
     pub(crate) fn target(&self, provider: &str, model: &str) -> TargetHealth {
-        lock(&self.cache)
+        self.with_target(provider, model, TargetHealth::clone)
+    }
+
+    /// `read` applied to the cached record of a target, without copying it (the answer
+    /// path asks this for every task).
+    fn with_target<R>(
+        &self,
+        provider: &str,
+        model: &str,
+        read: impl FnOnce(&TargetHealth) -> R,
+    ) -> R {
+        let cache = lock(&self.cache);
+        let record = cache
             .records
             .targets
             .get(&target_key(provider, model))
-            .filter(|t| is_fresh(t.updated_ms, now_ms()))
-            .cloned()
-            .unwrap_or_default()
+            .filter(|t| is_fresh(t.updated_ms, now_ms()));
+        match record {
+            Some(t) => read(t),
+            None => read(&TargetHealth::default()),
+        }
+    }
+
+    /// The target's recent latency average, if it has one.
+    pub(crate) fn latency_ms(&self, provider: &str, model: &str) -> Option<f64> {
+        self.with_target(provider, model, |t| t.latency_ewma_ms)
     }
 
     /// When a cooling key is back (ms), if it is cooling.
@@ -222,7 +242,7 @@ impl Health {
 
     /// Whether `provider`/`model` may be called at `now`, from the cached record.
     pub(crate) fn admit(&self, provider: &str, model: &str, now: u64) -> Admission {
-        admission(&self.target(provider, model), now)
+        self.with_target(provider, model, |t| admission(t, now))
     }
 
     /// Tries to become the one probe of a target whose breaker wait is over. The probe
@@ -291,8 +311,10 @@ impl Health {
 
     /// A call answered: counted locally, unless it changes the breaker (then shared now).
     pub(crate) async fn success(&self, provider: &str, model: &str, latency_ms: f64) {
-        let record = self.target(provider, model);
-        if record.state != BreakerState::Closed || record.consecutive_failures > 0 {
+        let changes_breaker = self.with_target(provider, model, |t| {
+            t.state != BreakerState::Closed || t.consecutive_failures > 0
+        });
+        if changes_breaker {
             let window = self.window_ms();
             self.update_target(provider, model, |t, now| {
                 if t.state != BreakerState::Closed {

@@ -159,21 +159,13 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
         attempts: history,
         fallback_depth,
     };
-    // On the last delivery there is no next one to hand the task to: keep trying here.
-    let tries = if delivery >= deps.max_deliver {
-        LAST_DELIVERY_TRIES
-    } else {
-        1
-    };
-    let mut stored = None;
-    for try_number in 1..=tries {
-        stored = with_progress(&msg, deps.ack_wait, store(&task, &result, deps)).await;
-        if stored.is_some() || try_number == tries {
-            break;
-        }
-        tokio::time::sleep(STORE_RETRY_DELAY).await;
-    }
-    let Some(stored) = stored else {
+    let stored = persist(delivery, deps, || async {
+        with_progress(&msg, deps.ack_wait, store(&task, &result, deps))
+            .await
+            .ok_or(())
+    })
+    .await;
+    let Ok(stored) = stored else {
         // Not durable, so not done: hand the task back to be delivered again shortly.
         ack(&msg, AckKind::Nak(Some(STORE_RETRY_DELAY))).await;
         return;
@@ -198,30 +190,17 @@ async fn finish(msg: &jetstream::Message, task: &Task, stored: Bytes, delivery: 
             worker: result.worker.clone(),
             dead_lettered_ms: now_ms(),
         };
-        let tries = if delivery >= deps.max_deliver {
-            LAST_DELIVERY_TRIES
-        } else {
-            1
-        };
-        let mut published = Err(None);
-        for try_number in 1..=tries {
-            published = dlq::publish(&deps.js, &letter).await.map_err(Some);
-            if published.is_ok() || try_number == tries {
-                break;
-            }
-            tokio::time::sleep(STORE_RETRY_DELAY).await;
-        }
-        match published {
+        match persist(delivery, deps, || dlq::publish(&deps.js, &letter)).await {
             Ok(()) => warn!(class = error.class.as_str(), "task dead-lettered"),
             // The result is stored; the next delivery finds it and dead-letters again.
             Err(e) if delivery < deps.max_deliver => {
-                warn!(error = ?e, "could not dead-letter the task; it goes back to the queue");
+                warn!(error = %e, "could not dead-letter the task; it goes back to the queue");
                 ack(msg, AckKind::Nak(Some(STORE_RETRY_DELAY))).await;
                 return;
             }
             // No delivery is left: the failed result is durable, so the task is not lost.
             Err(e) => {
-                error!(error = ?e, "could not dead-letter the task; its failed result is stored")
+                error!(error = %e, "could not dead-letter the task; its failed result is stored")
             }
         }
     }
@@ -235,6 +214,30 @@ async fn finish(msg: &jetstream::Message, task: &Task, stored: Bytes, delivery: 
         && let Err(e) = deps.attempts.delete(task.id.to_string()).await
     {
         debug!(error = %e, "could not remove the kept attempts (they expire anyway)");
+    }
+}
+
+/// Runs `write` once; on the last delivery, which has no next one to hand the task to, up
+/// to `LAST_DELIVERY_TRIES` times, `STORE_RETRY_DELAY` apart, until it succeeds.
+async fn persist<T, E, F: Future<Output = Result<T, E>>>(
+    delivery: i64,
+    deps: &Deps,
+    mut write: impl FnMut() -> F,
+) -> Result<T, E> {
+    let tries = if delivery >= deps.max_deliver {
+        LAST_DELIVERY_TRIES
+    } else {
+        1
+    };
+    let mut try_number = 1;
+    loop {
+        match write().await {
+            Err(_) if try_number < tries => {
+                try_number += 1;
+                tokio::time::sleep(STORE_RETRY_DELAY).await;
+            }
+            done => return done,
+        }
     }
 }
 
