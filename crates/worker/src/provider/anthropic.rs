@@ -258,18 +258,7 @@ fn assistant_blocks(message: &Value) -> Result<Vec<Value>, ProviderError> {
             .get("arguments")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let input = if arguments.trim().is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str::<Value>(arguments)
-                .ok()
-                .filter(Value::is_object)
-                .ok_or_else(|| {
-                    bad_request(format!(
-                        "arguments of tool call {name:?} are not a JSON object"
-                    ))
-                })?
-        };
+        let input = shape::call_arguments(name, arguments)?;
         blocks.push(json!({
             "type": "tool_use",
             "id": call.get("id").cloned().unwrap_or(Value::Null),

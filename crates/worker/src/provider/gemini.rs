@@ -321,18 +321,7 @@ fn model_parts(message: &Value) -> Result<Vec<Value>, ProviderError> {
             .as_str()
             .ok_or_else(|| bad_request("a tool call has no function name"))?;
         let arguments = function["arguments"].as_str().unwrap_or_default();
-        let args = if arguments.trim().is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str::<Value>(arguments)
-                .ok()
-                .filter(Value::is_object)
-                .ok_or_else(|| {
-                    bad_request(format!(
-                        "the arguments of tool call {name:?} are not a JSON object"
-                    ))
-                })?
-        };
+        let args = shape::call_arguments(name, arguments)?;
         let mut part = json!({"functionCall": {"name": name, "args": args}});
         let signature = call["extra_content"]["google"]["thought_signature"].as_str();
         // Gemini signs only the first call of a parallel batch and checks only that one.

@@ -2,7 +2,10 @@
 //! `chat.completion.chunk` and `usage`, so each adapter only decides the contents.
 
 use serde_json::{Value, json};
+use shared::FailureClass;
 use shared::task::now_ms;
+
+use super::ProviderError;
 
 /// A `chat.completion` with one choice.
 pub fn completion(
@@ -44,6 +47,23 @@ pub fn usage(prompt_tokens: u64, completion_tokens: u64) -> Value {
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     })
+}
+
+/// A tool call's `arguments` (a JSON string, possibly empty) as the object the native
+/// formats want; anything but an object is the caller's mistake.
+pub fn call_arguments(name: &str, arguments: &str) -> Result<Value, ProviderError> {
+    if arguments.trim().is_empty() {
+        return Ok(json!({}));
+    }
+    serde_json::from_str::<Value>(arguments)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| {
+            ProviderError::new(
+                FailureClass::BadRequest,
+                format!("the arguments of tool call {name:?} are not a JSON object"),
+            )
+        })
 }
 
 /// The text of an OpenAI message `content`: a string, or the text parts of an array.
