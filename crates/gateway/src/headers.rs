@@ -1,7 +1,13 @@
 //! Switchyard's own HTTP headers.
 
 /// On every response: the id of the task the request became (or would have become).
+/// On a request: the caller's own id for the task (a UUID), to look it up later.
 pub const TASK_ID: &str = "x-switchyard-task-id";
+/// Request: a key naming this request, so that retries of it map to one task and get its
+/// one result (the `Idempotency-Key` convention of HTTP APIs).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Longest idempotency key accepted.
+pub const IDEMPOTENCY_KEY_MAX: usize = 255;
 /// Request: queue priority, `high`, `normal` (default) or `low`.
 pub const PRIORITY: &str = "x-switchyard-priority";
 /// Request: run on this capability's queue instead of the route's.

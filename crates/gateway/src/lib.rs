@@ -72,11 +72,14 @@ async fn state(
 }
 
 /// Serves the gateway on `listener` until `shutdown`, then lets in-flight requests finish.
+/// `on_ready` is called once requests are being served (JetStream provisioned, replies
+/// subscribed), so a caller can announce the gateway only when that is true.
 pub async fn run(
     config: Arc<Config>,
     client: async_nats::Client,
     listener: TcpListener,
     shutdown: CancellationToken,
+    on_ready: impl FnOnce(),
 ) -> Result<(), GatewayError> {
     let grace = Duration::from_millis(config.gateway.drain_timeout_ms);
     let state = state(config, client, shutdown.clone()).await?;
@@ -92,6 +95,7 @@ pub async fn run(
     let server = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
+    on_ready();
     let grace_over = async {
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;

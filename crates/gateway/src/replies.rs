@@ -1,7 +1,8 @@
 //! One subscription per gateway for every synchronous reply. Each waiting request registers
 //! its task id and gets a oneshot receiver; the subscription routes
-//! `_INBOX.switchyard.<gateway id>.<task id>` to it. Dropping the [`PendingReply`] (the
-//! client went away) forgets the registration.
+//! `_INBOX.switchyard.<gateway id>.<task id>` to it. Several requests may wait for one task
+//! (retries with one idempotency key); each gets the reply. Dropping the [`PendingReply`]
+//! (the client went away) forgets that registration.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,7 +14,14 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Message>>>>;
+/// Waiters by task id, each with its own ticket so it can leave without removing others.
+type Pending = Arc<Mutex<Waiters>>;
+
+#[derive(Debug, Default)]
+struct Waiters {
+    by_task: HashMap<String, Vec<(u64, oneshot::Sender<Message>)>>,
+    next_ticket: u64,
+}
 
 #[derive(Debug, Clone)]
 pub struct ReplyRouter {
@@ -27,6 +35,7 @@ pub struct ReplyRouter {
 pub struct PendingReply {
     pub subject: String,
     key: String,
+    ticket: u64,
     rx: oneshot::Receiver<Message>,
     pending: Pending,
 }
@@ -54,9 +63,13 @@ impl ReplyRouter {
                     msg = subscription.next() => {
                         let Some(msg) = msg else { break };
                         let Some(key) = msg.subject.as_str().strip_prefix(&strip) else { continue };
-                        let waiter = lock(&routes).remove(key);
-                        match waiter {
-                            Some(tx) => { let _ = tx.send(msg); }
+                        let waiters = lock(&routes).by_task.remove(key);
+                        match waiters {
+                            Some(waiters) => {
+                                for (_, tx) in waiters {
+                                    let _ = tx.send(msg.clone());
+                                }
+                            }
                             None => debug!(task_id = key, "reply for a request that is no longer waiting"),
                         }
                     }
@@ -64,7 +77,7 @@ impl ReplyRouter {
                 }
             }
             // Dropping the senders tells every remaining waiter that no reply will come.
-            lock(&routes).clear();
+            lock(&routes).by_task.clear();
             if !stopped.is_cancelled() {
                 warn!("reply subscription ended; shutting the gateway down");
                 shutdown.cancel();
@@ -86,10 +99,21 @@ impl ReplyRouter {
     pub fn register(&self, task_id: TaskId) -> PendingReply {
         let key = task_id.to_string();
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending).insert(key.clone(), tx);
+        let ticket = {
+            let mut waiters = lock(&self.pending);
+            let ticket = waiters.next_ticket;
+            waiters.next_ticket = ticket.wrapping_add(1);
+            waiters
+                .by_task
+                .entry(key.clone())
+                .or_default()
+                .push((ticket, tx));
+            ticket
+        };
         PendingReply {
             subject: format!("{}{key}", self.prefix),
             key,
+            ticket,
             rx,
             pending: self.pending.clone(),
         }
@@ -105,11 +129,17 @@ impl PendingReply {
 
 impl Drop for PendingReply {
     fn drop(&mut self) {
-        lock(&self.pending).remove(&self.key);
+        let mut waiters = lock(&self.pending);
+        if let Some(list) = waiters.by_task.get_mut(&self.key) {
+            list.retain(|(ticket, _)| *ticket != self.ticket);
+            if list.is_empty() {
+                waiters.by_task.remove(&self.key);
+            }
+        }
     }
 }
 
-fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Message>>> {
+fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, Waiters> {
     // The map stays consistent even if a holder panicked: every operation is one call.
     pending.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -13,7 +13,7 @@
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -44,15 +44,83 @@ pub fn app(state: AppState) -> Router {
 /// Gives every request a task id (in extensions, for the handler) and every response the
 /// `x-switchyard-task-id` header, unless the handler set one.
 async fn assign_task_id(mut req: Request, next: Next) -> Response {
-    let task_id = TaskId::new();
-    req.extensions_mut().insert(task_id);
+    let task = match RequestTask::from_headers(req.headers()) {
+        Ok(task) => task,
+        Err(e) => return e.into_response(),
+    };
+    req.extensions_mut().insert(task);
     let mut response = next.run(req).await;
     if !response.headers().contains_key(headers::TASK_ID)
-        && let Ok(v) = HeaderValue::from_str(&task_id.to_string())
+        && let Ok(v) = HeaderValue::from_str(&task.id.to_string())
     {
         response.headers_mut().insert(headers::TASK_ID, v);
     }
     response
+}
+
+/// The task a request becomes.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestTask {
+    pub id: TaskId,
+    /// The caller named it (an idempotency key or its own id): it may exist already, so
+    /// its stored result is looked up before anything is published.
+    pub named_by_caller: bool,
+}
+
+impl RequestTask {
+    /// From `Idempotency-Key` (a name-based id, the same on every replica), else from
+    /// `x-switchyard-task-id` (the caller's UUID), else a fresh id.
+    fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| {
+                    v.to_str().map_err(|_| {
+                        ApiError::invalid(name, format!("{name} must be visible ASCII"))
+                    })
+                })
+                .transpose()
+        };
+        let named = |id| {
+            Ok(Self {
+                id,
+                named_by_caller: true,
+            })
+        };
+        match (text(headers::IDEMPOTENCY_KEY)?, text(headers::TASK_ID)?) {
+            (Some(_), Some(_)) => Err(ApiError::invalid(
+                headers::IDEMPOTENCY_KEY,
+                format!(
+                    "send {} or {}, not both",
+                    headers::IDEMPOTENCY_KEY,
+                    headers::TASK_ID
+                ),
+            )),
+            (Some(key), None) => {
+                if key.is_empty() || key.len() > headers::IDEMPOTENCY_KEY_MAX {
+                    return Err(ApiError::invalid(
+                        headers::IDEMPOTENCY_KEY,
+                        format!(
+                            "{} must be 1 to {} characters",
+                            headers::IDEMPOTENCY_KEY,
+                            headers::IDEMPOTENCY_KEY_MAX
+                        ),
+                    ));
+                }
+                named(TaskId::for_idempotency_key(key))
+            }
+            (None, Some(id)) => named(id.trim().parse().map_err(|_| {
+                ApiError::invalid(
+                    headers::TASK_ID,
+                    format!("{} must be a UUID", headers::TASK_ID),
+                )
+            })?),
+            (None, None) => Ok(Self {
+                id: TaskId::new(),
+                named_by_caller: false,
+            }),
+        }
+    }
 }
 
 async fn not_found() -> Response {

@@ -1,14 +1,19 @@
 //! Turning a checked request into a [`Task`] and publishing it durably on
 //! `tasks.<capability>.<priority>`, plus reading results back.
 
+use std::time::Duration;
+
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::{self, ErrorCode};
 use axum::http::HeaderMap as HttpHeaders;
 use bytes::Bytes;
 use shared::config::split_direct;
 use shared::names::{HEADER_MSG_ID, task_subject};
+use shared::provision::DUPLICATE_WINDOW;
 use shared::task::now_ms;
 use shared::{Capability, Priority, Task, TaskId, TaskResult};
+use tokio::time::Instant;
 use tracing::{error, warn};
 
 use crate::body::ChatBody;
@@ -92,8 +97,30 @@ fn header<'a>(headers: &'a HttpHeaders, name: &str) -> Result<Option<&'a str>, A
         .transpose()
 }
 
-/// Publishes `task` and waits for JetStream to confirm it is stored.
-pub async fn publish(st: &AppState, task: &Task) -> Result<(), ApiError> {
+/// First pause before a publish whose ack did not arrive is sent again; doubles each time.
+const REPUBLISH_BASE: Duration = Duration::from_millis(50);
+/// Longest pause between publishes of one task: NATS reconnects within about half a
+/// second of coming back (see `shared::nats`), so waiting longer only adds latency.
+const REPUBLISH_CAP: Duration = Duration::from_secs(1);
+/// Margin kept inside JetStream's duplicate window: a publish sent later than this after the
+/// first might no longer be recognised as the same task.
+const WINDOW_MARGIN: Duration = Duration::from_secs(10);
+
+/// What JetStream said of a published task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// Stored now.
+    New,
+    /// Its id was stored before (a retried request, or our own republish after a lost ack).
+    Duplicate,
+}
+
+/// Publishes `task` and waits for JetStream to confirm it is stored. A publish whose ack did
+/// not arrive (NATS restarting, the ack lost in a reconnect) may have been stored all the
+/// same, so it is sent again with the same `Nats-Msg-Id` until JetStream answers or the
+/// deadline passes; de-duplication keeps it one task. Only a definite refusal is reported as
+/// "not accepted"; not knowing is [`ApiError::NotConfirmed`].
+pub async fn publish(st: &AppState, task: &Task) -> Result<Published, ApiError> {
     let payload = Bytes::from(serde_json::to_vec(task).map_err(|e| {
         error!(error = %e, "could not encode a task");
         ApiError::Internal
@@ -101,25 +128,65 @@ pub async fn publish(st: &AppState, task: &Task) -> Result<(), ApiError> {
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_MSG_ID, task.id.to_string().as_str());
     let subject = task_subject(&task.capability, task.priority);
-    let ack = st
-        .js
-        .publish_with_headers(subject, headers, payload)
-        .await
-        .map_err(|e| publish_error(st, &e))?;
-    ack.await.map_err(|e| publish_error(st, &e))?;
-    Ok(())
+    let give_up = Instant::now() + task.remaining().min(DUPLICATE_WINDOW - WINDOW_MARGIN);
+    let mut attempt = 0u32;
+    loop {
+        let acked = match st
+            .js
+            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        let e = match acked {
+            Ok(ack) if ack.duplicate => return Ok(Published::Duplicate),
+            Ok(_) => return Ok(Published::New),
+            Err(e) => e,
+        };
+        if let Some(refused) = refusal(st, &e) {
+            return Err(refused);
+        }
+        let pause = shared::backoff::full_jitter(REPUBLISH_BASE, REPUBLISH_CAP, attempt);
+        if Instant::now() + pause >= give_up {
+            warn!(error = %e, task_id = %task.id, attempts = attempt + 1, "JetStream never confirmed a task; giving up at its deadline");
+            return Err(ApiError::NotConfirmed {
+                task_id: task.id.to_string(),
+            });
+        }
+        warn!(error = %e, task_id = %task.id, attempt = attempt + 1, "no confirmation for a published task; publishing it again");
+        tokio::time::sleep(pause).await;
+        attempt = attempt.saturating_add(1);
+    }
 }
 
-fn publish_error(st: &AppState, e: &PublishError) -> ApiError {
+/// The answer for a publish JetStream definitely did not store, or `None` when it may
+/// have been stored (no ack: time-out, connection lost) or was refused for a passing
+/// reason (no responders while JetStream restarts), so sending it again is right.
+fn refusal(st: &AppState, e: &PublishError) -> Option<ApiError> {
     match e.kind() {
-        PublishErrorKind::MaxPayloadExceeded => ApiError::BodyTooLarge {
+        PublishErrorKind::MaxPayloadExceeded => Some(ApiError::BodyTooLarge {
             limit: st.client.server_info().max_payload,
-        },
-        // A full stream with discard-new answers "maximum messages/bytes exceeded".
-        PublishErrorKind::Other if e.to_string().contains("maximum") => ApiError::QueueFull,
-        _ => {
-            warn!(error = %e, "could not publish a task");
-            ApiError::Unavailable
+        }),
+        PublishErrorKind::Other => {
+            let api = std::error::Error::source(e)
+                .and_then(|source| source.downcast_ref::<jetstream::Error>())?;
+            if api.error_code() == ErrorCode::STREAM_STORE_FAILED {
+                // With discard-new, a full queue answers "maximum messages/bytes exceeded"
+                // under this code: nothing was stored.
+                Some(ApiError::QueueFull)
+            } else {
+                warn!(error = %e, "JetStream refused a task");
+                Some(ApiError::Unavailable)
+            }
+        }
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::StreamNotFound
+        | PublishErrorKind::MaxAckPending => None,
+        PublishErrorKind::WrongLastMessageId | PublishErrorKind::WrongLastSequence => {
+            warn!(error = %e, "JetStream refused a task");
+            Some(ApiError::Unavailable)
         }
     }
 }

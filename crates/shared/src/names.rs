@@ -173,9 +173,18 @@ impl fmt::Display for Priority {
 #[serde(transparent)]
 pub struct TaskId(Uuid);
 
+/// The namespace of task ids named by an idempotency key (a fixed, random UUID).
+const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x3f1c_6a0e_9d2b_4c8e_a5f7_1b3d_5e7f_9a2c);
+
 impl TaskId {
     pub fn new() -> Self {
         Self(Uuid::now_v7())
+    }
+
+    /// The task id an idempotency key names: a name-based UUID (v5), so every gateway
+    /// replica maps a retried request to the same task.
+    pub fn for_idempotency_key(key: &str) -> Self {
+        Self(Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes()))
     }
 }
 

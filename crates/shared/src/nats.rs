@@ -4,6 +4,13 @@ use std::time::Duration;
 
 /// How long a first connection attempt may take before startup fails with a clear error.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// First reconnect waits up to this long; each further attempt doubles it. Small, because
+/// every millisecond NATS is back and a process is not yet is a stalled request.
+const RECONNECT_BASE: Duration = Duration::from_millis(25);
+/// Longest wait between reconnect attempts. The client library's default (4 s) made
+/// recovery from a NATS restart take up to 3 s longer than the restart itself; attempts
+/// are one TCP connect each, so a few per second per process cost nothing.
+const RECONNECT_CAP: Duration = Duration::from_millis(500);
 
 /// Connects to `url`, naming the connection after the process role so `nats-server`
 /// monitoring shows who is who. Credentials in the URL (`nats://user:password@host` or
@@ -15,7 +22,8 @@ pub async fn connect(
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("switchyard-{role}"))
-        .connection_timeout(CONNECT_TIMEOUT);
+        .connection_timeout(CONNECT_TIMEOUT)
+        .reconnect_delay_callback(reconnect_delay);
     if let Ok(addr) = url.parse::<async_nats::ServerAddr>()
         && let Some(user) = addr.username()
     {
@@ -25,6 +33,12 @@ pub async fn connect(
         };
     }
     options.connect(url).await
+}
+
+/// The wait before reconnect attempt `attempts` (1 for the first).
+fn reconnect_delay(attempts: usize) -> Duration {
+    let attempt = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
+    crate::backoff::full_jitter(RECONNECT_BASE, RECONNECT_CAP, attempt)
 }
 
 /// `url` with any `user:password@` replaced by `***@`, for logs and error messages.
@@ -43,7 +57,15 @@ pub fn redacted(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redacted;
+    use super::{RECONNECT_CAP, reconnect_delay, redacted};
+
+    #[test]
+    fn reconnects_are_attempted_at_least_twice_a_second() {
+        for attempts in [0, 1, 2, 10, 1000, usize::MAX] {
+            assert!(reconnect_delay(attempts) <= RECONNECT_CAP);
+        }
+        assert!(RECONNECT_CAP <= std::time::Duration::from_millis(500));
+    }
 
     #[test]
     fn credentials_are_hidden() {

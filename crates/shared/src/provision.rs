@@ -17,7 +17,7 @@ use crate::{Capability, Priority};
 
 /// How long JetStream remembers a `Nats-Msg-Id`: a client retrying a publish within this
 /// window does not enqueue the task twice.
-const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Rounds of provisioning before giving up, and the pause after the first failed one
 /// (growing linearly).
 const PROVISION_ROUNDS: u32 = 5;

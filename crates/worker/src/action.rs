@@ -100,8 +100,7 @@ pub(crate) fn effect(err: &ProviderError) -> Effect {
 }
 
 fn jitter(ceiling: Duration) -> Duration {
-    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(fastrand::u64(0..=millis))
+    shared::backoff::full_jitter(ceiling, ceiling, 0)
 }
 
 #[cfg(test)]

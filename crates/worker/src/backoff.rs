@@ -40,11 +40,7 @@ pub(crate) fn last_attempt(max_deliver: i64) -> i64 {
 /// A random delay in `[0, min(MAX_DELAY, BASE_DELAY * 2^(delivery-1))]`.
 fn full_jitter(delivery: i64) -> Duration {
     let exponent = u32::try_from(delivery.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
-    let ceiling = BASE_DELAY
-        .saturating_mul(2u32.saturating_pow(exponent))
-        .min(MAX_DELAY);
-    let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(fastrand::u64(0..=millis))
+    shared::backoff::full_jitter(BASE_DELAY, MAX_DELAY, exponent)
 }
 
 #[cfg(test)]

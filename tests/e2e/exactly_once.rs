@@ -1,0 +1,134 @@
+//! Exactly once from the caller's side: a publish NATS did not confirm is sent again with the
+//! same id rather than refused, retries carrying one `Idempotency-Key` (or one caller-chosen
+//! task id) become one task with one answer, and a caller can find that answer later.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Fault, Stack, chat_body, task_id};
+
+/// JetStream's publish ack times out after 5 s: an outage longer than that is one where the
+/// gateway used to answer 503 for tasks that then ran anyway.
+const OUTAGE: Duration = Duration::from_secs(6);
+
+#[tokio::test]
+async fn a_task_published_while_nats_restarts_is_answered_once_not_refused() {
+    let mut stack = Stack::start(1, &[]).await;
+    stack.nats.stop();
+    let request = tokio::spawn({
+        let (http, base) = (stack.http.clone(), stack.base.clone());
+        async move {
+            http.post(format!("{base}/v1/chat/completions"))
+                .json(&chat_body("fake", "through an outage"))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(OUTAGE).await;
+    stack.nats.start_again();
+    let response = request.await.unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let id = task_id(&response);
+    assert_eq!(stack.provider.calls(), 1);
+    assert_eq!(stack.wait_result(&id).await["status"], "completed");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_gets_the_first_answer() {
+    let stack = Stack::start(1, &[]).await;
+    let key = [("idempotency-key", "order-42-summary")];
+    let first = stack.chat_with(chat_body("fake", "once"), &key).await;
+    assert_eq!(first.status(), 200);
+    let first_id = task_id(&first);
+    let first: Value = first.json().await.unwrap();
+    let retry = stack.chat_with(chat_body("fake", "once"), &key).await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(task_id(&retry), first_id);
+    let retry: Value = retry.json().await.unwrap();
+    assert_eq!(retry["id"], first["id"]);
+    assert_eq!(stack.provider.calls(), 1);
+    // Another key is another task.
+    let other = stack
+        .chat_with(
+            chat_body("fake", "once"),
+            &[("idempotency-key", "order-43")],
+        )
+        .await;
+    assert_ne!(task_id(&other), first_id);
+    assert_eq!(stack.provider.calls(), 2);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_key_share_one_task() {
+    let stack = Stack::start(1, &[]).await;
+    // The first call is slow, so the retry arrives while the task runs.
+    stack
+        .provider
+        .push_fault(Fault::StallBeforeFirstByte(Duration::from_millis(1500)));
+    let key = [("idempotency-key", "in-flight")];
+    let (a, b) = tokio::join!(stack.chat_with(chat_body("fake", "slow"), &key), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stack.chat_with(chat_body("fake", "slow"), &key).await
+    });
+    assert_eq!(a.status(), 200);
+    assert_eq!(b.status(), 200);
+    assert_eq!(task_id(&a), task_id(&b));
+    let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
+    assert_eq!(a["id"], b["id"]);
+    assert_eq!(stack.provider.calls(), 1);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_caller_chosen_task_id_names_the_task_and_finds_its_result() {
+    let stack = Stack::start(1, &[]).await;
+    let id = "0190a5c4-1f2e-7d3c-9b8a-0123456789ab";
+    let response = stack
+        .chat_with(chat_body("fake", "mine"), &[("x-switchyard-task-id", id)])
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(task_id(&response), id);
+    let stored = stack.wait_result(id).await;
+    assert_eq!(stored["status"], "completed");
+    // Sent again (a client that lost the first answer): the same result, no second call.
+    let again = stack
+        .chat_with(chat_body("fake", "mine"), &[("x-switchyard-task-id", id)])
+        .await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(stack.provider.calls(), 1);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_idempotency_headers_are_refused_by_name() {
+    let stack = Stack::start(0, &[]).await;
+    let long = "k".repeat(256);
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[("idempotency-key", &long)], "idempotency-key"),
+        (
+            &[("x-switchyard-task-id", "not-a-uuid")],
+            "x-switchyard-task-id",
+        ),
+        (
+            &[
+                ("idempotency-key", "k"),
+                (
+                    "x-switchyard-task-id",
+                    "0190a5c4-1f2e-7d3c-9b8a-0123456789ab",
+                ),
+            ],
+            "idempotency-key",
+        ),
+    ];
+    for (headers, param) in cases {
+        let response = stack.chat_with(chat_body("fake", "x"), headers).await;
+        assert_eq!(response.status(), 400);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["param"], param, "{body}");
+    }
+    stack.stop().await;
+}
