@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Fault, Stack, chat_body, task_id};
+use crate::harness::{Fault, Stack, chat_body, eventually, task_id};
 
 /// JetStream's publish ack times out after 5 s: an outage longer than that is one where the
 /// gateway used to answer 503 for tasks that then ran anyway.
@@ -130,5 +130,29 @@ async fn malformed_idempotency_headers_are_refused_by_name() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["param"], param, "{body}");
     }
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_event_that_cannot_be_stored_at_first_is_recorded_by_a_later_delivery() {
+    let stack = Stack::start(1, &[]).await;
+    let js = async_nats::jetstream::new(stack.client.clone());
+    // EVENTS gone (as while JetStream restarts): the event cannot be stored for now.
+    js.delete_stream(shared::names::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let response = stack.chat(chat_body("fake", "evented")).await;
+    assert_eq!(response.status(), 200);
+    let id = task_id(&response);
+    shared::provision::provision(&js, &stack.config)
+        .await
+        .unwrap();
+    let events = eventually(Duration::from_secs(20), || async {
+        let events = stack.task_events().await;
+        events.contains_key(&id).then_some(events)
+    })
+    .await;
+    assert_eq!(events[&id], 1);
+    assert_eq!(stack.provider.calls(), 1);
     stack.stop().await;
 }

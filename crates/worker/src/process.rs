@@ -206,7 +206,17 @@ async fn finish(msg: &jetstream::Message, task: &Task, stored: Bytes, delivery: 
     }
     deliver(task, stored, delivery, deps).await;
     match result {
-        Ok(result) => emit_event(task, &result, deps).await,
+        Ok(result) => match persist(delivery, deps, || emit_event(task, &result, deps)).await {
+            Ok(()) => {}
+            // Readers of EVENTS (memory, usage, dashboards) need one event per finished task:
+            // the next delivery finds the stored result and records it (de-duplicated).
+            Err(e) if delivery < deps.max_deliver => {
+                warn!(error = %e, "could not record the task event; it goes back to the queue");
+                ack(msg, AckKind::Nak(Some(STORE_RETRY_DELAY))).await;
+                return;
+            }
+            Err(e) => error!(error = %e, "could not record the task event; its result is stored"),
+        },
         Err(e) => warn!(error = %e, "stored result does not decode; no event"),
     }
     ack(msg, AckKind::Ack).await;
@@ -313,7 +323,13 @@ async fn deliver(task: &Task, stored: Bytes, delivery: i64, deps: &Deps) {
     }
 }
 
-async fn emit_event(task: &Task, result: &TaskResult, deps: &Deps) {
+/// Records the task's lifecycle event in `EVENTS`, confirmed by JetStream (de-duplicated on
+/// the task id, so every delivery that finishes the task may send it).
+async fn emit_event(
+    task: &Task,
+    result: &TaskResult,
+    deps: &Deps,
+) -> Result<(), jetstream::context::PublishError> {
     let event = json!({
         "task_id": task.id,
         "capability": task.capability,
@@ -333,13 +349,11 @@ async fn emit_event(task: &Task, result: &TaskResult, deps: &Deps) {
     let subject = task_event_subject(result.status.as_str());
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_MSG_ID, task.id.to_string().as_str());
-    if let Err(e) = deps
-        .client
+    deps.js
         .publish_with_headers(subject, headers, payload)
-        .await
-    {
-        warn!(error = %e, "could not publish the task event");
-    }
+        .await?
+        .await?;
+    Ok(())
 }
 
 pub(crate) fn event_headers(kind: StreamEventKind, delivery: i64) -> HeaderMap {
