@@ -156,3 +156,23 @@ async fn a_task_event_that_cannot_be_stored_at_first_is_recorded_by_a_later_deli
     assert_eq!(stack.provider.calls(), 1);
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn an_sdk_retrying_a_failed_request_gets_the_same_failure_without_new_calls() {
+    let stack = Stack::start(1, &[]).await;
+    // Every key refused: a 502 the official SDKs retry twice.
+    stack.provider.set_outage(Some(Fault::status(401)));
+    let key = [("idempotency-key", "refused-everywhere")];
+    let first = stack.chat_with(chat_body("fake", "no luck"), &key).await;
+    assert_eq!(first.status(), 502);
+    let calls = stack.provider.calls();
+    let first: Value = first.json().await.unwrap();
+    for _ in 0..2 {
+        let retry = stack.chat_with(chat_body("fake", "no luck"), &key).await;
+        assert_eq!(retry.status(), 502);
+        let retry: Value = retry.json().await.unwrap();
+        assert_eq!(retry["error"]["code"], first["error"]["code"]);
+    }
+    assert_eq!(stack.provider.calls(), calls);
+    stack.stop().await;
+}

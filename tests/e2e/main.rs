@@ -14,6 +14,7 @@ mod exactly_once;
 mod failover;
 mod failures;
 mod harness;
+mod overload;
 mod protocol;
 mod provisioning;
 mod workers;

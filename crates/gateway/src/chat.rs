@@ -36,14 +36,20 @@ pub async fn chat_completions(
     let started = Instant::now();
     let streaming = body.stream;
     let mut task = build_task(&st, request.id, &headers, body)?;
-    if streaming {
-        return stream::respond(st, task, started).await;
-    }
     if request.named_by_caller
+        && !streaming
         && let Some(stored) = stored_result(&st, task.id).await?
     {
         // A retry of a request that has its answer already: that answer, nothing queued.
         return result_response(decode_result(&stored)?, None);
+    }
+    st.admission
+        .admit(&task.capability, task.priority, task.remaining())
+        .map_err(|o| ApiError::Overloaded {
+            retry_after_secs: o.retry_after_secs,
+        })?;
+    if streaming {
+        return stream::respond(st, task, started).await;
     }
     let mut pending = st.replies.register(task.id);
     task.reply_to = Some(pending.subject.clone());

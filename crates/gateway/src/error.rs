@@ -28,6 +28,11 @@ pub enum ApiError {
     NotFound(String),
     #[error("the task queue is full; retry later")]
     QueueFull,
+    #[error(
+        "the queue ahead would not be through before this request's deadline; \
+         retry in {retry_after_secs} s or allow more time with x-switchyard-timeout-ms"
+    )]
+    Overloaded { retry_after_secs: u64 },
     #[error("the task queue is unavailable; retry later")]
     Unavailable,
     #[error("no answer within the deadline; fetch GET /v1/tasks/{task_id} later")]
@@ -92,6 +97,9 @@ impl ApiError {
             ),
             ApiError::NotFound(_) => (S::NOT_FOUND, "invalid_request_error", "not_found", None),
             ApiError::QueueFull => (S::TOO_MANY_REQUESTS, "rate_limit_error", "queue_full", None),
+            ApiError::Overloaded { .. } => {
+                (S::TOO_MANY_REQUESTS, "rate_limit_error", "overloaded", None)
+            }
             ApiError::Unavailable => (
                 S::SERVICE_UNAVAILABLE,
                 "service_unavailable_error",
@@ -155,14 +163,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, ..) = self.parts();
         let mut response = (status, Json(error_body(&self))).into_response();
+        let retry_after = match &self {
+            ApiError::Overloaded { retry_after_secs } => HeaderValue::from(*retry_after_secs),
+            _ => HeaderValue::from_static(RETRY_AFTER_SECS),
+        };
         if matches!(
             status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
         ) {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECS),
-            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after);
         }
         response
     }

@@ -2,6 +2,7 @@
 //! a task on `tasks.<capability>.<priority>`, and waits for its result on a reply inbox (or
 //! relays its stream). Holds no state of its own: run as many replicas as needed.
 
+mod admission;
 mod body;
 mod chat;
 mod error;
@@ -30,6 +31,7 @@ use tracing::{info, warn};
 use routes::app;
 use state::{AppState, Shared};
 
+use crate::admission::Admission;
 use crate::replies::ReplyRouter;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,13 +53,19 @@ async fn state(
     let js = jetstream::new(client.clone());
     let provisioned = provision(&js, &config).await?;
     let gateway_id = uuid::Uuid::now_v7().simple().to_string();
-    let replies = ReplyRouter::start(&client, &gateway_id, shutdown).await?;
+    let replies = ReplyRouter::start(&client, &gateway_id, shutdown.clone()).await?;
     let route_capabilities: HashMap<String, Capability> = config
         .routes
         .iter()
         .filter_map(|(name, r)| Some((name.clone(), r.capability.parse().ok()?)))
         .collect();
     let capabilities: BTreeSet<Capability> = config.capability_names();
+    let admission = Admission::default();
+    tokio::spawn(admission.clone().sample(
+        js.clone(),
+        capabilities.iter().cloned().collect(),
+        shutdown.clone(),
+    ));
     Ok(Arc::new(Shared {
         config,
         client,
@@ -68,6 +76,7 @@ async fn state(
         default_capability: Capability::default(),
         route_capabilities,
         capabilities,
+        admission,
     }))
 }
 

@@ -7,6 +7,7 @@ use async_nats::jetstream::{self, kv};
 use shared::Capability;
 use shared::config::Config;
 
+use crate::admission::Admission;
 use crate::replies::ReplyRouter;
 
 /// Shared by every handler; cloned per request, so it is one `Arc`.
@@ -27,4 +28,6 @@ pub struct Shared {
     pub default_capability: Capability,
     /// Every configured capability (each has consumers).
     pub capabilities: BTreeSet<Capability>,
+    /// Refuses early what its queue cannot answer within the deadline.
+    pub admission: Admission,
 }
