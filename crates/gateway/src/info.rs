@@ -8,10 +8,10 @@ use serde_json::json;
 use shared::TaskId;
 use shared::names::{EVENTS_STREAM, RESULTS_BUCKET, TASKS_STREAM};
 
+use crate::answer::stored_result;
 use crate::error::ApiError;
 use crate::headers;
 use crate::state::AppState;
-use crate::submit::stored_result;
 
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Json<serde_json::Value> {

@@ -2,6 +2,7 @@
 //! a task on `tasks.<capability>.<priority>`, and waits for its result on a reply inbox (or
 //! relays its stream). Holds no state of its own: run as many replicas as needed.
 
+mod answer;
 mod body;
 mod chat;
 mod error;

@@ -22,11 +22,13 @@ use shared::{StreamEventKind, Task, TaskId, TaskResult, TaskStatus};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::chat::{STORED_RESULT_CHECK, answered, overhead_ms, result_response};
+use crate::answer::{
+    STORED_RESULT_CHECK, answered, decode_result, overhead_ms, result_response, stored_result,
+};
 use crate::error::{ApiError, error_body};
 use crate::headers::Answered;
 use crate::state::AppState;
-use crate::submit::{decode_result, publish, stored_result};
+use crate::submit::publish;
 
 /// What arrived for a streaming task.
 enum Incoming {

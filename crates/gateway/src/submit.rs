@@ -1,5 +1,5 @@
 //! Turning a checked request into a [`Task`] and publishing it durably on
-//! `tasks.<capability>.<priority>`, plus reading results back.
+//! `tasks.<capability>.<priority>`.
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
@@ -8,7 +8,7 @@ use bytes::Bytes;
 use shared::config::split_direct;
 use shared::names::{HEADER_MSG_ID, task_subject};
 use shared::task::now_ms;
-use shared::{Capability, Priority, Task, TaskId, TaskResult};
+use shared::{Capability, Priority, Task, TaskId};
 use tracing::{error, warn};
 
 use crate::body::ChatBody;
@@ -122,19 +122,4 @@ fn publish_error(st: &AppState, e: &PublishError) -> ApiError {
             ApiError::Unavailable
         }
     }
-}
-
-/// The stored result of `task_id`, if any.
-pub async fn stored_result(st: &AppState, task_id: TaskId) -> Result<Option<Bytes>, ApiError> {
-    st.results.get(task_id.to_string()).await.map_err(|e| {
-        warn!(error = %e, %task_id, "could not read the results bucket");
-        ApiError::Unavailable
-    })
-}
-
-pub fn decode_result(payload: &[u8]) -> Result<TaskResult, ApiError> {
-    serde_json::from_slice(payload).map_err(|e| {
-        error!(error = %e, "undecodable task result");
-        ApiError::Internal
-    })
 }
