@@ -155,6 +155,37 @@ fn done_chunks(body: &str) -> Vec<Value> {
 }
 
 #[tokio::test]
+async fn streamed_completion_with_several_choices_ends_with_done() {
+    let stack = Stack::start(1, &[]).await;
+    let mut body = chat_body("fake", "two ways");
+    body["stream"] = json!(true);
+    body["n"] = json!(2);
+    let response = stack.chat(body).await;
+    assert_eq!(response.status(), 200);
+    let task_id = task_id(&response);
+    let chunks = done_chunks(&response.text().await.unwrap());
+
+    // The provider interleaves the choices' chunks; each index keeps its own text.
+    let expected: BTreeMap<u64, String> = (0..2)
+        .map(|i| {
+            let text = fake_provider::choice_text("fake-model", "two ways", i);
+            (u64::try_from(i).unwrap(), text)
+        })
+        .collect();
+    assert_ne!(expected[&0], expected[&1]);
+    assert_eq!(texts_by_choice(&chunks), expected);
+    let stored = stack.wait_result(&task_id).await;
+    for (i, text) in &expected {
+        let i = usize::try_from(*i).unwrap();
+        assert_eq!(
+            stored["response"]["choices"][i]["message"]["content"],
+            *text
+        );
+    }
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn streamed_usage_arrives_only_when_asked_for() {
     let stack = Stack::start(1, &[]).await;
     for include_usage in [Some(true), Some(false), None] {
