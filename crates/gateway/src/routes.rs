@@ -4,6 +4,7 @@
 //! |--------|------------------------|----------------------------|
 //! | POST   | `/v1/chat/completions` | [`chat::chat_completions`] |
 //! | GET    | `/v1/models`           | [`info::models`]           |
+//! | GET    | `/v1/models/{*id}`     | [`info::model`]            |
 //! | GET    | `/v1/tasks/{id}`       | [`info::task`]             |
 //! | GET    | `/v1/providers`        | [`operate::providers`]     |
 //! | GET    | `/v1/dlq`              | [`operate::list`]          |
@@ -28,6 +29,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(info::models))
+        .route("/v1/models/{*id}", get(info::model))
         .route("/v1/tasks/{id}", get(info::task))
         .route("/v1/providers", get(operate::providers))
         .route("/v1/dlq", get(operate::list))
