@@ -1,9 +1,13 @@
 //! What SDKs and browsers need beyond chat completions: `GET /v1/models/{id}` (the SDKs'
-//! `models.retrieve`).
+//! `models.retrieve`), and CORS for the origins `gateway.cors_allowed_origins` lists.
 
-use serde_json::Value;
+use reqwest::Method;
+use serde_json::{Value, json};
 
-use crate::harness::Stack;
+use crate::harness::{Stack, chat_body};
+
+const ORIGIN: &str = "https://app.example.com";
+const CORS_ORIGINS: &str = "SWITCHYARD__GATEWAY__CORS_ALLOWED_ORIGINS";
 
 async fn get(stack: &Stack, path: &str) -> (u16, Value) {
     let response = stack
@@ -63,5 +67,109 @@ async fn an_unknown_model_is_a_404_in_the_openai_shape() {
         assert_eq!(error["param"], "model", "{path}");
         assert!(error["message"].is_string(), "{path}");
     }
+    stack.stop().await;
+}
+
+/// A browser's preflight for a chat completion from `origin`.
+async fn preflight(stack: &Stack, origin: &str) -> reqwest::Response {
+    stack
+        .http
+        .request(
+            Method::OPTIONS,
+            format!("{}/v1/chat/completions", stack.base),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type,x-switchyard-priority,x-stainless-os",
+        )
+        .send()
+        .await
+        .unwrap()
+}
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    response.headers().get(name).map(|v| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn listed_origins_pass_preflight_and_read_answers_and_headers() {
+    let stack = Stack::start(1, &[(CORS_ORIGINS, ORIGIN)]).await;
+    let response = preflight(&stack, ORIGIN).await;
+    assert!(response.status().is_success(), "{}", response.status());
+    assert_eq!(
+        header(&response, "access-control-allow-origin"),
+        Some(ORIGIN)
+    );
+    let methods = header(&response, "access-control-allow-methods").unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    let allowed = header(&response, "access-control-allow-headers")
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in ["authorization", "content-type", "x-switchyard-priority"] {
+        assert!(allowed.contains(name), "{name} not in {allowed}");
+    }
+
+    // The answer itself: readable, and so are Switchyard's headers.
+    let answer = stack
+        .http
+        .post(format!("{}/v1/chat/completions", stack.base))
+        .header("origin", ORIGIN)
+        .json(&chat_body("fake", "from a browser"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(header(&answer, "access-control-allow-origin"), Some(ORIGIN));
+    let exposed = header(&answer, "access-control-expose-headers")
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in [
+        "x-switchyard-task-id",
+        "x-switchyard-provider",
+        "x-switchyard-model",
+        "x-switchyard-attempts",
+        "x-switchyard-fallback-depth",
+        "x-switchyard-overhead-ms",
+        "retry-after",
+    ] {
+        assert!(exposed.contains(name), "{name} not in {exposed}");
+    }
+
+    // Errors are readable too, so a page can show why a call failed.
+    let error = stack
+        .http
+        .post(format!("{}/v1/chat/completions", stack.base))
+        .header("origin", ORIGIN)
+        .json(&json!({"model": "no-such-route", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error.status(), 404);
+    assert_eq!(header(&error, "access-control-allow-origin"), Some(ORIGIN));
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn other_origins_get_no_cors_headers() {
+    let stack = Stack::start(0, &[(CORS_ORIGINS, ORIGIN)]).await;
+    let response = preflight(&stack, "https://elsewhere.example.com").await;
+    assert_eq!(header(&response, "access-control-allow-origin"), None);
+    stack.stop().await;
+
+    // By default no origin is allowed: the gateway does not authenticate yet.
+    let stack = Stack::start(0, &[]).await;
+    let response = preflight(&stack, ORIGIN).await;
+    assert_eq!(header(&response, "access-control-allow-origin"), None);
+    let models = stack
+        .http
+        .get(format!("{}/v1/models", stack.base))
+        .header("origin", ORIGIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    assert_eq!(header(&models, "access-control-allow-origin"), None);
     stack.stop().await;
 }

@@ -5,6 +5,7 @@
 mod answer;
 mod body;
 mod chat;
+mod cors;
 mod error;
 mod headers;
 mod info;
