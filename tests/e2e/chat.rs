@@ -1,5 +1,7 @@
 //! The happy paths: a completion, a streamed completion, results, models, health.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Value, json};
 
 use crate::harness::{FAKE_KEY, Stack, chat_body, content, sse_data, task_id};
@@ -123,6 +125,100 @@ async fn models_health_and_readiness() {
             .unwrap();
         assert_eq!(r.status(), 200, "{path}");
         assert!(r.headers().contains_key("x-switchyard-task-id"), "{path}");
+    }
+    stack.stop().await;
+}
+
+/// The text each choice index got across a stream's chunks.
+fn texts_by_choice(chunks: &[Value]) -> BTreeMap<u64, String> {
+    let mut texts: BTreeMap<u64, String> = BTreeMap::new();
+    for choice in chunks
+        .iter()
+        .filter_map(|c| c["choices"].as_array())
+        .flatten()
+    {
+        let index = choice["index"].as_u64().unwrap();
+        let text = choice["delta"]["content"].as_str().unwrap_or_default();
+        texts.entry(index).or_default().push_str(text);
+    }
+    texts
+}
+
+/// The chunks of an SSE body that ended with `[DONE]`.
+fn done_chunks(body: &str) -> Vec<Value> {
+    let data = sse_data(body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn streamed_completion_with_several_choices_ends_with_done() {
+    let stack = Stack::start(1, &[]).await;
+    let mut body = chat_body("fake", "two ways");
+    body["stream"] = json!(true);
+    body["n"] = json!(2);
+    let response = stack.chat(body).await;
+    assert_eq!(response.status(), 200);
+    let task_id = task_id(&response);
+    let chunks = done_chunks(&response.text().await.unwrap());
+
+    // The provider interleaves the choices' chunks; each index keeps its own text.
+    let expected: BTreeMap<u64, String> = (0..2)
+        .map(|i| {
+            let text = fake_provider::choice_text("fake-model", "two ways", i);
+            (u64::try_from(i).unwrap(), text)
+        })
+        .collect();
+    assert_ne!(expected[&0], expected[&1]);
+    assert_eq!(texts_by_choice(&chunks), expected);
+    let stored = stack.wait_result(&task_id).await;
+    for (i, text) in &expected {
+        let i = usize::try_from(*i).unwrap();
+        assert_eq!(
+            stored["response"]["choices"][i]["message"]["content"],
+            *text
+        );
+    }
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn streamed_usage_arrives_only_when_asked_for() {
+    let stack = Stack::start(1, &[]).await;
+    for include_usage in [Some(true), Some(false), None] {
+        let mut body = chat_body("fake", "count my tokens");
+        body["stream"] = json!(true);
+        if let Some(include) = include_usage {
+            body["stream_options"] = json!({"include_usage": include});
+        }
+        let response = stack.chat(body).await;
+        assert_eq!(response.status(), 200);
+        let task_id = task_id(&response);
+        let chunks = done_chunks(&response.text().await.unwrap());
+        let with_usage: Vec<&Value> = chunks
+            .iter()
+            .filter(|c| c.get("usage").is_some_and(|u| !u.is_null()))
+            .collect();
+        let stored = stack.wait_result(&task_id).await;
+        if include_usage == Some(true) {
+            // As OpenAI: one last chunk, with no choices, carries the usage.
+            assert_eq!(with_usage.len(), 1, "{chunks:?}");
+            let last = chunks.last().unwrap();
+            assert_eq!(last["choices"], json!([]));
+            assert_eq!(last["usage"]["total_tokens"], 12);
+            assert_eq!(stored["response"]["usage"]["total_tokens"], 12);
+        } else {
+            assert!(with_usage.is_empty(), "{include_usage:?}: {chunks:?}");
+            assert!(chunks.iter().all(|c| c["choices"] != json!([])));
+        }
+        // The text is complete either way.
+        assert_eq!(
+            texts_by_choice(&chunks)[&0],
+            fake_provider::answer_text("fake-model", "count my tokens")
+        );
     }
     stack.stop().await;
 }

@@ -10,6 +10,7 @@ mod accounts;
 mod bad_input;
 mod chat;
 mod cli;
+mod clients;
 mod exactly_once;
 mod failover;
 mod failures;

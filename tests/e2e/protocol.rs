@@ -96,15 +96,20 @@ async fn take_task(stack: &Stack) -> (jetstream::Message, Task) {
     (msg, task)
 }
 
-/// Publishes one chunk the way a worker does.
+/// Publishes one chunk of choice 0 the way a worker does.
 async fn chunk(client: &async_nats::Client, task: &Task, seq: u64, text: &str) {
+    choice_chunk(client, task, seq, 0, text).await;
+}
+
+/// Publishes one chunk of choice `index` the way a worker does.
+async fn choice_chunk(client: &async_nats::Client, task: &Task, seq: u64, index: u64, text: &str) {
     let mut headers = HeaderMap::new();
     headers.insert("Switchyard-Event", "chunk");
     headers.insert("Switchyard-Seq", seq.to_string().as_str());
     headers.insert("Switchyard-Delivery", "1");
     let body = json!({
         "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "hand",
-        "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]
+        "choices": [{"index": index, "delta": {"content": text}, "finish_reason": null}]
     });
     client
         .publish_with_headers(
@@ -177,6 +182,74 @@ async fn stream_with_a_missing_chunk_is_completed_from_the_stored_result() {
         "the chunk after the gap is dropped: {data:?}"
     );
     assert_eq!(chunks[1]["choices"][0]["finish_reason"], "stop");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn stream_of_several_choices_with_a_gap_completes_each_choice() {
+    let stack = Stack::start(0, &[]).await;
+    let mut body = chat_body("fake", "two answers, one gap");
+    body["stream"] = json!(true);
+    body["n"] = json!(2);
+    let request = stack
+        .http
+        .post(format!("{}/v1/chat/completions", stack.base))
+        .json(&body);
+    let pending = tokio::spawn(async move { request.send().await.unwrap().text().await.unwrap() });
+
+    // Choices interleaved; seq 2 (choice 0's "brave ") never arrives.
+    let (msg, task) = take_task(&stack).await;
+    choice_chunk(&stack.client, &task, 0, 0, "Hello ").await;
+    choice_chunk(&stack.client, &task, 1, 1, "Hi ").await;
+    choice_chunk(&stack.client, &task, 3, 1, "there").await;
+    let result = json!({
+        "id": task.id, "status": "completed", "worker": "hand", "delivery": 1, "finished_ms": now_ms(),
+        "response": {
+            "id": "c", "object": "chat.completion", "created": 1, "model": "hand",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "Hello brave world"}, "finish_reason": "stop"},
+                {"index": 1, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}
+            ]
+        }
+    });
+    let stored = Bytes::from(result.to_string());
+    stack
+        .results_bucket()
+        .await
+        .create(task.id.to_string(), stored.clone())
+        .await
+        .unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("Switchyard-Event", "result");
+    headers.insert("Switchyard-Delivery", "1");
+    stack
+        .client
+        .publish_with_headers(task.reply_to.clone().unwrap(), headers, stored)
+        .await
+        .unwrap();
+    msg.ack().await.unwrap();
+
+    let data = sse_data(
+        &tokio::time::timeout(Duration::from_secs(20), pending)
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(chunks.len(), 3, "two relayed, one closing: {data:?}");
+    let mut texts = [String::new(), String::new()];
+    for choice in chunks.iter().flat_map(|c| c["choices"].as_array().unwrap()) {
+        let index = usize::try_from(choice["index"].as_u64().unwrap()).unwrap();
+        texts[index] += choice["delta"]["content"].as_str().unwrap_or_default();
+    }
+    assert_eq!(texts, ["Hello brave world", "Hi there"]);
+    let closing = &chunks[2]["choices"];
+    assert_eq!(closing[0]["finish_reason"], "stop");
+    assert_eq!(closing[1]["finish_reason"], "stop");
     stack.stop().await;
 }
 

@@ -269,6 +269,17 @@ pub fn answer_text(model: &str, last_user_text: &str) -> String {
     format!("fake answer from {model} to: {last_user_text}")
 }
 
+/// The text of choice `index` when a request asks for several (`n`): choice 0 is
+/// [`answer_text`], the others say which they are, so a mix-up between choices shows.
+pub fn choice_text(model: &str, last_user_text: &str, index: usize) -> String {
+    let text = answer_text(model, last_user_text);
+    if index == 0 {
+        text
+    } else {
+        format!("{text} (choice {index})")
+    }
+}
+
 /// The words of `text`, each with its trailing space, as streamed pieces.
 pub(crate) fn pieces(text: &str) -> Vec<String> {
     text.split_inclusive(' ').map(str::to_owned).collect()

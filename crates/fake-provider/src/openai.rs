@@ -1,5 +1,7 @@
 //! The OpenAI wire format: `POST /v1/chat/completions`, JSON or SSE chunks ending in
 //! `[DONE]`, errors as `{"error":{"message","type","code"}}`, the key as a bearer token.
+//! Honours `n` (several choices, streamed interleaved) and `stream_options.include_usage`
+//! (a last chunk with only the usage) as OpenAI does.
 
 use std::sync::Arc;
 
@@ -12,7 +14,7 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use crate::{
-    Fault, Recorded, SseEvent, State, answer_text, error_response, malformed_json, pieces, sse,
+    Fault, Recorded, SseEvent, State, choice_text, error_response, malformed_json, pieces, sse,
 };
 
 pub(crate) fn router() -> Router<Arc<State>> {
@@ -89,37 +91,86 @@ async fn chat(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Byt
         Some(Fault::Malformed) if !stream => return malformed_json(),
         _ => {}
     }
-    let text = answer_text(&model, &last_user_text(&body));
+    let last = last_user_text(&body);
+    let texts: Vec<String> = (0..choice_count(&body))
+        .map(|i| choice_text(&model, &last, i))
+        .collect();
+    let usage = json!({"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12});
     if stream {
-        let chunk = |delta: Value, finish: Value| {
-            json!({
-                "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
-                "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
-            })
-            .to_string()
-        };
-        let mut events = vec![SseEvent::data(chunk(
-            json!({"role": "assistant", "content": ""}),
-            Value::Null,
-        ))];
-        events.extend(
-            pieces(&text)
-                .into_iter()
-                .map(|p| SseEvent::data(chunk(json!({"content": p}), Value::Null))),
+        return sse(
+            stream_events(&model, &texts, include_usage(&body).then_some(usage)),
+            state.chunk_delay(),
+            fault.as_ref(),
         );
-        events.push(SseEvent::data(chunk(json!({}), json!("stop"))));
-        events.push(SseEvent::data("[DONE]"));
-        return sse(events, state.chunk_delay(), fault.as_ref());
     }
+    let choices: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            json!({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
+        })
+        .collect();
     axum::Json(json!({
         "id": "chatcmpl-fake",
         "object": "chat.completion",
         "created": 1,
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+        "choices": choices,
+        "usage": usage,
     }))
     .into_response()
+}
+
+/// Most choices a fake answers with, so a stray `n` cannot make it build huge answers.
+const MAX_CHOICES: u64 = 8;
+
+/// `n`, the number of choices asked for: 1 when absent, at most [`MAX_CHOICES`].
+fn choice_count(body: &Value) -> usize {
+    let n = body["n"].as_u64().unwrap_or(1).clamp(1, MAX_CHOICES);
+    usize::try_from(n).unwrap_or(1)
+}
+
+/// Whether the request asked for a usage chunk (`stream_options.include_usage`).
+fn include_usage(body: &Value) -> bool {
+    body["stream_options"]["include_usage"] == json!(true)
+}
+
+/// A stream the way OpenAI sends one: a role chunk per choice, the choices' words
+/// interleaved (word 1 of every choice, then word 2, …), a finish chunk per choice, then,
+/// only when `usage` is given, a last chunk with empty `choices` and the usage, and
+/// `[DONE]`. No other chunk carries `usage`.
+fn stream_events(model: &str, texts: &[String], usage: Option<Value>) -> Vec<SseEvent> {
+    let chunk = |choices: Value| {
+        json!({
+            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+            "model": model, "choices": choices
+        })
+    };
+    let one = |index: usize, delta: Value, finish: Value| {
+        SseEvent::data(
+            chunk(json!([{"index": index, "delta": delta, "finish_reason": finish}])).to_string(),
+        )
+    };
+    let words: Vec<Vec<String>> = texts.iter().map(|t| pieces(t)).collect();
+    let longest = words.iter().map(Vec::len).max().unwrap_or(0);
+    let mut events: Vec<SseEvent> = (0..texts.len())
+        .map(|i| one(i, json!({"role": "assistant", "content": ""}), Value::Null))
+        .collect();
+    for position in 0..longest {
+        for (i, choice) in words.iter().enumerate() {
+            if let Some(word) = choice.get(position) {
+                events.push(one(i, json!({"content": word}), Value::Null));
+            }
+        }
+    }
+    events.extend((0..texts.len()).map(|i| one(i, json!({}), json!("stop"))));
+    if let Some(usage) = usage {
+        let mut last = chunk(json!([]));
+        last["usage"] = usage;
+        events.push(SseEvent::data(last.to_string()));
+    }
+    events.push(SseEvent::data("[DONE]"));
+    events
 }
 
 /// The text of the last message in an OpenAI request.

@@ -1,31 +1,25 @@
 //! `POST /v1/chat/completions`, non-streaming: publish the task, wait for its reply (or, past
 //! the deadline, its stored result), answer in the OpenAI shape.
 
-use axum::Extension;
-use std::time::Duration;
-
 use async_nats::jetstream::kv::Operation;
-use axum::Json;
+use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
-use shared::{Task, TaskResult, TaskStatus};
+use shared::Task;
 use tokio::time::Instant;
 use tracing::warn;
 
+use crate::answer::{STORED_RESULT_CHECK, decode_result, result_response, stored_result};
 use crate::body::ChatBody;
 use crate::error::ApiError;
-use crate::headers::Answered;
 use crate::replies::PendingReply;
 use crate::routes::RequestTask;
 use crate::state::AppState;
 use crate::stream;
-use crate::submit::{Published, build_task, decode_result, publish, stored_result};
-
-/// How often a waiting request also looks for its stored result, in case the reply was lost.
-pub const STORED_RESULT_CHECK: Duration = Duration::from_secs(5);
+use crate::submit::{Published, build_task, publish};
 
 pub async fn chat_completions(
     State(st): State<AppState>,
@@ -112,41 +106,6 @@ async fn wait_stored(st: &AppState, task: &Task) -> Result<Bytes, ApiError> {
             Ok(Some(Ok(_))) => {}
             Ok(Some(Err(e))) => return Err(unavailable(&e)),
             Ok(None) => return Err(unavailable(&"the watch ended")),
-        }
-    }
-}
-
-/// Who answered `result`, with the overhead when the request started at `started`.
-pub fn answered(result: &TaskResult, started: Option<Instant>) -> Answered {
-    Answered {
-        provider: result.provider.clone(),
-        model: result.model.clone(),
-        attempts: Some(result.attempts.len()),
-        fallback_depth: Some(result.fallback_depth),
-        overhead_ms: started.map(|s| overhead_ms(s, result.upstream_ms)),
-    }
-}
-
-/// Milliseconds since `started` not spent with providers.
-pub fn overhead_ms(started: Instant, upstream_ms: u64) -> u64 {
-    u64::try_from(started.elapsed().as_millis())
-        .unwrap_or(u64::MAX)
-        .saturating_sub(upstream_ms)
-}
-
-/// A finished task as an HTTP answer: the completion, or its failure as an error.
-pub fn result_response(result: TaskResult, started: Option<Instant>) -> Result<Response, ApiError> {
-    let answered = answered(&result, started);
-    match (result.status, result.response, result.error) {
-        (TaskStatus::Completed, Some(response), _) => {
-            let mut out = Json(response).into_response();
-            answered.apply(&mut out);
-            Ok(out)
-        }
-        (TaskStatus::Failed, _, Some(error)) => Err(ApiError::TaskFailed(error)),
-        _ => {
-            tracing::error!(task_id = %result.id, "stored result is neither a completion nor a failure");
-            Err(ApiError::Internal)
         }
     }
 }

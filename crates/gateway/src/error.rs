@@ -197,6 +197,30 @@ mod tests {
         assert_eq!(body["error"]["type"], "server_error");
     }
 
+    /// The table "HTTP status of a failed task" in `docs/failover.md`; keep them together.
+    #[test]
+    fn each_failure_class_has_the_documented_status() {
+        use FailureClass as F;
+        let table = [
+            (F::BadRequest, 400, "bad_request"),
+            (F::ContextLength, 400, "context_length_exceeded"),
+            (F::ContentFilter, 400, "content_filter"),
+            (F::RateLimited, 429, "rate_limited"),
+            (F::Upstream5xx, 502, "upstream_5xx"),
+            (F::Auth, 502, "auth"),
+            (F::Network, 502, "network"),
+            (F::InvalidResponse, 502, "invalid_response"),
+            (F::Timeout, 504, "timeout"),
+            (F::DeadlineExceeded, 504, "deadline_exceeded"),
+            (F::Cancelled, 409, "cancelled"),
+            (F::Internal, 500, "internal"),
+        ];
+        for (class, status, code) in table {
+            let (got, _, got_code, _) = task_failure_parts(class);
+            assert_eq!((got.as_u16(), got_code), (status, code), "{class:?}");
+        }
+    }
+
     #[test]
     fn upstream_auth_failure_is_not_the_callers_401() {
         let e = ApiError::TaskFailed(TaskError {

@@ -1,17 +1,19 @@
-//! Read-only endpoints: health, readiness, the model list and stored task results.
+//! Read-only endpoints: health, readiness, the models and stored task results.
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 use shared::TaskId;
+use shared::config::{RouteConfig, split_direct};
 use shared::names::{EVENTS_STREAM, RESULTS_BUCKET, TASKS_STREAM};
 
+use crate::answer::stored_result;
 use crate::error::ApiError;
 use crate::headers;
 use crate::state::AppState;
-use crate::submit::stored_result;
 
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Json<serde_json::Value> {
@@ -45,22 +47,53 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 /// `GET /v1/models`: the configured routes, in the OpenAI list shape.
-pub async fn models(State(st): State<AppState>) -> Json<serde_json::Value> {
+pub async fn models(State(st): State<AppState>) -> Json<Value> {
     let data: Vec<_> = st
         .config
         .routes
         .iter()
-        .map(|(name, route)| {
-            json!({
-                "id": name,
-                "object": "model",
-                "created": 0,
-                "owned_by": route.targets.first().map(|t| t.provider.as_str()),
-                "capability": route.capability,
-            })
-        })
+        .map(|(name, route)| route_model(name, route))
         .collect();
     Json(json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1/models/{*id}` (the SDKs' `models.retrieve`): a route, as in the list, or a
+/// direct `provider/model` address, which is why the id is the rest of the path, slashes
+/// included (`%2F` works too: path parameters are percent-decoded).
+pub async fn model(
+    State(st): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::invalid("model", e.body_text()))?;
+    if let Some(route) = st.config.routes.get(&id) {
+        return Ok(Json(route_model(&id, route)));
+    }
+    match split_direct(&id, &st.config.providers) {
+        Some((provider, _)) => Ok(Json(model_object(
+            &id,
+            Some(provider),
+            st.default_capability.as_str(),
+        ))),
+        None => Err(ApiError::UnknownModel(id)),
+    }
+}
+
+/// The OpenAI model object of a route: owned by its first target's provider.
+fn route_model(name: &str, route: &RouteConfig) -> Value {
+    let provider = route.targets.first().map(|t| t.provider.as_str());
+    model_object(name, provider, &route.capability)
+}
+
+/// An OpenAI model object plus the capability whose queue its tasks go to. `created` is 0:
+/// a route has no creation date, and the SDKs require the field.
+fn model_object(id: &str, owned_by: Option<&str>, capability: &str) -> Value {
+    json!({
+        "id": id,
+        "object": "model",
+        "created": 0,
+        "owned_by": owned_by,
+        "capability": capability,
+    })
 }
 
 /// `GET /v1/tasks/{id}`: the stored result of a task.

@@ -3,8 +3,10 @@
 //! relays its stream). Holds no state of its own: run as many replicas as needed.
 
 mod admission;
+mod answer;
 mod body;
 mod chat;
+mod cors;
 mod error;
 mod headers;
 mod info;

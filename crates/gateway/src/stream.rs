@@ -5,7 +5,7 @@
 //! relay stops forwarding chunks and completes the answer from the stored result instead.
 //! A failure after the first chunk ends the stream with an error event, never `[DONE]`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 
 use async_nats::{Message, Subscriber};
@@ -22,11 +22,13 @@ use shared::{StreamEventKind, Task, TaskId, TaskResult, TaskStatus};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::chat::{STORED_RESULT_CHECK, answered, overhead_ms, result_response};
+use crate::answer::{
+    STORED_RESULT_CHECK, answered, decode_result, overhead_ms, result_response, stored_result,
+};
 use crate::error::{ApiError, error_body};
 use crate::headers::Answered;
 use crate::state::AppState;
-use crate::submit::{decode_result, publish, stored_result};
+use crate::submit::publish;
 
 /// What arrived for a streaming task.
 enum Incoming {
@@ -59,7 +61,7 @@ pub async fn respond(st: AppState, mut task: Task, started: Instant) -> Result<R
         delivery: None,
         next_seq: 0,
         gap: false,
-        sent: String::new(),
+        sent: BTreeMap::new(),
         finished: false,
         queued: VecDeque::new(),
     };
@@ -121,8 +123,9 @@ struct Relay {
     next_seq: u64,
     /// A chunk went missing or another delivery started over: stop relaying chunks.
     gap: bool,
-    /// Text of choice 0 sent so far, to complete from the stored result after a gap.
-    sent: String,
+    /// Text sent so far per choice `index` (`n` > 1 streams interleave the choices'
+    /// chunks), to complete each from the stored result after a gap.
+    sent: BTreeMap<u64, String>,
     finished: bool,
     queued: VecDeque<Event>,
 }
@@ -195,8 +198,11 @@ impl Relay {
             self.gap = true;
             return;
         };
-        if let Some(content) = value["choices"][0]["delta"]["content"].as_str() {
-            self.sent.push_str(content);
+        for choice in value["choices"].as_array().into_iter().flatten() {
+            if let Some(content) = choice["delta"]["content"].as_str() {
+                let index = choice["index"].as_u64().unwrap_or(0);
+                self.sent.entry(index).or_default().push_str(content);
+            }
         }
         self.next_seq += 1;
         self.queued.push_back(Event::default().data(text));
@@ -210,20 +216,17 @@ impl Relay {
             (_, _, Some(error)) => return self.fail(&ApiError::TaskFailed(error)),
             _ => return self.fail(&ApiError::Internal),
         };
-        let full = response["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap_or_default();
-        let Some(rest) = full.strip_prefix(self.sent.as_str()) else {
+        let Some(rest) = unsent(&response, &self.sent) else {
             // A retried attempt answered differently from the one already relayed.
             warn!(task_id = %self.task_id, "relayed text diverged from the stored result");
             return self.fail(&ApiError::StreamDiverged {
                 task_id: self.task_id.to_string(),
             });
         };
-        let relayed_all = !self.gap && self.next_seq > 0 && rest.is_empty();
+        let relayed_all = !self.gap && self.next_seq > 0 && rest.values().all(|r| r.is_empty());
         if !relayed_all {
-            let nothing_relayed = self.sent.is_empty() && self.next_seq == 0;
-            let chunk = closing_chunk(&response, rest, nothing_relayed);
+            let nothing_relayed = self.next_seq == 0 && self.sent.values().all(String::is_empty);
+            let chunk = closing_chunk(&response, &rest, nothing_relayed);
             self.queued
                 .push_back(Event::default().data(chunk.to_string()));
         }
@@ -273,19 +276,38 @@ fn decode(msg: &Message) -> Result<Option<Incoming>, ApiError> {
     })
 }
 
-/// One `chat.completion.chunk` carrying `rest` of choice 0 and the finish reason; with
-/// `whole`, it carries every choice's full message (nothing was relayed before).
-fn closing_chunk(response: &Value, rest: &str, whole: bool) -> Value {
+/// What the client has not seen of each choice of `response`, by choice index, given the
+/// text `sent` of each; `None` if something sent is not the start of the stored answer (a
+/// retried attempt answered differently).
+fn unsent<'a>(response: &'a Value, sent: &BTreeMap<u64, String>) -> Option<BTreeMap<u64, &'a str>> {
+    let mut rest = BTreeMap::new();
+    for choice in response["choices"].as_array().into_iter().flatten() {
+        let index = choice["index"].as_u64().unwrap_or(0);
+        let full = choice["message"]["content"].as_str().unwrap_or_default();
+        let seen = sent.get(&index).map_or("", String::as_str);
+        rest.insert(index, full.strip_prefix(seen)?);
+    }
+    // Text sent for a choice the stored answer does not have diverged too.
+    let unknown = sent
+        .iter()
+        .any(|(index, text)| !text.is_empty() && !rest.contains_key(index));
+    (!unknown).then_some(rest)
+}
+
+/// One `chat.completion.chunk` carrying, for every choice, its `rest` and finish reason;
+/// with `whole`, every choice's full message instead (nothing was relayed before).
+fn closing_chunk(response: &Value, rest: &BTreeMap<u64, &str>, whole: bool) -> Value {
     let choices: Vec<Value> = response["choices"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|c| whole || c["index"].as_u64().unwrap_or(0) == 0)
         .map(|c| {
-            let mut delta = c["message"].clone();
-            if !whole {
-                delta = json!({"content": rest});
-            }
+            let delta = if whole {
+                c["message"].clone()
+            } else {
+                let index = c["index"].as_u64().unwrap_or(0);
+                json!({"content": rest.get(&index).copied().unwrap_or_default()})
+            };
             json!({"index": c["index"], "delta": delta, "finish_reason": c["finish_reason"]})
         })
         .collect();
@@ -314,9 +336,52 @@ mod tests {
         })
     }
 
+    fn two_choices() -> Value {
+        json!({
+            "id": "c", "created": 1, "model": "m",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "Hello world"}, "finish_reason": "stop"},
+                {"index": 1, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "length"}
+            ]
+        })
+    }
+
+    fn sent(pairs: &[(u64, &str)]) -> BTreeMap<u64, String> {
+        pairs.iter().map(|(i, t)| (*i, (*t).to_owned())).collect()
+    }
+
+    #[test]
+    fn unsent_text_is_counted_per_choice() {
+        let response = two_choices();
+        let rest = unsent(&response, &sent(&[(0, "Hello "), (1, "Hi")])).unwrap();
+        assert_eq!(rest, BTreeMap::from([(0, "world"), (1, " there")]));
+        let rest = unsent(&response, &sent(&[(1, "Hi there")])).unwrap();
+        assert_eq!(rest, BTreeMap::from([(0, "Hello world"), (1, "")]));
+    }
+
+    #[test]
+    fn text_sent_for_another_answer_diverges() {
+        let response = two_choices();
+        // Choice 1's text is not a start of choice 0's, and the other way round.
+        assert!(unsent(&response, &sent(&[(0, "Hi")])).is_none());
+        assert!(unsent(&response, &sent(&[(1, "Hello")])).is_none());
+        assert!(unsent(&response, &sent(&[(2, "extra")])).is_none());
+        assert!(unsent(&response, &sent(&[(2, "")])).is_some());
+    }
+
+    #[test]
+    fn closing_chunk_carries_every_choices_rest() {
+        let rest = BTreeMap::from([(0, "world"), (1, "")]);
+        let chunk = closing_chunk(&two_choices(), &rest, false);
+        assert_eq!(chunk["choices"][0]["delta"], json!({"content": "world"}));
+        assert_eq!(chunk["choices"][1]["index"], 1);
+        assert_eq!(chunk["choices"][1]["delta"], json!({"content": ""}));
+        assert_eq!(chunk["choices"][1]["finish_reason"], "length");
+    }
+
     #[test]
     fn closing_chunk_carries_only_the_rest() {
-        let chunk = closing_chunk(&completion(), "world", false);
+        let chunk = closing_chunk(&completion(), &BTreeMap::from([(0, "world")]), false);
         assert_eq!(chunk["object"], "chat.completion.chunk");
         assert_eq!(chunk["choices"][0]["delta"]["content"], "world");
         assert_eq!(chunk["choices"][0]["finish_reason"], "stop");
@@ -325,7 +390,7 @@ mod tests {
 
     #[test]
     fn closing_chunk_whole_carries_the_message() {
-        let chunk = closing_chunk(&completion(), "", true);
+        let chunk = closing_chunk(&completion(), &BTreeMap::new(), true);
         assert_eq!(chunk["choices"][0]["delta"]["content"], "Hello world");
         assert_eq!(chunk["choices"][0]["delta"]["role"], "assistant");
     }

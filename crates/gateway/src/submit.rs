@@ -1,5 +1,5 @@
 //! Turning a checked request into a [`Task`] and publishing it durably on
-//! `tasks.<capability>.<priority>`, plus reading results back.
+//! `tasks.<capability>.<priority>`.
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use shared::config::split_direct;
 use shared::names::{HEADER_MSG_ID, task_subject};
 use shared::provision::DUPLICATE_WINDOW;
 use shared::task::now_ms;
-use shared::{Capability, Priority, Task, TaskId, TaskResult};
+use shared::{Capability, Priority, Task, TaskId};
 use tokio::time::Instant;
 use tracing::{error, warn};
 
@@ -189,19 +189,4 @@ fn refusal(st: &AppState, e: &PublishError) -> Option<ApiError> {
             Some(ApiError::Unavailable)
         }
     }
-}
-
-/// The stored result of `task_id`, if any.
-pub async fn stored_result(st: &AppState, task_id: TaskId) -> Result<Option<Bytes>, ApiError> {
-    st.results.get(task_id.to_string()).await.map_err(|e| {
-        warn!(error = %e, %task_id, "could not read the results bucket");
-        ApiError::Unavailable
-    })
-}
-
-pub fn decode_result(payload: &[u8]) -> Result<TaskResult, ApiError> {
-    serde_json::from_slice(payload).map_err(|e| {
-        error!(error = %e, "undecodable task result");
-        ApiError::Internal
-    })
 }

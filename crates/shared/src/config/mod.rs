@@ -57,6 +57,9 @@ const DEFAULT_TIMEOUT_MS: u64 = 120_000;
 const DEFAULT_MAX_TIMEOUT_MS: u64 = 600_000;
 /// Time a stopping gateway gives in-flight requests before closing their connections.
 const DEFAULT_GATEWAY_DRAIN_TIMEOUT_MS: u64 = 30_000;
+/// No browser origin: the gateway does not authenticate yet, so a page allowed to call it
+/// could use its provider keys for any visitor whose browser can reach it.
+const DEFAULT_CORS_ALLOWED_ORIGINS: &[&str] = &[];
 /// Tasks one worker runs at once per capability.
 const DEFAULT_WORKER_CONCURRENCY: usize = 64;
 /// Time a draining worker gives in-flight tasks before it exits anyway.
@@ -287,6 +290,10 @@ pub struct GatewayConfig {
     pub max_timeout_ms: u64,
     #[serde(default = "default_gateway_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Browser origins (`https://app.example.com`) allowed to call the API (CORS); empty:
+    /// no CORS headers at all. Never a wildcard (see `check_origin`).
+    #[serde(default = "default_cors_allowed_origins")]
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -297,6 +304,7 @@ impl Default for GatewayConfig {
             default_timeout_ms: DEFAULT_TIMEOUT_MS,
             max_timeout_ms: DEFAULT_MAX_TIMEOUT_MS,
             drain_timeout_ms: DEFAULT_GATEWAY_DRAIN_TIMEOUT_MS,
+            cors_allowed_origins: default_cors_allowed_origins(),
         }
     }
 }
@@ -404,6 +412,7 @@ impl Config {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("worker.capabilities")
+            .with_list_parse_key("gateway.cors_allowed_origins")
             .source(Some(overrides));
         let builder = config::Config::builder();
         let builder = match source {
@@ -493,6 +502,11 @@ impl Config {
                 "gateway.default_timeout_ms",
                 "must not exceed gateway.max_timeout_ms",
             );
+        }
+        for (i, origin) in self.gateway.cors_allowed_origins.iter().enumerate() {
+            if let Err(problem) = check_origin(origin) {
+                p.add(&format!("gateway.cors_allowed_origins[{i}]"), problem);
+            }
         }
         if self.worker.concurrency == 0 {
             p.add("worker.concurrency", "must be at least 1");
@@ -588,6 +602,39 @@ impl Config {
     }
 }
 
+/// Checks one CORS origin. It must be written as browsers send `Origin` (scheme, lowercase
+/// host, optional port; no path), because it is compared byte for byte. A wildcard is
+/// refused: while the gateway does not authenticate, `*` would let every web page use it,
+/// and its provider keys, through the browser of anyone who can reach it (a gateway on
+/// localhost included).
+fn check_origin(origin: &str) -> Result<(), String> {
+    if origin.contains('*') {
+        return Err(format!(
+            "{origin:?}: wildcards are not allowed while the gateway does not authenticate \
+             (any web page could use it); list each origin"
+        ));
+    }
+    let host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    let exact = host.is_some_and(|h| {
+        !h.is_empty()
+            && h.chars().all(|c| {
+                c.is_ascii_lowercase()
+                    || c.is_ascii_digit()
+                    || matches!(c, '.' | '-' | ':' | '[' | ']')
+            })
+    });
+    if exact {
+        Ok(())
+    } else {
+        Err(format!(
+            "{origin:?} is not an origin as browsers send it: http:// or https://, a lowercase \
+             host and an optional port, no path or trailing slash (e.g. https://app.example.com)"
+        ))
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Problems(Vec<ConfigProblem>);
 
@@ -658,6 +705,12 @@ fn default_max_timeout_ms() -> u64 {
 }
 fn default_gateway_drain_timeout_ms() -> u64 {
     DEFAULT_GATEWAY_DRAIN_TIMEOUT_MS
+}
+fn default_cors_allowed_origins() -> Vec<String> {
+    DEFAULT_CORS_ALLOWED_ORIGINS
+        .iter()
+        .map(|o| (*o).to_owned())
+        .collect()
 }
 fn default_worker_concurrency() -> usize {
     DEFAULT_WORKER_CONCURRENCY
@@ -780,6 +833,43 @@ mod tests {
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn cors_origins_are_exact_origins_and_never_a_wildcard() {
+        let cfg = Config::load(Source::Toml(DEFAULT_TOML), &env(&[])).unwrap();
+        assert!(
+            cfg.gateway.cors_allowed_origins.is_empty(),
+            "off by default"
+        );
+        let cfg = Config::load(
+            Source::Toml(DEFAULT_TOML),
+            &env(&[(
+                "SWITCHYARD__GATEWAY__CORS_ALLOWED_ORIGINS",
+                "https://app.example.com,http://localhost:5173",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.gateway.cors_allowed_origins,
+            ["https://app.example.com", "http://localhost:5173"]
+        );
+        let toml = DEFAULT_TOML.replace(
+            "cors_allowed_origins = []",
+            r#"cors_allowed_origins = ["*", "https://ok.example", "app.example.com", "https://app.example.com/", "https://App.example.com", "null"]"#,
+        );
+        let err = Config::load(Source::Toml(&toml), &env(&[])).unwrap_err();
+        assert_eq!(
+            keys(&err),
+            [
+                "gateway.cors_allowed_origins[0]",
+                "gateway.cors_allowed_origins[2]",
+                "gateway.cors_allowed_origins[3]",
+                "gateway.cors_allowed_origins[4]",
+                "gateway.cors_allowed_origins[5]",
+            ],
+            "{err}"
+        );
     }
 
     #[test]
