@@ -10,6 +10,7 @@ mod accounts;
 mod bad_input;
 mod chat;
 mod cli;
+mod direct_publish;
 mod failover;
 mod failures;
 mod harness;

@@ -24,10 +24,11 @@ use tracing::{debug, info, warn};
 
 use crate::action::{Action, Chain, Effect, decide, effect};
 use crate::assemble::Assembler;
+use crate::deps::{Deps, Runtime};
 use crate::health::{Admission, Probe};
 use crate::plan;
-use crate::process::{Deps, Runtime, event_headers};
 use crate::provider::{Call, ProviderError};
+use crate::relay::event_headers;
 
 /// Shortest delay before a task whose targets are all unavailable comes back.
 const MIN_RETRY_LATER: Duration = Duration::from_millis(100);

@@ -4,14 +4,18 @@
 //! finishes in-flight tasks within a grace period, then returns.
 
 mod action;
+mod answer;
 mod assemble;
 mod backoff;
+mod deps;
 mod failover;
 mod health;
 mod plan;
 mod process;
 pub mod provider;
 mod pull;
+mod refuse;
+mod relay;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::deps::{Deps, Runtime};
 use crate::health::Health;
-use crate::process::{Deps, Runtime};
 use crate::pull::{Fetcher, Queues};
 
 #[derive(Debug, thiserror::Error)]
