@@ -17,9 +17,7 @@ mod pull;
 mod refuse;
 mod relay;
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -33,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::deps::{Deps, Runtime};
+use crate::deps::{Deps, Routing};
 use crate::health::Health;
 use crate::pull::{Fetcher, Queues};
 
@@ -68,19 +66,6 @@ pub async fn run(
     let js = jetstream::new(client.clone());
     let provisioned = provision(&js, &config).await?;
     let http = provider::http_client()?;
-    let runtimes = config
-        .providers
-        .iter()
-        .map(|(name, p)| {
-            let runtime = Runtime {
-                provider: provider::Provider::new(&http, p),
-                timeout: p.timeout(),
-                first_token_timeout: p.first_token_timeout(),
-                idle_timeout: p.idle_timeout(),
-            };
-            (name.clone(), runtime)
-        })
-        .collect::<HashMap<_, _>>();
     let background = TaskTracker::new();
     let health_stop = CancellationToken::new();
     let health = Health::start(
@@ -121,10 +106,7 @@ pub async fn run(
         results: provisioned.results,
         attempts: provisioned.attempts,
         health,
-        runtimes,
-        provider_configs: config.providers.clone(),
-        routes: config.routes.clone(),
-        rotation: AtomicUsize::new(0),
+        routing: Routing::new(&config, &http),
         worker_id: worker_id.clone(),
         ack_wait: config.queue.ack_wait(),
         max_deliver,

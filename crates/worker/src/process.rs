@@ -19,9 +19,9 @@ use tracing::{Instrument, debug, error, info_span, warn};
 use crate::answer::{STORE_RETRY_DELAY, ack, deliver, emit_event, persist, store};
 use crate::backoff::{last_attempt, retry_delay};
 use crate::deps::Deps;
-use crate::failover::{self, Outcome};
-use crate::provider::ProviderError;
+use crate::failover::{Failover, Outcome};
 use crate::refuse::refuse;
+use crate::relay::NatsChunks;
 
 /// Handles one delivered message to the end: it is acked, NAKed for a later retry, or
 /// refused and terminated (undecodable, or not the task its subject says), and never left
@@ -71,12 +71,16 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
             "every attempt ended without a result (the worker running it stopped)",
         )
     } else {
-        with_progress(
-            &msg,
-            deps.ack_wait,
-            failover::run(&task, delivery, &history, deps),
-        )
-        .await
+        let chunks = NatsChunks::new(&deps.client, task.id, delivery);
+        let failover = Failover {
+            task: &task,
+            delivery,
+            prior: &history,
+            routing: &deps.routing,
+            health: &*deps.health,
+            chunks: &chunks,
+        };
+        with_progress(&msg, deps.ack_wait, failover.run()).await
     };
     let Outcome {
         answer,
@@ -206,17 +210,6 @@ async fn keep_attempts(task: &Task, attempts: &[Attempt], deps: &Deps) {
     };
     if let Err(e) = deps.attempts.put(task.id.to_string(), bytes.into()).await {
         warn!(error = %e, "could not keep the attempts for the next delivery");
-    }
-}
-
-impl Outcome {
-    fn failed(class: FailureClass, message: &str) -> Self {
-        Self {
-            answer: Err(ProviderError::new(class, message)),
-            attempts: Vec::new(),
-            answered_by: None,
-            fallback_depth: 0,
-        }
     }
 }
 
