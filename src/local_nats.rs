@@ -46,6 +46,10 @@ pub struct LocalNats {
 }
 
 /// Finds `name` on `PATH`.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "looks for the nats-server binary on PATH; this is not configuration"
+)]
 pub fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)

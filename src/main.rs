@@ -150,6 +150,10 @@ fn init_tracing(json: bool) {
 
 /// Loads the file (or the built-in default) with the process environment. `NATS_URL` is
 /// honoured when `SWITCHYARD__NATS__URL` is not set.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "main is the one place that reads the process environment into configuration"
+)]
 fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
     let mut env: HashMap<String, String> = std::env::vars().collect();
     if let Some(url) = env.get("NATS_URL").cloned() {

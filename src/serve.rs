@@ -26,6 +26,10 @@ pub async fn shutdown_signal() {
 }
 
 /// Cancels `token` on the first shutdown signal.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the signal watcher lives as long as the process; it only cancels a token, so nothing waits for it"
+)]
 pub fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -53,6 +57,10 @@ pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
 /// Runs a gateway and a worker in this process until `shutdown`. The worker keeps working
 /// while the gateway drains, so requests in flight get their answers; it stops after the
 /// gateway has. If the worker fails first, the gateway is stopped too.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the gateway and worker tasks are both awaited below, whichever ends first"
+)]
 pub async fn gateway_and_worker(
     config: Arc<Config>,
     client: async_nats::Client,

@@ -25,6 +25,7 @@ use shared::config::Config;
 use shared::provision::{ProvisionError, provision};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use routes::app;
@@ -47,11 +48,12 @@ async fn state(
     config: Arc<Config>,
     client: async_nats::Client,
     shutdown: CancellationToken,
+    background: &TaskTracker,
 ) -> Result<AppState, GatewayError> {
     let js = jetstream::new(client.clone());
     let provisioned = provision(&js, &config).await?;
     let gateway_id = uuid::Uuid::now_v7().simple().to_string();
-    let replies = ReplyRouter::start(&client, &gateway_id, shutdown).await?;
+    let replies = ReplyRouter::start(&client, &gateway_id, shutdown, background).await?;
     let route_capabilities: HashMap<String, Capability> = config
         .routes
         .iter()
@@ -79,7 +81,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), GatewayError> {
     let grace = Duration::from_millis(config.gateway.drain_timeout_ms);
-    let state = state(config, client, shutdown.clone()).await?;
+    let background = TaskTracker::new();
+    let state = state(config, client, shutdown.clone(), &background).await?;
     let replies = state.replies.clone();
     info!(addr = %listener.local_addr()?, "gateway listening");
     // No Nagle: a streamed answer is many small writes, and each would otherwise wait for
@@ -105,6 +108,8 @@ pub async fn run(
     };
     // Every request has finished: nobody waits for a reply any more.
     replies.stop();
+    background.close();
+    background.wait().await;
     served?;
     info!("gateway stopped");
     Ok(())
