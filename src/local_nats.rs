@@ -25,8 +25,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum LocalNatsError {
     #[error(transparent)]
     NotInstalled(#[from] LocateError),
-    #[error("locating nats-server: {0}")]
-    Locate(String),
     #[error("cannot use NATS URL {0:?} for a local server: expected nats://127.0.0.1:PORT")]
     BadUrl(String),
     #[error("preparing {path}: {source}")]
@@ -160,9 +158,7 @@ impl LocalNats {
     pub async fn start(url: &str, data_dir: &Path) -> Result<Self, LocalNatsError> {
         let port =
             local_port(url).ok_or_else(|| LocalNatsError::BadUrl(shared::nats::redacted(url)))?;
-        let binary = tokio::task::spawn_blocking(|| nats_server::locate(|note| info!("{note}")))
-            .await
-            .map_err(|e| LocalNatsError::Locate(e.to_string()))??;
+        let binary = nats_server::locate_logged().await?;
         let files = Files::new(data_dir);
         let io = |path: &Path| {
             let path = path.to_owned();

@@ -157,6 +157,10 @@ fn init_tracing(json: bool) {
 
 /// Loads the file (or the built-in default) with the process environment. `NATS_URL` is
 /// honoured when `SWITCHYARD__NATS__URL` is not set.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "main is the one place that reads the process environment into configuration"
+)]
 fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
     let mut env: HashMap<String, String> = std::env::vars().collect();
     if let Some(url) = env.get("NATS_URL").cloned() {
@@ -188,10 +192,7 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
             Ok(())
         }
         Command::NatsServer => {
-            let path = tokio::task::spawn_blocking(|| {
-                switchyard::nats_server::locate(|note| info!("{note}"))
-            })
-            .await??;
+            let path = switchyard::nats_server::locate_logged().await?;
             print_line(&path.display().to_string());
             Ok(())
         }

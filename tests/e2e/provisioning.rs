@@ -98,4 +98,53 @@ async fn processes_starting_together_all_provision() {
     for outcome in futures::future::join_all(rounds).await {
         outcome.unwrap().unwrap();
     }
+    assert_eq!(task_subjects(&contexts[0]).await, queues(&["chat"]));
+}
+
+/// The subjects the `TASKS` stream captures.
+async fn task_subjects(js: &jetstream::Context) -> Vec<String> {
+    let mut tasks = js.get_stream("TASKS").await.unwrap();
+    tasks.info().await.unwrap().config.subjects.clone()
+}
+
+fn queues(capabilities: &[&str]) -> Vec<String> {
+    let mut subjects: Vec<String> = capabilities
+        .iter()
+        .flat_map(|c| ["high", "low", "normal"].map(|p| format!("tasks.{c}.{p}")))
+        .collect();
+    subjects.sort();
+    subjects
+}
+
+#[tokio::test]
+async fn queue_subjects_are_added_and_never_taken_away() {
+    let nats = Nats::start();
+    let load = |extra: &str| {
+        Config::load(
+            Source::Toml(&(config_toml(&nats.url, "http://127.0.0.1:9") + extra)),
+            &stack_env(&[]),
+        )
+        .unwrap()
+    };
+    let client = shared::nats::connect(&nats.url, "test").await.unwrap();
+    let js = jetstream::new(client);
+    // A stream made by an earlier version, capturing every task subject.
+    js.create_stream(jetstream::stream::Config {
+        name: "TASKS".to_owned(),
+        subjects: vec!["tasks.>".to_owned()],
+        retention: jetstream::stream::RetentionPolicy::WorkQueue,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    provision(&js, &load("")).await.unwrap();
+    assert_eq!(task_subjects(&js).await, queues(&["chat"]));
+    provision(&js, &load("\n[capabilities.coder]\n"))
+        .await
+        .unwrap();
+    assert_eq!(task_subjects(&js).await, queues(&["chat", "coder"]));
+    // A process still on the older configuration does not take the new queue away.
+    provision(&js, &load("")).await.unwrap();
+    assert_eq!(task_subjects(&js).await, queues(&["chat", "coder"]));
 }

@@ -159,13 +159,8 @@ pub struct FakeProvider {
     pub format: Format,
     pub addr: SocketAddr,
     state: Arc<State>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakeProvider {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    /// The server task; dropping the set (with the fake) aborts it.
+    _server: tokio::task::JoinSet<()>,
 }
 
 impl FakeProvider {
@@ -190,7 +185,8 @@ impl FakeProvider {
         .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let server = tokio::spawn(async move {
+        let mut server = tokio::task::JoinSet::new();
+        server.spawn(async move {
             // The server only ends when the fake is dropped (the task is aborted).
             // Like a real provider's server: streamed events go out as they are written.
             let listener = listener.tap_io(|tcp| {
@@ -202,7 +198,7 @@ impl FakeProvider {
             format,
             addr,
             state,
-            server,
+            _server: server,
         })
     }
 

@@ -28,6 +28,7 @@ use shared::config::Config;
 use shared::provision::{ProvisionError, provision};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use routes::app;
@@ -51,11 +52,12 @@ async fn state(
     config: Arc<Config>,
     client: async_nats::Client,
     shutdown: CancellationToken,
+    background: &TaskTracker,
 ) -> Result<AppState, GatewayError> {
     let js = jetstream::new(client.clone());
     let provisioned = provision(&js, &config).await?;
     let gateway_id = uuid::Uuid::now_v7().simple().to_string();
-    let replies = ReplyRouter::start(&client, &gateway_id, shutdown.clone()).await?;
+    let replies = ReplyRouter::start(&client, &gateway_id, shutdown.clone(), background).await?;
     let route_capabilities: HashMap<String, Capability> = config
         .routes
         .iter()
@@ -63,7 +65,7 @@ async fn state(
         .collect();
     let capabilities: BTreeSet<Capability> = config.capability_names();
     let admission = Admission::default();
-    tokio::spawn(admission.clone().sample(
+    background.spawn(admission.clone().sample(
         js.clone(),
         capabilities.iter().cloned().collect(),
         shutdown.clone(),
@@ -93,7 +95,8 @@ pub async fn run(
     on_ready: impl FnOnce(),
 ) -> Result<(), GatewayError> {
     let grace = Duration::from_millis(config.gateway.drain_timeout_ms);
-    let state = state(config, client, shutdown.clone()).await?;
+    let background = TaskTracker::new();
+    let state = state(config, client, shutdown.clone(), &background).await?;
     let replies = state.replies.clone();
     info!(addr = %listener.local_addr()?, "gateway listening");
     // No Nagle: a streamed answer is many small writes, and each would otherwise wait for
@@ -120,6 +123,8 @@ pub async fn run(
     };
     // Every request has finished: nobody waits for a reply any more.
     replies.stop();
+    background.close();
+    background.wait().await;
     served?;
     info!("gateway stopped");
     Ok(())

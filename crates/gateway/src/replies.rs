@@ -12,6 +12,7 @@ use futures::StreamExt;
 use shared::TaskId;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 /// Waiters by task id, each with its own ticket so it can leave without removing others.
@@ -41,14 +42,15 @@ pub struct PendingReply {
 }
 
 impl ReplyRouter {
-    /// Subscribes and starts routing until [`ReplyRouter::stop`]. It outlives the gateway's
-    /// `shutdown` so that requests in flight during a graceful shutdown still get their
-    /// replies. If the subscription ends, `shutdown` is cancelled: a gateway that cannot
-    /// receive replies must not keep accepting requests.
+    /// Subscribes and starts routing on `tracker` until [`ReplyRouter::stop`]. It outlives
+    /// the gateway's `shutdown` so that requests in flight during a graceful shutdown still
+    /// get their replies. If the subscription ends, `shutdown` is cancelled: a gateway that
+    /// cannot receive replies must not keep accepting requests.
     pub async fn start(
         client: &async_nats::Client,
         gateway_id: &str,
         shutdown: CancellationToken,
+        tracker: &TaskTracker,
     ) -> Result<Self, async_nats::SubscribeError> {
         let prefix = format!("_INBOX.switchyard.{gateway_id}.");
         let mut subscription = client.subscribe(format!("{prefix}*")).await?;
@@ -57,7 +59,7 @@ impl ReplyRouter {
         let strip = prefix.clone();
         let stop = CancellationToken::new();
         let stopped = stop.clone();
-        tokio::spawn(async move {
+        tracker.spawn(async move {
             loop {
                 tokio::select! {
                     msg = subscription.next() => {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dlq;
 pub mod failure;
 pub mod health;
+pub mod inbound;
 pub mod names;
 pub mod nats;
 pub mod provision;

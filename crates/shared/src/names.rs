@@ -15,8 +15,6 @@ pub const TASKS_STREAM: &str = "TASKS";
 pub const EVENTS_STREAM: &str = "EVENTS";
 /// Key-value bucket holding one result per task id.
 pub const RESULTS_BUCKET: &str = "results";
-/// Subjects captured by the `TASKS` stream.
-pub const TASKS_SUBJECTS: &str = "tasks.>";
 /// Subjects captured by the `EVENTS` stream.
 pub const EVENTS_SUBJECTS: &str = "events.>";
 /// Stream holding dead letters: tasks that failed for good, with their failure history.

@@ -1,15 +1,23 @@
 //! Idempotent create-or-update of every JetStream resource Switchyard uses: the `TASKS`
 //! stream with one durable pull consumer per (capability, priority), the `EVENTS` stream and
 //! the `results` bucket. Running it again with the same configuration changes nothing.
+//!
+//! The `TASKS` stream captures only `tasks.<capability>.<priority>` of configured
+//! capabilities, so a publish to a queue nobody serves fails at once ("no responders")
+//! instead of being stored and left to expire. Provisioning adds the subjects its
+//! configuration names to those already there and never removes one: processes whose
+//! configurations differ (a rolling change) do not take each other's queues away.
 
 use std::time::Duration;
+
+use std::collections::BTreeSet;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
 
 use crate::config::Config;
 use crate::names::{
     ATTEMPTS_BUCKET, DLQ_STREAM, EVENTS_STREAM, EVENTS_SUBJECTS, PROVIDERS_BUCKET, RESULTS_BUCKET,
-    TASKS_STREAM, TASKS_SUBJECTS, consumer_name, task_subject,
+    TASKS_STREAM, consumer_name, task_subject,
 };
 use tracing::warn;
 
@@ -42,6 +50,11 @@ pub enum ProvisionError {
         name: String,
         source: async_nats::jetstream::stream::ConsumerError,
     },
+    #[error(
+        "stream {TASKS_STREAM} lacks subjects {missing:?} after updating it (another process \
+         updated it at the same time)"
+    )]
+    SubjectsOverwritten { missing: Vec<String> },
     #[error("creating or updating bucket {name}: {source}")]
     Bucket {
         name: &'static str,
@@ -86,12 +99,7 @@ async fn provision_once(
     config: &Config,
 ) -> Result<Provisioned, ProvisionError> {
     let replicas = config.nats.replicas;
-    js.create_or_update_stream(tasks_stream_config(config))
-        .await
-        .map_err(|source| ProvisionError::Stream {
-            name: TASKS_STREAM,
-            source,
-        })?;
+    tasks_stream(js, config).await?;
     let tasks = js
         .get_stream(TASKS_STREAM)
         .await
@@ -189,11 +197,88 @@ async fn bucket(
     .map_err(|source| ProvisionError::Bucket { name, source })
 }
 
-fn tasks_stream_config(config: &Config) -> stream::Config {
+/// Creates or updates `TASKS` with the configured queues' subjects added to those it has.
+///
+/// Processes with the same configuration write the same list, so any number of them may
+/// do this at once. Two with different configurations that read before either writes can
+/// overwrite each other's addition; the check after writing turns that into a failed round,
+/// which `provision` runs again (and the next read has the other's subjects).
+async fn tasks_stream(js: &jetstream::Context, config: &Config) -> Result<(), ProvisionError> {
+    let wanted = task_subjects(config);
+    let existing = match js.get_stream(TASKS_STREAM).await {
+        Ok(stream) => stream.cached_info().config.subjects.clone(),
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            Vec::new()
+        }
+        Err(source) => {
+            return Err(ProvisionError::Lookup {
+                name: TASKS_STREAM,
+                source,
+            });
+        }
+    };
+    let subjects = merge_subjects(&existing, &wanted);
+    let info = js
+        .create_or_update_stream(tasks_stream_config(config, subjects))
+        .await
+        .map_err(|source| ProvisionError::Stream {
+            name: TASKS_STREAM,
+            source,
+        })?;
+    let missing: Vec<String> = wanted
+        .into_iter()
+        .filter(|s| !info.config.subjects.contains(s))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ProvisionError::SubjectsOverwritten { missing })
+    }
+}
+
+/// `tasks.<capability>.<priority>` for every configured capability and priority.
+pub fn task_subjects(config: &Config) -> BTreeSet<String> {
+    config
+        .capability_names()
+        .iter()
+        .flat_map(|c| Priority::ALL.map(|p| task_subject(c, p)))
+        .collect()
+}
+
+/// The subjects `TASKS` should capture: `wanted` plus every queue subject it already has,
+/// sorted (so the same inputs give the same configuration). Anything else it has, such as
+/// the `tasks.>` of earlier versions, goes: it would overlap the queue subjects and
+/// accept tasks for capabilities nobody serves.
+fn merge_subjects(existing: &[String], wanted: &BTreeSet<String>) -> Vec<String> {
+    existing
+        .iter()
+        .filter(|s| is_queue_subject(s))
+        .chain(wanted)
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// Whether `s` is `tasks.<capability>.<priority>` with valid tokens.
+fn is_queue_subject(s: &str) -> bool {
+    let mut tokens = s.split('.');
+    tokens.next() == Some("tasks")
+        && tokens
+            .next()
+            .is_some_and(|c| c.parse::<Capability>().is_ok())
+        && tokens.next().is_some_and(|p| p.parse::<Priority>().is_ok())
+        && tokens.next().is_none()
+}
+
+fn tasks_stream_config(config: &Config, subjects: Vec<String>) -> stream::Config {
     stream::Config {
         name: TASKS_STREAM.to_owned(),
         description: Some("Switchyard task queues: tasks.<capability>.<priority>".to_owned()),
-        subjects: vec![TASKS_SUBJECTS.to_owned()],
+        subjects,
         retention: stream::RetentionPolicy::WorkQueue,
         discard: stream::DiscardPolicy::New,
         max_messages: config.queue.max_msgs,
@@ -222,5 +307,39 @@ pub fn task_consumer_config(
         max_ack_pending: config.capability(capability).max_in_flight,
         max_waiting: MAX_WAITING_PULLS,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(subjects: &[&str]) -> BTreeSet<String> {
+        subjects.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn subjects_are_added_never_removed_and_sorted() {
+        let existing = ["tasks.coder.low".to_owned(), "tasks.chat.high".to_owned()];
+        let merged = merge_subjects(&existing, &set(&["tasks.chat.high", "tasks.chat.normal"]));
+        assert_eq!(
+            merged,
+            ["tasks.chat.high", "tasks.chat.normal", "tasks.coder.low"]
+        );
+        assert_eq!(merge_subjects(&merged, &set(&[])), merged);
+    }
+
+    #[test]
+    fn a_catch_all_subject_is_replaced() {
+        let existing = [
+            "tasks.>".to_owned(),
+            "tasks.*.high".to_owned(),
+            "tasks.chat.urgent".to_owned(),
+            "tasks.chat.high.x".to_owned(),
+        ];
+        assert_eq!(
+            merge_subjects(&existing, &set(&["tasks.chat.high"])),
+            ["tasks.chat.high"]
+        );
     }
 }

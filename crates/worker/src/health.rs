@@ -3,6 +3,8 @@
 //! called costs no round trip), compare-and-set updates on every failure, breaker change,
 //! cooldown and disabled key (so every worker learns at once), and success counts and
 //! latency folded in every `health.flush_ms` (so the hot path does not write per call).
+//! The failover loop sees it through [`ProviderHealth`], which its unit tests implement
+//! in memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -200,11 +202,6 @@ impl Health {
         self.config.window_secs.saturating_mul(1000)
     }
 
-    /// The cached record of a target (default: never heard of, or stale: healthy).
-    pub(crate) fn target(&self, provider: &str, model: &str) -> TargetHealth {
-        self.with_target(provider, model, TargetHealth::clone)
-    }
-
     /// `read` applied to the cached record of a target, without copying it (the answer
     /// path asks this for every task).
     fn with_target<R>(
@@ -223,185 +220,6 @@ impl Health {
             Some(t) => read(t),
             None => read(&TargetHealth::default()),
         }
-    }
-
-    /// The target's recent latency average, if it has one.
-    pub(crate) fn latency_ms(&self, provider: &str, model: &str) -> Option<f64> {
-        self.with_target(provider, model, |t| t.latency_ewma_ms)
-    }
-
-    /// When a cooling key is back (ms), if it is cooling.
-    pub(crate) fn key_back_at(&self, provider: &str, label: &str, now: u64) -> Option<u64> {
-        lock(&self.cache)
-            .records
-            .keys
-            .get(&key_key(provider, label))
-            .filter(|k| is_fresh(k.updated_ms, now) && !k.disabled && k.cooldown_until_ms > now)
-            .map(|k| k.cooldown_until_ms)
-    }
-
-    /// Whether `provider`/`model` may be called at `now`, from the cached record.
-    pub(crate) fn admit(&self, provider: &str, model: &str, now: u64) -> Admission {
-        self.with_target(provider, model, |t| admission(t, now))
-    }
-
-    /// Tries to become the one probe of a target whose breaker wait is over. The probe
-    /// counts as lost after `probe_for`, so a dead prober does not keep the breaker shut.
-    pub(crate) async fn claim_probe(
-        &self,
-        provider: &str,
-        model: &str,
-        probe_for: Duration,
-    ) -> Probe {
-        let key = target_key(provider, model);
-        let Ok(Some(entry)) = self.store.entry(&key).await else {
-            return Probe::Lost;
-        };
-        let Ok(mut record) = serde_json::from_slice::<TargetHealth>(&entry.value) else {
-            return Probe::Lost;
-        };
-        let now = now_ms();
-        lock(&self.cache).put(&key, entry.revision, &entry.value);
-        match admission(&record, now) {
-            Admission::Probe => {}
-            Admission::Go => return Probe::Healthy,
-            Admission::Skip(_) => return Probe::Lost,
-        }
-        record.state = BreakerState::HalfOpen;
-        record.open_until_ms = now + u64::try_from(probe_for.as_millis()).unwrap_or(u64::MAX);
-        record.updated_ms = now;
-        if self.put_if(&key, &record, Some(entry.revision)).await {
-            info!(provider, model, "circuit half-open: probing");
-            Probe::Won
-        } else {
-            Probe::Lost
-        }
-    }
-
-    /// The keys of a pool that may be used now, in rotation order from `start`, and the
-    /// earliest time a cooling key comes back (ms), if any is cooling.
-    pub(crate) fn usable_keys<'a>(
-        &self,
-        provider: &str,
-        keys: &'a [ApiKey],
-        start: usize,
-        now: u64,
-    ) -> (Vec<&'a ApiKey>, Option<u64>) {
-        let cache = lock(&self.cache);
-        let mut usable = Vec::new();
-        let mut back_at: Option<u64> = None;
-        for i in 0..keys.len() {
-            let key = &keys[(start + i) % keys.len()];
-            let record = cache
-                .records
-                .keys
-                .get(&key_key(provider, &key.label))
-                .filter(|k| is_fresh(k.updated_ms, now));
-            match record {
-                Some(k) if k.disabled => {}
-                Some(k) if k.cooldown_until_ms > now => {
-                    back_at =
-                        Some(back_at.map_or(k.cooldown_until_ms, |b| b.min(k.cooldown_until_ms)));
-                }
-                _ => usable.push(key),
-            }
-        }
-        (usable, back_at)
-    }
-
-    /// A call answered: counted locally, unless it changes the breaker (then shared now).
-    pub(crate) async fn success(&self, provider: &str, model: &str, latency_ms: f64) {
-        let changes_breaker = self.with_target(provider, model, |t| {
-            t.state != BreakerState::Closed || t.consecutive_failures > 0
-        });
-        if changes_breaker {
-            let window = self.window_ms();
-            self.update_target(provider, model, |t, now| {
-                if t.state != BreakerState::Closed {
-                    info!(provider, model, "circuit closed: target answered");
-                }
-                t.state = BreakerState::Closed;
-                t.consecutive_failures = 0;
-                roll_window(t, now, window);
-                t.window_calls = t.window_calls.saturating_add(1);
-                t.latency_ewma_ms = Some(
-                    t.latency_ewma_ms
-                        .map_or(latency_ms, |old| old + LATENCY_ALPHA * (latency_ms - old)),
-                );
-            })
-            .await;
-            return;
-        }
-        let mut pending = lock(&self.pending);
-        let p = pending
-            .entry((provider.to_owned(), model.to_owned()))
-            .or_default();
-        p.calls = p.calls.saturating_add(1);
-        p.latency_sum_ms += latency_ms;
-    }
-
-    /// A call failed in a way that says the target is unwell: counted toward its breaker.
-    pub(crate) async fn failure(&self, provider: &str, model: &str, class: FailureClass) {
-        let cfg = self.config.clone();
-        let window = self.window_ms();
-        self.update_target(provider, model, |t, now| {
-            roll_window(t, now, window);
-            t.window_calls = t.window_calls.saturating_add(1);
-            t.window_failures = t.window_failures.saturating_add(1);
-            t.consecutive_failures = t.consecutive_failures.saturating_add(1);
-            t.last_class = Some(class);
-            let ratio_tripped = t.window_calls >= cfg.min_calls
-                && f64::from(t.window_failures) / f64::from(t.window_calls) >= cfg.error_ratio;
-            let tripped = t.consecutive_failures >= cfg.failure_threshold || ratio_tripped;
-            // A failed probe reopens at once; a closed breaker opens when tripped.
-            if t.state == BreakerState::HalfOpen || (t.state == BreakerState::Closed && tripped) {
-                warn!(
-                    provider,
-                    model,
-                    consecutive_failures = t.consecutive_failures,
-                    class = class.as_str(),
-                    "circuit open"
-                );
-                t.state = BreakerState::Open;
-                t.open_until_ms = now + cfg.open_ms;
-            }
-        })
-        .await;
-    }
-
-    /// A keyless target asked for a pause (429).
-    pub(crate) async fn cool_target(&self, provider: &str, model: &str, pause: Option<Duration>) {
-        let pause = self.cooldown(pause);
-        self.update_target(provider, model, |t, now| {
-            t.cooldown_until_ms = t.cooldown_until_ms.max(now + pause);
-            t.last_class = Some(FailureClass::RateLimited);
-        })
-        .await;
-    }
-
-    /// A key was rate-limited: rested for the provider's `Retry-After` or the default.
-    pub(crate) async fn cool_key(&self, provider: &str, label: &str, pause: Option<Duration>) {
-        let pause = self.cooldown(pause);
-        self.update_key(provider, label, |k, now| {
-            k.cooldown_until_ms = k.cooldown_until_ms.max(now + pause);
-        })
-        .await;
-    }
-
-    /// A key was refused (401/403): out of rotation for every worker until the record
-    /// expires or an operator deletes it.
-    pub(crate) async fn disable_key(&self, provider: &str, label: &str, reason: &str) {
-        warn!(
-            provider,
-            key = label,
-            reason,
-            "API key refused; taken out of rotation"
-        );
-        self.update_key(provider, label, |k, _| {
-            k.disabled = true;
-            k.reason = Some(reason.to_owned());
-        })
-        .await;
     }
 
     fn cooldown(&self, asked: Option<Duration>) -> u64 {
@@ -486,6 +304,237 @@ impl Health {
             }
             None => false,
         }
+    }
+}
+
+/// What the failover loop asks and tells about provider health. [`Health`] keeps it in the
+/// shared `providers` bucket; the loop's unit tests keep it in memory.
+pub(crate) trait ProviderHealth: Sync {
+    /// The target's recent latency average, if it has one.
+    fn latency_ms(&self, provider: &str, model: &str) -> Option<f64>;
+    /// Whether `provider`/`model` may be called at `now`.
+    fn admit(&self, provider: &str, model: &str, now: u64) -> Admission;
+    /// The class of the target's last recorded failure.
+    fn last_class(&self, provider: &str, model: &str) -> Option<FailureClass>;
+    /// The keys of a pool that may be used now, in rotation order from `start`, and the
+    /// earliest time a cooling key comes back (ms), if any is cooling.
+    fn usable_keys<'a>(
+        &self,
+        provider: &str,
+        keys: &'a [ApiKey],
+        start: usize,
+        now: u64,
+    ) -> (Vec<&'a ApiKey>, Option<u64>);
+    /// When a cooling key is back (ms), if it is cooling.
+    fn key_back_at(&self, provider: &str, label: &str, now: u64) -> Option<u64>;
+    /// Tries to become the one probe of a target whose breaker wait is over.
+    fn claim_probe(
+        &self,
+        provider: &str,
+        model: &str,
+        probe_for: Duration,
+    ) -> impl Future<Output = Probe> + Send;
+    /// A call answered.
+    fn success(
+        &self,
+        provider: &str,
+        model: &str,
+        latency_ms: f64,
+    ) -> impl Future<Output = ()> + Send;
+    /// A call failed in a way that says the target is unwell.
+    fn failure(
+        &self,
+        provider: &str,
+        model: &str,
+        class: FailureClass,
+    ) -> impl Future<Output = ()> + Send;
+    /// A keyless target asked for a pause (429).
+    fn cool_target(
+        &self,
+        provider: &str,
+        model: &str,
+        pause: Option<Duration>,
+    ) -> impl Future<Output = ()> + Send;
+    /// A key was rate-limited.
+    fn cool_key(
+        &self,
+        provider: &str,
+        label: &str,
+        pause: Option<Duration>,
+    ) -> impl Future<Output = ()> + Send;
+    /// A key was refused.
+    fn disable_key(
+        &self,
+        provider: &str,
+        label: &str,
+        reason: &str,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+impl ProviderHealth for Health {
+    fn latency_ms(&self, provider: &str, model: &str) -> Option<f64> {
+        self.with_target(provider, model, |t| t.latency_ewma_ms)
+    }
+
+    fn admit(&self, provider: &str, model: &str, now: u64) -> Admission {
+        self.with_target(provider, model, |t| admission(t, now))
+    }
+
+    fn last_class(&self, provider: &str, model: &str) -> Option<FailureClass> {
+        self.with_target(provider, model, |t| t.last_class)
+    }
+
+    fn key_back_at(&self, provider: &str, label: &str, now: u64) -> Option<u64> {
+        lock(&self.cache)
+            .records
+            .keys
+            .get(&key_key(provider, label))
+            .filter(|k| is_fresh(k.updated_ms, now) && !k.disabled && k.cooldown_until_ms > now)
+            .map(|k| k.cooldown_until_ms)
+    }
+
+    fn usable_keys<'a>(
+        &self,
+        provider: &str,
+        keys: &'a [ApiKey],
+        start: usize,
+        now: u64,
+    ) -> (Vec<&'a ApiKey>, Option<u64>) {
+        let cache = lock(&self.cache);
+        let mut usable = Vec::new();
+        let mut back_at: Option<u64> = None;
+        for i in 0..keys.len() {
+            let key = &keys[(start + i) % keys.len()];
+            let record = cache
+                .records
+                .keys
+                .get(&key_key(provider, &key.label))
+                .filter(|k| is_fresh(k.updated_ms, now));
+            match record {
+                Some(k) if k.disabled => {}
+                Some(k) if k.cooldown_until_ms > now => {
+                    back_at =
+                        Some(back_at.map_or(k.cooldown_until_ms, |b| b.min(k.cooldown_until_ms)));
+                }
+                _ => usable.push(key),
+            }
+        }
+        (usable, back_at)
+    }
+
+    async fn claim_probe(&self, provider: &str, model: &str, probe_for: Duration) -> Probe {
+        let key = target_key(provider, model);
+        let Ok(Some(entry)) = self.store.entry(&key).await else {
+            return Probe::Lost;
+        };
+        let Ok(mut record) = serde_json::from_slice::<TargetHealth>(&entry.value) else {
+            return Probe::Lost;
+        };
+        let now = now_ms();
+        lock(&self.cache).put(&key, entry.revision, &entry.value);
+        match admission(&record, now) {
+            Admission::Probe => {}
+            Admission::Go => return Probe::Healthy,
+            Admission::Skip(_) => return Probe::Lost,
+        }
+        record.state = BreakerState::HalfOpen;
+        record.open_until_ms = now + u64::try_from(probe_for.as_millis()).unwrap_or(u64::MAX);
+        record.updated_ms = now;
+        if self.put_if(&key, &record, Some(entry.revision)).await {
+            info!(provider, model, "circuit half-open: probing");
+            Probe::Won
+        } else {
+            Probe::Lost
+        }
+    }
+
+    async fn success(&self, provider: &str, model: &str, latency_ms: f64) {
+        let changes_breaker = self.with_target(provider, model, |t| {
+            t.state != BreakerState::Closed || t.consecutive_failures > 0
+        });
+        if changes_breaker {
+            let window = self.window_ms();
+            self.update_target(provider, model, |t, now| {
+                if t.state != BreakerState::Closed {
+                    info!(provider, model, "circuit closed: target answered");
+                }
+                t.state = BreakerState::Closed;
+                t.consecutive_failures = 0;
+                roll_window(t, now, window);
+                t.window_calls = t.window_calls.saturating_add(1);
+                t.latency_ewma_ms = Some(
+                    t.latency_ewma_ms
+                        .map_or(latency_ms, |old| old + LATENCY_ALPHA * (latency_ms - old)),
+                );
+            })
+            .await;
+            return;
+        }
+        let mut pending = lock(&self.pending);
+        let p = pending
+            .entry((provider.to_owned(), model.to_owned()))
+            .or_default();
+        p.calls = p.calls.saturating_add(1);
+        p.latency_sum_ms += latency_ms;
+    }
+
+    async fn failure(&self, provider: &str, model: &str, class: FailureClass) {
+        let cfg = self.config.clone();
+        let window = self.window_ms();
+        self.update_target(provider, model, |t, now| {
+            roll_window(t, now, window);
+            t.window_calls = t.window_calls.saturating_add(1);
+            t.window_failures = t.window_failures.saturating_add(1);
+            t.consecutive_failures = t.consecutive_failures.saturating_add(1);
+            t.last_class = Some(class);
+            let ratio_tripped = t.window_calls >= cfg.min_calls
+                && f64::from(t.window_failures) / f64::from(t.window_calls) >= cfg.error_ratio;
+            let tripped = t.consecutive_failures >= cfg.failure_threshold || ratio_tripped;
+            // A failed probe reopens at once; a closed breaker opens when tripped.
+            if t.state == BreakerState::HalfOpen || (t.state == BreakerState::Closed && tripped) {
+                warn!(
+                    provider,
+                    model,
+                    consecutive_failures = t.consecutive_failures,
+                    class = class.as_str(),
+                    "circuit open"
+                );
+                t.state = BreakerState::Open;
+                t.open_until_ms = now + cfg.open_ms;
+            }
+        })
+        .await;
+    }
+
+    async fn cool_target(&self, provider: &str, model: &str, pause: Option<Duration>) {
+        let pause = self.cooldown(pause);
+        self.update_target(provider, model, |t, now| {
+            t.cooldown_until_ms = t.cooldown_until_ms.max(now + pause);
+            t.last_class = Some(FailureClass::RateLimited);
+        })
+        .await;
+    }
+
+    async fn cool_key(&self, provider: &str, label: &str, pause: Option<Duration>) {
+        let pause = self.cooldown(pause);
+        self.update_key(provider, label, |k, now| {
+            k.cooldown_until_ms = k.cooldown_until_ms.max(now + pause);
+        })
+        .await;
+    }
+
+    async fn disable_key(&self, provider: &str, label: &str, reason: &str) {
+        warn!(
+            provider,
+            key = label,
+            reason,
+            "API key refused; taken out of rotation"
+        );
+        self.update_key(provider, label, |k, _| {
+            k.disabled = true;
+            k.reason = Some(reason.to_owned());
+        })
+        .await;
     }
 }
 

@@ -4,18 +4,20 @@
 //! finishes in-flight tasks within a grace period, then returns.
 
 mod action;
+mod answer;
 mod assemble;
 mod backoff;
+mod deps;
 mod failover;
 mod health;
 mod plan;
 mod process;
 pub mod provider;
 mod pull;
+mod refuse;
+mod relay;
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -29,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::deps::{Deps, Routing};
 use crate::health::Health;
-use crate::process::{Deps, Runtime};
 use crate::pull::{Fetcher, Queues};
 
 #[derive(Debug, thiserror::Error)]
@@ -64,19 +66,6 @@ pub async fn run(
     let js = jetstream::new(client.clone());
     let provisioned = provision(&js, &config).await?;
     let http = provider::http_client()?;
-    let runtimes = config
-        .providers
-        .iter()
-        .map(|(name, p)| {
-            let runtime = Runtime {
-                provider: provider::Provider::new(&http, p),
-                timeout: p.timeout(),
-                first_token_timeout: p.first_token_timeout(),
-                idle_timeout: p.idle_timeout(),
-            };
-            (name.clone(), runtime)
-        })
-        .collect::<HashMap<_, _>>();
     let background = TaskTracker::new();
     let health_stop = CancellationToken::new();
     let health = Health::start(
@@ -117,10 +106,7 @@ pub async fn run(
         results: provisioned.results,
         attempts: provisioned.attempts,
         health,
-        runtimes,
-        provider_configs: config.providers.clone(),
-        routes: config.routes.clone(),
-        rotation: AtomicUsize::new(0),
+        routing: Routing::new(&config, &http),
         worker_id: worker_id.clone(),
         ack_wait: config.queue.ack_wait(),
         max_deliver,

@@ -5,68 +5,38 @@
 //! reason that may pass, the task is NAKed with a delay instead and its attempts are kept
 //! for the next delivery; the result is stored before the ack, so nothing is lost.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, AckKind, kv};
+use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
-use serde_json::json;
-use shared::config::{ProviderConfig, RouteConfig};
 use shared::dlq::{self, DeadLetter};
-use shared::names::{HEADER_DELIVERY, HEADER_EVENT, HEADER_MSG_ID, task_event_subject};
+use shared::inbound::read_task;
+use shared::names::HEADER_MSG_ID;
 use shared::task::{TaskError, now_ms};
-use shared::{Attempt, FailureClass, StreamEventKind, Task, TaskResult, TaskStatus};
+use shared::{Attempt, FailureClass, Task, TaskResult, TaskStatus};
 use tracing::{Instrument, debug, error, info_span, warn};
 
+use crate::answer::{STORE_RETRY_DELAY, ack, deliver, persist, record_event, store};
 use crate::backoff::{last_attempt, retry_delay};
-use crate::failover::{self, Outcome};
-use crate::health::Health;
-use crate::provider::{Provider, ProviderError};
-
-/// How soon a task whose result could not be stored is delivered again.
-const STORE_RETRY_DELAY: Duration = Duration::from_secs(1);
-/// On the last delivery, tries to store the result (and dead-letter it) before giving up.
-const LAST_DELIVERY_TRIES: u32 = 10;
-
-/// One configured provider's adapter and timeouts.
-#[derive(Debug, Clone)]
-pub(crate) struct Runtime {
-    pub provider: Provider,
-    pub timeout: Duration,
-    pub first_token_timeout: Duration,
-    pub idle_timeout: Duration,
-}
-
-/// What handling a task needs; shared by every in-flight task of a worker.
-#[derive(Debug)]
-pub(crate) struct Deps {
-    pub client: async_nats::Client,
-    pub js: jetstream::Context,
-    pub results: kv::Store,
-    pub attempts: kv::Store,
-    pub health: Arc<Health>,
-    pub runtimes: HashMap<String, Runtime>,
-    pub provider_configs: BTreeMap<String, ProviderConfig>,
-    pub routes: BTreeMap<String, RouteConfig>,
-    /// Where the next key rotation starts, so load spreads over a pool.
-    pub rotation: AtomicUsize,
-    pub worker_id: String,
-    pub ack_wait: Duration,
-    pub max_deliver: i64,
-}
+use crate::deps::Deps;
+use crate::failover::{Failover, Outcome};
+use crate::refuse::refuse;
+use crate::relay::NatsChunks;
 
 /// Handles one delivered message to the end: it is acked, NAKed for a later retry, or
-/// terminated (undecodable), and never left without a decision unless NATS itself fails.
+/// refused and terminated (undecodable, or not the task its subject says), and never left
+/// without a decision unless NATS itself fails.
 pub(crate) async fn process(msg: jetstream::Message, deps: &Deps) {
     let delivery = msg.info().map_or(1, |i| i.delivered);
-    let task: Task = match serde_json::from_slice(&msg.payload) {
+    let msg_id = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HEADER_MSG_ID))
+        .map(|v| v.as_str());
+    let task = match read_task(msg.subject.as_str(), &msg.payload, msg_id) {
         Ok(task) => task,
-        Err(e) => {
-            warn!(subject = %msg.subject, error = %e, "undecodable task; terminating it");
-            ack(&msg, AckKind::Term).await;
+        Err(rejection) => {
+            refuse(&msg, *rejection, delivery, deps).await;
             return;
         }
     };
@@ -101,12 +71,16 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
             "every attempt ended without a result (the worker running it stopped)",
         )
     } else {
-        with_progress(
-            &msg,
-            deps.ack_wait,
-            failover::run(&task, delivery, &history, deps),
-        )
-        .await
+        let chunks = NatsChunks::new(&deps.client, task.id, delivery);
+        let failover = Failover {
+            task: &task,
+            delivery,
+            prior: &history,
+            routing: &deps.routing,
+            health: &*deps.health,
+            chunks: &chunks,
+        };
+        with_progress(&msg, deps.ack_wait, failover.run()).await
     };
     let Outcome {
         answer,
@@ -160,7 +134,7 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
         fallback_depth,
     };
     let stored = persist(delivery, deps, || async {
-        with_progress(&msg, deps.ack_wait, store(&task, &result, deps))
+        with_progress(&msg, deps.ack_wait, store(task.id, &result, deps))
             .await
             .ok_or(())
     })
@@ -204,19 +178,13 @@ async fn finish(msg: &jetstream::Message, task: &Task, stored: Bytes, delivery: 
             }
         }
     }
-    deliver(task, stored, delivery, deps).await;
+    deliver(task.reply_to.as_deref(), stored, delivery, deps).await;
     match result {
-        Ok(result) => match persist(delivery, deps, || emit_event(task, &result, deps)).await {
-            Ok(()) => {}
-            // Readers of EVENTS (memory, usage, dashboards) need one event per finished task:
-            // the next delivery finds the stored result and records it (de-duplicated).
-            Err(e) if delivery < deps.max_deliver => {
-                warn!(error = %e, "could not record the task event; it goes back to the queue");
-                ack(msg, AckKind::Nak(Some(STORE_RETRY_DELAY))).await;
+        Ok(result) => {
+            if !record_event(msg, task.into(), &result, delivery, deps).await {
                 return;
             }
-            Err(e) => error!(error = %e, "could not record the task event; its result is stored"),
-        },
+        }
         Err(e) => warn!(error = %e, "stored result does not decode; no event"),
     }
     ack(msg, AckKind::Ack).await;
@@ -224,30 +192,6 @@ async fn finish(msg: &jetstream::Message, task: &Task, stored: Bytes, delivery: 
         && let Err(e) = deps.attempts.delete(task.id.to_string()).await
     {
         debug!(error = %e, "could not remove the kept attempts (they expire anyway)");
-    }
-}
-
-/// Runs `write` once; on the last delivery, which has no next one to hand the task to, up
-/// to `LAST_DELIVERY_TRIES` times, `STORE_RETRY_DELAY` apart, until it succeeds.
-async fn persist<T, E, F: Future<Output = Result<T, E>>>(
-    delivery: i64,
-    deps: &Deps,
-    mut write: impl FnMut() -> F,
-) -> Result<T, E> {
-    let tries = if delivery >= deps.max_deliver {
-        LAST_DELIVERY_TRIES
-    } else {
-        1
-    };
-    let mut try_number = 1;
-    loop {
-        match write().await {
-            Err(_) if try_number < tries => {
-                try_number += 1;
-                tokio::time::sleep(STORE_RETRY_DELAY).await;
-            }
-            done => return done,
-        }
     }
 }
 
@@ -273,96 +217,6 @@ async fn keep_attempts(task: &Task, attempts: &[Attempt], deps: &Deps) {
     }
 }
 
-impl Outcome {
-    fn failed(class: FailureClass, message: &str) -> Self {
-        Self {
-            answer: Err(ProviderError::new(class, message)),
-            attempts: Vec::new(),
-            answered_by: None,
-            fallback_depth: 0,
-        }
-    }
-}
-
-/// Stores `result` unless another delivery already stored one; returns what is stored.
-async fn store(task: &Task, result: &TaskResult, deps: &Deps) -> Option<Bytes> {
-    let key = task.id.to_string();
-    let bytes = Bytes::from(serde_json::to_vec(result).ok()?);
-    match deps.results.create(&key, bytes.clone()).await {
-        Ok(_) => Some(bytes),
-        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-            debug!("another delivery stored the result first; using it");
-            match deps.results.get(key).await {
-                Ok(Some(existing)) => Some(existing),
-                Ok(None) => Some(bytes),
-                Err(e) => {
-                    warn!(error = %e, "could not read the stored result");
-                    None
-                }
-            }
-        }
-        Err(e) => {
-            warn!(error = %e, "could not store the result; the task goes back to the queue");
-            None
-        }
-    }
-}
-
-/// Sends the stored result to the task's reply subject, if it has one.
-async fn deliver(task: &Task, stored: Bytes, delivery: i64, deps: &Deps) {
-    let Some(reply_to) = &task.reply_to else {
-        return;
-    };
-    let headers = event_headers(StreamEventKind::Result, delivery);
-    if let Err(e) = deps
-        .client
-        .publish_with_headers(reply_to.clone(), headers, stored)
-        .await
-    {
-        warn!(error = %e, "could not publish the result to the reply subject");
-    }
-}
-
-/// Records the task's lifecycle event in `EVENTS`, confirmed by JetStream (de-duplicated on
-/// the task id, so every delivery that finishes the task may send it).
-async fn emit_event(
-    task: &Task,
-    result: &TaskResult,
-    deps: &Deps,
-) -> Result<(), jetstream::context::PublishError> {
-    let event = json!({
-        "task_id": task.id,
-        "capability": task.capability,
-        "priority": task.priority,
-        "route": task.route,
-        "status": result.status,
-        "class": result.error.as_ref().map(|e| e.class),
-        "provider": result.provider,
-        "model": result.model,
-        "worker": result.worker,
-        "delivery": result.delivery,
-        "attempts": result.attempts.len(),
-        "fallback_depth": result.fallback_depth,
-        "duration_ms": result.finished_ms.saturating_sub(task.created_ms),
-    });
-    let payload = Bytes::from(event.to_string());
-    let subject = task_event_subject(result.status.as_str());
-    let mut headers = HeaderMap::new();
-    headers.insert(HEADER_MSG_ID, task.id.to_string().as_str());
-    deps.js
-        .publish_with_headers(subject, headers, payload)
-        .await?
-        .await?;
-    Ok(())
-}
-
-pub(crate) fn event_headers(kind: StreamEventKind, delivery: i64) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(HEADER_EVENT, kind.as_str());
-    headers.insert(HEADER_DELIVERY, delivery.to_string().as_str());
-    headers
-}
-
 /// Runs `work`, telling JetStream every third of `ack_wait` that the task is in progress,
 /// so a long provider call is not mistaken for a dead worker.
 async fn with_progress<T>(
@@ -381,11 +235,5 @@ async fn with_progress<T>(
             out = &mut work => return out,
             _ = ticker.tick() => ack(msg, AckKind::Progress).await,
         }
-    }
-}
-
-async fn ack(msg: &jetstream::Message, kind: AckKind) {
-    if let Err(e) = msg.ack_with(kind).await {
-        warn!(error = %e, "could not acknowledge the task");
     }
 }

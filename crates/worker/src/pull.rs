@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use crate::process::{Deps, process};
+use crate::deps::Deps;
+use crate::process::process;
 
 /// How long an idle long-poll waits on the server. Bounds how long draining waits for the
 /// last pull to return (a pull is never abandoned, so no message is stranded in it).

@@ -145,6 +145,10 @@ async fn prefixed_model_names_are_stripped_and_odd_ones_refused() {
 
 /// Reads one HTTP request off a raw socket and answers it with a fixed Gemini error, so the
 /// test sees the request line and headers exactly as sent.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "a one-request server the test joins for what it captured"
+)]
 async fn capture_one_request() -> (String, tokio::task::JoinHandle<String>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base_url = format!("http://{}/v1beta", listener.local_addr().unwrap());

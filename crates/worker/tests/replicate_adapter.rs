@@ -175,6 +175,10 @@ async fn requests_a_prediction_cannot_express_are_refused_before_any_call() {
 }
 
 #[tokio::test]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "a listener that lives as long as the test's runtime, only counting connections"
+)]
 async fn the_key_never_goes_to_a_host_a_prediction_names() {
     let (fake, provider) = setup().await;
     // A listener that counts connections and drops them: following the foreign URL would

@@ -1,0 +1,395 @@
+//! Reading a task exactly as anyone may have published it on `tasks.<capability>.<priority>`:
+//! field by field, so a refusal names the field that is missing or wrong, and checked against
+//! the subject it arrived on. Pure and total: any bytes give a [`Task`] or a [`Rejection`],
+//! never a panic. A rejection keeps whatever could still be read (the id, `reply_to`), so
+//! the worker can answer the publisher instead of leaving it waiting.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::names::task_subject;
+use crate::{Capability, Priority, Task, TaskId};
+
+/// Why a published task cannot be run, and what of it could still be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The task id, from the payload's `id` or else the `Nats-Msg-Id` header, when either
+    /// is a UUID.
+    pub id: Option<TaskId>,
+    /// The payload's `reply_to`, when it is a usable subject.
+    pub reply_to: Option<String>,
+    pub capability: Option<Capability>,
+    pub priority: Option<Priority>,
+    pub route: Option<String>,
+    pub created_ms: Option<u64>,
+    pub problem: Problem,
+}
+
+/// What is wrong with a published task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The payload is not JSON (the parser's words).
+    NotJson(String),
+    /// The payload is JSON but not an object.
+    NotObject,
+    /// A required field is absent (or `null`).
+    Missing(&'static str),
+    /// A field is present but unusable: the field and what it must be.
+    Invalid(&'static str, String),
+    /// A field disagrees with the subject the task was published on.
+    SubjectMismatch {
+        field: &'static str,
+        value: String,
+        subject: String,
+    },
+}
+
+impl Problem {
+    /// The task field the problem is about, if it is about one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Problem::NotJson(_) | Problem::NotObject => None,
+            Problem::Missing(field)
+            | Problem::Invalid(field, _)
+            | Problem::SubjectMismatch { field, .. } => Some(field),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::NotJson(why) => write!(f, "the task is not valid JSON: {why}"),
+            Problem::NotObject => f.write_str("the task must be a JSON object"),
+            Problem::Missing(field) => write!(f, "the task field `{field}` is required"),
+            Problem::Invalid(field, rule) => write!(f, "the task field `{field}` {rule}"),
+            Problem::SubjectMismatch {
+                field,
+                value,
+                subject,
+            } => write!(
+                f,
+                "the task field `{field}` is {value:?} but the task was published on {subject}"
+            ),
+        }
+    }
+}
+
+/// Decodes a task published on `subject` (with `Nats-Msg-Id` header `msg_id`, if any)
+/// and checks that its capability and priority are the subject's.
+pub fn read_task(
+    subject: &str,
+    payload: &[u8],
+    msg_id: Option<&str>,
+) -> Result<Task, Box<Rejection>> {
+    let header_id = msg_id.and_then(|m| m.parse::<TaskId>().ok());
+    let fields = match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(fields)) => fields,
+        Ok(_) => return Err(Rejection::bare(header_id, Problem::NotObject)),
+        Err(e) => {
+            return Err(Rejection::bare(header_id, Problem::NotJson(e.to_string())));
+        }
+    };
+    let mut rejection = Rejection {
+        id: fields
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+            .or(header_id),
+        reply_to: fields
+            .get("reply_to")
+            .and_then(Value::as_str)
+            .filter(|s| is_publish_subject(s))
+            .map(str::to_owned),
+        capability: fields
+            .get("capability")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok()),
+        priority: fields
+            .get("priority")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok()),
+        route: fields
+            .get("route")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        created_ms: fields.get("created_ms").and_then(Value::as_u64),
+        problem: Problem::NotObject,
+    };
+    match check_fields(&fields).and_then(|()| check_subject(&fields, subject)) {
+        Ok(()) => {}
+        Err(problem) => {
+            rejection.problem = problem;
+            return Err(Box::new(rejection));
+        }
+    }
+    // Every field was checked above; this only fails if the two disagree, and then the
+    // publisher still gets the decoder's words instead of silence.
+    serde_json::from_value(Value::Object(fields)).map_err(|e| {
+        Box::new(Rejection {
+            problem: Problem::NotJson(e.to_string()),
+            ..rejection
+        })
+    })
+}
+
+impl Rejection {
+    fn bare(id: Option<TaskId>, problem: Problem) -> Box<Self> {
+        Box::new(Self {
+            id,
+            reply_to: None,
+            capability: None,
+            priority: None,
+            route: None,
+            created_ms: None,
+            problem,
+        })
+    }
+}
+
+const UUID_RULE: &str = "must be a UUID string";
+const MS_RULE: &str = "must be a whole number of milliseconds since the Unix epoch";
+
+/// Each field of `docs/protocol.md`'s task table, required ones first.
+fn check_fields(fields: &Map<String, Value>) -> Result<(), Problem> {
+    let id = required(fields, "id")?;
+    if id.as_str().and_then(|s| s.parse::<TaskId>().ok()).is_none() {
+        return Err(Problem::Invalid("id", UUID_RULE.to_owned()));
+    }
+    let capability = required(fields, "capability")?;
+    match capability.as_str().map(str::parse::<Capability>) {
+        Some(Ok(_)) => {}
+        Some(Err(e)) => return Err(Problem::Invalid("capability", e.to_string())),
+        None => {
+            return Err(Problem::Invalid(
+                "capability",
+                "must be a string".to_owned(),
+            ));
+        }
+    }
+    if let Some(priority) = fields.get("priority")
+        && priority
+            .as_str()
+            .and_then(|s| s.parse::<Priority>().ok())
+            .is_none()
+    {
+        return Err(Problem::Invalid(
+            "priority",
+            "must be one of high, normal, low".to_owned(),
+        ));
+    }
+    if !required(fields, "route")?.is_string() {
+        return Err(Problem::Invalid("route", "must be a string".to_owned()));
+    }
+    if !required(fields, "request")?.is_object() {
+        return Err(Problem::Invalid(
+            "request",
+            "must be an object (an OpenAI chat completion body)".to_owned(),
+        ));
+    }
+    for field in ["deadline_ms", "created_ms"] {
+        if required(fields, field)?.as_u64().is_none() {
+            return Err(Problem::Invalid(field, MS_RULE.to_owned()));
+        }
+    }
+    match fields.get("reply_to") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if is_publish_subject(s) => {}
+        Some(_) => {
+            return Err(Problem::Invalid(
+                "reply_to",
+                "must be a subject to publish to (no spaces, no wildcards, no empty tokens)"
+                    .to_owned(),
+            ));
+        }
+    }
+    match fields.get("replay_of") {
+        None | Some(Value::Null) => {}
+        Some(v) if v.as_str().and_then(|s| s.parse::<TaskId>().ok()).is_some() => {}
+        Some(_) => return Err(Problem::Invalid("replay_of", UUID_RULE.to_owned())),
+    }
+    Ok(())
+}
+
+fn required<'a>(fields: &'a Map<String, Value>, field: &'static str) -> Result<&'a Value, Problem> {
+    match fields.get(field) {
+        None | Some(Value::Null) => Err(Problem::Missing(field)),
+        Some(value) => Ok(value),
+    }
+}
+
+/// The subject is the queue: a task must say the same capability and priority, or it
+/// would run under another capability's limits, or jump (or sink in) the priority order.
+fn check_subject(fields: &Map<String, Value>, subject: &str) -> Result<(), Problem> {
+    let capability = fields
+        .get("capability")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<Capability>().ok());
+    // Absent means the default, as the decoder reads it.
+    let priority = match fields.get("priority").and_then(Value::as_str) {
+        Some(p) => p.parse::<Priority>().ok(),
+        None => Some(Priority::default()),
+    };
+    let (Some(capability), Some(priority)) = (capability, priority) else {
+        // check_fields refused these already.
+        return Ok(());
+    };
+    if subject.split('.').nth(1) != Some(capability.as_str()) {
+        return Err(Problem::SubjectMismatch {
+            field: "capability",
+            value: capability.to_string(),
+            subject: subject.to_owned(),
+        });
+    }
+    if subject != task_subject(&capability, priority) {
+        return Err(Problem::SubjectMismatch {
+            field: "priority",
+            value: priority.to_string(),
+            subject: subject.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether `s` can be published to: non-empty tokens, no whitespace, no wildcards.
+pub fn is_publish_subject(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|token| {
+            !token.is_empty()
+                && token != "*"
+                && token != ">"
+                && !token.chars().any(|c| c.is_whitespace() || c.is_control())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const ID: &str = "01935c5e-7b7a-7cc0-9f43-6f7c1a9e1a01";
+
+    fn valid() -> Value {
+        json!({
+            "id": ID,
+            "capability": "chat",
+            "priority": "high",
+            "route": "fast",
+            "request": {"model": "fast", "messages": []},
+            "deadline_ms": 10,
+            "reply_to": "_INBOX.abc",
+            "created_ms": 1
+        })
+    }
+
+    fn read(subject: &str, task: &Value) -> Result<Task, Box<Rejection>> {
+        read_task(subject, task.to_string().as_bytes(), None)
+    }
+
+    #[test]
+    fn a_complete_task_on_its_subject_decodes() {
+        let task = read("tasks.chat.high", &valid()).unwrap();
+        assert_eq!(task.id.to_string(), ID);
+        let mut no_priority = valid();
+        no_priority.as_object_mut().unwrap().remove("priority");
+        assert!(read("tasks.chat.normal", &no_priority).is_ok());
+    }
+
+    #[test]
+    fn each_required_field_is_named_when_missing() {
+        for field in [
+            "id",
+            "capability",
+            "route",
+            "request",
+            "deadline_ms",
+            "created_ms",
+        ] {
+            let mut task = valid();
+            task.as_object_mut().unwrap().remove(field);
+            let rejection = read("tasks.chat.high", &task).unwrap_err();
+            assert_eq!(rejection.problem, Problem::Missing(field));
+            assert!(rejection.problem.to_string().contains(field));
+            // What could be read is kept, so the publisher can be answered.
+            assert_eq!(rejection.reply_to.as_deref(), Some("_INBOX.abc"));
+            if field != "id" {
+                assert_eq!(rejection.id.map(|i| i.to_string()).as_deref(), Some(ID));
+            }
+        }
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        for (field, bad) in [
+            ("id", json!("not-a-uuid")),
+            ("id", json!(7)),
+            ("capability", json!("chat.>")),
+            ("capability", json!(["chat"])),
+            ("priority", json!("urgent")),
+            ("priority", json!(null)),
+            ("route", json!(3)),
+            ("request", json!("hello")),
+            ("deadline_ms", json!(-1)),
+            ("deadline_ms", json!(1.5)),
+            ("created_ms", json!("now")),
+            ("reply_to", json!("a.*")),
+            ("reply_to", json!("has space")),
+            ("reply_to", json!(5)),
+            ("replay_of", json!("x")),
+        ] {
+            let mut task = valid();
+            task[field] = bad.clone();
+            let rejection = read("tasks.chat.high", &task).unwrap_err();
+            assert_eq!(rejection.problem.field(), Some(field), "{field} = {bad}");
+        }
+    }
+
+    #[test]
+    fn the_id_comes_from_the_header_when_the_payload_has_none() {
+        let rejection = read_task("tasks.chat.high", b"not json", Some(ID)).unwrap_err();
+        assert!(matches!(rejection.problem, Problem::NotJson(_)));
+        assert_eq!(rejection.id.map(|i| i.to_string()).as_deref(), Some(ID));
+        let rejection = read_task("tasks.chat.high", b"[1]", Some("nope")).unwrap_err();
+        assert_eq!(
+            (rejection.problem, rejection.id),
+            (Problem::NotObject, None)
+        );
+    }
+
+    #[test]
+    fn capability_and_priority_must_be_the_subjects() {
+        let rejection = read("tasks.coder.high", &valid()).unwrap_err();
+        assert_eq!(rejection.problem.field(), Some("capability"));
+        let rejection = read("tasks.chat.low", &valid()).unwrap_err();
+        assert_eq!(rejection.problem.field(), Some("priority"));
+        let mut no_priority = valid();
+        no_priority.as_object_mut().unwrap().remove("priority");
+        let rejection = read("tasks.chat.high", &no_priority).unwrap_err();
+        assert_eq!(rejection.problem.field(), Some("priority"));
+        for subject in ["tasks.chat.high.extra", "tasks.chat", "", "other.chat.high"] {
+            assert!(read(subject, &valid()).is_err(), "{subject}");
+        }
+    }
+
+    #[test]
+    fn no_input_panics() {
+        let deep = "[".repeat(10_000);
+        let inputs: Vec<&[u8]> = vec![
+            b"",
+            b"null",
+            b"{}",
+            b"{\"id\": {}}",
+            b"\xff\xfe\x00",
+            b"{\"id\": \"01935c5e-7b7a-7cc0-9f43-6f7c1a9e1a01\", \"deadline_ms\": 1e400}",
+            b"{\"capability\": \"\\u0000\"}",
+            deep.as_bytes(),
+        ];
+        for input in inputs {
+            for subject in ["tasks.chat.high", "", "...", "tasks.\u{e9}.high"] {
+                assert!(read_task(subject, input, Some("\u{0}")).is_err());
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Making a task's one result durable and known: store it with `create` (first writer
+//! wins), send it to the reply subject, record the lifecycle event, settle the message.
+//! Shared by tasks that ran (`process.rs`) and tasks refused as published (`refuse.rs`),
+//! so both answer a publisher the same way.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, kv};
+use bytes::Bytes;
+use serde_json::json;
+use shared::names::{HEADER_MSG_ID, task_event_subject};
+use shared::{Capability, Priority, StreamEventKind, Task, TaskId, TaskResult};
+use tracing::{debug, error, warn};
+
+use crate::deps::Deps;
+use crate::relay::event_headers;
+
+/// How soon a task whose result could not be stored is delivered again.
+pub(crate) const STORE_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// On the last delivery, tries to store the result (and dead-letter it) before giving up.
+const LAST_DELIVERY_TRIES: u32 = 10;
+
+/// What a lifecycle event says about the task besides its result. A refused task may lack
+/// any of it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct About<'a> {
+    pub id: Option<TaskId>,
+    pub capability: Option<&'a Capability>,
+    pub priority: Option<Priority>,
+    pub route: Option<&'a str>,
+    pub created_ms: Option<u64>,
+}
+
+impl<'a> From<&'a Task> for About<'a> {
+    fn from(task: &'a Task) -> Self {
+        Self {
+            id: Some(task.id),
+            capability: Some(&task.capability),
+            priority: Some(task.priority),
+            route: Some(&task.route),
+            created_ms: Some(task.created_ms),
+        }
+    }
+}
+
+/// Runs `write` once; on the last delivery, which has no next one to hand the task to, up
+/// to `LAST_DELIVERY_TRIES` times, `STORE_RETRY_DELAY` apart, until it succeeds.
+pub(crate) async fn persist<T, E, F: Future<Output = Result<T, E>>>(
+    delivery: i64,
+    deps: &Deps,
+    mut write: impl FnMut() -> F,
+) -> Result<T, E> {
+    let tries = if delivery >= deps.max_deliver {
+        LAST_DELIVERY_TRIES
+    } else {
+        1
+    };
+    let mut try_number = 1;
+    loop {
+        match write().await {
+            Err(_) if try_number < tries => {
+                try_number += 1;
+                tokio::time::sleep(STORE_RETRY_DELAY).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Stores `result` under `id` unless another delivery already stored one; returns what is
+/// stored.
+pub(crate) async fn store(id: TaskId, result: &TaskResult, deps: &Deps) -> Option<Bytes> {
+    let key = id.to_string();
+    let bytes = Bytes::from(serde_json::to_vec(result).ok()?);
+    match deps.results.create(&key, bytes.clone()).await {
+        Ok(_) => Some(bytes),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            debug!("another delivery stored the result first; using it");
+            match deps.results.get(key).await {
+                Ok(Some(existing)) => Some(existing),
+                Ok(None) => Some(bytes),
+                Err(e) => {
+                    warn!(error = %e, "could not read the stored result");
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "could not store the result; the task goes back to the queue");
+            None
+        }
+    }
+}
+
+/// Sends the stored result to the task's reply subject, if it has one.
+pub(crate) async fn deliver(reply_to: Option<&str>, stored: Bytes, delivery: i64, deps: &Deps) {
+    let Some(reply_to) = reply_to else {
+        return;
+    };
+    let headers = event_headers(StreamEventKind::Result, delivery);
+    if let Err(e) = deps
+        .client
+        .publish_with_headers(reply_to.to_owned(), headers, stored)
+        .await
+    {
+        warn!(error = %e, "could not publish the result to the reply subject");
+    }
+}
+
+/// Records the task's lifecycle event. Readers of `EVENTS` (memory, usage, dashboards) need
+/// one event per finished task, so when it cannot be stored and a later delivery remains,
+/// the message goes back to the queue (that delivery finds the stored result and records
+/// the event, de-duplicated). Returns whether the caller may go on to settle the message.
+pub(crate) async fn record_event(
+    msg: &jetstream::Message,
+    about: About<'_>,
+    result: &TaskResult,
+    delivery: i64,
+    deps: &Deps,
+) -> bool {
+    match persist(delivery, deps, || emit_event(about, result, deps)).await {
+        Ok(()) => true,
+        Err(e) if delivery < deps.max_deliver => {
+            warn!(error = %e, "could not record the task event; it goes back to the queue");
+            ack(msg, AckKind::Nak(Some(STORE_RETRY_DELAY))).await;
+            false
+        }
+        Err(e) => {
+            error!(error = %e, "could not record the task event; its result is stored");
+            true
+        }
+    }
+}
+
+/// Publishes `events.task.<status>` through JetStream and waits for it to be stored,
+/// de-duplicated on the task id (so every delivery that finishes the task may send it).
+async fn emit_event(
+    about: About<'_>,
+    result: &TaskResult,
+    deps: &Deps,
+) -> Result<(), jetstream::context::PublishError> {
+    let event = json!({
+        "task_id": about.id,
+        "capability": about.capability,
+        "priority": about.priority,
+        "route": about.route,
+        "status": result.status,
+        "class": result.error.as_ref().map(|e| e.class),
+        "provider": result.provider,
+        "model": result.model,
+        "worker": result.worker,
+        "delivery": result.delivery,
+        "attempts": result.attempts.len(),
+        "fallback_depth": result.fallback_depth,
+        "duration_ms": about.created_ms.map(|c| result.finished_ms.saturating_sub(c)),
+    });
+    let payload = Bytes::from(event.to_string());
+    let subject = task_event_subject(result.status.as_str());
+    let mut headers = HeaderMap::new();
+    if let Some(id) = about.id {
+        headers.insert(HEADER_MSG_ID, id.to_string().as_str());
+    }
+    deps.js
+        .publish_with_headers(subject, headers, payload)
+        .await?
+        .await?;
+    Ok(())
+}
+
+pub(crate) async fn ack(msg: &jetstream::Message, kind: AckKind) {
+    if let Err(e) = msg.ack_with(kind).await {
+        warn!(error = %e, "could not acknowledge the task");
+    }
+}

@@ -1,0 +1,74 @@
+//! What a worker's task handlers share: the NATS handles, the results and attempts buckets,
+//! provider health, and [`Routing`] (each configured provider's adapter with its timeouts,
+//! and the routes). Built once in `lib.rs`; the modules that handle a task read it from
+//! here and none owns it, so they need not import each other to reach it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use shared::config::{Config, ProviderConfig, RouteConfig};
+
+use crate::health::Health;
+use crate::provider::Provider;
+
+/// One configured provider's adapter and timeouts.
+#[derive(Debug, Clone)]
+pub(crate) struct Runtime {
+    pub provider: Provider,
+    pub timeout: Duration,
+    pub first_token_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Where a task's route leads: the routes, the providers they name, and how to call each.
+/// All the failover loop reads besides health.
+#[derive(Debug)]
+pub(crate) struct Routing {
+    pub runtimes: HashMap<String, Runtime>,
+    pub provider_configs: BTreeMap<String, ProviderConfig>,
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// Where the next key rotation starts, so load spreads over a pool.
+    pub rotation: AtomicUsize,
+}
+
+impl Routing {
+    /// Adapters for every provider of `config`, sharing the pooled `http` client.
+    pub(crate) fn new(config: &Config, http: &reqwest::Client) -> Self {
+        let runtimes = config
+            .providers
+            .iter()
+            .map(|(name, p)| {
+                let runtime = Runtime {
+                    provider: Provider::new(http, p),
+                    timeout: p.timeout(),
+                    first_token_timeout: p.first_token_timeout(),
+                    idle_timeout: p.idle_timeout(),
+                };
+                (name.clone(), runtime)
+            })
+            .collect();
+        Self {
+            runtimes,
+            provider_configs: config.providers.clone(),
+            routes: config.routes.clone(),
+            rotation: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// What handling a task needs; shared by every in-flight task of a worker.
+#[derive(Debug)]
+pub(crate) struct Deps {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub results: kv::Store,
+    pub attempts: kv::Store,
+    pub health: Arc<Health>,
+    pub routing: Routing,
+    pub worker_id: String,
+    pub ack_wait: Duration,
+    pub max_deliver: i64,
+}
