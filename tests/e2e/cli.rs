@@ -385,6 +385,10 @@ async fn a_worker_started_before_nats_waits_for_it() {
         js.get_stream(shared::names::TASKS_STREAM).await.ok()
     })
     .await;
+    eventually(Duration::from_secs(20), || async {
+        log().contains("worker started").then_some(())
+    })
+    .await;
     kill(
         Pid::from_raw(worker.id().try_into().unwrap()),
         Signal::SIGTERM,

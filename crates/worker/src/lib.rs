@@ -135,9 +135,12 @@ pub async fn run(
         "worker started"
     );
 
+    // Fetch loops end on their own when shutdown comes (even one that came during
+    // startup): only one that ends before it has died.
     let died = tokio::select! {
+        biased;
         () = shutdown.cancelled() => false,
-        Some(_) = fetchers.join_next() => true,
+        Some(_) = fetchers.join_next() => !shutdown.is_cancelled(),
     };
     if died {
         warn!("a fetch loop stopped; shutting the worker down");
