@@ -134,37 +134,107 @@ async fn deadline_bounds_the_wait_and_the_task() {
     stack.stop().await;
 }
 
-#[tokio::test]
-async fn caller_that_disconnects_loses_nothing() {
-    let stack = Stack::start(1, &[]).await;
-    stack.provider.set_latency(Duration::from_millis(800));
-    let impatient = reqwest::Client::builder()
+/// A client that gives up after 200 ms.
+fn impatient() -> reqwest::Client {
+    reqwest::Client::builder()
         .timeout(Duration::from_millis(200))
         .build()
-        .unwrap();
-    let err = impatient
+        .unwrap()
+}
+
+/// The stored result of the one task in the results bucket other than `except`.
+async fn the_other_result(stack: &Stack, except: Option<&str>) -> Value {
+    let results = stack.results_bucket().await;
+    let key = eventually(Duration::from_secs(20), || {
+        let results = results.clone();
+        async move {
+            use futures::StreamExt;
+            let keys: Vec<String> = results
+                .keys()
+                .await
+                .ok()?
+                .filter_map(|k| async { k.ok() })
+                .collect()
+                .await;
+            keys.into_iter().find(|k| Some(k.as_str()) != except)
+        }
+    })
+    .await;
+    stack.task(&key).await.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_caller_that_named_its_task_and_disconnects_loses_nothing() {
+    let stack = Stack::start(1, &[]).await;
+    stack.provider.set_latency(Duration::from_millis(800));
+    let err = impatient()
         .post(format!("{}/v1/chat/completions", stack.base))
+        .header("idempotency-key", "coming-back-for-it")
         .json(&chat_body("fake", "I will not wait"))
         .send()
         .await
         .unwrap_err();
     assert!(err.is_timeout());
-    // The task still completes and its result is stored; find it through the event stream.
-    let results = stack.results_bucket().await;
-    let key = eventually(Duration::from_secs(10), || {
-        let results = results.clone();
-        async move {
-            use futures::StreamExt;
-            let mut keys = results.keys().await.ok()?;
-            keys.next().await?.ok()
-        }
-    })
-    .await;
-    let stored: Value = stack.task(&key).await.json().await.unwrap();
+    // The task still completes and its result is stored, for the caller to collect.
+    let stored = the_other_result(&stack, None).await;
     assert_eq!(stored["status"], "completed");
     // The gateway keeps serving.
     stack.provider.set_latency(Duration::ZERO);
     assert_eq!(stack.chat(chat_body("fake", "next")).await.status(), 200);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn an_anonymous_caller_that_leaves_has_its_provider_call_stopped() {
+    let stack = Stack::start(1, &[]).await;
+    stack.provider.set_latency(Duration::from_secs(5));
+    let err = impatient()
+        .post(format!("{}/v1/chat/completions", stack.base))
+        .json(&chat_body("fake", "nobody will read this"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout());
+    // It could never collect the answer: the call is stopped and the task says why.
+    let stored = the_other_result(&stack, None).await;
+    assert_eq!(stored["status"], "failed", "{stored}");
+    assert_eq!(stored["error"]["class"], "cancelled", "{stored}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn queued_work_of_an_anonymous_caller_that_left_never_reaches_a_provider() {
+    let stack = Stack::start(1, &[("SWITCHYARD__WORKER__CONCURRENCY", "1")]).await;
+    stack.provider.set_latency(Duration::from_millis(1500));
+    // The only slot is busy with a patient caller's task...
+    let patient = tokio::spawn({
+        let (http, base) = (stack.http.clone(), stack.base.clone());
+        async move {
+            http.post(format!("{base}/v1/chat/completions"))
+                .json(&chat_body("fake", "I wait"))
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    eventually(Duration::from_secs(10), || async {
+        (stack.provider.calls() == 1).then_some(())
+    })
+    .await;
+    // ...while an impatient one queues behind it and leaves.
+    let err = impatient()
+        .post(format!("{}/v1/chat/completions", stack.base))
+        .json(&chat_body("fake", "I leave"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout());
+    let patient = patient.await.unwrap();
+    assert_eq!(patient.status(), 200);
+    let patient_id = task_id(&patient);
+    let stored = the_other_result(&stack, Some(&patient_id)).await;
+    assert_eq!(stored["error"]["class"], "cancelled", "{stored}");
+    assert_eq!(stack.provider.calls(), 1);
     stack.stop().await;
 }
 

@@ -12,6 +12,7 @@ use shared::Task;
 use tokio::time::Instant;
 use tracing::warn;
 
+use crate::abandon::CallerGone;
 use crate::answer::{STORED_RESULT_CHECK, decode_result, result_response, stored_result};
 use crate::body::ChatBody;
 use crate::error::ApiError;
@@ -47,11 +48,13 @@ pub async fn chat_completions(
     }
     let mut pending = st.replies.register(task.id);
     task.reply_to = Some(pending.subject.clone());
+    let waiting = CallerGone::new(&st, task.id, !request.named_by_caller);
     let payload = match publish(&st, &task).await? {
         Published::New => wait_reply(&st, &task, &mut pending).await?,
         // Queued before, with the first request's reply subject: wait for the stored result.
         Published::Duplicate => wait_stored(&st, &task).await?,
     };
+    waiting.answered();
     result_response(decode_result(&payload)?, Some(started))
 }
 

@@ -2,6 +2,7 @@
 //! a task on `tasks.<capability>.<priority>`, and waits for its result on a reply inbox (or
 //! relays its stream). Holds no state of its own: run as many replicas as needed.
 
+mod abandon;
 mod admission;
 mod answer;
 mod body;
@@ -81,6 +82,7 @@ async fn state(
         route_capabilities,
         capabilities,
         admission,
+        background: background.clone(),
     }))
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_nats::jetstream::{self, kv};
 use shared::Capability;
 use shared::config::Config;
+use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
 use crate::replies::ReplyRouter;
@@ -30,4 +31,6 @@ pub struct Shared {
     pub capabilities: BTreeSet<Capability>,
     /// Refuses early what its queue cannot answer within the deadline.
     pub admission: Admission,
+    /// Work that shutdown waits for (reply routing, queue sampling, cancel notices).
+    pub background: TaskTracker,
 }

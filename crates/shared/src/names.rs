@@ -215,6 +215,14 @@ pub fn consumer_name(capability: &Capability, priority: Priority) -> String {
     format!("tasks-{capability}-{priority}")
 }
 
+/// Core-NATS subjects of cancel notices, `cancel.<task id>`: the caller of that task is gone.
+pub const CANCEL_SUBJECTS: &str = "cancel.*";
+
+/// `cancel.<task id>`: tells workers that nobody waits for the task any more.
+pub fn cancel_subject(task_id: TaskId) -> String {
+    format!("cancel.{task_id}")
+}
+
 /// `stream.<task id>`: core-NATS subject carrying a streaming task's chunks.
 pub fn stream_subject(task_id: TaskId) -> String {
     format!("stream.{task_id}")

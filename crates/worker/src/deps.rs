@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use shared::config::{Config, ProviderConfig, RouteConfig};
 
+use crate::cancel::Cancellations;
 use crate::health::Health;
 use crate::provider::Provider;
 
@@ -71,4 +72,6 @@ pub(crate) struct Deps {
     pub worker_id: String,
     pub ack_wait: Duration,
     pub max_deliver: i64,
+    /// Tasks whose caller went away.
+    pub cancellations: Cancellations,
 }

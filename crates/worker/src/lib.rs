@@ -7,6 +7,7 @@ mod action;
 mod answer;
 mod assemble;
 mod backoff;
+mod cancel;
 mod deps;
 mod failover;
 mod health;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::cancel::Cancellations;
 use crate::deps::{Deps, Routing};
 use crate::health::Health;
 use crate::pull::{Fetcher, Queues};
@@ -110,6 +112,12 @@ pub async fn run(
         worker_id: worker_id.clone(),
         ack_wait: config.queue.ack_wait(),
         max_deliver,
+        // A notice matters while its task can still run: until the longest deadline.
+        cancellations: Cancellations::new(Duration::from_millis(config.gateway.max_timeout_ms)),
+    });
+    background.spawn({
+        let (deps, client, stop) = (deps.clone(), client.clone(), health_stop.clone());
+        async move { deps.cancellations.listen(client, stop).await }
     });
     let handlers = TaskTracker::new();
     let mut fetchers = JoinSet::new();

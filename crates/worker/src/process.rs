@@ -70,7 +70,7 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
             FailureClass::Internal,
             "every attempt ended without a result (the worker running it stopped)",
         )
-    } else {
+    } else if let Some(running) = deps.cancellations.start(task.id) {
         let chunks = NatsChunks::new(&deps.client, task.id, delivery);
         let failover = Failover {
             task: &task,
@@ -80,7 +80,18 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
             health: &*deps.health,
             chunks: &chunks,
         };
-        with_progress(&msg, deps.ack_wait, failover.run()).await
+        tokio::select! {
+            outcome = with_progress(&msg, deps.ack_wait, failover.run()) => outcome,
+            () = running.token.cancelled() => Outcome::failed(
+                FailureClass::Cancelled,
+                "the caller went away; the provider call was stopped",
+            ),
+        }
+    } else {
+        Outcome::failed(
+            FailureClass::Cancelled,
+            "the caller went away before a worker took the task",
+        )
     };
     let Outcome {
         answer,
