@@ -178,3 +178,42 @@ async fn an_sdk_retrying_a_failed_request_gets_the_same_failure_without_new_call
     assert_eq!(stack.provider.calls(), calls);
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_streamed_retry_of_a_finished_task_streams_its_stored_answer() {
+    let stack = Stack::start(1, &[]).await;
+    let key = [("idempotency-key", "stream-me-once")];
+    let mut body = chat_body("fake", "stream once");
+    body["stream"] = serde_json::json!(true);
+    let first = stack.chat_with(body.clone(), &key).await;
+    assert_eq!(first.status(), 200);
+    let id = task_id(&first);
+    let first_text = first.text().await.unwrap();
+    assert!(
+        first_text.trim_end().ends_with("data: [DONE]"),
+        "{first_text}"
+    );
+    let retry = stack.chat_with(body, &key).await;
+    assert_eq!(retry.status(), 200);
+    assert_eq!(task_id(&retry), id);
+    let events = crate::harness::sse_data(&retry.text().await.unwrap());
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let text: String = events
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    let stored = stack.wait_result(&id).await;
+    assert_eq!(
+        text,
+        stored["response"]["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+    );
+    assert_eq!(stack.provider.calls(), 1);
+    stack.stop().await;
+}

@@ -31,20 +31,24 @@ pub async fn chat_completions(
     let started = Instant::now();
     let streaming = body.stream;
     let mut task = build_task(&st, request.id, &headers, body)?;
-    if request.named_by_caller
-        && !streaming
-        && let Some(stored) = stored_result(&st, task.id).await?
-    {
-        // A retry of a request that has its answer already: that answer, nothing queued.
-        return result_response(decode_result(&stored)?, None);
+    // A task the caller named may be finished already (a retry): its answer, nothing queued.
+    let stored = if request.named_by_caller {
+        stored_result(&st, task.id).await?
+    } else {
+        None
+    };
+    if stored.is_none() {
+        st.admission
+            .admit(&task.capability, task.priority, task.remaining())
+            .map_err(|o| ApiError::Overloaded {
+                retry_after_secs: o.retry_after_secs,
+            })?;
     }
-    st.admission
-        .admit(&task.capability, task.priority, task.remaining())
-        .map_err(|o| ApiError::Overloaded {
-            retry_after_secs: o.retry_after_secs,
-        })?;
     if streaming {
-        return stream::respond(st, task, started).await;
+        return stream::respond(st, task, started, stored).await;
+    }
+    if let Some(stored) = stored {
+        return result_response(decode_result(&stored)?, None);
     }
     let mut pending = st.replies.register(task.id);
     task.reply_to = Some(pending.subject.clone());

@@ -28,7 +28,7 @@ use crate::answer::{
 use crate::error::{ApiError, error_body};
 use crate::headers::Answered;
 use crate::state::AppState;
-use crate::submit::publish;
+use crate::submit::{Published, publish};
 
 /// What arrived for a streaming task.
 enum Incoming {
@@ -44,14 +44,29 @@ enum Incoming {
     Closed,
 }
 
-pub async fn respond(st: AppState, mut task: Task, started: Instant) -> Result<Response, ApiError> {
+/// Streams `task`'s answer. With its `stored` result (a retry of a finished named task), that
+/// is the answer, as one chunk, and nothing is queued; a task still queued or running (a
+/// duplicate publish) is joined mid-way and completed from its result.
+pub async fn respond(
+    st: AppState,
+    mut task: Task,
+    started: Instant,
+    stored: Option<Bytes>,
+) -> Result<Response, ApiError> {
     let subject = stream_subject(task.id);
     let sub = st.client.subscribe(subject.clone()).await.map_err(|e| {
         warn!(error = %e, "could not subscribe to a stream subject");
         ApiError::Unavailable
     })?;
     task.reply_to = Some(subject);
-    publish(&st, &task).await?;
+    let stored = match stored {
+        Some(stored) => Some(stored),
+        None => match publish(&st, &task).await? {
+            Published::New => None,
+            // Queued before: it may have finished already.
+            Published::Duplicate => stored_result(&st, task.id).await?,
+        },
+    };
     let deadline = Instant::now() + task.remaining();
     let mut relay = Relay {
         st,
@@ -66,7 +81,11 @@ pub async fn respond(st: AppState, mut task: Task, started: Instant) -> Result<R
         queued: VecDeque::new(),
     };
     let mut answered_by = Answered::default();
-    match relay.next_incoming().await? {
+    let first = match stored {
+        Some(bytes) => Incoming::Result(decode_result(&bytes)?),
+        None => relay.next_incoming().await?,
+    };
+    match first {
         Incoming::Result(result) => {
             // Whole answer before any chunk (e.g. a redelivery found it stored): one chunk.
             if result.status == TaskStatus::Failed {
