@@ -121,6 +121,39 @@ async fn choice_chunk(client: &async_nats::Client, task: &Task, seq: u64, index:
         .unwrap();
 }
 
+/// Finishes `task` as a worker would: stores `result`, sends it to the reply subject, acks;
+/// then returns the `data:` payloads of the streamed answer `pending` received.
+async fn finish_by_hand(
+    stack: &Stack,
+    msg: &jetstream::Message,
+    task: &Task,
+    result: &Value,
+    pending: tokio::task::JoinHandle<String>,
+) -> Vec<String> {
+    let stored = Bytes::from(result.to_string());
+    stack
+        .results_bucket()
+        .await
+        .create(task.id.to_string(), stored.clone())
+        .await
+        .unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("Switchyard-Event", "result");
+    headers.insert("Switchyard-Delivery", "1");
+    stack
+        .client
+        .publish_with_headers(task.reply_to.clone().unwrap(), headers, stored)
+        .await
+        .unwrap();
+    msg.ack().await.unwrap();
+    sse_data(
+        &tokio::time::timeout(Duration::from_secs(20), pending)
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn stream_with_a_missing_chunk_is_completed_from_the_stored_result() {
     let stack = Stack::start(0, &[]).await;
@@ -143,29 +176,7 @@ async fn stream_with_a_missing_chunk_is_completed_from_the_stored_result() {
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello brave new world"}, "finish_reason": "stop"}]
         }
     });
-    let stored = Bytes::from(result.to_string());
-    stack
-        .results_bucket()
-        .await
-        .create(task.id.to_string(), stored.clone())
-        .await
-        .unwrap();
-    let mut headers = HeaderMap::new();
-    headers.insert("Switchyard-Event", "result");
-    headers.insert("Switchyard-Delivery", "1");
-    stack
-        .client
-        .publish_with_headers(task.reply_to.clone().unwrap(), headers, stored)
-        .await
-        .unwrap();
-    msg.ack().await.unwrap();
-
-    let data = sse_data(
-        &tokio::time::timeout(Duration::from_secs(20), pending)
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    let data = finish_by_hand(&stack, &msg, &task, &result, pending).await;
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
     let chunks: Vec<Value> = data[..data.len() - 1]
         .iter()
@@ -212,29 +223,7 @@ async fn stream_of_several_choices_with_a_gap_completes_each_choice() {
             ]
         }
     });
-    let stored = Bytes::from(result.to_string());
-    stack
-        .results_bucket()
-        .await
-        .create(task.id.to_string(), stored.clone())
-        .await
-        .unwrap();
-    let mut headers = HeaderMap::new();
-    headers.insert("Switchyard-Event", "result");
-    headers.insert("Switchyard-Delivery", "1");
-    stack
-        .client
-        .publish_with_headers(task.reply_to.clone().unwrap(), headers, stored)
-        .await
-        .unwrap();
-    msg.ack().await.unwrap();
-
-    let data = sse_data(
-        &tokio::time::timeout(Duration::from_secs(20), pending)
-            .await
-            .unwrap()
-            .unwrap(),
-    );
+    let data = finish_by_hand(&stack, &msg, &task, &result, pending).await;
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
     let chunks: Vec<Value> = data[..data.len() - 1]
         .iter()
