@@ -18,16 +18,7 @@ async fn a_task_published_while_nats_restarts_is_answered_once_not_refused() {
     // The worker is up and pulling before NATS goes away.
     assert_eq!(stack.chat(chat_body("fake", "before")).await.status(), 200);
     stack.nats.stop();
-    let request = tokio::spawn({
-        let (http, base) = (stack.http.clone(), stack.base.clone());
-        async move {
-            http.post(format!("{base}/v1/chat/completions"))
-                .json(&chat_body("fake", "through an outage"))
-                .send()
-                .await
-                .unwrap()
-        }
-    });
+    let request = stack.send("through an outage");
     tokio::time::sleep(OUTAGE).await;
     stack.nats.start_again();
     let response = request.await.unwrap();

@@ -207,16 +207,7 @@ async fn queued_work_of_an_anonymous_caller_that_left_never_reaches_a_provider()
     let stack = Stack::start(1, &[("SWITCHYARD__WORKER__CONCURRENCY", "1")]).await;
     stack.provider.set_latency(Duration::from_millis(1500));
     // The only slot is busy with a patient caller's task...
-    let patient = tokio::spawn({
-        let (http, base) = (stack.http.clone(), stack.base.clone());
-        async move {
-            http.post(format!("{base}/v1/chat/completions"))
-                .json(&chat_body("fake", "I wait"))
-                .send()
-                .await
-                .unwrap()
-        }
-    });
+    let patient = stack.send("I wait");
     eventually(Duration::from_secs(10), || async {
         (stack.provider.calls() == 1).then_some(())
     })

@@ -298,6 +298,15 @@ impl Stack {
         cmd.spawn().unwrap()
     }
 
+    /// A chat request to the `fake` route with `text`, sent beside the test body.
+    pub fn send(&self, text: &str) -> JoinHandle<reqwest::Response> {
+        let request = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.base))
+            .json(&chat_body("fake", text));
+        tokio::spawn(async move { request.send().await.unwrap() })
+    }
+
     pub async fn chat(&self, body: serde_json::Value) -> reqwest::Response {
         self.chat_with(body, &[]).await
     }

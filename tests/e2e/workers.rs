@@ -11,15 +11,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::harness::{Stack, chat_body, content, eventually, task_id};
-
-fn send(stack: &Stack, text: &str) -> tokio::task::JoinHandle<reqwest::Response> {
-    let request = stack
-        .http
-        .post(format!("{}/v1/chat/completions", stack.base))
-        .json(&chat_body("fake", text));
-    tokio::spawn(async move { request.send().await.unwrap() })
-}
+use crate::harness::{Stack, content, eventually, task_id};
 
 async fn wait_for_calls(stack: &Stack, n: usize) {
     eventually(Duration::from_secs(20), || async {
@@ -35,7 +27,7 @@ async fn crash_mid_task(stack: &Stack, text: &str) -> (reqwest::Response, Child,
     let logs = TempDir::new().unwrap();
     stack.provider.set_latency(Duration::from_secs(30));
     let mut doomed = stack.spawn_worker_process(&logs.path().join("doomed.log"));
-    let pending = send(stack, text);
+    let pending = stack.send(text);
     wait_for_calls(stack, 1).await;
     doomed.kill().unwrap();
     doomed.wait().unwrap();
@@ -100,7 +92,7 @@ async fn killed_worker_task_is_redelivered_and_answered_once() {
 async fn two_workers_sharing_a_capability_both_take_work() {
     let stack = Stack::start(2, &[("SWITCHYARD__WORKER__CONCURRENCY", "1")]).await;
     stack.provider.set_latency(Duration::from_millis(300));
-    let pending: Vec<_> = (0..6).map(|i| send(&stack, &format!("job {i}"))).collect();
+    let pending: Vec<_> = (0..6).map(|i| stack.send(&format!("job {i}"))).collect();
     let mut workers = BTreeSet::new();
     for p in pending {
         let response = p.await.unwrap();
@@ -120,7 +112,7 @@ async fn sigterm_drains_in_flight_work_then_exits() {
     let logs = TempDir::new().unwrap();
     stack.provider.set_latency(Duration::from_millis(1500));
     let mut worker = stack.spawn_worker_process(&logs.path().join("worker.log"));
-    let pending = send(&stack, "finish me");
+    let pending = stack.send("finish me");
     wait_for_calls(&stack, 1).await;
     sigterm(&worker);
     let response = pending.await.unwrap();
@@ -141,7 +133,7 @@ async fn sigterm_drains_in_flight_work_then_exits() {
 async fn gateway_shutdown_lets_in_flight_requests_finish() {
     let stack = Stack::start(1, &[]).await;
     stack.provider.set_latency(Duration::from_millis(1000));
-    let pending = send(&stack, "answer me before you go");
+    let pending = stack.send("answer me before you go");
     wait_for_calls(&stack, 1).await;
     stack.begin_gateway_shutdown();
     let response = pending.await.unwrap();
