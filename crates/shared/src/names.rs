@@ -45,7 +45,7 @@ pub const HEADER_FALLBACK_DEPTH: &str = "Switchyard-Fallback-Depth";
 pub const HEADER_UPSTREAM_MS: &str = "Switchyard-Upstream-Ms";
 
 /// Longest capability name accepted; keeps subjects and consumer names short.
-const MAX_TOKEN_LEN: usize = 64;
+pub const MAX_TOKEN_LEN: usize = 64;
 
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -183,6 +183,12 @@ impl TaskId {
     /// replica maps a retried request to the same task.
     pub fn for_idempotency_key(key: &str) -> Self {
         Self(Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes()))
+    }
+
+    /// The id of the part `name` of this task (a workflow's step): a name-based UUID in
+    /// this task's namespace, so whoever dispatches the part gets the same id.
+    pub fn child(&self, name: &str) -> Self {
+        Self(Uuid::new_v5(&self.0, name.as_bytes()))
     }
 }
 

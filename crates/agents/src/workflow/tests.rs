@@ -1,0 +1,408 @@
+//! The state machine's transitions, one behaviour per test, with an environment whose agents
+//! and clock are fixed.
+
+use super::*;
+use crate::routing::Scored;
+
+struct World {
+    now: u64,
+    /// (agent, capability) pairs.
+    agents: Vec<(&'static str, &'static str)>,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            now: 1_000,
+            agents: vec![
+                ("planner", PLANNING),
+                ("researcher", "research"),
+                ("analyst", "analysis"),
+                ("writer", WRITING),
+                ("reviewer", REVIEW),
+            ],
+        }
+    }
+}
+
+impl Env for World {
+    fn now_ms(&self) -> u64 {
+        self.now
+    }
+    fn route(&self, capability: &str, allowed: Option<&[String]>) -> Option<Decision> {
+        let (agent, _) = self.agents.iter().find(|(a, c)| {
+            *c == capability && allowed.is_none_or(|list| list.iter().any(|x| x == a))
+        })?;
+        Some(Decision {
+            agent: (*agent).to_owned(),
+            candidates: vec![Scored {
+                agent: (*agent).to_owned(),
+                capability: 1.0,
+                load: 1.0,
+                performance: 0.5,
+                total: 0.9,
+            }],
+        })
+    }
+    fn known_capability(&self, capability: &str) -> bool {
+        self.agents.iter().any(|(_, c)| *c == capability)
+    }
+    fn known_agent(&self, agent: &str) -> bool {
+        self.agents.iter().any(|(a, _)| *a == agent)
+    }
+    fn limits(&self) -> Limits {
+        Limits::default()
+    }
+}
+
+fn spec(goal: &str) -> Spec {
+    Spec {
+        goal: goal.into(),
+        team: None,
+        agents: None,
+        capabilities: None,
+        steps: None,
+        context: None,
+        priority: Priority::Normal,
+        budget: Budget::default(),
+        approval: false,
+    }
+}
+
+fn workflow(spec: Spec) -> Workflow {
+    Workflow::new(TaskId::new(), spec, 1_000, 600_000)
+}
+
+fn dispatched(effects: &[Effect]) -> Vec<String> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Dispatch { step } => Some(step.clone()),
+            Effect::Abort { .. } | Effect::Progress(_) => None,
+        })
+        .collect()
+}
+
+fn done(step: &str, text: &str) -> Event {
+    Event::StepFinished {
+        step: step.into(),
+        outcome: StepOutcome::Completed {
+            text: text.into(),
+            usage: Usage {
+                prompt_tokens: 10,
+                completion_tokens: 5,
+                cost_usd: 0.001,
+            },
+        },
+    }
+}
+
+fn failed(step: &str, class: &str) -> Event {
+    Event::StepFinished {
+        step: step.into(),
+        outcome: StepOutcome::Failed {
+            class: class.into(),
+            message: "it broke".into(),
+        },
+    }
+}
+
+const PLAN: &str = r#"{"steps": [
+    {"id": "facts", "capability": "research", "instruction": "Find facts", "depends_on": []},
+    {"id": "market", "capability": "research", "instruction": "Size the market", "depends_on": []},
+    {"id": "analysis", "capability": "analysis", "instruction": "Analyse", "depends_on": ["facts", "market"]}
+]}"#;
+
+/// Runs the planned workflow to its review; returns the workflow.
+fn through_review(world: &World, approval: bool) -> Workflow {
+    let mut wf = workflow(Spec {
+        approval,
+        ..spec("Analyse e-bikes")
+    });
+    advance(&mut wf, &Event::Start, world);
+    advance(&mut wf, &done("@plan", PLAN), world);
+    advance(&mut wf, &done("facts", "f"), world);
+    advance(&mut wf, &done("market", "m"), world);
+    advance(&mut wf, &done("analysis", "a"), world);
+    advance(&mut wf, &done("@synthesis", "the report"), world);
+    wf
+}
+
+#[test]
+fn a_goal_is_planned_then_independent_steps_run_together_then_dependents() {
+    let world = World::new();
+    let mut wf = workflow(spec("Analyse e-bikes"));
+    assert_eq!(
+        dispatched(&advance(&mut wf, &Event::Start, &world)),
+        ["@plan"]
+    );
+    assert_eq!(wf.status, Status::Planning);
+    assert_eq!(wf.step("@plan").unwrap().agent.as_deref(), Some("planner"));
+    assert_eq!(
+        dispatched(&advance(&mut wf, &done("@plan", PLAN), &world)),
+        ["facts", "market"]
+    );
+    assert_eq!(wf.status, Status::Running);
+    assert!(dispatched(&advance(&mut wf, &done("facts", "f"), &world)).is_empty());
+    assert_eq!(
+        dispatched(&advance(&mut wf, &done("market", "m"), &world)),
+        ["analysis"]
+    );
+    assert_eq!(
+        dispatched(&advance(&mut wf, &done("analysis", "a"), &world)),
+        ["@synthesis"]
+    );
+    let synthesis = wf.step("@synthesis").unwrap();
+    assert_eq!(synthesis.depends_on, ["facts", "market", "analysis"]);
+    assert_eq!(synthesis.agent.as_deref(), Some("writer"));
+    assert_eq!(
+        dispatched(&advance(&mut wf, &done("@synthesis", "report"), &world)),
+        ["@review"]
+    );
+    advance(
+        &mut wf,
+        &done("@review", r#"{"verdict": "approve", "score": 0.9}"#),
+        &world,
+    );
+    assert_eq!(wf.status, Status::Completed);
+    assert_eq!(wf.output.as_deref(), Some("report"));
+    assert_eq!(wf.usage.tokens(), 15 * 6);
+    // Every step's task id is derived from the workflow's, so any replica computes it.
+    assert_eq!(wf.step("facts").unwrap().task_id, wf.id.child("facts"));
+}
+
+#[test]
+fn an_event_applied_twice_changes_nothing_and_repeats_its_dispatches() {
+    let world = World::new();
+    let mut wf = workflow(spec("g"));
+    advance(&mut wf, &Event::Start, &world);
+    // Start again (the first one's publish was lost): the planner step is published again,
+    // which JetStream de-duplicates.
+    assert_eq!(
+        dispatched(&advance(&mut wf, &Event::Start, &world)),
+        ["@plan"]
+    );
+    let first = advance(&mut wf, &done("@plan", PLAN), &world);
+    let after_first = wf.clone();
+    let again = advance(&mut wf, &done("@plan", PLAN), &world);
+    assert_eq!(wf, after_first);
+    assert_eq!(dispatched(&again), dispatched(&first));
+    // Once the plan is done, a late Start dispatches nothing.
+    assert!(dispatched(&advance(&mut wf, &Event::Start, &world)).is_empty());
+}
+
+#[test]
+fn an_invalid_plan_is_retried_once_with_its_problems_then_fails_by_name() {
+    let world = World::new();
+    let mut wf = workflow(spec("g"));
+    advance(&mut wf, &Event::Start, &world);
+    let bad = r#"{"steps": [{"id": "a", "capability": "astrology", "instruction": "x", "depends_on": []}]}"#;
+    assert_eq!(
+        dispatched(&advance(&mut wf, &done("@plan", bad), &world)),
+        ["@plan-2"]
+    );
+    assert!(
+        wf.step("@plan-2")
+            .unwrap()
+            .instruction
+            .contains("astrology")
+    );
+    advance(&mut wf, &done("@plan-2", "I cannot plan this."), &world);
+    assert_eq!(wf.status, Status::Failed);
+    let error = wf.error.unwrap();
+    assert_eq!(error.guard, Some(Guard::InvalidPlan));
+    assert!(error.message.contains("no JSON"), "{}", error.message);
+}
+
+#[test]
+fn a_revision_is_asked_once_then_the_guard_fails_the_run() {
+    let world = World::new();
+    let mut wf = through_review(&world, false);
+    let revise = r#"{"verdict": "revise", "feedback": "cite sources"}"#;
+    assert_eq!(
+        dispatched(&advance(&mut wf, &done("@review", revise), &world)),
+        ["@synthesis-2"]
+    );
+    assert!(
+        wf.step("@synthesis-2")
+            .unwrap()
+            .instruction
+            .contains("cite sources")
+    );
+    assert_eq!(
+        dispatched(&advance(&mut wf, &done("@synthesis-2", "v2"), &world)),
+        ["@review-2"]
+    );
+    advance(&mut wf, &done("@review-2", revise), &world);
+    assert_eq!(wf.status, Status::Failed);
+    assert_eq!(wf.error.unwrap().guard, Some(Guard::MaxRevisions));
+    assert_eq!(wf.output.as_deref(), Some("v2"));
+}
+
+#[test]
+fn approval_pauses_until_approved_or_rejected() {
+    let world = World::new();
+    let mut wf = through_review(&world, true);
+    advance(&mut wf, &done("@review", "APPROVE: good"), &world);
+    assert_eq!(wf.status, Status::AwaitingApproval);
+    let mut rejected = wf.clone();
+    advance(&mut wf, &Event::Approve, &world);
+    assert_eq!(wf.status, Status::Completed);
+    advance(
+        &mut rejected,
+        &Event::Reject {
+            reason: "off topic".into(),
+        },
+        &world,
+    );
+    assert_eq!(rejected.error.unwrap().guard, Some(Guard::Rejected));
+}
+
+#[test]
+fn cancel_aborts_running_steps_and_dispatches_nothing_more() {
+    let world = World::new();
+    let mut wf = workflow(spec("g"));
+    advance(&mut wf, &Event::Start, &world);
+    advance(&mut wf, &done("@plan", PLAN), &world);
+    let effects = advance(&mut wf, &Event::Cancel, &world);
+    let aborted: Vec<TaskId> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Abort { task_id } => Some(*task_id),
+            Effect::Dispatch { .. } | Effect::Progress(_) => None,
+        })
+        .collect();
+    assert_eq!(aborted, [wf.id.child("facts"), wf.id.child("market")]);
+    assert_eq!(wf.status, Status::Cancelled);
+    // A step that finishes afterwards starts nothing.
+    assert!(dispatched(&advance(&mut wf, &done("facts", "f"), &world)).is_empty());
+    assert_eq!(wf.status, Status::Cancelled);
+}
+
+#[test]
+fn a_failed_step_fails_the_workflow_with_its_class() {
+    let world = World::new();
+    let mut wf = workflow(spec("g"));
+    advance(&mut wf, &Event::Start, &world);
+    advance(&mut wf, &done("@plan", PLAN), &world);
+    advance(&mut wf, &failed("market", "rate_limited"), &world);
+    let error = wf.error.clone().unwrap();
+    assert_eq!(
+        (error.class.as_deref(), error.step.as_deref()),
+        (Some("rate_limited"), Some("market"))
+    );
+    assert_eq!(wf.step("facts").unwrap().status, StepStatus::Cancelled);
+}
+
+#[test]
+fn budgets_stop_a_runaway_run_with_the_guard_named() {
+    let world = World::new();
+    let mut wf = workflow(Spec {
+        budget: Budget {
+            max_tokens: Some(20),
+            ..Budget::default()
+        },
+        ..spec("g")
+    });
+    advance(&mut wf, &Event::Start, &world);
+    advance(&mut wf, &done("@plan", PLAN), &world);
+    advance(&mut wf, &done("facts", "f"), &world);
+    assert_eq!(wf.error.clone().unwrap().guard, Some(Guard::MaxTokens));
+
+    let mut steps = workflow(Spec {
+        budget: Budget {
+            max_steps: Some(2),
+            ..Budget::default()
+        },
+        ..spec("g")
+    });
+    advance(&mut steps, &Event::Start, &world);
+    advance(&mut steps, &done("@plan", PLAN), &world);
+    assert_eq!(steps.error.clone().unwrap().guard, Some(Guard::MaxSteps));
+
+    let mut late = workflow(spec("g"));
+    advance(&mut late, &Event::Start, &world);
+    let later = World {
+        now: late.deadline_ms + 1,
+        ..World::new()
+    };
+    advance(&mut late, &done("@plan", PLAN), &later);
+    assert_eq!(late.error.unwrap().guard, Some(Guard::WallTime));
+}
+
+#[test]
+fn capabilities_run_the_best_agent_for_each_on_the_goal_in_parallel() {
+    let world = World::new();
+    let mut wf = workflow(Spec {
+        capabilities: Some(vec!["research".into(), "analysis".into()]),
+        ..spec("Should we expand to Spain?")
+    });
+    assert_eq!(
+        dispatched(&advance(&mut wf, &Event::Start, &world)),
+        ["research", "analysis"]
+    );
+    assert_eq!(
+        wf.step("analysis").unwrap().instruction,
+        "Should we expand to Spain?"
+    );
+}
+
+#[test]
+fn a_team_without_a_reviewer_borrows_one_but_work_stays_in_the_team() {
+    let world = World::new();
+    let mut wf = workflow(Spec {
+        agents: Some(vec!["researcher".into(), "writer".into()]),
+        steps: Some(vec![PlanStep {
+            id: "dig".into(),
+            capability: "research".into(),
+            instruction: "dig".into(),
+            depends_on: vec![],
+            agent: None,
+        }]),
+        ..spec("g")
+    });
+    advance(&mut wf, &Event::Start, &world);
+    advance(&mut wf, &done("dig", "d"), &world);
+    advance(&mut wf, &done("@synthesis", "s"), &world);
+    assert_eq!(
+        wf.step("@review").unwrap().agent.as_deref(),
+        Some("reviewer")
+    );
+    let mut outside = workflow(Spec {
+        agents: Some(vec!["writer".into()]),
+        capabilities: Some(vec!["research".into()]),
+        ..spec("g")
+    });
+    advance(&mut outside, &Event::Start, &world);
+    assert_eq!(outside.error.unwrap().guard, Some(Guard::NoAgent));
+}
+
+#[test]
+fn verdicts_are_read_leniently_but_never_approve_by_accident() {
+    assert!(parse_verdict(r#"{"verdict":"approve","score":0.8}"#).approved);
+    assert!(parse_verdict("APPROVE - fine").approved);
+    assert!(!parse_verdict("Looks good to me").approved);
+    let v = parse_verdict("```json\n{\"verdict\": \"revise\", \"feedback\": \"more data\"}\n```");
+    assert!(!v.approved);
+    assert_eq!(v.feedback, "more data");
+}
+
+#[test]
+fn budgets_that_are_not_positive_are_named() {
+    let b = Budget {
+        max_tokens: Some(0),
+        max_cost_usd: Some(-1.0),
+        max_steps: Some(0),
+        max_wall_ms: Some(0),
+    };
+    let fields: Vec<String> = b.problems().into_iter().map(|e| e.field).collect();
+    assert_eq!(
+        fields,
+        [
+            "budget.max_tokens",
+            "budget.max_cost_usd",
+            "budget.max_steps",
+            "budget.max_wall_ms"
+        ]
+    );
+}
