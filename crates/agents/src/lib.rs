@@ -2,6 +2,7 @@
 //! agent for a step, plans (the step DAG) and the workflow state machine. Nothing here talks
 //! to NATS or HTTP; the gateway and the worker sit at its edges and store what it decides.
 
+pub mod catalog;
 pub mod plan;
 pub mod profile;
 pub mod routing;

@@ -26,7 +26,9 @@ pub const QUEUE_PREFIX: &str = "agent-";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentProfile {
-    /// Subject-safe token: lowercase letters, digits, `-`, `_`.
+    /// Subject-safe token: lowercase letters, digits, `-`, `_`. In configuration and in
+    /// `PUT /v1/agents/{name}` it comes from the key or the path.
+    #[serde(default)]
     pub name: String,
     /// What it is, in a few words ("Researcher").
     pub role: String,
