@@ -5,5 +5,6 @@
 pub mod catalog;
 pub mod plan;
 pub mod profile;
+pub mod prompt;
 pub mod routing;
 pub mod workflow;
