@@ -96,17 +96,109 @@ fn completion_id() -> String {
     format!("chatcmpl-sim-{}", uuid::Uuid::now_v7().simple())
 }
 
-/// The deterministic answer: which model, how many messages, and an echo of the last one.
+/// The deterministic answer. With a JSON schema in `response_format`, a document that
+/// follows it (so structured-output callers, such as a workflow's planner and reviewer, get
+/// something they can use); otherwise text that says which model, which role the system
+/// prompt gave (`You are the …`), which inputs the prompt carried, and echoes the last
+/// message.
 fn answer(model: &str, request: &Map<String, Value>) -> String {
+    if let Some(schema) = request
+        .get("response_format")
+        .filter(|f| f["type"] == "json_schema")
+        .map(|f| &f["json_schema"]["schema"])
+    {
+        return instance(schema, 0).to_string();
+    }
     let messages = request.get("messages").and_then(Value::as_array);
     let count = messages.map_or(0, Vec::len);
+    let text_of = |m: &Value| m.get("content").map(content_text).unwrap_or_default();
     let last = messages
         .and_then(|m| m.last())
-        .and_then(|m| m.get("content"))
-        .map(content_text)
+        .map(text_of)
         .unwrap_or_default();
     let echo: String = last.chars().take(ECHO_CHARS).collect();
-    format!("[simulated {model}] Received {count} message(s). You said: {echo}")
+    let role = messages
+        .and_then(|m| m.iter().find(|m| m["role"] == "system"))
+        .map(text_of)
+        .and_then(|system| {
+            let rest = system.trim_start().strip_prefix("You are the ")?;
+            let end = rest.find([' ', '.', ',']).unwrap_or(rest.len());
+            Some(rest[..end].to_owned())
+        });
+    let inputs: Vec<&str> = last
+        .split("Output of step `")
+        .skip(1)
+        .filter_map(|s| s.split('`').next())
+        .collect();
+    match role {
+        Some(role) => {
+            let inputs = if inputs.is_empty() {
+                "the goal only".to_owned()
+            } else {
+                format!("the outputs of {}", inputs.join(", "))
+            };
+            format!("[simulated {model}] {role}: done, working from {inputs}. You said: {echo}")
+        }
+        None => format!("[simulated {model}] Received {count} message(s). You said: {echo}"),
+    }
+}
+
+/// A value that follows `schema` (the subset structured outputs use: objects, arrays,
+/// enums, strings with a token pattern, numbers, booleans), `index` telling items apart.
+/// Arrays of objects get three items (so a simulated plan has parallel steps), other
+/// arrays `minItems`; enums cycle with the index; numbers take their maximum.
+fn instance(schema: &Value, index: usize) -> Value {
+    if let Some(options) = schema["enum"].as_array().filter(|o| !o.is_empty()) {
+        return options[index % options.len()].clone();
+    }
+    match schema["type"].as_str().unwrap_or("object") {
+        "object" => Value::Object(
+            schema["properties"]
+                .as_object()
+                .map(|props| {
+                    props
+                        .iter()
+                        .map(|(name, sub)| {
+                            let value = match sub["type"].as_str() {
+                                Some("string")
+                                    if sub.get("enum").is_none()
+                                        && sub.get("pattern").is_none() =>
+                                {
+                                    json!(format!("simulated {name} {}", index + 1))
+                                }
+                                _ => instance(sub, index),
+                            };
+                            (name.clone(), value)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        ),
+        "array" => {
+            let min = schema["minItems"]
+                .as_u64()
+                .map_or(0, |m| usize::try_from(m).unwrap_or(0));
+            let max = schema["maxItems"]
+                .as_u64()
+                .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+            let items = &schema["items"];
+            let wanted = if items["type"] == "object" {
+                min.max(3)
+            } else {
+                min
+            };
+            Value::Array((0..wanted.min(max)).map(|i| instance(items, i)).collect())
+        }
+        "string" if schema.get("pattern").is_some() => json!(format!("s{}", index + 1)),
+        "string" => json!(format!("simulated {}", index + 1)),
+        "number" | "integer" => schema
+            .get("maximum")
+            .or_else(|| schema.get("minimum"))
+            .cloned()
+            .unwrap_or(json!(1)),
+        "boolean" => json!(true),
+        _ => Value::Null,
+    }
 }
 
 /// Token counts estimated at four characters a token.
@@ -161,6 +253,44 @@ mod tests {
         assert!(text.contains("simulated"));
         assert!(text.contains("hello there"));
         assert_eq!(a["usage"]["prompt_tokens"], 3);
+    }
+
+    #[tokio::test]
+    async fn a_json_schema_is_followed_and_a_role_is_named() {
+        let schema = json!({"type": "object", "required": ["steps"], "properties": {"steps": {
+            "type": "array", "minItems": 1, "items": {"type": "object", "properties": {
+                "id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]*$"},
+                "capability": {"type": "string", "enum": ["research", "analysis"]},
+                "instruction": {"type": "string"},
+                "depends_on": {"type": "array", "items": {"type": "string"}}}}}}});
+        let request = json!({"messages": [{"role": "user", "content": "plan"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}});
+        let answer = provider()
+            .complete(call(request.as_object().unwrap()))
+            .await
+            .unwrap();
+        let plan: Value =
+            serde_json::from_str(answer["choices"][0]["message"]["content"].as_str().unwrap())
+                .unwrap();
+        let steps = plan["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 3);
+        assert_eq!(steps[0]["id"], "s1");
+        assert_eq!(steps[1]["capability"], "analysis");
+        assert_eq!(steps[2]["depends_on"], json!([]));
+        assert_ne!(steps[0]["instruction"], steps[1]["instruction"]);
+
+        let request = json!({"messages": [
+            {"role": "system", "content": "You are the Researcher of a team."},
+            {"role": "user", "content": "# Output of step `facts`\nx\n# Output of step `market`\ny"}]});
+        let answer = provider()
+            .complete(call(request.as_object().unwrap()))
+            .await
+            .unwrap();
+        let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(
+            text.contains("Researcher: done, working from the outputs of facts, market"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
