@@ -6,6 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
+use shared::limits::{MAX_JSON_DEPTH, check_route, json_depth};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -36,6 +37,16 @@ impl FromRequest<AppState> for ChatBody {
 
 /// Parses and checks a request body.
 pub fn parse(bytes: &[u8]) -> Result<ChatBody, ApiError> {
+    // Ours, not serde_json's (128): the worker reads the request one level deeper, inside
+    // its task, so the two must not meet at the parser's own limit.
+    if json_depth(bytes) > MAX_JSON_DEPTH {
+        return Err(ApiError::invalid(
+            "body",
+            format!(
+                "request body must not nest arrays and objects deeper than {MAX_JSON_DEPTH} levels"
+            ),
+        ));
+    }
     let value: Value =
         serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let Value::Object(body) = value else {
@@ -45,10 +56,11 @@ pub fn parse(bytes: &[u8]) -> Result<ChatBody, ApiError> {
         ));
     };
     let model = match body.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(Value::String(_)) => {
-            return Err(ApiError::invalid("model", "`model` must not be empty"));
-        }
+        // The model becomes the task's route, which travels in NATS headers and keys.
+        Some(Value::String(m)) => match check_route(m) {
+            Ok(()) => m.clone(),
+            Err(e) => return Err(ApiError::invalid("model", format!("`model` {e}"))),
+        },
         Some(_) => return Err(ApiError::invalid("model", "`model` must be a string")),
         None => return Err(ApiError::invalid("model", "`model` is required")),
     };
