@@ -2,6 +2,8 @@
 //! the caller sent (unknown fields included, passed through to the provider); only the
 //! fields Switchyard itself relies on are checked, each with the parameter it concerns.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
@@ -24,13 +26,20 @@ impl FromRequest<AppState> for ChatBody {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.config.gateway.max_body_bytes;
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::BodyTooLarge { limit }
-            } else {
-                ApiError::invalid("body", rejection.body_text())
-            }
-        })?;
+        let limit_ms = state.config.gateway.body_read_timeout_ms;
+        // The whole body within the limit, however it trickles in: a client sending a
+        // byte now and then must not hold the connection (and this task) indefinitely.
+        let read = Bytes::from_request(req, state);
+        let bytes = tokio::time::timeout(Duration::from_millis(limit_ms), read)
+            .await
+            .map_err(|_| ApiError::BodyTimeout { limit_ms })?
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::BodyTooLarge { limit }
+                } else {
+                    ApiError::invalid("body", rejection.body_text())
+                }
+            })?;
         parse(&bytes)
     }
 }
