@@ -511,4 +511,170 @@ mod tests {
             }
         }
     }
+
+    /// Property tests: any payload on any subject decodes or is refused, never panics; a
+    /// valid task decodes to itself. 256 cases each keeps the suite quick.
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::{Map, Value, json};
+
+        use super::super::*;
+        use super::ID;
+
+        /// JSON without floats: serde_json does not promise to read every float back
+        /// bit for bit, and the round trip below compares exactly.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                ".{0,20}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(6, 64, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(".{0,8}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        const FIELDS: [&str; 9] = [
+            "id",
+            "capability",
+            "priority",
+            "route",
+            "request",
+            "deadline_ms",
+            "reply_to",
+            "created_ms",
+            "replay_of",
+        ];
+
+        /// Objects with the task's own field names holding anything.
+        fn task_like() -> impl Strategy<Value = Value> {
+            prop::collection::vec((prop::sample::select(FIELDS.to_vec()), json_value()), 0..10)
+                .prop_map(|fields| {
+                    Value::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                })
+        }
+
+        fn subject() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("tasks.chat.normal".to_owned()),
+                Just("tasks.chat.high".to_owned()),
+                ".{0,30}",
+            ]
+        }
+
+        fn valid_task() -> impl Strategy<Value = Task> {
+            let capability = "[a-z0-9][a-z0-9_-]{0,63}".prop_map(|c| c.parse::<Capability>());
+            let priority = prop::sample::select(Priority::ALL.to_vec());
+            let route = "[A-Za-z0-9][ -~]{0,200}";
+            let request =
+                prop::collection::btree_map("[a-z_]{1,12}", json_value(), 0..5).prop_map(|extra| {
+                    let mut request: Map<String, Value> = extra.into_iter().collect();
+                    request.insert("model".into(), json!("m"));
+                    request.insert(
+                        "messages".into(),
+                        json!([{"role": "user", "content": "hi"}]),
+                    );
+                    request
+                });
+            let reply_to = prop::option::of("[A-Za-z0-9_]{1,10}(\\.[A-Za-z0-9_]{1,10}){0,4}");
+            (
+                (any::<u128>(), capability, priority, route),
+                (request, any::<u64>(), reply_to, any::<u64>()),
+                prop::option::of(any::<u128>()),
+            )
+                .prop_filter_map(
+                    "capability",
+                    |(
+                        (id, capability, priority, route),
+                        (request, deadline_ms, reply_to, created_ms),
+                        replay_of,
+                    )| {
+                        let task_id =
+                            |n: u128| uuid::Uuid::from_u128(n).to_string().parse::<TaskId>().ok();
+                        Some(Task {
+                            id: task_id(id)?,
+                            capability: capability.ok()?,
+                            priority,
+                            route,
+                            request,
+                            deadline_ms,
+                            reply_to,
+                            created_ms,
+                            replay_of: match replay_of {
+                                Some(n) => Some(task_id(n)?),
+                                None => None,
+                            },
+                        })
+                    },
+                )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn arbitrary_bytes(
+                subject in subject(),
+                bytes in prop::collection::vec(any::<u8>(), 0..512),
+                msg_id in prop::option::of(".{0,40}"),
+            ) {
+                let _ = read_task(&subject, &bytes, msg_id.as_deref());
+            }
+
+            #[test]
+            fn arbitrary_json(subject in subject(), value in json_value()) {
+                let _ = read_task(&subject, value.to_string().as_bytes(), None);
+            }
+
+            #[test]
+            fn arbitrary_task_fields(subject in subject(), value in task_like()) {
+                if let Err(rejection) = read_task(&subject, value.to_string().as_bytes(), None) {
+                    // Whatever could be read is only ever what the rules allow.
+                    if let Some(reply_to) = &rejection.reply_to {
+                        prop_assert!(is_publish_subject(reply_to));
+                    }
+                }
+            }
+
+            #[test]
+            fn arbitrary_nesting(open in "[\\[{]{0,400}", inner in ".{0,10}") {
+                let payload = format!("{{\"id\":\"{ID}\",\"reply_to\":\"_INBOX.a\",\"request\":{open}{inner}");
+                let _ = read_task("tasks.chat.normal", payload.as_bytes(), None);
+            }
+
+            /// What the decoder accepts can travel: the route in headers and keys, the reply
+            /// subject on nats-server's protocol line.
+            #[test]
+            fn accepted_tasks_are_safe_to_send_on(
+                mut task in valid_task(),
+                route in prop_oneof![".{1,20}", "[a-z/\\x00-\\x1f]{1,10}", "r{250,300}"],
+                reply_to in prop::option::of(prop_oneof![".{1,20}", "s{250,300}"]),
+            ) {
+                task.route = route;
+                task.reply_to = reply_to;
+                let subject = task_subject(&task.capability, task.priority);
+                if let Ok(task) = read_task(&subject, &serde_json::to_vec(&task).unwrap(), None) {
+                    prop_assert!(crate::limits::check_route(&task.route).is_ok(), "{:?}", task.route);
+                    if let Some(reply_to) = &task.reply_to {
+                        prop_assert!(reply_to.len() <= crate::limits::MAX_SUBJECT_LEN);
+                    }
+                }
+            }
+
+            #[test]
+            fn valid_tasks_round_trip(task in valid_task()) {
+                let subject = task_subject(&task.capability, task.priority);
+                let bytes = serde_json::to_vec(&task).unwrap();
+                let id = task.id.to_string();
+                let read = read_task(&subject, &bytes, Some(&id));
+                prop_assert_eq!(read.as_ref().map_err(|r| &r.problem), Ok(&task));
+            }
+        }
+    }
 }
