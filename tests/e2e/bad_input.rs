@@ -141,7 +141,15 @@ async fn bad_requests_get_clear_openai_errors() {
 #[tokio::test]
 async fn full_queue_is_429_with_retry_after() {
     // No workers: tasks stay queued. Two fit; the third is refused.
-    let stack = Stack::start(0, &[("SWITCHYARD__QUEUE__MAX_MSGS", "2")]).await;
+    // Deadlines below the production minimum, so the queued tasks expire quickly.
+    let stack = Stack::start(
+        0,
+        &[
+            ("SWITCHYARD__QUEUE__MAX_MSGS", "2"),
+            ("SWITCHYARD__GATEWAY__MIN_TIMEOUT_MS", "1"),
+        ],
+    )
+    .await;
     for _ in 0..2 {
         let r = stack
             .chat_with(chat_body("fake", "x"), &[("x-switchyard-timeout-ms", "50")])

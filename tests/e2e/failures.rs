@@ -107,7 +107,8 @@ async fn provider_key_never_reaches_the_caller() {
 
 #[tokio::test]
 async fn deadline_bounds_the_wait_and_the_task() {
-    let stack = Stack::start(1, &[]).await;
+    // A deadline below the production minimum, so the test is quick.
+    let stack = Stack::start(1, &[("SWITCHYARD__GATEWAY__MIN_TIMEOUT_MS", "1")]).await;
     stack.provider.set_latency(Duration::from_secs(3));
     let response = stack
         .chat_with(
@@ -231,8 +232,9 @@ async fn queued_work_of_an_anonymous_caller_that_left_never_reaches_a_provider()
 
 #[tokio::test]
 async fn stream_failure_after_first_chunk_is_an_error_event_not_done() {
-    // `slow-stream` sends a chunk every 100 ms; the deadline passes mid-stream.
-    let stack = Stack::start(1, &[]).await;
+    // `slow-stream` sends a chunk every 100 ms; the deadline passes mid-stream (a deadline
+    // below the production minimum, so the test is quick).
+    let stack = Stack::start(1, &[("SWITCHYARD__GATEWAY__MIN_TIMEOUT_MS", "1")]).await;
     let mut body = chat_body("slow-stream", &"word ".repeat(40));
     body["stream"] = json!(true);
     let response = stack

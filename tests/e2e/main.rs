@@ -21,6 +21,8 @@ mod exactly_once;
 mod failover;
 mod failures;
 mod harness;
+mod hostile_http;
+mod hostile_input;
 mod overload;
 mod protocol;
 mod provisioning;

@@ -2,10 +2,13 @@
 //! the caller sent (unknown fields included, passed through to the provider); only the
 //! fields Switchyard itself relies on are checked, each with the parameter it concerns.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
+use shared::limits::{MAX_JSON_DEPTH, check_route, json_depth};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -23,19 +26,36 @@ impl FromRequest<AppState> for ChatBody {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let limit = state.config.gateway.max_body_bytes;
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::BodyTooLarge { limit }
-            } else {
-                ApiError::invalid("body", rejection.body_text())
-            }
-        })?;
+        let limit_ms = state.config.gateway.body_read_timeout_ms;
+        // The whole body within the limit, however it trickles in: a client sending a
+        // byte now and then must not hold the connection (and this task) indefinitely.
+        let read = Bytes::from_request(req, state);
+        let bytes = tokio::time::timeout(Duration::from_millis(limit_ms), read)
+            .await
+            .map_err(|_| ApiError::BodyTimeout { limit_ms })?
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::BodyTooLarge { limit }
+                } else {
+                    ApiError::invalid("body", rejection.body_text())
+                }
+            })?;
         parse(&bytes)
     }
 }
 
 /// Parses and checks a request body.
 pub fn parse(bytes: &[u8]) -> Result<ChatBody, ApiError> {
+    // Ours, not serde_json's (128): the worker reads the request one level deeper, inside
+    // its task, so the two must not meet at the parser's own limit.
+    if json_depth(bytes) > MAX_JSON_DEPTH {
+        return Err(ApiError::invalid(
+            "body",
+            format!(
+                "request body must not nest arrays and objects deeper than {MAX_JSON_DEPTH} levels"
+            ),
+        ));
+    }
     let value: Value =
         serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let Value::Object(body) = value else {
@@ -45,10 +65,11 @@ pub fn parse(bytes: &[u8]) -> Result<ChatBody, ApiError> {
         ));
     };
     let model = match body.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(Value::String(_)) => {
-            return Err(ApiError::invalid("model", "`model` must not be empty"));
-        }
+        // The model becomes the task's route, which travels in NATS headers and keys.
+        Some(Value::String(m)) => match check_route(m) {
+            Ok(()) => m.clone(),
+            Err(e) => return Err(ApiError::invalid("model", format!("`model` {e}"))),
+        },
         Some(_) => return Err(ApiError::invalid("model", "`model` must be a string")),
         None => return Err(ApiError::invalid("model", "`model` is required")),
     };
@@ -170,6 +191,118 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(body)
             );
+        }
+    }
+
+    /// Property tests: whatever arrives as a body, parsing returns a body or a 4xx, and never
+    /// panics. 256 cases each keeps the suite quick.
+    mod properties {
+        use axum::response::IntoResponse;
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        use super::super::*;
+
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                ".{0,20}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(6, 64, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(".{0,8}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// A chat body whose checked fields hold anything (or are missing).
+        fn chat_like() -> impl Strategy<Value = Value> {
+            let field = || prop::option::of(json_value());
+            let message = (field(), field(), field()).prop_map(|(role, content, extra)| {
+                let mut m = serde_json::Map::new();
+                for (key, value) in [("role", role), ("content", content), ("name", extra)] {
+                    if let Some(value) = value {
+                        m.insert(key.to_owned(), value);
+                    }
+                }
+                Value::Object(m)
+            });
+            // Mostly well-formed messages, so the model's own checks are reached.
+            let good_message = (".{0,10}", ".{0,20}")
+                .prop_map(|(role, content)| json!({"role": role, "content": content}));
+            let model = prop_oneof![
+                json_value(),
+                "[ -~]{0,300}".prop_map(Value::String),
+                "[a-z/\\x00-\\x1f]{0,12}".prop_map(Value::String),
+                ".{0,40}".prop_map(Value::String),
+            ];
+            (
+                prop::option::of(model),
+                prop::option::of(prop_oneof![
+                    3 => prop::collection::vec(good_message, 1..3).prop_map(Value::Array),
+                    1 => prop::collection::vec(message, 0..4).prop_map(Value::Array),
+                    1 => json_value(),
+                ]),
+                field(),
+                field(),
+            )
+                .prop_map(|(model, messages, stream, other)| {
+                    let mut body = json!({});
+                    for (key, value) in [
+                        ("model", model),
+                        ("messages", messages),
+                        ("stream", stream),
+                        ("temperature", other),
+                    ] {
+                        if let Some(value) = value {
+                            body[key] = value;
+                        }
+                    }
+                    body
+                })
+        }
+
+        fn ok_or_4xx(bytes: &[u8]) -> Result<(), TestCaseError> {
+            match parse(bytes) {
+                Ok(body) => {
+                    prop_assert!(shared::limits::check_route(&body.model).is_ok());
+                    prop_assert_eq!(body.body.get("model"), Some(&Value::String(body.model)));
+                }
+                Err(e) => {
+                    let status = e.into_response().status();
+                    prop_assert!(status.is_client_error(), "{}", status);
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                ok_or_4xx(&bytes)?;
+            }
+
+            #[test]
+            fn arbitrary_json(value in json_value()) {
+                ok_or_4xx(value.to_string().as_bytes())?;
+            }
+
+            #[test]
+            fn arbitrary_chat_bodies(value in chat_like()) {
+                ok_or_4xx(value.to_string().as_bytes())?;
+            }
+
+            #[test]
+            fn arbitrary_nesting(open in "[\\[{]{0,300}", rest in ".{0,20}") {
+                ok_or_4xx(format!("{{\"model\":\"m\",\"x\":{open}{rest}").as_bytes())?;
+            }
         }
     }
 }

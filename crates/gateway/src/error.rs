@@ -20,6 +20,8 @@ pub enum ApiError {
     InvalidRequest { param: String, message: String },
     #[error("request body is larger than the {limit}-byte limit")]
     BodyTooLarge { limit: usize },
+    #[error("the request body did not arrive within {limit_ms} ms")]
+    BodyTimeout { limit_ms: u64 },
     #[error("the model `{0}` does not exist; GET /v1/models lists the configured routes")]
     UnknownModel(String),
     #[error("the capability `{0}` is not configured")]
@@ -81,6 +83,12 @@ impl ApiError {
                 S::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 "request_too_large",
+                None,
+            ),
+            ApiError::BodyTimeout { .. } => (
+                S::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "request_timeout",
                 None,
             ),
             ApiError::UnknownModel(_) => (

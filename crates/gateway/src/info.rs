@@ -1,8 +1,7 @@
 //! Read-only endpoints: health, readiness, the models and stored task results.
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -13,6 +12,7 @@ use shared::names::{EVENTS_STREAM, RESULTS_BUCKET, TASKS_STREAM};
 use crate::answer::stored_result;
 use crate::error::ApiError;
 use crate::headers;
+use crate::path::PathParam;
 use crate::state::AppState;
 
 /// `GET /healthz`: the process is up.
@@ -62,9 +62,8 @@ pub async fn models(State(st): State<AppState>) -> Json<Value> {
 /// included (`%2F` works too: path parameters are percent-decoded).
 pub async fn model(
     State(st): State<AppState>,
-    id: Result<Path<String>, PathRejection>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let Path(id) = id.map_err(|e| ApiError::invalid("model", e.body_text()))?;
     if let Some(route) = st.config.routes.get(&id) {
         return Ok(Json(route_model(&id, route)));
     }
@@ -99,7 +98,7 @@ fn model_object(id: &str, owned_by: Option<&str>, capability: &str) -> Value {
 /// `GET /v1/tasks/{id}`: the stored result of a task.
 pub async fn task(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
     let task_id: TaskId = id
         .parse()

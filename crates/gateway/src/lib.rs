@@ -12,8 +12,10 @@ mod error;
 mod headers;
 mod info;
 mod operate;
+mod path;
 mod replies;
 mod routes;
+mod serve;
 mod state;
 mod stream;
 mod submit;
@@ -23,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use axum::serve::ListenerExt;
 use shared::Capability;
 use shared::config::Config;
 use shared::provision::{ProvisionError, provision};
@@ -100,34 +101,24 @@ pub async fn run(
     let background = TaskTracker::new();
     let state = state(config, client, shutdown.clone(), &background).await?;
     let replies = state.replies.clone();
+    let header_read_timeout = Duration::from_millis(state.config.gateway.header_read_timeout_ms);
     info!(addr = %listener.local_addr()?, "gateway listening");
-    // No Nagle: a streamed answer is many small writes, and each would otherwise wait for
-    // the client's (delayed) ACK of the one before, up to 40 ms.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            warn!(error = %e, "could not set TCP_NODELAY on a connection");
-        }
-    });
-    let server = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    let server = serve::serve(listener, app(state), header_read_timeout, shutdown.clone());
     on_ready();
     let grace_over = async {
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;
     };
-    let served = tokio::select! {
-        served = server => served,
+    tokio::select! {
+        () = server => {}
         () = grace_over => {
             warn!(?grace, "drain grace period over; closing the remaining connections");
-            Ok(())
         }
-    };
+    }
     // Every request has finished: nobody waits for a reply any more.
     replies.stop();
     background.close();
     background.wait().await;
-    served?;
     info!("gateway stopped");
     Ok(())
 }

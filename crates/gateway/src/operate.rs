@@ -2,7 +2,7 @@
 //! queue (`GET /v1/dlq`, `POST /v1/dlq/{task_id}/replay`).
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -14,6 +14,7 @@ use shared::task::now_ms;
 use tracing::warn;
 
 use crate::error::ApiError;
+use crate::path::PathParam;
 use crate::state::AppState;
 
 /// Dead letters listed when the caller gives no `limit`.
@@ -63,7 +64,7 @@ pub async fn list(
 /// `POST /v1/dlq/{task_id}/replay`: queues the dead-lettered task again as a new task.
 pub async fn replay(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
     let task_id: TaskId = id
         .parse()

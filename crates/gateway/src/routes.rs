@@ -16,8 +16,8 @@
 //! ([`cors::layer`]).
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -43,6 +43,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            body_limit,
+            refuse_declared_oversize,
+        ))
         .layer(middleware::from_fn(assign_task_id))
         .with_state(state);
     // Outermost, so a preflight is answered before routing (which would refuse OPTIONS)
@@ -68,6 +72,27 @@ async fn assign_task_id(mut req: Request, next: Next) -> Response {
         response.headers_mut().insert(headers::TASK_ID, v);
     }
     response
+}
+
+/// Refuses a request whose declared `Content-Length` is over the body limit before any of
+/// the body is read: the limit on reading alone would wait for bytes that may never come
+/// (a client declaring a terabyte and sending little).
+async fn refuse_declared_oversize(
+    State(limit): State<usize>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(length) if usize::try_from(length).map_or(true, |length| length > limit) => {
+            ApiError::BodyTooLarge { limit }.into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 /// The task a request becomes.

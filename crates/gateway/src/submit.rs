@@ -60,13 +60,16 @@ pub fn build_task(
         Some(t) => t
             .parse::<u64>()
             .ok()
-            .filter(|t| (1..=gateway.max_timeout_ms).contains(t))
+            // A deadline shorter than the minimum cannot be met; accepting it would only
+            // queue a task to expire (and dead-letter).
+            .filter(|t| (gateway.min_timeout_ms..=gateway.max_timeout_ms).contains(t))
             .ok_or_else(|| {
                 ApiError::invalid(
                     headers::TIMEOUT_MS,
                     format!(
-                        "{} must be a whole number of milliseconds from 1 to {}",
+                        "{} must be a whole number of milliseconds from {} to {}",
                         headers::TIMEOUT_MS,
+                        gateway.min_timeout_ms,
                         gateway.max_timeout_ms
                     ),
                 )

@@ -84,11 +84,17 @@ pub fn key_key(provider: &str, label: &str) -> String {
     format!("key.{provider}.{}", safe_token(label))
 }
 
-/// `text` with every character outside `[A-Za-z0-9_-]` replaced by `_`, plus an FNV-1a
-/// hash of the original when anything was replaced.
+/// Longest model or key label kept in a health key before it is cut (and hashed): keys are
+/// subjects, and nats-server drops a connection whose protocol line passes 4 KiB.
+const MAX_KEY_TOKEN: usize = 128;
+
+/// `text` with every character outside `[A-Za-z0-9_-]` replaced by `_`, cut to
+/// `MAX_KEY_TOKEN` characters, plus an FNV-1a hash of the original when anything was
+/// replaced or cut.
 fn safe_token(text: &str) -> String {
     let cleaned: String = text
         .chars()
+        .take(MAX_KEY_TOKEN)
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
                 c
@@ -242,5 +248,10 @@ mod tests {
         );
         assert_eq!(key_key("groq", "GROQ_KEY_2"), "key.groq.GROQ_KEY_2");
         assert!(target_key("p", "").starts_with("target.p.-"));
+        // A huge model name still makes a short key, and two that share a long prefix
+        // stay apart.
+        let long = target_key("p", &"x".repeat(5000));
+        assert!(long.len() < 150, "{}", long.len());
+        assert_ne!(long, target_key("p", &"x".repeat(4999)));
     }
 }

@@ -4,10 +4,13 @@
 //! never a panic. A rejection keeps whatever could still be read (the id, `reply_to`), so
 //! the worker can answer the publisher instead of leaving it waiting.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::limits::{MAX_JSON_DEPTH, MAX_SUBJECT_LEN, MAX_TASK_DEPTH, check_route, json_depth};
 use crate::names::task_subject;
 use crate::{Capability, Priority, Task, TaskId};
 
@@ -33,6 +36,8 @@ pub enum Problem {
     NotJson(String),
     /// The payload is JSON but not an object.
     NotObject,
+    /// The payload nests deeper than [`MAX_TASK_DEPTH`] outside its `request`.
+    TooDeep,
     /// A required field is absent (or `null`).
     Missing(&'static str),
     /// A field is present but unusable: the field and what it must be.
@@ -49,7 +54,7 @@ impl Problem {
     /// The task field the problem is about, if it is about one.
     pub fn field(&self) -> Option<&'static str> {
         match self {
-            Problem::NotJson(_) | Problem::NotObject => None,
+            Problem::NotJson(_) | Problem::NotObject | Problem::TooDeep => None,
             Problem::Missing(field)
             | Problem::Invalid(field, _)
             | Problem::SubjectMismatch { field, .. } => Some(field),
@@ -62,6 +67,10 @@ impl fmt::Display for Problem {
         match self {
             Problem::NotJson(why) => write!(f, "the task is not valid JSON: {why}"),
             Problem::NotObject => f.write_str("the task must be a JSON object"),
+            Problem::TooDeep => write!(
+                f,
+                "the task nests deeper than {MAX_TASK_DEPTH} levels of arrays and objects"
+            ),
             Problem::Missing(field) => write!(f, "the task field `{field}` is required"),
             Problem::Invalid(field, rule) => write!(f, "the task field `{field}` {rule}"),
             Problem::SubjectMismatch {
@@ -84,6 +93,9 @@ pub fn read_task(
     msg_id: Option<&str>,
 ) -> Result<Task, Box<Rejection>> {
     let header_id = msg_id.and_then(|m| m.parse::<TaskId>().ok());
+    if json_depth(payload) > MAX_TASK_DEPTH {
+        return Err(too_deep(payload, header_id));
+    }
     let fields = match serde_json::from_slice::<Value>(payload) {
         Ok(Value::Object(fields)) => fields,
         Ok(_) => return Err(Rejection::bare(header_id, Problem::NotObject)),
@@ -91,32 +103,7 @@ pub fn read_task(
             return Err(Rejection::bare(header_id, Problem::NotJson(e.to_string())));
         }
     };
-    let mut rejection = Rejection {
-        id: fields
-            .get("id")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse().ok())
-            .or(header_id),
-        reply_to: fields
-            .get("reply_to")
-            .and_then(Value::as_str)
-            .filter(|s| is_publish_subject(s))
-            .map(str::to_owned),
-        capability: fields
-            .get("capability")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse().ok()),
-        priority: fields
-            .get("priority")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse().ok()),
-        route: fields
-            .get("route")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        created_ms: fields.get("created_ms").and_then(Value::as_u64),
-        problem: Problem::NotObject,
-    };
+    let mut rejection = Rejection::partial(&fields, header_id, Problem::NotObject);
     match check_fields(&fields).and_then(|()| check_subject(&fields, subject)) {
         Ok(()) => {}
         Err(problem) => {
@@ -134,7 +121,66 @@ pub fn read_task(
     })
 }
 
+/// The rejection of a task nesting deeper than [`MAX_TASK_DEPTH`], which serde_json may not
+/// parse at all: its top-level fields are read one by one (skipping a value does not
+/// recurse), so the publisher's id and `reply_to` still get their answer.
+fn too_deep(payload: &[u8], header_id: Option<TaskId>) -> Box<Rejection> {
+    let Ok(raw) = serde_json::from_slice::<BTreeMap<String, Box<RawValue>>>(payload) else {
+        return Rejection::bare(header_id, Problem::TooDeep);
+    };
+    let mut fields = Map::new();
+    let mut request_too_deep = false;
+    for (name, value) in raw {
+        if json_depth(value.get().as_bytes()) > MAX_JSON_DEPTH {
+            request_too_deep |= name == "request";
+            continue;
+        }
+        if let Ok(value) = serde_json::from_str::<Value>(value.get()) {
+            fields.insert(name, value);
+        }
+    }
+    let problem = if request_too_deep {
+        Problem::Invalid(
+            "request",
+            format!("must not nest arrays and objects deeper than {MAX_JSON_DEPTH} levels"),
+        )
+    } else {
+        Problem::TooDeep
+    };
+    Box::new(Rejection::partial(&fields, header_id, problem))
+}
+
 impl Rejection {
+    /// What can be read of a task whose `problem` keeps it from running.
+    fn partial(fields: &Map<String, Value>, header_id: Option<TaskId>, problem: Problem) -> Self {
+        Self {
+            id: fields
+                .get("id")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+                .or(header_id),
+            reply_to: fields
+                .get("reply_to")
+                .and_then(Value::as_str)
+                .filter(|s| is_publish_subject(s))
+                .map(str::to_owned),
+            capability: fields
+                .get("capability")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok()),
+            priority: fields
+                .get("priority")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok()),
+            route: fields
+                .get("route")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            created_ms: fields.get("created_ms").and_then(Value::as_u64),
+            problem,
+        }
+    }
+
     fn bare(id: Option<TaskId>, problem: Problem) -> Box<Self> {
         Box::new(Self {
             id,
@@ -179,8 +225,10 @@ fn check_fields(fields: &Map<String, Value>) -> Result<(), Problem> {
             "must be one of high, normal, low".to_owned(),
         ));
     }
-    if !required(fields, "route")?.is_string() {
-        return Err(Problem::Invalid("route", "must be a string".to_owned()));
+    match required(fields, "route")?.as_str() {
+        None => return Err(Problem::Invalid("route", "must be a string".to_owned())),
+        // The route travels in NATS headers and keys: no line breaks, nothing huge.
+        Some(route) => check_route(route).map_err(|e| Problem::Invalid("route", e.to_string()))?,
     }
     if !required(fields, "request")?.is_object() {
         return Err(Problem::Invalid(
@@ -199,8 +247,10 @@ fn check_fields(fields: &Map<String, Value>) -> Result<(), Problem> {
         Some(_) => {
             return Err(Problem::Invalid(
                 "reply_to",
-                "must be a subject to publish to (no spaces, no wildcards, no empty tokens)"
-                    .to_owned(),
+                format!(
+                    "must be a subject to publish to (no spaces, no wildcards, no empty \
+                     tokens, at most {MAX_SUBJECT_LEN} bytes)"
+                ),
             ));
         }
     }
@@ -252,9 +302,11 @@ fn check_subject(fields: &Map<String, Value>, subject: &str) -> Result<(), Probl
     Ok(())
 }
 
-/// Whether `s` can be published to: non-empty tokens, no whitespace, no wildcards.
+/// Whether `s` can be published to: non-empty tokens, no whitespace, no wildcards, and
+/// short enough for nats-server's protocol line ([`MAX_SUBJECT_LEN`]).
 pub fn is_publish_subject(s: &str) -> bool {
     !s.is_empty()
+        && s.len() <= MAX_SUBJECT_LEN
         && s.split('.').all(|token| {
             !token.is_empty()
                 && token != "*"
@@ -374,6 +426,73 @@ mod tests {
     }
 
     #[test]
+    fn routes_and_reply_subjects_that_cannot_travel_are_refused() {
+        let long_route = format!("simulated/{}", "x".repeat(5000));
+        let long_subject = format!("_INBOX.{}", "x".repeat(5000));
+        for (field, bad) in [
+            ("route", json!("simulated/a\nb")),
+            ("route", json!("a\rb")),
+            ("route", json!("")),
+            ("route", json!(long_route)),
+            ("reply_to", json!(long_subject)),
+        ] {
+            let mut task = valid();
+            task[field] = bad;
+            let rejection = read("tasks.chat.high", &task).unwrap_err();
+            assert_eq!(rejection.problem.field(), Some(field));
+            assert_eq!(rejection.id.map(|i| i.to_string()).as_deref(), Some(ID));
+        }
+    }
+
+    /// A task nesting deeper than the parser goes is still answered: its id and reply_to
+    /// are read field by field, and the field that is too deep is named.
+    #[test]
+    fn too_deep_task_keeps_what_identifies_it() {
+        for levels in [MAX_JSON_DEPTH, 126, 127, 10_000] {
+            let text = valid().to_string().replacen(
+                r#""request":{"#,
+                &format!(
+                    r#""request":{{"x":{}{},"#,
+                    "[".repeat(levels),
+                    "]".repeat(levels)
+                ),
+                1,
+            );
+            let rejection = read_task("tasks.chat.high", text.as_bytes(), None).unwrap_err();
+            assert_eq!(rejection.problem.field(), Some("request"), "{levels}");
+            assert_eq!(rejection.reply_to.as_deref(), Some("_INBOX.abc"));
+            assert_eq!(rejection.id.map(|i| i.to_string()).as_deref(), Some(ID));
+        }
+        // One level less is the gateway's deepest body: it decodes.
+        let text = valid().to_string().replacen(
+            r#""request":{"#,
+            &format!(
+                r#""request":{{"x":{}{},"#,
+                "[".repeat(MAX_JSON_DEPTH - 1),
+                "]".repeat(MAX_JSON_DEPTH - 1)
+            ),
+            1,
+        );
+        assert!(read_task("tasks.chat.high", text.as_bytes(), None).is_ok());
+        // Deep elsewhere: refused as a whole, still answerable.
+        let mut task = valid();
+        task["extra"] = json!(0);
+        let text = task.to_string().replacen(
+            r#""extra":0"#,
+            &format!(r#""extra":{}{}"#, "[".repeat(300), "]".repeat(300)),
+            1,
+        );
+        let rejection = read_task("tasks.chat.high", text.as_bytes(), None).unwrap_err();
+        assert_eq!(rejection.problem, Problem::TooDeep);
+        assert_eq!(rejection.reply_to.as_deref(), Some("_INBOX.abc"));
+        // Deep and broken: only the header's id is left.
+        let rejection =
+            read_task("tasks.chat.high", "[".repeat(300).as_bytes(), Some(ID)).unwrap_err();
+        assert_eq!(rejection.problem, Problem::TooDeep);
+        assert_eq!(rejection.id.map(|i| i.to_string()).as_deref(), Some(ID));
+    }
+
+    #[test]
     fn no_input_panics() {
         let deep = "[".repeat(10_000);
         let inputs: Vec<&[u8]> = vec![
@@ -389,6 +508,172 @@ mod tests {
         for input in inputs {
             for subject in ["tasks.chat.high", "", "...", "tasks.\u{e9}.high"] {
                 assert!(read_task(subject, input, Some("\u{0}")).is_err());
+            }
+        }
+    }
+
+    /// Property tests: any payload on any subject decodes or is refused, never panics; a
+    /// valid task decodes to itself. 256 cases each keeps the suite quick.
+    mod properties {
+        use proptest::prelude::*;
+        use serde_json::{Map, Value, json};
+
+        use super::super::*;
+        use super::ID;
+
+        /// JSON without floats: serde_json does not promise to read every float back
+        /// bit for bit, and the round trip below compares exactly.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                ".{0,20}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(6, 64, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::btree_map(".{0,8}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        const FIELDS: [&str; 9] = [
+            "id",
+            "capability",
+            "priority",
+            "route",
+            "request",
+            "deadline_ms",
+            "reply_to",
+            "created_ms",
+            "replay_of",
+        ];
+
+        /// Objects with the task's own field names holding anything.
+        fn task_like() -> impl Strategy<Value = Value> {
+            prop::collection::vec((prop::sample::select(FIELDS.to_vec()), json_value()), 0..10)
+                .prop_map(|fields| {
+                    Value::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                })
+        }
+
+        fn subject() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("tasks.chat.normal".to_owned()),
+                Just("tasks.chat.high".to_owned()),
+                ".{0,30}",
+            ]
+        }
+
+        fn valid_task() -> impl Strategy<Value = Task> {
+            let capability = "[a-z0-9][a-z0-9_-]{0,63}".prop_map(|c| c.parse::<Capability>());
+            let priority = prop::sample::select(Priority::ALL.to_vec());
+            let route = "[A-Za-z0-9][ -~]{0,200}";
+            let request =
+                prop::collection::btree_map("[a-z_]{1,12}", json_value(), 0..5).prop_map(|extra| {
+                    let mut request: Map<String, Value> = extra.into_iter().collect();
+                    request.insert("model".into(), json!("m"));
+                    request.insert(
+                        "messages".into(),
+                        json!([{"role": "user", "content": "hi"}]),
+                    );
+                    request
+                });
+            let reply_to = prop::option::of("[A-Za-z0-9_]{1,10}(\\.[A-Za-z0-9_]{1,10}){0,4}");
+            (
+                (any::<u128>(), capability, priority, route),
+                (request, any::<u64>(), reply_to, any::<u64>()),
+                prop::option::of(any::<u128>()),
+            )
+                .prop_filter_map(
+                    "capability",
+                    |(
+                        (id, capability, priority, route),
+                        (request, deadline_ms, reply_to, created_ms),
+                        replay_of,
+                    )| {
+                        let task_id =
+                            |n: u128| uuid::Uuid::from_u128(n).to_string().parse::<TaskId>().ok();
+                        Some(Task {
+                            id: task_id(id)?,
+                            capability: capability.ok()?,
+                            priority,
+                            route,
+                            request,
+                            deadline_ms,
+                            reply_to,
+                            created_ms,
+                            replay_of: match replay_of {
+                                Some(n) => Some(task_id(n)?),
+                                None => None,
+                            },
+                        })
+                    },
+                )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn arbitrary_bytes(
+                subject in subject(),
+                bytes in prop::collection::vec(any::<u8>(), 0..512),
+                msg_id in prop::option::of(".{0,40}"),
+            ) {
+                let _ = read_task(&subject, &bytes, msg_id.as_deref());
+            }
+
+            #[test]
+            fn arbitrary_json(subject in subject(), value in json_value()) {
+                let _ = read_task(&subject, value.to_string().as_bytes(), None);
+            }
+
+            #[test]
+            fn arbitrary_task_fields(subject in subject(), value in task_like()) {
+                if let Err(rejection) = read_task(&subject, value.to_string().as_bytes(), None) {
+                    // Whatever could be read is only ever what the rules allow.
+                    if let Some(reply_to) = &rejection.reply_to {
+                        prop_assert!(is_publish_subject(reply_to));
+                    }
+                }
+            }
+
+            #[test]
+            fn arbitrary_nesting(open in "[\\[{]{0,400}", inner in ".{0,10}") {
+                let payload = format!("{{\"id\":\"{ID}\",\"reply_to\":\"_INBOX.a\",\"request\":{open}{inner}");
+                let _ = read_task("tasks.chat.normal", payload.as_bytes(), None);
+            }
+
+            /// What the decoder accepts can travel: the route in headers and keys, the reply
+            /// subject on nats-server's protocol line.
+            #[test]
+            fn accepted_tasks_are_safe_to_send_on(
+                mut task in valid_task(),
+                route in prop_oneof![".{1,20}", "[a-z/\\x00-\\x1f]{1,10}", "r{250,300}"],
+                reply_to in prop::option::of(prop_oneof![".{1,20}", "s{250,300}"]),
+            ) {
+                task.route = route;
+                task.reply_to = reply_to;
+                let subject = task_subject(&task.capability, task.priority);
+                if let Ok(task) = read_task(&subject, &serde_json::to_vec(&task).unwrap(), None) {
+                    prop_assert!(crate::limits::check_route(&task.route).is_ok(), "{:?}", task.route);
+                    if let Some(reply_to) = &task.reply_to {
+                        prop_assert!(reply_to.len() <= crate::limits::MAX_SUBJECT_LEN);
+                    }
+                }
+            }
+
+            #[test]
+            fn valid_tasks_round_trip(task in valid_task()) {
+                let subject = task_subject(&task.capability, task.priority);
+                let bytes = serde_json::to_vec(&task).unwrap();
+                let id = task.id.to_string();
+                let read = read_task(&subject, &bytes, Some(&id));
+                prop_assert_eq!(read.as_ref().map_err(|r| &r.problem), Ok(&task));
             }
         }
     }

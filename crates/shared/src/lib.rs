@@ -8,6 +8,7 @@ pub mod dlq;
 pub mod failure;
 pub mod health;
 pub mod inbound;
+pub mod limits;
 pub mod names;
 pub mod nats;
 pub mod provision;

@@ -3,7 +3,7 @@
 //! one thing the failover loop knows about where a streaming answer's chunks go.
 //! [`NatsChunks`] publishes them on `stream.<task id>`; tests collect them.
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderValue};
 use bytes::Bytes;
 use serde_json::Value;
 use shared::names::{
@@ -19,6 +19,14 @@ pub(crate) fn event_headers(kind: StreamEventKind, delivery: i64) -> HeaderMap {
     headers.insert(HEADER_EVENT, kind.as_str());
     headers.insert(HEADER_DELIVERY, delivery.to_string().as_str());
     headers
+}
+
+/// `text` as a NATS header value. async-nats panics on a line break in a value, and a
+/// model name can come from a caller (`provider/model`); the task decoder refuses such
+/// routes, and this keeps any that slip through (a configured model) from panicking.
+fn header_text(text: &str) -> HeaderValue {
+    text.parse()
+        .unwrap_or_else(|_| text.replace(['\r', '\n'], " ").parse().unwrap_or_default())
 }
 
 /// Who answers, sent with the first chunk so the caller can say so before the body starts.
@@ -69,8 +77,8 @@ impl ChunkSink for NatsChunks<'_> {
         let mut headers = event_headers(StreamEventKind::Chunk, self.delivery);
         headers.insert(HEADER_SEQ, seq.to_string().as_str());
         if let Some(first) = first {
-            headers.insert(HEADER_PROVIDER, first.provider);
-            headers.insert(HEADER_MODEL, first.model);
+            headers.insert(HEADER_PROVIDER, header_text(first.provider));
+            headers.insert(HEADER_MODEL, header_text(first.model));
             headers.insert(HEADER_ATTEMPTS, first.attempts.to_string().as_str());
             headers.insert(
                 HEADER_FALLBACK_DEPTH,
@@ -87,5 +95,16 @@ impl ChunkSink for NatsChunks<'_> {
             // Chunks are the fast path; the stored result is the durable one.
             warn!(error = %e, "could not publish a stream chunk");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_text_never_panics_and_keeps_what_it_can() {
+        assert_eq!(header_text("gpt-4o").as_str(), "gpt-4o");
+        assert_eq!(header_text("a\nb\rc").as_str(), "a b c");
     }
 }

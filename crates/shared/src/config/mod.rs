@@ -55,6 +55,16 @@ const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
 const DEFAULT_TIMEOUT_MS: u64 = 120_000;
 /// Upper bound a caller may ask for with `x-switchyard-timeout-ms`.
 const DEFAULT_MAX_TIMEOUT_MS: u64 = 600_000;
+/// Lower bound a caller may ask for with `x-switchyard-timeout-ms`: a shorter deadline cannot
+/// cover one provider call, so such tasks only expire in the queue and fill the DLQ.
+const DEFAULT_MIN_TIMEOUT_MS: u64 = 1_000;
+/// Time a client gets to send a request's line and headers (and an idle keep-alive
+/// connection to start its next request): real clients need milliseconds, and a client
+/// that dribbles its headers holds a connection at most this long.
+const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Time a client gets to send a whole request body: the largest default body (4 MiB) at
+/// 1 Mbit/s takes about 34 s; a client trickling slower is holding a connection, not sending.
+const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 60_000;
 /// Time a stopping gateway gives in-flight requests before closing their connections.
 const DEFAULT_GATEWAY_DRAIN_TIMEOUT_MS: u64 = 30_000;
 /// No browser origin: the gateway does not authenticate yet, so a page allowed to call it
@@ -288,6 +298,12 @@ pub struct GatewayConfig {
     pub default_timeout_ms: u64,
     #[serde(default = "default_max_timeout_ms")]
     pub max_timeout_ms: u64,
+    #[serde(default = "default_min_timeout_ms")]
+    pub min_timeout_ms: u64,
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    #[serde(default = "default_body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
     #[serde(default = "default_gateway_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
     /// Browser origins (`https://app.example.com`) allowed to call the API (CORS); empty:
@@ -303,6 +319,9 @@ impl Default for GatewayConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             default_timeout_ms: DEFAULT_TIMEOUT_MS,
             max_timeout_ms: DEFAULT_MAX_TIMEOUT_MS,
+            min_timeout_ms: DEFAULT_MIN_TIMEOUT_MS,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
             drain_timeout_ms: DEFAULT_GATEWAY_DRAIN_TIMEOUT_MS,
             cors_allowed_origins: default_cors_allowed_origins(),
         }
@@ -502,6 +521,29 @@ impl Config {
                 "gateway.default_timeout_ms",
                 "must not exceed gateway.max_timeout_ms",
             );
+        }
+        if self.gateway.min_timeout_ms == 0 {
+            p.add("gateway.min_timeout_ms", "must be greater than 0");
+        }
+        if self.gateway.min_timeout_ms > self.gateway.default_timeout_ms {
+            p.add(
+                "gateway.min_timeout_ms",
+                "must not exceed gateway.default_timeout_ms",
+            );
+        }
+        for (key, value) in [
+            (
+                "gateway.header_read_timeout_ms",
+                self.gateway.header_read_timeout_ms,
+            ),
+            (
+                "gateway.body_read_timeout_ms",
+                self.gateway.body_read_timeout_ms,
+            ),
+        ] {
+            if value == 0 {
+                p.add(key, "must be greater than 0");
+            }
         }
         for (i, origin) in self.gateway.cors_allowed_origins.iter().enumerate() {
             if let Err(problem) = check_origin(origin) {
@@ -703,6 +745,15 @@ fn default_timeout_ms() -> u64 {
 fn default_max_timeout_ms() -> u64 {
     DEFAULT_MAX_TIMEOUT_MS
 }
+fn default_min_timeout_ms() -> u64 {
+    DEFAULT_MIN_TIMEOUT_MS
+}
+fn default_header_read_timeout_ms() -> u64 {
+    DEFAULT_HEADER_READ_TIMEOUT_MS
+}
+fn default_body_read_timeout_ms() -> u64 {
+    DEFAULT_BODY_READ_TIMEOUT_MS
+}
 fn default_gateway_drain_timeout_ms() -> u64 {
     DEFAULT_GATEWAY_DRAIN_TIMEOUT_MS
 }
@@ -806,6 +857,10 @@ mod tests {
             max_deliver = 0
             [gateway]
             listen = "nowhere"
+            default_timeout_ms = 5000
+            min_timeout_ms = 6000
+            header_read_timeout_ms = 0
+            body_read_timeout_ms = 0
             [worker]
             concurrency = 0
             capabilities = ["Bad.Name"]
@@ -823,6 +878,9 @@ mod tests {
         for expected in [
             "queue.max_deliver",
             "gateway.listen",
+            "gateway.min_timeout_ms",
+            "gateway.header_read_timeout_ms",
+            "gateway.body_read_timeout_ms",
             "worker.concurrency",
             "worker.capabilities[0]",
             "providers.up.base_url",
