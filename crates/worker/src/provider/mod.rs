@@ -8,6 +8,8 @@ mod anthropic;
 mod gemini;
 mod http;
 mod openai;
+#[cfg(test)]
+mod props;
 mod replicate;
 pub mod shape;
 mod simulated;
