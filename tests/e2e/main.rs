@@ -21,6 +21,7 @@ mod exactly_once;
 mod failover;
 mod failures;
 mod harness;
+mod isolation;
 mod overload;
 mod protocol;
 mod provisioning;

@@ -9,7 +9,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use crate::names::task_subject;
-use crate::{Capability, Priority, Task, TaskId};
+use crate::{Capability, Priority, Task, TaskId, reply};
 
 /// Why a published task cannot be run, and what of it could still be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,11 +77,13 @@ impl fmt::Display for Problem {
 }
 
 /// Decodes a task published on `subject` (with `Nats-Msg-Id` header `msg_id`, if any)
-/// and checks that its capability and priority are the subject's.
+/// and checks that its capability and priority are the subject's, and that its `reply_to`
+/// is a reply subject ([`crate::reply::allowed`] under `reply_prefixes`).
 pub fn read_task(
     subject: &str,
     payload: &[u8],
     msg_id: Option<&str>,
+    reply_prefixes: &[String],
 ) -> Result<Task, Box<Rejection>> {
     let header_id = msg_id.and_then(|m| m.parse::<TaskId>().ok());
     let fields = match serde_json::from_slice::<Value>(payload) {
@@ -91,16 +93,17 @@ pub fn read_task(
             return Err(Rejection::bare(header_id, Problem::NotJson(e.to_string())));
         }
     };
+    let payload_id = fields
+        .get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<TaskId>().ok());
     let mut rejection = Rejection {
-        id: fields
-            .get("id")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse().ok())
-            .or(header_id),
+        id: payload_id.or(header_id),
+        // A refusal is sent only where a task may be answered, never to a `$` subject.
         reply_to: fields
             .get("reply_to")
             .and_then(Value::as_str)
-            .filter(|s| is_publish_subject(s))
+            .filter(|s| reply::allowed(s, payload_id, reply_prefixes))
             .map(str::to_owned),
         capability: fields
             .get("capability")
@@ -117,7 +120,10 @@ pub fn read_task(
         created_ms: fields.get("created_ms").and_then(Value::as_u64),
         problem: Problem::NotObject,
     };
-    match check_fields(&fields).and_then(|()| check_subject(&fields, subject)) {
+    let checked = check_fields(&fields)
+        .and_then(|()| check_reply_to(&fields, payload_id, reply_prefixes))
+        .and_then(|()| check_subject(&fields, subject));
+    match checked {
         Ok(()) => {}
         Err(problem) => {
             rejection.problem = problem;
@@ -212,6 +218,20 @@ fn check_fields(fields: &Map<String, Value>) -> Result<(), Problem> {
     Ok(())
 }
 
+/// `reply_to` names a subject a reply may go to: an inbox, or the task's own stream.
+fn check_reply_to(
+    fields: &Map<String, Value>,
+    id: Option<TaskId>,
+    prefixes: &[String],
+) -> Result<(), Problem> {
+    match fields.get("reply_to").and_then(Value::as_str) {
+        Some(reply_to) if !reply::allowed(reply_to, id, prefixes) => {
+            Err(Problem::Invalid("reply_to", reply::rule(prefixes)))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn required<'a>(fields: &'a Map<String, Value>, field: &'static str) -> Result<&'a Value, Problem> {
     match fields.get(field) {
         None | Some(Value::Null) => Err(Problem::Missing(field)),
@@ -284,8 +304,12 @@ mod tests {
         })
     }
 
+    fn inbox() -> Vec<String> {
+        vec!["_INBOX.".to_owned()]
+    }
+
     fn read(subject: &str, task: &Value) -> Result<Task, Box<Rejection>> {
-        read_task(subject, task.to_string().as_bytes(), None)
+        read_task(subject, task.to_string().as_bytes(), None, &inbox())
     }
 
     #[test]
@@ -337,6 +361,13 @@ mod tests {
             ("reply_to", json!("a.*")),
             ("reply_to", json!("has space")),
             ("reply_to", json!(5)),
+            ("reply_to", json!(format!("$KV.results.{ID}"))),
+            ("reply_to", json!("tasks.chat.low")),
+            ("reply_to", json!("events.task.completed")),
+            (
+                "reply_to",
+                json!("stream.01935c5e-7b7a-7cc0-9f43-000000000000"),
+            ),
             ("replay_of", json!("x")),
         ] {
             let mut task = valid();
@@ -347,11 +378,23 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_never_goes_to_a_subject_a_task_may_not_name() {
+        let mut task = valid();
+        task["reply_to"] = json!(format!("$KV.results.{ID}"));
+        let rejection = read("tasks.chat.high", &task).unwrap_err();
+        assert_eq!(rejection.problem.field(), Some("reply_to"));
+        assert_eq!(rejection.reply_to, None);
+        // A streaming task's own stream subject is a reply subject.
+        task["reply_to"] = json!(format!("stream.{ID}"));
+        assert!(read("tasks.chat.high", &task).is_ok());
+    }
+
+    #[test]
     fn the_id_comes_from_the_header_when_the_payload_has_none() {
-        let rejection = read_task("tasks.chat.high", b"not json", Some(ID)).unwrap_err();
+        let rejection = read_task("tasks.chat.high", b"not json", Some(ID), &inbox()).unwrap_err();
         assert!(matches!(rejection.problem, Problem::NotJson(_)));
         assert_eq!(rejection.id.map(|i| i.to_string()).as_deref(), Some(ID));
-        let rejection = read_task("tasks.chat.high", b"[1]", Some("nope")).unwrap_err();
+        let rejection = read_task("tasks.chat.high", b"[1]", Some("nope"), &inbox()).unwrap_err();
         assert_eq!(
             (rejection.problem, rejection.id),
             (Problem::NotObject, None)
@@ -388,7 +431,7 @@ mod tests {
         ];
         for input in inputs {
             for subject in ["tasks.chat.high", "", "...", "tasks.\u{e9}.high"] {
-                assert!(read_task(subject, input, Some("\u{0}")).is_err());
+                assert!(read_task(subject, input, Some("\u{0}"), &inbox()).is_err());
             }
         }
     }

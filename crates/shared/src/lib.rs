@@ -11,6 +11,7 @@ pub mod inbound;
 pub mod names;
 pub mod nats;
 pub mod provision;
+pub mod reply;
 pub mod task;
 
 pub use failure::FailureClass;

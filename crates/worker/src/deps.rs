@@ -71,4 +71,6 @@ pub(crate) struct Deps {
     pub worker_id: String,
     pub ack_wait: Duration,
     pub max_deliver: i64,
+    /// `queue.reply_prefixes`: where a task's result may be sent.
+    pub reply_prefixes: Vec<String>,
 }

@@ -110,6 +110,7 @@ pub async fn run(
         worker_id: worker_id.clone(),
         ack_wait: config.queue.ack_wait(),
         max_deliver,
+        reply_prefixes: config.queue.reply_prefixes.clone(),
     });
     let handlers = TaskTracker::new();
     let mut fetchers = JoinSet::new();

@@ -41,6 +41,9 @@ const DEFAULT_ACK_WAIT_MS: u64 = 30_000;
 /// Bounded redelivery: four provider attempts, then a reserve delivery that records the
 /// failure if the last attempt's worker died.
 const DEFAULT_MAX_DELIVER: i64 = 5;
+/// NATS inboxes only (what `new_inbox()` makes, and the gateway's `_INBOX.switchyard.…`):
+/// a subject the publisher subscribes to, never a stream's, the server's or Switchyard's.
+const DEFAULT_REPLY_PREFIXES: &[&str] = &["_INBOX."];
 /// Results are kept a day so late clients can still fetch them.
 const DEFAULT_RESULTS_TTL_SECS: u64 = 86_400;
 /// Events are kept a week for dashboards and replays.
@@ -224,6 +227,10 @@ pub struct QueueConfig {
     pub ack_wait_ms: u64,
     #[serde(default = "default_max_deliver")]
     pub max_deliver: i64,
+    /// Subject prefixes a task's `reply_to` may start with (besides its own
+    /// `stream.<task id>`); see [`crate::reply`].
+    #[serde(default = "default_reply_prefixes")]
+    pub reply_prefixes: Vec<String>,
 }
 
 impl Default for QueueConfig {
@@ -234,6 +241,7 @@ impl Default for QueueConfig {
             max_age_secs: DEFAULT_QUEUE_MAX_AGE_SECS,
             ack_wait_ms: DEFAULT_ACK_WAIT_MS,
             max_deliver: DEFAULT_MAX_DELIVER,
+            reply_prefixes: default_reply_prefixes(),
         }
     }
 }
@@ -413,6 +421,7 @@ impl Config {
             .list_separator(",")
             .with_list_parse_key("worker.capabilities")
             .with_list_parse_key("gateway.cors_allowed_origins")
+            .with_list_parse_key("queue.reply_prefixes")
             .source(Some(overrides));
         let builder = config::Config::builder();
         let builder = match source {
@@ -477,6 +486,25 @@ impl Config {
         }
         if self.queue.max_age_secs == 0 {
             p.add("queue.max_age_secs", "must be greater than 0");
+        }
+        for (i, prefix) in self.queue.reply_prefixes.iter().enumerate() {
+            if let Err(problem) = crate::reply::check_prefix(prefix) {
+                p.add(&format!("queue.reply_prefixes[{i}]"), problem);
+            }
+        }
+        let gateway_replies = crate::reply::GATEWAY_REPLY_PREFIX;
+        if !self
+            .queue
+            .reply_prefixes
+            .iter()
+            .any(|p| !p.is_empty() && gateway_replies.starts_with(p.as_str()))
+        {
+            p.add(
+                "queue.reply_prefixes",
+                format!(
+                    "must allow the gateway's reply subjects ({gateway_replies}…), e.g. \"_INBOX.\""
+                ),
+            );
         }
         if self.results.ttl_secs == 0 {
             p.add("results.ttl_secs", "must be greater than 0");
@@ -682,6 +710,12 @@ fn default_ack_wait_ms() -> u64 {
 fn default_max_deliver() -> i64 {
     DEFAULT_MAX_DELIVER
 }
+fn default_reply_prefixes() -> Vec<String> {
+    DEFAULT_REPLY_PREFIXES
+        .iter()
+        .map(|p| (*p).to_owned())
+        .collect()
+}
 fn default_results_ttl_secs() -> u64 {
     DEFAULT_RESULTS_TTL_SECS
 }
@@ -833,6 +867,30 @@ mod tests {
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn reply_prefixes_are_inboxes_never_server_or_switchyard_subjects() {
+        let cfg = Config::load(Source::Toml(DEFAULT_TOML), &env(&[])).unwrap();
+        assert_eq!(cfg.queue.reply_prefixes, ["_INBOX."]);
+        let err = Config::load(
+            Source::Toml(DEFAULT_TOML),
+            &env(&[(
+                "SWITCHYARD__QUEUE__REPLY_PREFIXES",
+                "$KV.,tasks.,_INBOX.x.,",
+            )]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&err),
+            [
+                "queue.reply_prefixes[0]",
+                "queue.reply_prefixes[1]",
+                "queue.reply_prefixes[3]",
+                "queue.reply_prefixes",
+            ],
+            "{err}"
+        );
     }
 
     #[test]
