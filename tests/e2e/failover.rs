@@ -61,6 +61,7 @@ impl Formats {
 kind = "{name}"
 base_url = "{url}"
 api_key_envs = ["PRIMARY_KEY_1", "PRIMARY_KEY_2"]
+direct_models = ["{name}-direct"]
 timeout_ms = 1500
 first_token_timeout_ms = 1000
 idle_timeout_ms = 1000

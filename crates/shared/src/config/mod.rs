@@ -1045,15 +1045,32 @@ mod tests {
     }
 
     #[test]
-    fn direct_addresses_split_on_the_first_slash() {
-        let toml = "[providers.openrouter]\nkind = \"openrouter\"\n[routes.x]\nprovider = \"openrouter\"\nmodel = \"m\"\n";
+    fn direct_addresses_split_on_the_first_slash_and_name_configured_models_only() {
+        let toml = "[providers.openrouter]\nkind = \"openrouter\"\ndirect_models = [\"meta-llama/llama-3.1-8b\"]\n[routes.x]\nprovider = \"openrouter\"\nmodel = \"m\"\n";
         let cfg = Config::load(Source::Toml(toml), &env(&[("OPENROUTER_API_KEY", "k")])).unwrap();
+        let split = |name| split_direct(name, &cfg.providers, &cfg.routes);
         assert_eq!(
-            split_direct("openrouter/meta-llama/llama-3.1-8b", &cfg.providers),
+            split("openrouter/meta-llama/llama-3.1-8b"),
             Some(("openrouter", "meta-llama/llama-3.1-8b"))
         );
-        assert_eq!(split_direct("nobody/model", &cfg.providers), None);
-        assert_eq!(split_direct("openrouter/", &cfg.providers), None);
-        assert_eq!(split_direct("fast", &cfg.providers), None);
+        assert_eq!(
+            split("openrouter/m"),
+            Some(("openrouter", "m")),
+            "a route's model"
+        );
+        assert_eq!(
+            split("openrouter/anything-else"),
+            None,
+            "neither listed nor routed"
+        );
+        assert_eq!(split("nobody/model"), None);
+        assert_eq!(split("openrouter/"), None);
+        assert_eq!(split("fast"), None);
+        let err = Config::load(
+            Source::Toml(&toml.replace("[\"meta-llama/llama-3.1-8b\"]", "[\" \"]")),
+            &env(&[("OPENROUTER_API_KEY", "k")]),
+        )
+        .unwrap_err();
+        assert_eq!(keys(&err), ["providers.openrouter.direct_models[0]"]);
     }
 }
