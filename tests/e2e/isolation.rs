@@ -284,7 +284,7 @@ fn letter(capability: &str) -> DeadLetter {
                 .as_object()
                 .unwrap()
                 .clone(),
-            deadline_ms: now + 1,
+            deadline_ms: now + 30_000,
             reply_to: None,
             created_ms: now,
             replay_of: None,

@@ -85,6 +85,12 @@ const DEFAULT_COOLDOWN_MS: u64 = 10_000;
 const DEFAULT_FLUSH_MS: u64 = 1_000;
 /// Dead letters are kept two weeks for inspection and replay.
 const DEFAULT_DLQ_MAX_AGE_SECS: u64 = 14 * 86_400;
+/// Enough letters to diagnose a long outage; a burst of failures (every request of a flood
+/// with a 1 ms deadline dead-letters) pushes out the oldest instead of growing the store.
+const DEFAULT_DLQ_MAX_MSGS: i64 = 10_000;
+/// 256 MiB: a letter carries its request (up to `gateway.max_body_bytes`), so the count
+/// alone does not bound the store.
+const DEFAULT_DLQ_MAX_BYTES: i64 = 256 << 20;
 use crate::names::DEFAULT_CAPABILITY;
 
 /// A value that must never be printed: `Debug` and `Display` show `*****`.
@@ -184,12 +190,20 @@ impl Default for HealthConfig {
 pub struct DlqConfig {
     #[serde(default = "default_dlq_max_age_secs")]
     pub max_age_secs: u64,
+    /// Most dead letters kept; the oldest go first.
+    #[serde(default = "default_dlq_max_msgs")]
+    pub max_msgs: i64,
+    /// Most bytes of dead letters kept; the oldest go first.
+    #[serde(default = "default_dlq_max_bytes")]
+    pub max_bytes: i64,
 }
 
 impl Default for DlqConfig {
     fn default() -> Self {
         Self {
             max_age_secs: DEFAULT_DLQ_MAX_AGE_SECS,
+            max_msgs: DEFAULT_DLQ_MAX_MSGS,
+            max_bytes: DEFAULT_DLQ_MAX_BYTES,
         }
     }
 }
@@ -575,6 +589,8 @@ impl Config {
         if self.dlq.max_age_secs == 0 {
             p.add("dlq.max_age_secs", "must be greater than 0");
         }
+        p.positive("dlq.max_msgs", self.dlq.max_msgs);
+        p.positive("dlq.max_bytes", self.dlq.max_bytes);
         p.finish()
     }
 
@@ -778,6 +794,12 @@ fn default_flush_ms() -> u64 {
 }
 fn default_dlq_max_age_secs() -> u64 {
     DEFAULT_DLQ_MAX_AGE_SECS
+}
+fn default_dlq_max_msgs() -> i64 {
+    DEFAULT_DLQ_MAX_MSGS
+}
+fn default_dlq_max_bytes() -> i64 {
+    DEFAULT_DLQ_MAX_BYTES
 }
 pub(crate) fn default_capability() -> String {
     DEFAULT_CAPABILITY.to_owned()
