@@ -98,8 +98,13 @@ use crate::names::DEFAULT_CAPABILITY;
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret as read from the environment, trimmed: a key pasted with a trailing newline
+    /// or spaces is the key without them (providers read it so, and echo it so).
     pub fn new(value: String) -> Self {
-        Self(value)
+        match value.trim() {
+            trimmed if trimmed.len() == value.len() => Self(value),
+            trimmed => Self(trimmed.to_owned()),
+        }
     }
 
     /// The secret itself, for the one place that sends it to its provider.
@@ -966,6 +971,18 @@ mod tests {
         let cfg = Config::load(Source::Toml(toml), &env(&[("UP_KEY", "sk-very-secret")])).unwrap();
         let provider = &cfg.providers["up"];
         assert_eq!(provider.keys[0].secret.expose(), "sk-very-secret");
+        // Whitespace around a key is not part of it; a key of only whitespace is unset.
+        let padded = Config::load(
+            Source::Toml(toml),
+            &env(&[("UP_KEY", " \tsk-very-secret\r\n")]),
+        )
+        .unwrap();
+        assert_eq!(
+            padded.providers["up"].keys[0].secret.expose(),
+            "sk-very-secret"
+        );
+        let err = Config::load(Source::Toml(toml), &env(&[("UP_KEY", " \n")])).unwrap_err();
+        assert_eq!(keys(&err), ["providers.up.api_key_env"]);
         let printed = format!("{cfg:?}");
         assert!(!printed.contains("sk-very-secret"));
         assert!(printed.contains("*****"));

@@ -210,8 +210,8 @@ impl ProviderConfig {
     }
 }
 
-/// Reads each named variable into a key; the ones that are unset or empty are returned
-/// separately so validation can name them.
+/// Reads each named variable into a key, trimmed ([`Secret::new`]); the ones that are unset,
+/// empty or only whitespace are returned separately so validation can name them.
 pub(crate) fn read_keys(
     names: &[String],
     env: &std::collections::HashMap<String, String>,
@@ -219,7 +219,7 @@ pub(crate) fn read_keys(
     let mut keys = Vec::new();
     let mut missing = Vec::new();
     for name in names {
-        match env.get(name).filter(|v| !v.is_empty()) {
+        match env.get(name).filter(|v| !v.trim().is_empty()) {
             Some(value) => keys.push(ApiKey {
                 label: name.clone(),
                 secret: Secret::new(value.clone()),

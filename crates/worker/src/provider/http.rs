@@ -14,6 +14,7 @@ use serde_json::Value;
 use shared::FailureClass;
 use shared::config::Secret;
 
+use super::scrub::scrub;
 use super::{ChunkStream, ProviderError};
 
 /// Longest `Retry-After` taken literally; anything longer is as good as "much later".
@@ -206,8 +207,9 @@ pub fn classify_status(status: u16, body: &str) -> FailureClass {
 }
 
 /// The provider's own error text (`{"error":{"message":…}}` as OpenAI, Anthropic and Gemini
-/// send it, `{"detail":…}` as Replicate does, or raw), shortened and with `secret` blanked
-/// out in case the provider echoed the key.
+/// send it, `{"detail":…}` as Replicate does, or raw), shortened and with every form of
+/// `secret` (as configured, trimmed, masked echoes) blanked out in case the provider echoed
+/// the key.
 pub fn error_text(body: &str, secret: Option<&str>) -> String {
     let message = serde_json::from_str::<Value>(body)
         .ok()
@@ -223,8 +225,8 @@ pub fn error_text(body: &str, secret: Option<&str>) -> String {
         })
         .unwrap_or_else(|| body.trim().to_owned());
     // Blank the secret before shortening: a key cut in half would no longer match.
-    let message = match secret.filter(|s| !s.is_empty()) {
-        Some(secret) => message.replace(secret, "*****"),
+    let message = match secret {
+        Some(secret) => scrub(&message, secret),
         None => message,
     };
     message.chars().take(MAX_ERROR_TEXT).collect()

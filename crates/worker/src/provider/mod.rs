@@ -11,6 +11,7 @@ mod openai;
 #[cfg(test)]
 mod props;
 mod replicate;
+mod scrub;
 pub mod shape;
 mod simulated;
 
