@@ -36,12 +36,12 @@ fn mask_partial_echoes(text: &str, key: &str) -> String {
         if is_word_char(c) {
             word.push(c);
         } else {
-            out.push_str(&masked_word(&word, key));
+            out.push_str(masked_word(&word, key));
             word.clear();
             out.push(c);
         }
     }
-    out.push_str(&masked_word(&word, key));
+    out.push_str(masked_word(&word, key));
     out
 }
 
@@ -69,7 +69,7 @@ fn is_partial_echo(word: &str, key: &str) -> bool {
         return false;
     }
     let shown: Vec<&str> = word
-        .split(|c| c == '*' || c == '.' || c == '…')
+        .split(['*', '.', '…'])
         .filter(|part| !part.is_empty())
         .collect();
     let starts = shown
