@@ -93,9 +93,14 @@ enum DlqAction {
         /// Only this capability's dead letters.
         #[arg(long)]
         capability: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
+        /// At most this many (1 to 100): one page.
+        #[arg(long, default_value_t = shared::dlq::DEFAULT_LIST,
+              value_parser = clap::builder::TypedValueParser::map(
+                  clap::value_parser!(u16).range(1..=100), usize::from))]
         limit: usize,
+        /// Letters after this cursor: the `last_id` of the previous page.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
     },
     /// Queue dead-lettered tasks again (as new tasks) and remove them from the DLQ.
     Replay {
@@ -206,8 +211,13 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
                 }),
         } => operate::reset(&config, &provider, key.as_deref(), model.as_deref()).await,
         Command::Dlq {
-            action: DlqAction::List { capability, limit },
-        } => operate::dlq_list(&config, capability.as_deref(), limit).await,
+            action:
+                DlqAction::List {
+                    capability,
+                    limit,
+                    after,
+                },
+        } => operate::dlq_list(&config, capability.as_deref(), after, limit).await,
         Command::Dlq {
             action: DlqAction::Replay { task_ids },
         } => operate::dlq_replay(&config, &task_ids).await,

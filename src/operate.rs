@@ -10,7 +10,7 @@ use shared::config::Config;
 use shared::health::{Snapshot, key_key, target_key};
 use shared::names::PROVIDERS_BUCKET;
 use shared::task::now_ms;
-use shared::{TaskId, dlq};
+use shared::{Capability, TaskId, dlq};
 
 use crate::serve;
 
@@ -55,16 +55,22 @@ async fn providers_bucket(config: &Config) -> anyhow::Result<async_nats::jetstre
         .context("opening the providers bucket (run `switchyard provision` first?)")
 }
 
-/// Prints dead letters, oldest first.
+/// Prints one page of dead letters, oldest first, after the cursor `after` (the `last_id`
+/// of the previous page), as `GET /v1/dlq` does.
 pub async fn dlq_list(
     config: &Config,
     capability: Option<&str>,
+    after: u64,
     limit: usize,
 ) -> anyhow::Result<()> {
+    let capability = capability
+        .map(|c| c.parse::<Capability>())
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("capability name {e}"))?;
     let client = serve::connect(config, "cli").await?;
     let js = async_nats::jetstream::new(client);
-    let letters = dlq::list(&js, capability, limit).await?;
-    print_json(&json!({"object": "list", "data": letters}))
+    let page = dlq::list(&js, capability.as_ref(), after, limit).await?;
+    print_json(&serde_json::to_value(page)?)
 }
 
 /// Replays dead letters by task id; prints the new task ids.

@@ -61,6 +61,7 @@ impl Formats {
 kind = "{name}"
 base_url = "{url}"
 api_key_envs = ["PRIMARY_KEY_1", "PRIMARY_KEY_2"]
+direct_models = ["{name}-direct"]
 timeout_ms = 1500
 first_token_timeout_ms = 1000
 idle_timeout_ms = 1000
@@ -572,6 +573,17 @@ async fn the_cli_lists_provider_health_replays_dead_letters_and_resets_keys() {
     .await;
     let letter = &letters["data"][0];
     assert_eq!(letter["task"]["id"], dead.as_str());
+    // One page at a time: the cursor is the last letter's sequence.
+    let page = cli(&["dlq", "list", "--limit", "1"]);
+    assert_eq!(page["has_more"], false, "{page}");
+    assert_eq!(page["last_id"], letter["seq"]);
+    let after = page["last_id"].to_string();
+    assert!(
+        cli(&["dlq", "list", "--after", &after])["data"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(letter["error"]["class"], "upstream_5xx");
     assert_eq!(letter["attempts"].as_array().unwrap().len(), 2);
 

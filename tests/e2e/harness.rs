@@ -146,6 +146,7 @@ kind = "openai"
 base_url = "{provider_url}"
 api_key_env = "FAKE_PROVIDER_KEY"
 timeout_ms = 20000
+direct_models = ["org/some-model"]
 
 [providers.simulated]
 kind = "simulated"

@@ -23,6 +23,7 @@ mod failures;
 mod harness;
 mod hostile_http;
 mod hostile_input;
+mod isolation;
 mod overload;
 mod protocol;
 mod provisioning;

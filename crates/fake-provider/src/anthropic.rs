@@ -87,7 +87,7 @@ async fn messages(
         key: headers
             .get("x-api-key")
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+            .map(|v| v.trim().to_owned()),
         stream,
         body: body.clone(),
     });
@@ -102,6 +102,10 @@ async fn messages(
         }
         Some(Fault::ContextLength) => {
             return invalid("prompt is too long: 250000 tokens > 200000 maximum");
+        }
+        Some(Fault::NoModelAccess) => {
+            let body = error("not_found_error", &format!("model: {model}"));
+            return error_response(404, &[], &body);
         }
         Some(Fault::Malformed) if !stream => return malformed_json(),
         _ => {}

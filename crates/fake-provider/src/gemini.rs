@@ -101,7 +101,7 @@ async fn generate(
     let key = headers
         .get("x-goog-api-key")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+        .map(|v| v.trim().to_owned())
         .or_else(|| query_param(&query, "key"));
     let fault = state.arrive(Recorded {
         model: model.to_owned(),
@@ -120,6 +120,15 @@ async fn generate(
                 "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
             );
             return error_response(400, &[], &body);
+        }
+        Some(Fault::NoModelAccess) => {
+            let body = error(
+                404,
+                &format!(
+                    "models/{model} is not found for API version v1beta, or is not supported for generateContent."
+                ),
+            );
+            return error_response(404, &[], &body);
         }
         Some(Fault::Malformed) if !stream => return malformed_json(),
         _ => {}

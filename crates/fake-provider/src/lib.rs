@@ -62,6 +62,9 @@ pub enum Fault {
     ContextLength,
     /// The format's refusal for filtered content.
     ContentFilter,
+    /// The format's refusal of a model the key may not use (or that does not exist): a
+    /// refusal about the model, not the credentials.
+    NoModelAccess,
     /// Accept the request, then send nothing for this long before answering normally.
     StallBeforeFirstByte(Duration),
     /// Streams: send the first two events, stall this long, then send the rest.

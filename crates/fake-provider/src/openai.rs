@@ -21,12 +21,13 @@ pub(crate) fn router() -> Router<Arc<State>> {
     Router::new().route("/v1/chat/completions", post(chat))
 }
 
-/// The key from `Authorization: Bearer …`.
+/// The key from `Authorization: Bearer …`, trimmed as real providers read it (and then
+/// echo it: a key configured with surrounding whitespace comes back without it).
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
     headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim_start_matches("Bearer ").to_owned())
+        .map(|v| v.trim().trim_start_matches("Bearer").trim().to_owned())
 }
 
 fn error(message: &str, kind: &str, code: Value) -> Value {
@@ -79,6 +80,15 @@ async fn chat(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Byt
                 json!("context_length_exceeded"),
             );
             return error_response(400, &[], &body);
+        }
+        Some(Fault::NoModelAccess) => {
+            // What OpenAI answers when a project's key may not use a model.
+            let body = error(
+                &format!("Project `proj_fake` does not have access to model `{model}`"),
+                "invalid_request_error",
+                json!("model_not_found"),
+            );
+            return error_response(403, &[], &body);
         }
         Some(Fault::ContentFilter) => {
             let body = error(

@@ -189,6 +189,15 @@ async fn create(
             };
             return error_response(*status, headers, &problem(*status, title, detail));
         }
+        Some(Fault::NoModelAccess) => {
+            // Replicate answers a model it will not run for this token as not found.
+            let body = problem(
+                404,
+                "Not found",
+                "The requested resource could not be found.",
+            );
+            return error_response(404, &[], &body);
+        }
         Some(Fault::Malformed) if !stream => return malformed_json(),
         Some(Fault::ContextLength) => Err(CONTEXT_LENGTH_ERROR.to_owned()),
         Some(Fault::ContentFilter) => Err(CONTENT_FILTER_ERROR.to_owned()),

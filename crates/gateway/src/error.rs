@@ -141,6 +141,8 @@ fn task_failure_parts(
     let code = class.as_str();
     match class {
         FailureClass::BadRequest => (S::BAD_REQUEST, "invalid_request_error", code, None),
+        // As OpenAI answers `model_not_found`: a 404 the SDKs do not retry.
+        FailureClass::ModelUnavailable => (S::NOT_FOUND, "invalid_request_error", code, None),
         FailureClass::ContextLength => (
             S::BAD_REQUEST,
             "invalid_request_error",

@@ -67,7 +67,7 @@ pub async fn model(
     if let Some(route) = st.config.routes.get(&id) {
         return Ok(Json(route_model(&id, route)));
     }
-    match split_direct(&id, &st.config.providers) {
+    match split_direct(&id, &st.config.providers, &st.config.routes) {
         Some((provider, _)) => Ok(Json(model_object(
             &id,
             Some(provider),

@@ -17,9 +17,6 @@ use crate::error::ApiError;
 use crate::path::PathParam;
 use crate::state::AppState;
 
-/// Dead letters listed when the caller gives no `limit`.
-const DEFAULT_DLQ_LIST: usize = 100;
-
 /// `GET /v1/providers`: every configured target with its breaker state, latency, error
 /// ratio, cooldown end and keys, as all workers currently see them.
 pub async fn providers(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -35,30 +32,34 @@ pub async fn providers(State(st): State<AppState>) -> Result<Json<Value>, ApiErr
 pub struct DlqQuery {
     capability: Option<String>,
     limit: Option<usize>,
+    /// The `last_id` of the previous page.
+    after: Option<u64>,
 }
 
-/// `GET /v1/dlq?capability=&limit=`: dead letters, oldest first, with their failure history.
+/// `GET /v1/dlq?capability=&limit=&after=`: one page of dead letters, oldest first, with
+/// their failure history; `has_more` and `last_id` (pass it as `after`) lead to the next.
 pub async fn list(
     State(st): State<AppState>,
     query: Result<Query<DlqQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<dlq::Page>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    if let Some(capability) = &query.capability
-        && capability.parse::<shared::Capability>().is_err()
-    {
+    let capability = match &query.capability {
+        None => None,
+        Some(c) => Some(c.parse::<shared::Capability>().map_err(|_| {
+            ApiError::invalid("capability", format!("{c:?} is not a capability name"))
+        })?),
+    };
+    let limit = query.limit.unwrap_or(dlq::DEFAULT_LIST);
+    if !(1..=dlq::MAX_LIST).contains(&limit) {
         return Err(ApiError::invalid(
-            "capability",
-            format!("{capability:?} is not a capability name"),
+            "limit",
+            format!("limit must be from 1 to {}", dlq::MAX_LIST),
         ));
     }
-    let limit = query
-        .limit
-        .unwrap_or(DEFAULT_DLQ_LIST)
-        .clamp(1, dlq::MAX_LIST);
-    let letters = dlq::list(&st.js, query.capability.as_deref(), limit)
+    let page = dlq::list(&st.js, capability.as_ref(), query.after.unwrap_or(0), limit)
         .await
         .map_err(dlq_error)?;
-    Ok(Json(json!({"object": "list", "data": letters})))
+    Ok(Json(page))
 }
 
 /// `POST /v1/dlq/{task_id}/replay`: queues the dead-lettered task again as a new task.

@@ -52,7 +52,7 @@ impl ReplyRouter {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Self, async_nats::SubscribeError> {
-        let prefix = format!("_INBOX.switchyard.{gateway_id}.");
+        let prefix = format!("{}{gateway_id}.", shared::reply::GATEWAY_REPLY_PREFIX);
         let mut subscription = client.subscribe(format!("{prefix}*")).await?;
         let pending: Pending = Arc::default();
         let routes = pending.clone();

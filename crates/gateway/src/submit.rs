@@ -31,7 +31,7 @@ pub fn build_task(
     let route_capability = match st.route_capabilities.get(&body.model) {
         Some(capability) => capability.clone(),
         // `provider/model` addresses one target directly, on the default capability.
-        None if split_direct(&body.model, &st.config.providers).is_some() => {
+        None if split_direct(&body.model, &st.config.providers, &st.config.routes).is_some() => {
             st.default_capability.clone()
         }
         None => return Err(ApiError::UnknownModel(body.model.clone())),

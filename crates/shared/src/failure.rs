@@ -18,6 +18,10 @@ pub enum FailureClass {
     Auth,
     /// The provider refused the request itself (other 4xx).
     BadRequest,
+    /// The provider does not serve this model to this key (403 or 404 about the model:
+    /// OpenAI's `model_not_found`, Anthropic's `not_found_error`, Gemini's NOT_FOUND). A
+    /// refusal of the model, not of the credentials: the key stays in rotation.
+    ModelUnavailable,
     /// The prompt does not fit the model's context window.
     ContextLength,
     /// The provider refused the content.
@@ -46,6 +50,7 @@ impl FailureClass {
             | FailureClass::Internal => true,
             FailureClass::Auth
             | FailureClass::BadRequest
+            | FailureClass::ModelUnavailable
             | FailureClass::ContextLength
             | FailureClass::ContentFilter
             | FailureClass::Cancelled
@@ -68,6 +73,7 @@ impl FailureClass {
             | FailureClass::DeadlineExceeded
             | FailureClass::Internal => true,
             FailureClass::BadRequest
+            | FailureClass::ModelUnavailable
             | FailureClass::ContextLength
             | FailureClass::ContentFilter
             | FailureClass::Cancelled => false,
@@ -81,6 +87,7 @@ impl FailureClass {
             FailureClass::Upstream5xx => "upstream_5xx",
             FailureClass::Auth => "auth",
             FailureClass::BadRequest => "bad_request",
+            FailureClass::ModelUnavailable => "model_unavailable",
             FailureClass::ContextLength => "context_length",
             FailureClass::ContentFilter => "content_filter",
             FailureClass::Network => "network",
@@ -103,6 +110,7 @@ mod tests {
             FailureClass::Upstream5xx,
             FailureClass::DeadlineExceeded,
             FailureClass::InvalidResponse,
+            FailureClass::ModelUnavailable,
         ] {
             let json = serde_json::to_string(&class).unwrap();
             assert_eq!(json, format!("\"{}\"", class.as_str()));

@@ -5,6 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -16,6 +19,13 @@ use crate::config::Config;
 /// Records not updated for this long are stale and read as absent (the bucket's `max_age`
 /// drops them too, silently): a refused key or an open breaker is forgotten after a day.
 pub const RECORD_TTL_MS: u64 = 86_400_000;
+
+/// Records fetched per request when reading the whole bucket.
+const READ_BATCH: usize = 256;
+/// How long the server keeps a reading consumer that was not deleted (its reader died).
+const READ_CONSUMER_IDLE: Duration = Duration::from_secs(30);
+/// Header naming a key-value delete or purge marker.
+const KV_OPERATION: &str = "KV-Operation";
 
 /// Whether a record last updated at `updated_ms` still counts at `now`.
 pub fn is_fresh(updated_ms: u64, now: u64) -> bool {
@@ -120,16 +130,58 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Reads every record; undecodable ones are skipped (a newer writer's format).
+    /// Reads every record in one pass: a consumer delivering the last value of each key,
+    /// fetched in batches, not a look-up per key. Undecodable records are skipped (a newer
+    /// writer's format).
     pub async fn read(store: &kv::Store) -> Result<Self, async_nats::Error> {
+        let consumer = store
+            .stream
+            .create_consumer(consumer::pull::Config {
+                filter_subject: format!("{}>", store.prefix),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ack_policy: AckPolicy::None,
+                inactive_threshold: READ_CONSUMER_IDLE,
+                ..Default::default()
+            })
+            .await?;
+        let name = consumer.cached_info().name.clone();
+        let read = Self::drain(store, consumer).await;
+        // The server removes it after `READ_CONSUMER_IDLE` anyway.
+        let _ = store.stream.delete_consumer(&name).await;
+        read
+    }
+
+    async fn drain(
+        store: &kv::Store,
+        consumer: consumer::PullConsumer,
+    ) -> Result<Self, async_nats::Error> {
         let mut snapshot = Snapshot::default();
-        let mut keys = store.keys().await?;
-        while let Some(key) = keys.next().await {
-            let key = key?;
-            let Some(value) = store.get(&key).await? else {
-                continue;
-            };
-            snapshot.insert(&key, &value);
+        let mut pending = consumer.cached_info().num_pending;
+        while pending > 0 {
+            let mut batch = consumer.fetch().max_messages(READ_BATCH).messages().await?;
+            let mut got = 0;
+            while let Some(message) = batch.next().await {
+                let message = message?;
+                got += 1;
+                pending = message.info()?.pending;
+                let Some(key) = message.subject.strip_prefix(store.prefix.as_str()) else {
+                    continue;
+                };
+                let removed = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(KV_OPERATION))
+                    .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+                if removed {
+                    snapshot.remove(key);
+                } else {
+                    snapshot.insert(key, &message.payload);
+                }
+            }
+            // Records can expire between the count and the fetch: nothing left is the end.
+            if got == 0 {
+                break;
+            }
         }
         Ok(snapshot)
     }

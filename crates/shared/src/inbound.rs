@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::limits::{MAX_JSON_DEPTH, MAX_SUBJECT_LEN, MAX_TASK_DEPTH, check_route, json_depth};
 use crate::names::task_subject;
-use crate::{Capability, Priority, Task, TaskId};
+use crate::{Capability, Priority, Task, TaskId, reply};
 
 /// Why a published task cannot be run, and what of it could still be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,15 +86,17 @@ impl fmt::Display for Problem {
 }
 
 /// Decodes a task published on `subject` (with `Nats-Msg-Id` header `msg_id`, if any)
-/// and checks that its capability and priority are the subject's.
+/// and checks that its capability and priority are the subject's, and that its `reply_to`
+/// is a reply subject ([`crate::reply::allowed`] under `reply_prefixes`).
 pub fn read_task(
     subject: &str,
     payload: &[u8],
     msg_id: Option<&str>,
+    reply_prefixes: &[String],
 ) -> Result<Task, Box<Rejection>> {
     let header_id = msg_id.and_then(|m| m.parse::<TaskId>().ok());
     if json_depth(payload) > MAX_TASK_DEPTH {
-        return Err(too_deep(payload, header_id));
+        return Err(too_deep(payload, header_id, reply_prefixes));
     }
     let fields = match serde_json::from_slice::<Value>(payload) {
         Ok(Value::Object(fields)) => fields,
@@ -103,8 +105,15 @@ pub fn read_task(
             return Err(Rejection::bare(header_id, Problem::NotJson(e.to_string())));
         }
     };
-    let mut rejection = Rejection::partial(&fields, header_id, Problem::NotObject);
-    match check_fields(&fields).and_then(|()| check_subject(&fields, subject)) {
+    let payload_id = fields
+        .get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<TaskId>().ok());
+    let mut rejection = Rejection::partial(&fields, header_id, reply_prefixes, Problem::NotObject);
+    let checked = check_fields(&fields)
+        .and_then(|()| check_reply_to(&fields, payload_id, reply_prefixes))
+        .and_then(|()| check_subject(&fields, subject));
+    match checked {
         Ok(()) => {}
         Err(problem) => {
             rejection.problem = problem;
@@ -124,7 +133,11 @@ pub fn read_task(
 /// The rejection of a task nesting deeper than [`MAX_TASK_DEPTH`], which serde_json may not
 /// parse at all: its top-level fields are read one by one (skipping a value does not
 /// recurse), so the publisher's id and `reply_to` still get their answer.
-fn too_deep(payload: &[u8], header_id: Option<TaskId>) -> Box<Rejection> {
+fn too_deep(
+    payload: &[u8],
+    header_id: Option<TaskId>,
+    reply_prefixes: &[String],
+) -> Box<Rejection> {
     let Ok(raw) = serde_json::from_slice::<BTreeMap<String, Box<RawValue>>>(payload) else {
         return Rejection::bare(header_id, Problem::TooDeep);
     };
@@ -147,22 +160,33 @@ fn too_deep(payload: &[u8], header_id: Option<TaskId>) -> Box<Rejection> {
     } else {
         Problem::TooDeep
     };
-    Box::new(Rejection::partial(&fields, header_id, problem))
+    Box::new(Rejection::partial(
+        &fields,
+        header_id,
+        reply_prefixes,
+        problem,
+    ))
 }
 
 impl Rejection {
     /// What can be read of a task whose `problem` keeps it from running.
-    fn partial(fields: &Map<String, Value>, header_id: Option<TaskId>, problem: Problem) -> Self {
+    fn partial(
+        fields: &Map<String, Value>,
+        header_id: Option<TaskId>,
+        reply_prefixes: &[String],
+        problem: Problem,
+    ) -> Self {
+        let payload_id = fields
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<TaskId>().ok());
         Self {
-            id: fields
-                .get("id")
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse().ok())
-                .or(header_id),
+            id: payload_id.or(header_id),
+            // A refusal is sent only where a task may be answered, never to a `$` subject.
             reply_to: fields
                 .get("reply_to")
                 .and_then(Value::as_str)
-                .filter(|s| is_publish_subject(s))
+                .filter(|s| is_publish_subject(s) && reply::allowed(s, payload_id, reply_prefixes))
                 .map(str::to_owned),
             capability: fields
                 .get("capability")
@@ -262,6 +286,20 @@ fn check_fields(fields: &Map<String, Value>) -> Result<(), Problem> {
     Ok(())
 }
 
+/// `reply_to` names a subject a reply may go to: an inbox, or the task's own stream.
+fn check_reply_to(
+    fields: &Map<String, Value>,
+    id: Option<TaskId>,
+    prefixes: &[String],
+) -> Result<(), Problem> {
+    match fields.get("reply_to").and_then(Value::as_str) {
+        Some(reply_to) if !reply::allowed(reply_to, id, prefixes) => {
+            Err(Problem::Invalid("reply_to", reply::rule(prefixes)))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn required<'a>(fields: &'a Map<String, Value>, field: &'static str) -> Result<&'a Value, Problem> {
     match fields.get(field) {
         None | Some(Value::Null) => Err(Problem::Missing(field)),
@@ -336,8 +374,12 @@ mod tests {
         })
     }
 
+    fn inbox() -> Vec<String> {
+        vec!["_INBOX.".to_owned()]
+    }
+
     fn read(subject: &str, task: &Value) -> Result<Task, Box<Rejection>> {
-        read_task(subject, task.to_string().as_bytes(), None)
+        read_task(subject, task.to_string().as_bytes(), None, &inbox())
     }
 
     #[test]
@@ -389,6 +431,13 @@ mod tests {
             ("reply_to", json!("a.*")),
             ("reply_to", json!("has space")),
             ("reply_to", json!(5)),
+            ("reply_to", json!(format!("$KV.results.{ID}"))),
+            ("reply_to", json!("tasks.chat.low")),
+            ("reply_to", json!("events.task.completed")),
+            (
+                "reply_to",
+                json!("stream.01935c5e-7b7a-7cc0-9f43-000000000000"),
+            ),
             ("replay_of", json!("x")),
         ] {
             let mut task = valid();
@@ -399,11 +448,23 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_never_goes_to_a_subject_a_task_may_not_name() {
+        let mut task = valid();
+        task["reply_to"] = json!(format!("$KV.results.{ID}"));
+        let rejection = read("tasks.chat.high", &task).unwrap_err();
+        assert_eq!(rejection.problem.field(), Some("reply_to"));
+        assert_eq!(rejection.reply_to, None);
+        // A streaming task's own stream subject is a reply subject.
+        task["reply_to"] = json!(format!("stream.{ID}"));
+        assert!(read("tasks.chat.high", &task).is_ok());
+    }
+
+    #[test]
     fn the_id_comes_from_the_header_when_the_payload_has_none() {
-        let rejection = read_task("tasks.chat.high", b"not json", Some(ID)).unwrap_err();
+        let rejection = read_task("tasks.chat.high", b"not json", Some(ID), &inbox()).unwrap_err();
         assert!(matches!(rejection.problem, Problem::NotJson(_)));
         assert_eq!(rejection.id.map(|i| i.to_string()).as_deref(), Some(ID));
-        let rejection = read_task("tasks.chat.high", b"[1]", Some("nope")).unwrap_err();
+        let rejection = read_task("tasks.chat.high", b"[1]", Some("nope"), &inbox()).unwrap_err();
         assert_eq!(
             (rejection.problem, rejection.id),
             (Problem::NotObject, None)
@@ -458,7 +519,8 @@ mod tests {
                 ),
                 1,
             );
-            let rejection = read_task("tasks.chat.high", text.as_bytes(), None).unwrap_err();
+            let rejection =
+                read_task("tasks.chat.high", text.as_bytes(), None, &inbox()).unwrap_err();
             assert_eq!(rejection.problem.field(), Some("request"), "{levels}");
             assert_eq!(rejection.reply_to.as_deref(), Some("_INBOX.abc"));
             assert_eq!(rejection.id.map(|i| i.to_string()).as_deref(), Some(ID));
@@ -473,7 +535,7 @@ mod tests {
             ),
             1,
         );
-        assert!(read_task("tasks.chat.high", text.as_bytes(), None).is_ok());
+        assert!(read_task("tasks.chat.high", text.as_bytes(), None, &inbox()).is_ok());
         // Deep elsewhere: refused as a whole, still answerable.
         let mut task = valid();
         task["extra"] = json!(0);
@@ -482,12 +544,17 @@ mod tests {
             &format!(r#""extra":{}{}"#, "[".repeat(300), "]".repeat(300)),
             1,
         );
-        let rejection = read_task("tasks.chat.high", text.as_bytes(), None).unwrap_err();
+        let rejection = read_task("tasks.chat.high", text.as_bytes(), None, &inbox()).unwrap_err();
         assert_eq!(rejection.problem, Problem::TooDeep);
         assert_eq!(rejection.reply_to.as_deref(), Some("_INBOX.abc"));
         // Deep and broken: only the header's id is left.
-        let rejection =
-            read_task("tasks.chat.high", "[".repeat(300).as_bytes(), Some(ID)).unwrap_err();
+        let rejection = read_task(
+            "tasks.chat.high",
+            "[".repeat(300).as_bytes(),
+            Some(ID),
+            &inbox(),
+        )
+        .unwrap_err();
         assert_eq!(rejection.problem, Problem::TooDeep);
         assert_eq!(rejection.id.map(|i| i.to_string()).as_deref(), Some(ID));
     }
@@ -507,7 +574,7 @@ mod tests {
         ];
         for input in inputs {
             for subject in ["tasks.chat.high", "", "...", "tasks.\u{e9}.high"] {
-                assert!(read_task(subject, input, Some("\u{0}")).is_err());
+                assert!(read_task(subject, input, Some("\u{0}"), &inbox()).is_err());
             }
         }
     }
@@ -582,7 +649,9 @@ mod tests {
                     );
                     request
                 });
-            let reply_to = prop::option::of("[A-Za-z0-9_]{1,10}(\\.[A-Za-z0-9_]{1,10}){0,4}");
+            // Valid reply subjects are inboxes (`queue.reply_prefixes`, here `_INBOX.`).
+            let reply_to =
+                prop::option::of("_INBOX\\.[A-Za-z0-9_]{1,10}(\\.[A-Za-z0-9_]{1,10}){0,4}");
             (
                 (any::<u128>(), capability, priority, route),
                 (request, any::<u64>(), reply_to, any::<u64>()),
@@ -624,17 +693,17 @@ mod tests {
                 bytes in prop::collection::vec(any::<u8>(), 0..512),
                 msg_id in prop::option::of(".{0,40}"),
             ) {
-                let _ = read_task(&subject, &bytes, msg_id.as_deref());
+                let _ = read_task(&subject, &bytes, msg_id.as_deref(), &super::inbox());
             }
 
             #[test]
             fn arbitrary_json(subject in subject(), value in json_value()) {
-                let _ = read_task(&subject, value.to_string().as_bytes(), None);
+                let _ = read_task(&subject, value.to_string().as_bytes(), None, &super::inbox());
             }
 
             #[test]
             fn arbitrary_task_fields(subject in subject(), value in task_like()) {
-                if let Err(rejection) = read_task(&subject, value.to_string().as_bytes(), None) {
+                if let Err(rejection) = read_task(&subject, value.to_string().as_bytes(), None, &super::inbox()) {
                     // Whatever could be read is only ever what the rules allow.
                     if let Some(reply_to) = &rejection.reply_to {
                         prop_assert!(is_publish_subject(reply_to));
@@ -645,7 +714,7 @@ mod tests {
             #[test]
             fn arbitrary_nesting(open in "[\\[{]{0,400}", inner in ".{0,10}") {
                 let payload = format!("{{\"id\":\"{ID}\",\"reply_to\":\"_INBOX.a\",\"request\":{open}{inner}");
-                let _ = read_task("tasks.chat.normal", payload.as_bytes(), None);
+                let _ = read_task("tasks.chat.normal", payload.as_bytes(), None, &super::inbox());
             }
 
             /// What the decoder accepts can travel: the route in headers and keys, the reply
@@ -659,7 +728,7 @@ mod tests {
                 task.route = route;
                 task.reply_to = reply_to;
                 let subject = task_subject(&task.capability, task.priority);
-                if let Ok(task) = read_task(&subject, &serde_json::to_vec(&task).unwrap(), None) {
+                if let Ok(task) = read_task(&subject, &serde_json::to_vec(&task).unwrap(), None, &super::inbox()) {
                     prop_assert!(crate::limits::check_route(&task.route).is_ok(), "{:?}", task.route);
                     if let Some(reply_to) = &task.reply_to {
                         prop_assert!(reply_to.len() <= crate::limits::MAX_SUBJECT_LEN);
@@ -672,7 +741,7 @@ mod tests {
                 let subject = task_subject(&task.capability, task.priority);
                 let bytes = serde_json::to_vec(&task).unwrap();
                 let id = task.id.to_string();
-                let read = read_task(&subject, &bytes, Some(&id));
+                let read = read_task(&subject, &bytes, Some(&id), &super::inbox());
                 prop_assert_eq!(read.as_ref().map_err(|r| &r.problem), Ok(&task));
             }
         }

@@ -12,6 +12,7 @@ pub mod limits;
 pub mod names;
 pub mod nats;
 pub mod provision;
+pub mod reply;
 pub mod task;
 
 pub use failure::FailureClass;

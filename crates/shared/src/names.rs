@@ -234,9 +234,15 @@ pub fn stream_subject(task_id: TaskId) -> String {
     format!("stream.{task_id}")
 }
 
-/// `dlq.<capability>`: where a capability's dead letters are kept.
-pub fn dlq_subject(capability: &Capability) -> String {
-    format!("dlq.{capability}")
+/// `dlq.<capability>.<task id>`: where a task's dead letter is kept, so it can be looked up
+/// by subject and a capability's letters listed with `dlq.<capability>.*`.
+pub fn dlq_subject(capability: &Capability, task_id: TaskId) -> String {
+    format!("dlq.{capability}.{task_id}")
+}
+
+/// `dlq.<capability>.*`: every dead letter of a capability.
+pub fn dlq_capability_subjects(capability: &Capability) -> String {
+    format!("dlq.{capability}.*")
 }
 
 /// `events.task.<status>`: lifecycle event subject for a finished task.

@@ -142,15 +142,17 @@ async fn provision_once(
         replicas,
     )
     .await?;
-    js.create_or_update_stream(crate::dlq::stream_config(
-        Duration::from_secs(config.dlq.max_age_secs),
-        replicas,
-    ))
-    .await
-    .map_err(|source| ProvisionError::Stream {
-        name: DLQ_STREAM,
-        source,
-    })?;
+    let bounds = crate::dlq::Bounds {
+        max_age: Duration::from_secs(config.dlq.max_age_secs),
+        max_msgs: config.dlq.max_msgs,
+        max_bytes: config.dlq.max_bytes,
+    };
+    js.create_or_update_stream(crate::dlq::stream_config(bounds, replicas))
+        .await
+        .map_err(|source| ProvisionError::Stream {
+            name: DLQ_STREAM,
+            source,
+        })?;
     let providers = bucket(
         js,
         PROVIDERS_BUCKET,

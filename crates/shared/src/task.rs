@@ -99,6 +99,11 @@ pub struct TaskResult {
     /// Time spent waiting on providers, all attempts together, in milliseconds.
     #[serde(default)]
     pub upstream_ms: u64,
+    /// Digest of the reply subject of the task that stored the result
+    /// ([`crate::reply::digest`]): a later delivery sends the stored result only to that
+    /// same subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_digest: Option<String>,
 }
 
 /// One provider call: who was asked, with which key, and how it ended.

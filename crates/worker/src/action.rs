@@ -56,10 +56,13 @@ pub(crate) fn decide(err: &ProviderError, retries: u32, other_key: bool) -> Acti
                 None => Action::RetrySame(jitter(RETRY_SAME_CEILING)),
             }
         }
+        // Another target (another model) may serve the request; the key is not to blame,
+        // and the pool's other keys are expected to reach the same models.
         FailureClass::Upstream5xx
         | FailureClass::InvalidResponse
         | FailureClass::Timeout
         | FailureClass::Network
+        | FailureClass::ModelUnavailable
         | FailureClass::Internal => Action::FailOver,
         FailureClass::ContextLength => Action::Fallback(Chain::ContextLength),
         FailureClass::ContentFilter => Action::Fallback(Chain::ContentFilter),
@@ -90,7 +93,10 @@ pub(crate) fn effect(err: &ProviderError) -> Effect {
         | FailureClass::Network => Effect::Unwell,
         FailureClass::RateLimited => Effect::CoolDown,
         FailureClass::Auth => Effect::DisableKey,
+        // A refused model says nothing about the key or the target's health: the caller
+        // picked the model, and must not take the key away from everyone else.
         FailureClass::BadRequest
+        | FailureClass::ModelUnavailable
         | FailureClass::ContextLength
         | FailureClass::ContentFilter
         | FailureClass::Cancelled
@@ -122,6 +128,8 @@ mod tests {
             (Timeout, false, Action::FailOver),
             (Network, false, Action::FailOver),
             (Internal, false, Action::FailOver),
+            (ModelUnavailable, false, Action::FailOver),
+            (ModelUnavailable, true, Action::FailOver),
             (ContextLength, false, Action::Fallback(Chain::ContextLength)),
             (ContentFilter, false, Action::Fallback(Chain::ContentFilter)),
             (BadRequest, true, Action::FailFast),
@@ -171,6 +179,7 @@ mod tests {
         assert_eq!(effect(&err(FailureClass::Timeout)), Effect::Unwell);
         assert_eq!(effect(&err(FailureClass::RateLimited)), Effect::CoolDown);
         assert_eq!(effect(&err(FailureClass::Auth)), Effect::DisableKey);
+        assert_eq!(effect(&err(FailureClass::ModelUnavailable)), Effect::None);
         assert_eq!(effect(&err(FailureClass::BadRequest)), Effect::None);
         assert_eq!(effect(&err(FailureClass::ContextLength)), Effect::None);
     }

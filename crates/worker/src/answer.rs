@@ -10,6 +10,7 @@ use async_nats::jetstream::{self, AckKind, kv};
 use bytes::Bytes;
 use serde_json::json;
 use shared::names::{HEADER_MSG_ID, task_event_subject};
+use shared::reply;
 use shared::{Capability, Priority, StreamEventKind, Task, TaskId, TaskResult};
 use tracing::{debug, error, warn};
 
@@ -93,11 +94,17 @@ pub(crate) async fn store(id: TaskId, result: &TaskResult, deps: &Deps) -> Optio
     }
 }
 
-/// Sends the stored result to the task's reply subject, if it has one.
+/// Sends the stored result to the task's reply subject, if it has one and the result was
+/// stored for that same subject: a task id published again with another `reply_to` (by
+/// anyone who learned the id) gets nothing; its publisher can read the `results` bucket.
 pub(crate) async fn deliver(reply_to: Option<&str>, stored: Bytes, delivery: i64, deps: &Deps) {
     let Some(reply_to) = reply_to else {
         return;
     };
+    if !reply::may_send(&stored, reply_to) {
+        warn!("the stored result was made for another reply subject; not sending it");
+        return;
+    }
     let headers = event_headers(StreamEventKind::Result, delivery);
     if let Err(e) = deps
         .client

@@ -74,4 +74,6 @@ pub(crate) struct Deps {
     pub max_deliver: i64,
     /// Tasks whose caller went away.
     pub cancellations: Cancellations,
+    /// `queue.reply_prefixes`: where a task's result may be sent.
+    pub reply_prefixes: Vec<String>,
 }

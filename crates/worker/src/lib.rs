@@ -112,6 +112,7 @@ pub async fn run(
         worker_id: worker_id.clone(),
         ack_wait: config.queue.ack_wait(),
         max_deliver,
+        reply_prefixes: config.queue.reply_prefixes.clone(),
         // A notice matters while its task can still run: until the longest deadline.
         cancellations: Cancellations::new(Duration::from_millis(config.gateway.max_timeout_ms)),
     });

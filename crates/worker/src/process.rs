@@ -12,6 +12,7 @@ use bytes::Bytes;
 use shared::dlq::{self, DeadLetter};
 use shared::inbound::read_task;
 use shared::names::HEADER_MSG_ID;
+use shared::reply;
 use shared::task::{TaskError, now_ms};
 use shared::{Attempt, FailureClass, Task, TaskResult, TaskStatus};
 use tracing::{Instrument, debug, error, info_span, warn};
@@ -33,7 +34,12 @@ pub(crate) async fn process(msg: jetstream::Message, deps: &Deps) {
         .as_ref()
         .and_then(|h| h.get(HEADER_MSG_ID))
         .map(|v| v.as_str());
-    let task = match read_task(msg.subject.as_str(), &msg.payload, msg_id) {
+    let task = match read_task(
+        msg.subject.as_str(),
+        &msg.payload,
+        msg_id,
+        &deps.reply_prefixes,
+    ) {
         Ok(task) => task,
         Err(rejection) => {
             refuse(&msg, *rejection, delivery, deps).await;
@@ -143,6 +149,7 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
         upstream_ms: history.iter().map(|a| a.duration_ms).sum(),
         attempts: history,
         fallback_depth,
+        reply_digest: task.reply_to.as_deref().map(reply::digest),
     };
     let stored = persist(delivery, deps, || async {
         with_progress(&msg, deps.ack_wait, store(task.id, &result, deps))

@@ -47,6 +47,7 @@ pub(crate) async fn refuse(
         attempts: Vec::new(),
         fallback_depth: 0,
         upstream_ms: 0,
+        reply_digest: rejection.reply_to.as_deref().map(shared::reply::digest),
     };
     let stored = match rejection.id {
         Some(id) => {
@@ -70,7 +71,8 @@ pub(crate) async fn refuse(
             }
         },
     };
-    // A result stored earlier under this id (the task ran before) is the one answer.
+    // A result stored earlier under this id (the task ran before) is the one answer; it
+    // goes to `reply_to` only if that task named the same subject (see `deliver`).
     let answered = serde_json::from_slice::<TaskResult>(&stored).unwrap_or(result);
     deliver(rejection.reply_to.as_deref(), stored, delivery, deps).await;
     let about = About {

@@ -41,6 +41,9 @@ const DEFAULT_ACK_WAIT_MS: u64 = 30_000;
 /// Bounded redelivery: four provider attempts, then a reserve delivery that records the
 /// failure if the last attempt's worker died.
 const DEFAULT_MAX_DELIVER: i64 = 5;
+/// NATS inboxes only (what `new_inbox()` makes, and the gateway's `_INBOX.switchyard.…`):
+/// a subject the publisher subscribes to, never a stream's, the server's or Switchyard's.
+const DEFAULT_REPLY_PREFIXES: &[&str] = &["_INBOX."];
 /// Results are kept a day so late clients can still fetch them.
 const DEFAULT_RESULTS_TTL_SECS: u64 = 86_400;
 /// Events are kept a week for dashboards and replays.
@@ -92,6 +95,12 @@ const DEFAULT_COOLDOWN_MS: u64 = 10_000;
 const DEFAULT_FLUSH_MS: u64 = 1_000;
 /// Dead letters are kept two weeks for inspection and replay.
 const DEFAULT_DLQ_MAX_AGE_SECS: u64 = 14 * 86_400;
+/// Enough letters to diagnose a long outage; a burst of failures (every request of a flood
+/// with a 1 ms deadline dead-letters) pushes out the oldest instead of growing the store.
+const DEFAULT_DLQ_MAX_MSGS: i64 = 10_000;
+/// 256 MiB: a letter carries its request (up to `gateway.max_body_bytes`), so the count
+/// alone does not bound the store.
+const DEFAULT_DLQ_MAX_BYTES: i64 = 256 << 20;
 use crate::names::DEFAULT_CAPABILITY;
 
 /// A value that must never be printed: `Debug` and `Display` show `*****`.
@@ -99,8 +108,13 @@ use crate::names::DEFAULT_CAPABILITY;
 pub struct Secret(String);
 
 impl Secret {
+    /// A secret as read from the environment, trimmed: a key pasted with a trailing newline
+    /// or spaces is the key without them (providers read it so, and echo it so).
     pub fn new(value: String) -> Self {
-        Self(value)
+        match value.trim() {
+            trimmed if trimmed.len() == value.len() => Self(value),
+            trimmed => Self(trimmed.to_owned()),
+        }
     }
 
     /// The secret itself, for the one place that sends it to its provider.
@@ -191,12 +205,20 @@ impl Default for HealthConfig {
 pub struct DlqConfig {
     #[serde(default = "default_dlq_max_age_secs")]
     pub max_age_secs: u64,
+    /// Most dead letters kept; the oldest go first.
+    #[serde(default = "default_dlq_max_msgs")]
+    pub max_msgs: i64,
+    /// Most bytes of dead letters kept; the oldest go first.
+    #[serde(default = "default_dlq_max_bytes")]
+    pub max_bytes: i64,
 }
 
 impl Default for DlqConfig {
     fn default() -> Self {
         Self {
             max_age_secs: DEFAULT_DLQ_MAX_AGE_SECS,
+            max_msgs: DEFAULT_DLQ_MAX_MSGS,
+            max_bytes: DEFAULT_DLQ_MAX_BYTES,
         }
     }
 }
@@ -234,6 +256,10 @@ pub struct QueueConfig {
     pub ack_wait_ms: u64,
     #[serde(default = "default_max_deliver")]
     pub max_deliver: i64,
+    /// Subject prefixes a task's `reply_to` may start with (besides its own
+    /// `stream.<task id>`); see [`crate::reply`].
+    #[serde(default = "default_reply_prefixes")]
+    pub reply_prefixes: Vec<String>,
 }
 
 impl Default for QueueConfig {
@@ -244,6 +270,7 @@ impl Default for QueueConfig {
             max_age_secs: DEFAULT_QUEUE_MAX_AGE_SECS,
             ack_wait_ms: DEFAULT_ACK_WAIT_MS,
             max_deliver: DEFAULT_MAX_DELIVER,
+            reply_prefixes: default_reply_prefixes(),
         }
     }
 }
@@ -432,6 +459,7 @@ impl Config {
             .list_separator(",")
             .with_list_parse_key("worker.capabilities")
             .with_list_parse_key("gateway.cors_allowed_origins")
+            .with_list_parse_key("queue.reply_prefixes")
             .source(Some(overrides));
         let builder = config::Config::builder();
         let builder = match source {
@@ -496,6 +524,25 @@ impl Config {
         }
         if self.queue.max_age_secs == 0 {
             p.add("queue.max_age_secs", "must be greater than 0");
+        }
+        for (i, prefix) in self.queue.reply_prefixes.iter().enumerate() {
+            if let Err(problem) = crate::reply::check_prefix(prefix) {
+                p.add(&format!("queue.reply_prefixes[{i}]"), problem);
+            }
+        }
+        let gateway_replies = crate::reply::GATEWAY_REPLY_PREFIX;
+        if !self
+            .queue
+            .reply_prefixes
+            .iter()
+            .any(|p| !p.is_empty() && gateway_replies.starts_with(p.as_str()))
+        {
+            p.add(
+                "queue.reply_prefixes",
+                format!(
+                    "must allow the gateway's reply subjects ({gateway_replies}…), e.g. \"_INBOX.\""
+                ),
+            );
         }
         if self.results.ttl_secs == 0 {
             p.add("results.ttl_secs", "must be greater than 0");
@@ -589,6 +636,8 @@ impl Config {
         if self.dlq.max_age_secs == 0 {
             p.add("dlq.max_age_secs", "must be greater than 0");
         }
+        p.positive("dlq.max_msgs", self.dlq.max_msgs);
+        p.positive("dlq.max_bytes", self.dlq.max_bytes);
         p.finish()
     }
 
@@ -724,6 +773,12 @@ fn default_ack_wait_ms() -> u64 {
 fn default_max_deliver() -> i64 {
     DEFAULT_MAX_DELIVER
 }
+fn default_reply_prefixes() -> Vec<String> {
+    DEFAULT_REPLY_PREFIXES
+        .iter()
+        .map(|p| (*p).to_owned())
+        .collect()
+}
 fn default_results_ttl_secs() -> u64 {
     DEFAULT_RESULTS_TTL_SECS
 }
@@ -795,6 +850,12 @@ fn default_flush_ms() -> u64 {
 }
 fn default_dlq_max_age_secs() -> u64 {
     DEFAULT_DLQ_MAX_AGE_SECS
+}
+fn default_dlq_max_msgs() -> i64 {
+    DEFAULT_DLQ_MAX_MSGS
+}
+fn default_dlq_max_bytes() -> i64 {
+    DEFAULT_DLQ_MAX_BYTES
 }
 pub(crate) fn default_capability() -> String {
     DEFAULT_CAPABILITY.to_owned()
@@ -894,6 +955,30 @@ mod tests {
     }
 
     #[test]
+    fn reply_prefixes_are_inboxes_never_server_or_switchyard_subjects() {
+        let cfg = Config::load(Source::Toml(DEFAULT_TOML), &env(&[])).unwrap();
+        assert_eq!(cfg.queue.reply_prefixes, ["_INBOX."]);
+        let err = Config::load(
+            Source::Toml(DEFAULT_TOML),
+            &env(&[(
+                "SWITCHYARD__QUEUE__REPLY_PREFIXES",
+                "$KV.,tasks.,_INBOX.x.,",
+            )]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&err),
+            [
+                "queue.reply_prefixes[0]",
+                "queue.reply_prefixes[1]",
+                "queue.reply_prefixes[3]",
+                "queue.reply_prefixes",
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
     fn cors_origins_are_exact_origins_and_never_a_wildcard() {
         let cfg = Config::load(Source::Toml(DEFAULT_TOML), &env(&[])).unwrap();
         assert!(
@@ -944,6 +1029,18 @@ mod tests {
         let cfg = Config::load(Source::Toml(toml), &env(&[("UP_KEY", "sk-very-secret")])).unwrap();
         let provider = &cfg.providers["up"];
         assert_eq!(provider.keys[0].secret.expose(), "sk-very-secret");
+        // Whitespace around a key is not part of it; a key of only whitespace is unset.
+        let padded = Config::load(
+            Source::Toml(toml),
+            &env(&[("UP_KEY", " \tsk-very-secret\r\n")]),
+        )
+        .unwrap();
+        assert_eq!(
+            padded.providers["up"].keys[0].secret.expose(),
+            "sk-very-secret"
+        );
+        let err = Config::load(Source::Toml(toml), &env(&[("UP_KEY", " \n")])).unwrap_err();
+        assert_eq!(keys(&err), ["providers.up.api_key_env"]);
         let printed = format!("{cfg:?}");
         assert!(!printed.contains("sk-very-secret"));
         assert!(printed.contains("*****"));
@@ -1045,15 +1142,32 @@ mod tests {
     }
 
     #[test]
-    fn direct_addresses_split_on_the_first_slash() {
-        let toml = "[providers.openrouter]\nkind = \"openrouter\"\n[routes.x]\nprovider = \"openrouter\"\nmodel = \"m\"\n";
+    fn direct_addresses_split_on_the_first_slash_and_name_configured_models_only() {
+        let toml = "[providers.openrouter]\nkind = \"openrouter\"\ndirect_models = [\"meta-llama/llama-3.1-8b\"]\n[routes.x]\nprovider = \"openrouter\"\nmodel = \"m\"\n";
         let cfg = Config::load(Source::Toml(toml), &env(&[("OPENROUTER_API_KEY", "k")])).unwrap();
+        let split = |name| split_direct(name, &cfg.providers, &cfg.routes);
         assert_eq!(
-            split_direct("openrouter/meta-llama/llama-3.1-8b", &cfg.providers),
+            split("openrouter/meta-llama/llama-3.1-8b"),
             Some(("openrouter", "meta-llama/llama-3.1-8b"))
         );
-        assert_eq!(split_direct("nobody/model", &cfg.providers), None);
-        assert_eq!(split_direct("openrouter/", &cfg.providers), None);
-        assert_eq!(split_direct("fast", &cfg.providers), None);
+        assert_eq!(
+            split("openrouter/m"),
+            Some(("openrouter", "m")),
+            "a route's model"
+        );
+        assert_eq!(
+            split("openrouter/anything-else"),
+            None,
+            "neither listed nor routed"
+        );
+        assert_eq!(split("nobody/model"), None);
+        assert_eq!(split("openrouter/"), None);
+        assert_eq!(split("fast"), None);
+        let err = Config::load(
+            Source::Toml(&toml.replace("[\"meta-llama/llama-3.1-8b\"]", "[\" \"]")),
+            &env(&[("OPENROUTER_API_KEY", "k")]),
+        )
+        .unwrap_err();
+        assert_eq!(keys(&err), ["providers.openrouter.direct_models[0]"]);
     }
 }

@@ -160,6 +160,11 @@ pub struct ProviderConfig {
     /// Streaming: longest silence between chunks.
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// Models callers may address directly as `provider/model`, besides those the routes
+    /// give this provider. Nothing else is addressable: each addressable model may get a
+    /// record in the shared `providers` bucket, so the list bounds what callers can create.
+    #[serde(default)]
+    pub direct_models: Vec<String>,
     /// Simulated provider: delay before the answer (or before the first streamed chunk).
     #[serde(default)]
     pub latency_ms: u64,
@@ -205,8 +210,8 @@ impl ProviderConfig {
     }
 }
 
-/// Reads each named variable into a key; the ones that are unset or empty are returned
-/// separately so validation can name them.
+/// Reads each named variable into a key, trimmed ([`Secret::new`]); the ones that are unset,
+/// empty or only whitespace are returned separately so validation can name them.
 pub(crate) fn read_keys(
     names: &[String],
     env: &std::collections::HashMap<String, String>,
@@ -214,7 +219,7 @@ pub(crate) fn read_keys(
     let mut keys = Vec::new();
     let mut missing = Vec::new();
     for name in names {
-        match env.get(name).filter(|v| !v.is_empty()) {
+        match env.get(name).filter(|v| !v.trim().is_empty()) {
             Some(value) => keys.push(ApiKey {
                 label: name.clone(),
                 secret: Secret::new(value.clone()),
@@ -250,6 +255,11 @@ pub(crate) fn validate_provider(p: &mut Problems, name: &str, provider: &Provide
             &format!("{key}.api_key_env"),
             "the simulated provider takes no key",
         );
+    }
+    for (i, model) in provider.direct_models.iter().enumerate() {
+        if model.trim().is_empty() {
+            p.add(&format!("{key}.direct_models[{i}]"), "must not be empty");
+        }
     }
     for (field, value) in [
         ("timeout_ms", provider.timeout_ms),

@@ -96,14 +96,26 @@ impl TargetConfig {
     }
 }
 
-/// Splits `provider/model` when `provider` is configured; the model may contain `/` itself
-/// (`openrouter/meta-llama/llama-3.1-8b-instruct`).
+/// Splits `provider/model` when it may be addressed directly: `provider` is configured and
+/// `model` is one of its `direct_models` or the model of one of its targets in `routes`.
+/// The model may contain `/` itself (`openrouter/meta-llama/llama-3.1-8b-instruct`). Any
+/// other model is refused rather than called: each addressable model may get a record in the
+/// shared health bucket, and callers must not be able to grow it without bound.
 pub fn split_direct<'a>(
     name: &'a str,
     providers: &BTreeMap<String, ProviderConfig>,
+    routes: &BTreeMap<String, RouteConfig>,
 ) -> Option<(&'a str, &'a str)> {
     let (provider, model) = name.split_once('/')?;
-    (providers.contains_key(provider) && !model.trim().is_empty()).then_some((provider, model))
+    let config = providers.get(provider)?;
+    let listed = config.direct_models.iter().any(|m| m == model);
+    let routed = || {
+        routes
+            .values()
+            .flat_map(|r| &r.targets)
+            .any(|t| t.provider == provider && t.model == model)
+    };
+    (!model.trim().is_empty() && (listed || routed())).then_some((provider, model))
 }
 
 /// Turns the one-target shorthand into `targets` and reads every target's key pool.

@@ -86,7 +86,7 @@ impl Leg {
         if let Some(route) = routing.routes.get(name) {
             return Some(Self::from_route(route));
         }
-        let (provider, model) = split_direct(name, &routing.provider_configs)?;
+        let (provider, model) = split_direct(name, &routing.provider_configs, &routing.routes)?;
         let config = routing.provider_configs.get(provider)?;
         Some(Self {
             strategy: Strategy::Priority,

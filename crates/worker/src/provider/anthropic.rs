@@ -435,9 +435,10 @@ fn finish_reason(stop_reason: Option<&str>, called_tools: bool) -> &'static str 
 /// Prompt and completion tokens; cached prompt tokens are still prompt tokens.
 fn usage(usage: &Value) -> (u64, u64) {
     let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
+    // Saturating: the counts are the provider's numbers, and a bogus one must not panic.
     let prompt = count("input_tokens")
-        + count("cache_creation_input_tokens")
-        + count("cache_read_input_tokens");
+        .saturating_add(count("cache_creation_input_tokens"))
+        .saturating_add(count("cache_read_input_tokens"));
     (prompt, count("output_tokens"))
 }
 
@@ -683,6 +684,9 @@ impl Translate for Events {
         Err(cut_stream("message_stop"))
     }
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {

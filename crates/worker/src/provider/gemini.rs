@@ -539,9 +539,10 @@ fn usage(metadata: &Value) -> Value {
     let count = |key: &str| metadata[key].as_u64().unwrap_or(0);
     let thoughts = count("thoughtsTokenCount");
     let cached = count("cachedContentTokenCount");
+    // Saturating: the counts are the provider's numbers, and a bogus one must not panic.
     let mut usage = shape::usage(
-        count("promptTokenCount") + count("toolUsePromptTokenCount"),
-        count("candidatesTokenCount") + thoughts,
+        count("promptTokenCount").saturating_add(count("toolUsePromptTokenCount")),
+        count("candidatesTokenCount").saturating_add(thoughts),
     );
     if thoughts > 0 {
         usage["completion_tokens_details"] = json!({"reasoning_tokens": thoughts});
@@ -715,6 +716,9 @@ impl Translate for Events {
         self.fragments.end().map(|chunk| vec![chunk])
     }
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {

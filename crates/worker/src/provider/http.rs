@@ -14,6 +14,7 @@ use serde_json::Value;
 use shared::FailureClass;
 use shared::config::Secret;
 
+use super::scrub::scrub;
 use super::{ChunkStream, ProviderError};
 
 /// Longest `Retry-After` taken literally; anything longer is as good as "much later".
@@ -188,6 +189,12 @@ pub fn classify_status(status: u16, body: &str) -> FailureClass {
     if (400..500).contains(&status) && content_filter.iter().any(|s| lower.contains(s)) {
         return FailureClass::ContentFilter;
     }
+    // A 403 or 404 about the model ("does not have access to model", `model_not_found`,
+    // Anthropic's "model: …", Gemini's "models/… is not found") refuses the model, not
+    // the key: the caller chose the model, so the key must stay in rotation for everyone.
+    if matches!(status, 403 | 404) && lower.contains("model") {
+        return FailureClass::ModelUnavailable;
+    }
     match status {
         429 => FailureClass::RateLimited,
         // 402: the key's account cannot pay (Anthropic `billing_error`, OpenRouter credits);
@@ -200,8 +207,9 @@ pub fn classify_status(status: u16, body: &str) -> FailureClass {
 }
 
 /// The provider's own error text (`{"error":{"message":…}}` as OpenAI, Anthropic and Gemini
-/// send it, `{"detail":…}` as Replicate does, or raw), shortened and with `secret` blanked
-/// out in case the provider echoed the key.
+/// send it, `{"detail":…}` as Replicate does, or raw), shortened and with every form of
+/// `secret` (as configured, trimmed, masked echoes) blanked out in case the provider echoed
+/// the key.
 pub fn error_text(body: &str, secret: Option<&str>) -> String {
     let message = serde_json::from_str::<Value>(body)
         .ok()
@@ -217,8 +225,8 @@ pub fn error_text(body: &str, secret: Option<&str>) -> String {
         })
         .unwrap_or_else(|| body.trim().to_owned());
     // Blank the secret before shortening: a key cut in half would no longer match.
-    let message = match secret.filter(|s| !s.is_empty()) {
-        Some(secret) => message.replace(secret, "*****"),
+    let message = match secret {
+        Some(secret) => scrub(&message, secret),
         None => message,
     };
     message.chars().take(MAX_ERROR_TEXT).collect()
@@ -273,6 +281,56 @@ mod tests {
         assert_eq!(classify_status(529, ""), FailureClass::Upstream5xx);
         assert_eq!(classify_status(400, "{}"), FailureClass::BadRequest);
         assert_eq!(classify_status(404, ""), FailureClass::BadRequest);
+        // Refusals of the model, in each provider's words, are not credential failures.
+        for (status, body) in [
+            (
+                403,
+                r#"{"error":{"message":"Project `proj_x` does not have access to model `gpt-4o`","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#,
+            ),
+            (
+                404,
+                r#"{"error":{"message":"The model `gpt-9` does not exist or you do not have access to it.","type":"invalid_request_error","code":"model_not_found"}}"#,
+            ),
+            (
+                404,
+                r#"{"type":"error","error":{"type":"not_found_error","message":"model: claude-9"}}"#,
+            ),
+            (
+                403,
+                r#"{"type":"error","error":{"type":"permission_error","message":"This model isn't available right now."}}"#,
+            ),
+            (
+                404,
+                r#"{"error":{"code":404,"message":"models/gemini-9 is not found for API version v1beta","status":"NOT_FOUND"}}"#,
+            ),
+            (
+                403,
+                r#"{"error":{"code":403,"message":"You do not have permission to access tuned model tunedModels/x","status":"PERMISSION_DENIED"}}"#,
+            ),
+        ] {
+            assert_eq!(
+                classify_status(status, body),
+                FailureClass::ModelUnavailable,
+                "{body}"
+            );
+        }
+        // A refusal of the key itself still is one.
+        for (status, body) in [
+            (
+                403,
+                r#"{"error":{"code":403,"message":"The caller does not have permission","status":"PERMISSION_DENIED"}}"#,
+            ),
+            (
+                403,
+                r#"{"type":"error","error":{"type":"permission_error","message":"Your API key does not have permission to use the specified resource."}}"#,
+            ),
+            (
+                401,
+                r#"{"error":{"message":"Incorrect API key provided for model gpt-4o","code":"invalid_api_key"}}"#,
+            ),
+        ] {
+            assert_eq!(classify_status(status, body), FailureClass::Auth, "{body}");
+        }
         assert_eq!(
             classify_status(400, r#"{"error":{"code":"context_length_exceeded"}}"#),
             FailureClass::ContextLength

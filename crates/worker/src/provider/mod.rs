@@ -8,7 +8,10 @@ mod anthropic;
 mod gemini;
 mod http;
 mod openai;
+#[cfg(test)]
+mod props;
 mod replicate;
+mod scrub;
 pub mod shape;
 mod simulated;
 

@@ -25,14 +25,7 @@ impl OpenAiCompatible {
     }
 
     pub async fn complete(&self, call: Call<'_>) -> Result<Value, ProviderError> {
-        let value = json_body(self.send(call, false).await?).await?;
-        if value.get("choices").and_then(Value::as_array).is_none() {
-            return Err(ProviderError::new(
-                FailureClass::InvalidResponse,
-                "provider answer has no choices array",
-            ));
-        }
-        Ok(value)
+        completion(json_body(self.send(call, false).await?).await?)
     }
 
     pub async fn stream(&self, call: Call<'_>) -> Result<ChunkStream, ProviderError> {
@@ -67,6 +60,17 @@ fn request_body(model: &str, request: &Map<String, Value>, stream: bool) -> Map<
         body.remove("stream_options");
     }
     body
+}
+
+/// An answer is a `chat.completion` as long as it has its `choices`; the rest passes through.
+fn completion(value: Value) -> Result<Value, ProviderError> {
+    if value.get("choices").and_then(Value::as_array).is_none() {
+        return Err(ProviderError::new(
+            FailureClass::InvalidResponse,
+            "provider answer has no choices array",
+        ));
+    }
+    Ok(value)
 }
 
 /// Reads SSE events into chunks. A stream must end with `[DONE]` (or at least have sent a
@@ -115,6 +119,9 @@ impl Translate for Chunks {
         }
     }
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {

@@ -587,6 +587,51 @@ fn failure_class(text: &str) -> FailureClass {
     }
 }
 
+/// What one stream event means, read without any I/O.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    /// Nothing for the caller: empty output, logs.
+    Skip,
+    /// A piece of the answer.
+    Output(String),
+    /// The prediction finished well (`done` without a `reason`).
+    Done,
+}
+
+/// Reads one event of a prediction's stream: `output` pieces, `logs`, an `error` (scrubbed
+/// of `secret`), or `done`, which carries `{}` or a `reason` when the prediction did not
+/// succeed. Any other event is not the documented format.
+fn step(event: &str, data: &str, secret: Option<&str>) -> Result<Step, ProviderError> {
+    match event {
+        "output" if data.is_empty() => Ok(Step::Skip),
+        "output" => Ok(Step::Output(data.to_owned())),
+        "logs" => Ok(Step::Skip),
+        "error" => {
+            let text = error_text(data, secret);
+            Err(ProviderError::new(failure_class(&text), text))
+        }
+        "done" => {
+            let done = if data.trim().is_empty() {
+                json!({})
+            } else {
+                event_json(data)?
+            };
+            match done
+                .get("reason")
+                .and_then(Value::as_str)
+                .filter(|r| !r.is_empty())
+            {
+                Some(reason) => Err(ProviderError::new(
+                    FailureClass::Upstream5xx,
+                    format!("prediction stream ended: {reason}"),
+                )),
+                None => Ok(Step::Done),
+            }
+        }
+        other => Err(invalid(format!("unexpected stream event {other:?}"))),
+    }
+}
+
 /// Reads a prediction's events into chunks: one per `output` piece (the first also naming
 /// the role), and on `done` a last one with the finish reason and, fetched from the
 /// prediction, its token counts. A stream must end with `done`; one that just stops was cut.
@@ -621,47 +666,22 @@ impl StreamState {
                 Some(event) => event?,
                 None => return Err(cut_stream("the done event")),
             };
-            match event.event.as_str() {
-                "output" if event.data.is_empty() => continue,
-                "output" => {
-                    return Ok(self.chunk(
-                        json!({"content": event.data}),
-                        Value::Null,
-                        Value::Null,
-                    ));
+            let secret = self.key.as_ref().map(Secret::expose);
+            match step(&event.event, &event.data, secret)? {
+                Step::Skip => continue,
+                Step::Output(text) => {
+                    return Ok(self.chunk(json!({"content": text}), Value::Null, Value::Null));
                 }
-                "logs" => continue,
-                "error" => {
-                    let secret = self.key.as_ref().map(Secret::expose);
-                    let text = error_text(&event.data, secret);
-                    return Err(ProviderError::new(failure_class(&text), text));
-                }
-                "done" => {
+                Step::Done => {
                     self.ended = true;
-                    return self.done(&event.data).await;
+                    return self.done().await;
                 }
-                other => return Err(invalid(format!("unexpected stream event {other:?}"))),
             }
         }
     }
 
-    /// `done` carries `{}`, or a `reason` when the prediction did not succeed.
-    async fn done(&mut self, data: &str) -> Result<Value, ProviderError> {
-        let done = if data.trim().is_empty() {
-            json!({})
-        } else {
-            event_json(data)?
-        };
-        if let Some(reason) = done
-            .get("reason")
-            .and_then(Value::as_str)
-            .filter(|r| !r.is_empty())
-        {
-            return Err(ProviderError::new(
-                FailureClass::Upstream5xx,
-                format!("prediction stream ended: {reason}"),
-            ));
-        }
+    /// The last chunk of a prediction that finished well.
+    async fn done(&mut self) -> Result<Value, ProviderError> {
         // The events carry no token counts; the finished prediction does. The answer is
         // already complete, so a failed look-up only costs the usage, not the answer.
         let prediction = get_prediction(&self.http, &self.poll_url, self.key.as_ref())
@@ -685,6 +705,9 @@ impl StreamState {
         shape::chunk(&self.id, &self.model, delta, finish_reason, usage)
     }
 }
+
+#[cfg(test)]
+mod props;
 
 #[cfg(test)]
 mod tests {

@@ -40,12 +40,13 @@ pub fn chunk(id: &str, model: &str, delta: Value, finish_reason: Value, usage: V
     chunk
 }
 
-/// An OpenAI `usage` object.
+/// An OpenAI `usage` object. The counts come from providers, so the total saturates rather
+/// than overflowing on absurd ones.
 pub fn usage(prompt_tokens: u64, completion_tokens: u64) -> Value {
     json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+        "total_tokens": prompt_tokens.saturating_add(completion_tokens),
     })
 }
 
