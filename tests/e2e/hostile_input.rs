@@ -164,7 +164,7 @@ async fn replaying_a_dead_letter_with_a_newline_route_is_answered_not_a_panic() 
         "dead_lettered_ms": now_ms(),
     });
     jetstream::new(stack.client.clone())
-        .publish("dlq.chat", letter.to_string().into())
+        .publish(format!("dlq.chat.{old}"), letter.to_string().into())
         .await
         .unwrap()
         .await
