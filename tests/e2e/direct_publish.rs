@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use shared::TaskId;
 use shared::task::now_ms;
 
-use crate::harness::{Stack, eventually};
+use crate::harness::{Stack, assert_refused, eventually};
 
 fn task(id: TaskId, capability: &str, priority: &str, reply_to: &str) -> Value {
     json!({
@@ -55,34 +55,6 @@ async fn publish_and_wait(stack: &Stack, subject: &str, task: &Value) -> Value {
     serde_json::from_slice(&reply.payload).unwrap()
 }
 
-/// The stored result of `id` once there is one.
-async fn stored(stack: &Stack, id: TaskId) -> Value {
-    let results = stack.results_bucket().await;
-    eventually(Duration::from_secs(20), || async {
-        let bytes = results.get(id.to_string()).await.unwrap()?;
-        Some(serde_json::from_slice(&bytes).unwrap())
-    })
-    .await
-}
-
-/// Waits until the `TASKS` stream is empty: the refused task was terminated, not left.
-async fn queue_drains(stack: &Stack) {
-    let js = jetstream::new(stack.client.clone());
-    eventually(Duration::from_secs(20), || async {
-        let mut tasks = js.get_stream("TASKS").await.unwrap();
-        (tasks.info().await.unwrap().state.messages == 0).then_some(())
-    })
-    .await;
-}
-
-fn assert_refused(result: &Value, id: TaskId, field: &str) {
-    assert_eq!(result["id"], id.to_string());
-    assert_eq!(result["status"], "failed");
-    assert_eq!(result["error"]["class"], "bad_request");
-    let message = result["error"]["message"].as_str().unwrap();
-    assert!(message.contains(&format!("`{field}`")), "{message}");
-}
-
 #[tokio::test]
 async fn task_missing_a_required_field_is_answered_as_bad_request() {
     let stack = Stack::start(1, &[]).await;
@@ -92,14 +64,14 @@ async fn task_missing_a_required_field_is_answered_as_bad_request() {
 
     let result = publish_and_wait(&stack, "tasks.chat.normal", &task).await;
     assert_refused(&result, id, "route");
-    assert_eq!(stored(&stack, id).await, result, "stored under the task id");
+    assert_eq!(stack.stored(id).await, result, "stored under the task id");
     let events = eventually(Duration::from_secs(20), || async {
         let events = stack.task_events().await;
         events.get(&id.to_string()).copied()
     })
     .await;
     assert_eq!(events, 1);
-    queue_drains(&stack).await;
+    stack.queue_drains().await;
     assert_eq!(stack.provider.calls(), 0);
     stack.stop().await;
 }
@@ -116,7 +88,7 @@ async fn undecodable_task_is_stored_under_its_message_id() {
     )
     .await;
 
-    let result = stored(&stack, id).await;
+    let result = stack.stored(id).await;
     assert_eq!(result["status"], "failed");
     assert_eq!(result["error"]["class"], "bad_request");
     assert!(
@@ -126,7 +98,7 @@ async fn undecodable_task_is_stored_under_its_message_id() {
             .contains("not valid JSON"),
         "{result}"
     );
-    queue_drains(&stack).await;
+    stack.queue_drains().await;
     stack.stop().await;
 }
 
@@ -145,7 +117,7 @@ async fn task_whose_fields_disagree_with_its_subject_is_refused() {
     assert_refused(&result, id, "capability");
 
     assert_eq!(stack.provider.calls(), 0, "a refused task never runs");
-    queue_drains(&stack).await;
+    stack.queue_drains().await;
     stack.stop().await;
 }
 

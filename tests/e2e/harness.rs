@@ -380,6 +380,27 @@ impl Stack {
         .await
     }
 
+    /// The stored result of task `id` (read from the bucket) once there is one.
+    pub async fn stored(&self, id: impl ToString) -> serde_json::Value {
+        let (results, key) = (self.results_bucket().await, id.to_string());
+        eventually(Duration::from_secs(20), || async {
+            let bytes = results.get(&key).await.unwrap()?;
+            Some(serde_json::from_slice(&bytes).unwrap())
+        })
+        .await
+    }
+
+    /// Waits until the `TASKS` stream is empty: every queued task was settled (acked or
+    /// terminated), so whatever the workers published for them was sent before.
+    pub async fn queue_drains(&self) {
+        let js = async_nats::jetstream::new(self.client.clone());
+        eventually(Duration::from_secs(20), || async {
+            let mut tasks = js.get_stream(shared::names::TASKS_STREAM).await.unwrap();
+            (tasks.info().await.unwrap().state.messages == 0).then_some(())
+        })
+        .await;
+    }
+
     /// How many lifecycle events each task id has in the `EVENTS` stream.
     pub async fn task_events(&self) -> HashMap<String, usize> {
         let js = async_nats::jetstream::new(self.client.clone());
@@ -454,6 +475,17 @@ where
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Checks that `result` is task `id` refused as `bad_request`, naming `field`.
+pub fn assert_refused(result: &serde_json::Value, id: shared::TaskId, field: &str) {
+    // The error only: a result echoing a 5,000-character route is unreadable in a log.
+    let error = &result["error"];
+    assert_eq!(result["id"], id.to_string(), "{error}");
+    assert_eq!(result["status"], "failed", "{error}");
+    assert_eq!(error["class"], "bad_request", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains(&format!("`{field}`")), "{message}");
 }
 
 /// Parses an SSE body into its `data:` payloads.

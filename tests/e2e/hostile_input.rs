@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use shared::TaskId;
 use shared::task::now_ms;
 
-use crate::harness::{Stack, chat_body, eventually};
+use crate::harness::{Stack, assert_refused, chat_body};
 
 /// A streaming task for `route`, published straight to `tasks.chat.normal`.
 fn direct_task(id: TaskId, route: &str, reply_to: &str, request: Value) -> Value {
@@ -61,26 +61,6 @@ async fn publish_and_wait(stack: &Stack, id: TaskId, inbox: &str, payload: Vec<u
             return serde_json::from_slice(&reply.payload).unwrap();
         }
     }
-}
-
-/// The stored result of `id` once there is one.
-async fn stored(stack: &Stack, id: TaskId) -> Value {
-    let results = stack.results_bucket().await;
-    eventually(Duration::from_secs(20), || async {
-        let bytes = results.get(id.to_string()).await.unwrap()?;
-        Some(serde_json::from_slice(&bytes).unwrap())
-    })
-    .await
-}
-
-fn assert_refused(result: &Value, id: TaskId, field: &str) {
-    // The error only: a result echoing a 5,000-character route is unreadable in a log.
-    let error = &result["error"];
-    assert_eq!(result["id"], id.to_string(), "{error}");
-    assert_eq!(result["status"], "failed", "{error}");
-    assert_eq!(error["class"], "bad_request", "{error}");
-    let message = result["error"]["message"].as_str().unwrap();
-    assert!(message.contains(&format!("`{field}`")), "{message}");
 }
 
 async fn expect_400(response: reqwest::Response, param: &str) {
@@ -178,7 +158,7 @@ async fn replaying_a_dead_letter_with_a_newline_route_is_answered_not_a_panic() 
     assert_eq!(r.status(), 202);
     let replay: Value = r.json().await.unwrap();
     let new: TaskId = replay["task_id"].as_str().unwrap().parse().unwrap();
-    assert_refused(&stored(&stack, new).await, new, "route");
+    assert_refused(&stack.stored(new).await, new, "route");
     still_serving(&stack).await;
     stack.stop().await;
 }
@@ -203,7 +183,7 @@ async fn direct_task_with_a_5000_character_reply_to_is_refused() {
     let reply_to = format!("_INBOX.{}", "x".repeat(5000));
     let task = direct_task(id, "simulated", &reply_to, streaming_request("simulated"));
     publish(&stack, id, task.to_string().into_bytes()).await;
-    assert_refused(&stored(&stack, id).await, id, "reply_to");
+    assert_refused(&stack.stored(id).await, id, "reply_to");
     still_serving(&stack).await;
     stack.stop().await;
 }

@@ -45,27 +45,6 @@ async fn publish(stack: &Stack, task: &Value, dedupe: bool) {
         .unwrap();
 }
 
-/// Waits until every queued task was settled (acked or terminated): whatever the workers
-/// published for them was sent before that.
-async fn queue_drains(stack: &Stack) {
-    let js = jetstream::new(stack.client.clone());
-    eventually(Duration::from_secs(20), || async {
-        let mut tasks = js.get_stream("TASKS").await.unwrap();
-        (tasks.info().await.unwrap().state.messages == 0).then_some(())
-    })
-    .await;
-}
-
-/// The stored result of `id` once there is one.
-async fn stored(stack: &Stack, id: &str) -> Value {
-    let results = stack.results_bucket().await;
-    eventually(Duration::from_secs(20), || async {
-        let bytes = results.get(id).await.unwrap()?;
-        Some(serde_json::from_slice(&bytes).unwrap())
-    })
-    .await
-}
-
 #[tokio::test]
 async fn reply_to_cannot_reach_another_tasks_result() {
     let stack = Stack::start(1, &[]).await;
@@ -90,12 +69,12 @@ async fn reply_to_cannot_reach_another_tasks_result() {
     {
         let id = TaskId::new();
         publish(&stack, &task(id, "fake", reply_to), true).await;
-        let result = stored(&stack, &id.to_string()).await;
+        let result = stack.stored(&id.to_string()).await;
         assert_eq!(result["status"], "failed", "{reply_to}: {result}");
         assert_eq!(result["error"]["class"], "bad_request", "{reply_to}");
         let message = result["error"]["message"].as_str().unwrap();
         assert!(message.contains("`reply_to`"), "{reply_to}: {message}");
-        queue_drains(&stack).await;
+        stack.queue_drains().await;
         let after = results.entry(&victim).await.unwrap().unwrap();
         assert_eq!(after.revision, before.revision, "attempt {i}: {reply_to}");
     }
@@ -111,10 +90,7 @@ async fn reply_to_cannot_reach_another_tasks_result() {
         .await
         .unwrap();
     publish(&stack, &streaming, true).await;
-    assert_eq!(
-        stored(&stack, &own.to_string()).await["status"],
-        "completed"
-    );
+    assert_eq!(stack.stored(&own.to_string()).await["status"], "completed");
     assert!(own_stream.next().await.is_some());
 
     // Re-publishing the victim's id with one's own reply_to gets nothing back.
@@ -122,7 +98,7 @@ async fn reply_to_cannot_reach_another_tasks_result() {
     let mut stolen = stack.client.subscribe(thief.clone()).await.unwrap();
     let victim_id: TaskId = victim.parse().unwrap();
     publish(&stack, &task(victim_id, "fake", &thief), false).await;
-    queue_drains(&stack).await;
+    stack.queue_drains().await;
     stack.client.flush().await.unwrap();
     assert!(
         stolen.next().now_or_never().is_none(),
@@ -211,7 +187,7 @@ async fn direct_addressing_is_limited_to_configured_models() {
     // Published directly, it is refused without a provider call or a health record.
     let id = TaskId::new();
     publish(&stack, &task(id, "fake/made-up-3", "_INBOX.x"), true).await;
-    let result = stored(&stack, &id.to_string()).await;
+    let result = stack.stored(&id.to_string()).await;
     assert_eq!(result["error"]["class"], "bad_request", "{result}");
     assert_eq!(stack.provider.calls(), 0);
     // The models of routes, and those a provider lists, are.
