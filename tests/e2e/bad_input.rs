@@ -94,13 +94,16 @@ async fn bad_requests_get_clear_openai_errors() {
         let err = expect_error(r, 400, "invalid_value").await;
         assert_eq!(err["error"]["param"], "x-switchyard-capability");
     }
-    let r = stack
-        .chat_with(
-            chat_body("fake", "x"),
-            &[("x-switchyard-capability", "unknown")],
-        )
-        .await;
-    expect_error(r, 400, "unknown_capability").await;
+    // Unknown, and an agent's queue, which only its workflow steps use.
+    for capability in ["unknown", "agent-planner"] {
+        let r = stack
+            .chat_with(
+                chat_body("fake", "x"),
+                &[("x-switchyard-capability", capability)],
+            )
+            .await;
+        expect_error(r, 400, "unknown_capability").await;
+    }
     let r = stack
         .chat_with(
             chat_body("fake", "x"),

@@ -70,10 +70,17 @@ async fn provisioning_twice_changes_nothing() {
         jetstream::stream::RetentionPolicy::WorkQueue
     );
     assert_eq!(tasks_config.discard, jetstream::stream::DiscardPolicy::New);
-    let filters: Vec<&str> = consumers.iter().map(|c| c.2.as_str()).collect();
+    let mut filters: Vec<String> = consumers.iter().map(|c| c.2.clone()).collect();
+    filters.sort();
+    assert_eq!(filters, queues(&["chat"]));
+    // An agent's queue holds at most its concurrency in flight, across every worker.
+    let planner = consumers
+        .iter()
+        .find(|c| c.2 == "tasks.agent-planner.normal")
+        .unwrap();
     assert_eq!(
-        filters,
-        ["tasks.chat.high", "tasks.chat.low", "tasks.chat.normal"]
+        planner.3,
+        i64::from(config.catalog.agents["planner"].max_concurrency)
     );
 }
 
@@ -107,9 +114,13 @@ async fn task_subjects(js: &jetstream::Context) -> Vec<String> {
     tasks.info().await.unwrap().config.subjects.clone()
 }
 
+/// The queue subjects of `capabilities` and of every shipped agent (`agent-<name>`).
 fn queues(capabilities: &[&str]) -> Vec<String> {
+    let agents = shared::agents::Catalog::shipped().unwrap().agents;
     let mut subjects: Vec<String> = capabilities
         .iter()
+        .map(|c| (*c).to_owned())
+        .chain(agents.keys().map(|a| format!("agent-{a}")))
         .flat_map(|c| ["high", "low", "normal"].map(|p| format!("tasks.{c}.{p}")))
         .collect();
     subjects.sort();

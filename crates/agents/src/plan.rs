@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::profile::{FieldError, check_token};
+use shared::agents::{FieldError, check_token};
 
 /// Longest step id (a token, part of the step's task id name).
 pub const MAX_STEP_ID_LEN: usize = 32;

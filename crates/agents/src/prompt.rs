@@ -7,8 +7,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::plan::PlanLimits;
-use crate::profile::AgentProfile;
 use crate::workflow::{Step, StepKind, Workflow};
+use shared::agents::AgentProfile;
 
 /// Most characters of one input (a dependency's output, the context) put in a prompt; the
 /// rest is cut with a note. (Token-budgeted assembly replaces this bound.)

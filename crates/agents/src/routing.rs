@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::profile::AgentProfile;
+use shared::agents::AgentProfile;
 
 /// How much each part of the score counts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

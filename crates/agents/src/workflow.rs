@@ -15,8 +15,8 @@ use serde_json::Value;
 use shared::{Priority, TaskId};
 
 use crate::plan::{self, Plan, PlanLimits, PlanStep};
-use crate::profile::FieldError;
 use crate::routing::Decision;
+use shared::agents::FieldError;
 
 /// What the planner step needs.
 pub const PLANNING: &str = "task_decomposition";

@@ -65,7 +65,12 @@ async fn state(
         .iter()
         .filter_map(|(name, r)| Some((name.clone(), r.capability.parse().ok()?)))
         .collect();
-    let capabilities: BTreeSet<Capability> = config.capability_names();
+    // Chat requests may go to any capability but an agent's queue, which is for its steps.
+    let capabilities: BTreeSet<Capability> = config
+        .capability_names()
+        .into_iter()
+        .filter(|c| !c.as_str().starts_with(shared::agents::QUEUE_PREFIX))
+        .collect();
     let admission = Admission::default();
     background.spawn(admission.clone().sample(
         js.clone(),

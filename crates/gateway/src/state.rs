@@ -27,7 +27,7 @@ pub struct Shared {
     pub route_capabilities: HashMap<String, Capability>,
     /// Capability of `provider/model` requests.
     pub default_capability: Capability,
-    /// Every configured capability (each has consumers).
+    /// The capabilities chat requests may use: every configured one but the agents' queues.
     pub capabilities: BTreeSet<Capability>,
     /// Refuses early what its queue cannot answer within the deadline.
     pub admission: Admission,

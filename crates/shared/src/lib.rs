@@ -2,6 +2,7 @@
 //! types, subject and bucket names, configuration, JetStream provisioning and the closed
 //! vocabulary of failure classes. Nothing here talks HTTP.
 
+pub mod agents;
 pub mod backoff;
 pub mod config;
 pub mod dlq;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::Capability;
+use crate::agents::{AgentProfile, Catalog, QUEUE_PREFIX, Team};
 
 mod providers;
 mod routes;
@@ -163,6 +164,15 @@ pub struct Config {
     pub health: HealthConfig,
     #[serde(default)]
     pub dlq: DlqConfig,
+    /// Agents beyond the shipped ones, or replacing one of the same name.
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentProfile>,
+    /// Teams beyond the shipped ones, or replacing one of the same name.
+    #[serde(default)]
+    pub teams: BTreeMap<String, Team>,
+    /// The shipped catalog with `agents` and `teams` added: the agents this deployment runs.
+    #[serde(skip)]
+    pub catalog: Catalog,
 }
 
 /// Circuit breakers and cooldowns, shared by all workers through the `providers` bucket.
@@ -492,6 +502,16 @@ impl Config {
             missing.extend(routes::resolve_route(name, route, &providers, env));
         }
         let mut p = Problems::default();
+        match Catalog::shipped_for(cfg.routes.keys().map(String::as_str)) {
+            Ok(mut catalog) => {
+                catalog.extend(Catalog {
+                    agents: cfg.agents.clone(),
+                    teams: cfg.teams.clone(),
+                });
+                cfg.catalog = catalog;
+            }
+            Err(e) => p.add("agents", e),
+        }
         for (key, var) in missing {
             p.add(&key, format!("environment variable {var} is not set"));
         }
@@ -638,6 +658,9 @@ impl Config {
         }
         p.positive("dlq.max_msgs", self.dlq.max_msgs);
         p.positive("dlq.max_bytes", self.dlq.max_bytes);
+        for problem in self.catalog.problems(|r| self.routes.contains_key(r)) {
+            p.add(&problem.field, problem.problem);
+        }
         p.finish()
     }
 
@@ -670,6 +693,8 @@ impl Config {
             .chain(std::iter::once(DEFAULT_CAPABILITY))
             .chain(self.capabilities.keys().map(String::as_str))
             .filter_map(|c| c.parse().ok())
+            // Each agent's steps have a queue of their own, capped at its concurrency.
+            .chain(self.catalog.agents.values().filter_map(|a| a.queue().ok()))
             .collect()
     }
 
@@ -686,10 +711,16 @@ impl Config {
 
     /// Settings of one capability (defaults when it has no `[capabilities]` entry).
     pub fn capability(&self, capability: &Capability) -> CapabilityConfig {
-        self.capabilities
-            .get(capability.as_str())
-            .cloned()
-            .unwrap_or_default()
+        if let Some(own) = self.capabilities.get(capability.as_str()) {
+            return own.clone();
+        }
+        capability
+            .as_str()
+            .strip_prefix(QUEUE_PREFIX)
+            .and_then(|name| self.catalog.agents.get(name))
+            .map_or_else(CapabilityConfig::default, |agent| CapabilityConfig {
+                max_in_flight: i64::from(agent.max_concurrency),
+            })
     }
 }
 
@@ -884,6 +915,36 @@ mod tests {
             cfg.worker_capabilities()
                 .iter()
                 .any(|c| c.as_str() == "chat")
+        );
+    }
+
+    #[test]
+    fn the_shipped_agents_run_on_queues_of_their_own_capped_at_their_concurrency() {
+        let cfg = Config::load(Source::Toml(DEFAULT_TOML), &env(&[])).unwrap();
+        assert_eq!(cfg.catalog.teams["default"].agents.len(), 5);
+        let planner: Capability = "agent-planner".parse().unwrap();
+        assert!(cfg.capability_names().contains(&planner));
+        assert_eq!(
+            cfg.capability(&planner).max_in_flight,
+            i64::from(cfg.catalog.agents["planner"].max_concurrency)
+        );
+        // The default configuration has no `agents` route: they call its first route.
+        assert_eq!(cfg.catalog.agents["writer"].route, "simulated");
+    }
+
+    #[test]
+    fn own_agents_and_teams_are_checked_by_name() {
+        let toml = format!(
+            "{DEFAULT_TOML}\n[agents.scribe]\nrole = \"Scribe\"\ncapabilities = [\"writing\"]\nroute = \"ghost\"\nsystem_prompt = \"Write.\"\nmax_concurrency = 0\n[teams.press]\nagents = [\"scribe\", \"nobody\"]\n"
+        );
+        let err = Config::load(Source::Toml(&toml), &env(&[])).unwrap_err();
+        assert_eq!(
+            keys(&err),
+            [
+                "agents.scribe.route",
+                "agents.scribe.max_concurrency",
+                "teams.press.agents[1]"
+            ]
         );
     }
 

@@ -4,8 +4,8 @@
 
 use std::str::FromStr;
 
+use crate::Capability;
 use serde::{Deserialize, Serialize};
-use shared::Capability;
 
 /// Longest agent name: its queue, `agent-<name>`, must stay a subject token (64 characters).
 pub const MAX_NAME_LEN: usize = 48;
@@ -134,7 +134,7 @@ impl AgentProfile {
                 check_token(
                     &format!("{field}[{i}]"),
                     item,
-                    shared::names::MAX_TOKEN_LEN,
+                    crate::names::MAX_TOKEN_LEN,
                     &mut errors,
                 );
             }
@@ -162,13 +162,13 @@ impl AgentProfile {
     }
 
     /// The queue its steps go to: capability `agent-<name>`.
-    pub fn queue(&self) -> Result<Capability, shared::NameError> {
+    pub fn queue(&self) -> Result<Capability, crate::NameError> {
         queue_of(&self.name)
     }
 }
 
 /// The queue capability of the agent named `name`.
-pub fn queue_of(name: &str) -> Result<Capability, shared::NameError> {
+pub fn queue_of(name: &str) -> Result<Capability, crate::NameError> {
     format!("{QUEUE_PREFIX}{name}").parse()
 }
 

@@ -6,10 +6,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::profile::{AgentProfile, FieldError, MAX_NAME_LEN, check_token};
+use super::profile::{AgentProfile, FieldError, MAX_NAME_LEN, check_token};
 
 /// The agents and teams Switchyard ships.
 const SHIPPED: &str = include_str!("shipped.toml");
+/// The route every shipped agent calls. A deployment without a route of this name has its
+/// shipped agents call its first route instead (see [`Catalog::shipped_for`]).
+pub const SHIPPED_ROUTE: &str = "agents";
 
 /// A named list of agents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +38,23 @@ impl Catalog {
         let mut catalog: Catalog =
             toml::from_str(SHIPPED).map_err(|e| format!("shipped.toml: {e}"))?;
         catalog.name_agents();
+        Ok(catalog)
+    }
+
+    /// The shipped catalog for a deployment whose routes are `routes`: its agents call
+    /// [`SHIPPED_ROUTE`] if there is such a route, else the first one, so the shipped team
+    /// works with any configuration that has a route at all.
+    pub fn shipped_for<'a>(
+        routes: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Result<Self, String> {
+        let mut catalog = Self::shipped()?;
+        if !routes.clone().into_iter().any(|r| r == SHIPPED_ROUTE)
+            && let Some(first) = routes.into_iter().next()
+        {
+            for agent in catalog.agents.values_mut() {
+                first.clone_into(&mut agent.route);
+            }
+        }
         Ok(catalog)
     }
 
