@@ -264,6 +264,7 @@ fn letter(capability: &str) -> DeadLetter {
             reply_to: None,
             created_ms: now,
             replay_of: None,
+            step: None,
         },
         error: TaskError {
             class: FailureClass::DeadlineExceeded,

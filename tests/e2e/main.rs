@@ -28,3 +28,4 @@ mod overload;
 mod protocol;
 mod provisioning;
 mod workers;
+mod workflows;

@@ -86,6 +86,7 @@ pub fn build_task(
         reply_to: None,
         created_ms: now,
         replay_of: None,
+        step: None,
     })
 }
 

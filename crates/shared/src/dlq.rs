@@ -208,6 +208,7 @@ pub async fn replay(js: &jetstream::Context, task_id: TaskId) -> Result<TaskId, 
         // Nobody waits on the old reply subject any more; the result is fetched by id.
         reply_to: None,
         replay_of: Some(old.id),
+        step: None,
         ..old
     };
     if let Err(e) = queue(js, &task).await {

@@ -283,7 +283,42 @@ fn check_fields(fields: &Map<String, Value>) -> Result<(), Problem> {
         Some(v) if v.as_str().and_then(|s| s.parse::<TaskId>().ok()).is_some() => {}
         Some(_) => return Err(Problem::Invalid("replay_of", UUID_RULE.to_owned())),
     }
-    Ok(())
+    check_step(fields)
+}
+
+/// Longest workflow step id a task may carry.
+const MAX_STEP_LEN: usize = 64;
+
+/// `step`, if present, names a workflow step whose own task this is: the task id must be the
+/// one the workflow derives for the step, so no task can pass for another's step.
+fn check_step(fields: &Map<String, Value>) -> Result<(), Problem> {
+    let rule = || {
+        Problem::Invalid(
+            "step",
+            format!(
+                "must be {{\"workflow\": <UUID>, \"step\": <1 to {MAX_STEP_LEN} characters>}} \
+                 naming the step whose task id this is"
+            ),
+        )
+    };
+    let step = match fields.get("step") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(step) => step,
+    };
+    let workflow = step["workflow"]
+        .as_str()
+        .and_then(|s| s.parse::<TaskId>().ok());
+    let name = step["step"]
+        .as_str()
+        .filter(|s| !s.is_empty() && s.len() <= MAX_STEP_LEN && !s.chars().any(char::is_control));
+    let id = fields
+        .get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse::<TaskId>().ok());
+    match (workflow, name, id) {
+        (Some(workflow), Some(name), Some(id)) if workflow.child(name) == id => Ok(()),
+        _ => Err(rule()),
+    }
 }
 
 /// `reply_to` names a subject a reply may go to: an inbox, or the task's own stream.
@@ -380,6 +415,25 @@ mod tests {
 
     fn read(subject: &str, task: &Value) -> Result<Task, Box<Rejection>> {
         read_task(subject, task.to_string().as_bytes(), None, &inbox())
+    }
+
+    #[test]
+    fn a_step_task_must_carry_its_own_steps_id() {
+        let workflow = TaskId::new();
+        let mut task = valid();
+        task["id"] = json!(workflow.child("facts").to_string());
+        task["step"] = json!({"workflow": workflow.to_string(), "step": "facts"});
+        let read_back = read("tasks.chat.high", &task).unwrap();
+        assert_eq!(read_back.step.unwrap().step, "facts");
+        // Another step's name, or any other id, is refused.
+        task["step"]["step"] = json!("review");
+        let problem = read("tasks.chat.high", &task).unwrap_err().problem;
+        assert_eq!(problem.field(), Some("step"));
+        task["step"] = json!("facts");
+        assert_eq!(
+            read("tasks.chat.high", &task).unwrap_err().problem.field(),
+            Some("step")
+        );
     }
 
     #[test]
@@ -679,6 +733,7 @@ mod tests {
                                 Some(n) => Some(task_id(n)?),
                                 None => None,
                             },
+                            step: None,
                         })
                     },
                 )

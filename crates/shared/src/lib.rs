@@ -18,4 +18,4 @@ pub mod task;
 
 pub use failure::FailureClass;
 pub use names::{Capability, NameError, Priority, TaskId};
-pub use task::{Attempt, StreamEventKind, Task, TaskResult, TaskStatus};
+pub use task::{Attempt, StepRef, StreamEventKind, Task, TaskResult, TaskStatus};

@@ -23,6 +23,11 @@ pub const DLQ_STREAM: &str = "DLQ";
 pub const DLQ_SUBJECTS: &str = "dlq.>";
 /// Key-value bucket of provider health shared by all workers (breakers, cooldowns, keys).
 pub const PROVIDERS_BUCKET: &str = "providers";
+/// Key-value bucket holding each workflow's state (updated by compare-and-set).
+pub const WORKFLOWS_BUCKET: &str = "workflows";
+/// The queue of workflow control messages (start, approve, reject, cancel):
+/// `tasks.workflow.<priority>`.
+pub const WORKFLOW_CAPABILITY: &str = "workflow";
 /// Key-value bucket holding the attempts of a task that went back to the queue, so the
 /// next delivery continues its history.
 pub const ATTEMPTS_BUCKET: &str = "attempts";

@@ -17,7 +17,7 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use crate::config::Config;
 use crate::names::{
     ATTEMPTS_BUCKET, DLQ_STREAM, EVENTS_STREAM, EVENTS_SUBJECTS, PROVIDERS_BUCKET, RESULTS_BUCKET,
-    TASKS_STREAM, consumer_name, task_subject,
+    TASKS_STREAM, WORKFLOWS_BUCKET, consumer_name, task_subject,
 };
 use tracing::warn;
 
@@ -69,6 +69,7 @@ pub struct Provisioned {
     pub results: kv::Store,
     pub providers: kv::Store,
     pub attempts: kv::Store,
+    pub workflows: kv::Store,
 }
 
 /// Creates or updates every stream, consumer and bucket `config` calls for.
@@ -171,11 +172,21 @@ async fn provision_once(
         replicas,
     )
     .await?;
+    let workflows = bucket(
+        js,
+        WORKFLOWS_BUCKET,
+        "Switchyard workflow states, changed by compare-and-set",
+        // Finished workflows go with their results.
+        Duration::from_secs(config.results.ttl_secs),
+        replicas,
+    )
+    .await?;
     Ok(Provisioned {
         tasks,
         results,
         providers,
         attempts,
+        workflows,
     })
 }
 

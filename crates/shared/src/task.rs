@@ -29,6 +29,18 @@ pub struct Task {
     /// The dead-lettered task this one replays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<TaskId>,
+    /// The workflow step this task is, if it is one: whoever stores its result advances
+    /// that workflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<StepRef>,
+}
+
+/// Which step of which workflow a task is. Its task id must be the step's own
+/// (`workflow.child(step)`), so a step cannot be run under another id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRef {
+    pub workflow: TaskId,
+    pub step: String,
 }
 
 impl Task {

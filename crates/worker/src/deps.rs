@@ -74,6 +74,10 @@ pub(crate) struct Deps {
     pub max_deliver: i64,
     /// Tasks whose caller went away.
     pub cancellations: Cancellations,
+    /// Workflow states, advanced when a step's result is stored.
+    pub workflows: kv::Store,
+    /// The agents (catalog) and the rest of the configuration.
+    pub config: Arc<Config>,
     /// `queue.reply_prefixes`: where a task's result may be sent.
     pub reply_prefixes: Vec<String>,
 }

@@ -11,6 +11,7 @@ mod cancel;
 mod deps;
 mod failover;
 mod health;
+mod orchestrate;
 mod plan;
 mod process;
 pub mod provider;
@@ -113,6 +114,8 @@ pub async fn run(
         ack_wait: config.queue.ack_wait(),
         max_deliver,
         reply_prefixes: config.queue.reply_prefixes.clone(),
+        workflows: provisioned.workflows,
+        config: config.clone(),
         // A notice matters while its task can still run: until the longest deadline.
         cancellations: Cancellations::new(Duration::from_millis(config.gateway.max_timeout_ms)),
     });

@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use shared::dlq::{self, DeadLetter};
 use shared::inbound::read_task;
-use shared::names::HEADER_MSG_ID;
+use shared::names::{HEADER_MSG_ID, WORKFLOW_CAPABILITY};
 use shared::reply;
 use shared::task::{TaskError, now_ms};
 use shared::{Attempt, FailureClass, Task, TaskResult, TaskStatus};
@@ -21,6 +21,7 @@ use crate::answer::{STORE_RETRY_DELAY, ack, deliver, persist, record_event, stor
 use crate::backoff::{last_attempt, retry_delay};
 use crate::deps::Deps;
 use crate::failover::{Failover, Outcome};
+use crate::orchestrate;
 use crate::refuse::refuse;
 use crate::relay::NatsChunks;
 
@@ -28,6 +29,16 @@ use crate::relay::NatsChunks;
 /// refused and terminated (undecodable, or not the task its subject says), and never left
 /// without a decision unless NATS itself fails.
 pub(crate) async fn process(msg: jetstream::Message, deps: &Deps) {
+    if msg
+        .subject
+        .as_str()
+        .strip_prefix("tasks.")
+        .and_then(|rest| rest.split('.').next())
+        == Some(WORKFLOW_CAPABILITY)
+    {
+        orchestrate::control(&msg, deps).await;
+        return;
+    }
     let delivery = msg.info().map_or(1, |i| i.delivered);
     let msg_id = msg
         .headers
@@ -200,6 +211,15 @@ async fn finish(msg: &jetstream::Message, task: &Task, stored: Bytes, delivery: 
     match result {
         Ok(result) => {
             if !record_event(msg, task.into(), &result, delivery, deps).await {
+                return;
+            }
+            // A workflow's step: whoever stores its result advances the workflow, before
+            // the ack, so a crash here is repaired by the redelivery.
+            if let Some(step) = &task.step
+                && let Err(e) = orchestrate::step_finished(deps, step, &result).await
+            {
+                warn!(error = %e, workflow = %step.workflow, "could not advance the workflow; the step goes back to the queue");
+                ack(msg, AckKind::Nak(Some(STORE_RETRY_DELAY))).await;
                 return;
             }
         }

@@ -693,8 +693,14 @@ impl Config {
             .chain(std::iter::once(DEFAULT_CAPABILITY))
             .chain(self.capabilities.keys().map(String::as_str))
             .filter_map(|c| c.parse().ok())
-            // Each agent's steps have a queue of their own, capped at its concurrency.
+            // Each agent's steps have a queue of their own, capped at its concurrency, and
+            // workflows have one for their control messages.
             .chain(self.catalog.agents.values().filter_map(|a| a.queue().ok()))
+            .chain(
+                (!self.catalog.agents.is_empty())
+                    .then(|| crate::names::WORKFLOW_CAPABILITY.parse().ok())
+                    .flatten(),
+            )
             .collect()
     }
 

@@ -225,6 +225,7 @@ fn task(route: &str, deadline: Duration) -> Task {
         reply_to: None,
         created_ms: now_ms(),
         replay_of: None,
+        step: None,
     }
 }
 

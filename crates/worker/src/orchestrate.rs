@@ -1,0 +1,319 @@
+//! The worker's side of workflows (the pure state machine is `agents::workflow`). It applies
+//! an event to a workflow's state in the `workflows` bucket by compare-and-set, re-reading on
+//! a conflict, then carries out what the state machine asks: publish the steps as tasks on
+//! their agents' queues, send cancel notices, record progress. All of it happens before the
+//! message that carried the event is acked, so a crash anywhere leaves that message
+//! unacked; its redelivery applies the event again, which changes nothing and repeats its
+//! dispatches, which JetStream de-duplicates by the steps' task ids.
+
+use std::collections::{BTreeSet, HashMap};
+
+use agents::control::{Action, ControlMessage, outcome};
+use agents::prompt;
+use agents::routing::{self, Decision, Load, Performance, Weights};
+use agents::workflow::{Effect, Env, Event, Limits, Progress, Workflow, advance};
+use async_nats::HeaderMap;
+use async_nats::jetstream::kv;
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::json;
+use shared::agents::{Catalog, QUEUE_PREFIX};
+use shared::names::{HEADER_MSG_ID, TASKS_STREAM, cancel_subject, task_subject};
+use shared::task::now_ms;
+use shared::{StepRef, Task, TaskId, TaskResult};
+use tracing::{debug, warn};
+
+use crate::answer::{STORE_RETRY_DELAY, ack};
+use crate::deps::Deps;
+
+/// Compare-and-set attempts before an event is handed back to the queue: a conflict is
+/// another step of the same workflow finishing at the same moment, so a few re-reads settle.
+const CAS_TRIES: u32 = 16;
+/// A workflow's wall time when its budget sets none: a dozen model calls in sequence with
+/// retries fit; a run stuck for longer is stopped with the guard named.
+pub(crate) const DEFAULT_WALL_MS: u64 = 30 * 60 * 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OrchestrateError {
+    #[error("reading or writing the workflow: {0}")]
+    Store(String),
+    #[error("publishing for the workflow: {0}")]
+    Publish(String),
+    #[error("the workflow state does not decode: {0}")]
+    Decode(String),
+    #[error("the workflow kept changing under us ({CAS_TRIES} tries)")]
+    Contended,
+}
+
+/// Handles a control message from `tasks.workflow.<priority>`: acked once applied, NAKed
+/// for a retry when NATS failed, terminated when it is not a control message at all.
+pub(crate) async fn control(msg: &jetstream::Message, deps: &Deps) {
+    let message: ControlMessage = match serde_json::from_slice(&msg.payload) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, "not a workflow control message; terminating it");
+            ack(msg, AckKind::Term).await;
+            return;
+        }
+    };
+    let applied = async {
+        if let Action::Start { spec, created_ms } = &message.action {
+            let wf = Workflow::new(
+                message.workflow,
+                (**spec).clone(),
+                *created_ms,
+                DEFAULT_WALL_MS,
+            );
+            let bytes =
+                serde_json::to_vec(&wf).map_err(|e| OrchestrateError::Decode(e.to_string()))?;
+            match deps
+                .workflows
+                .create(message.workflow.to_string(), bytes.into())
+                .await
+            {
+                Ok(_) => {}
+                // A redelivered start: the workflow is there already.
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(OrchestrateError::Store(e.to_string())),
+            }
+        }
+        apply(deps, message.workflow, &message.event()).await
+    };
+    match applied.await {
+        Ok(()) => ack(msg, AckKind::Ack).await,
+        Err(e) => {
+            warn!(error = %e, workflow = %message.workflow, "could not apply a control message; it goes back to the queue");
+            ack(msg, AckKind::Nak(Some(STORE_RETRY_DELAY))).await;
+        }
+    }
+}
+
+/// Advances the workflow a finished step belongs to, from its stored `result`.
+pub(crate) async fn step_finished(
+    deps: &Deps,
+    step: &StepRef,
+    result: &TaskResult,
+) -> Result<(), OrchestrateError> {
+    let event = Event::StepFinished {
+        step: step.step.clone(),
+        outcome: outcome(result),
+    };
+    apply(deps, step.workflow, &event).await
+}
+
+/// Applies `event` by compare-and-set, then carries out its effects.
+async fn apply(deps: &Deps, id: TaskId, event: &Event) -> Result<(), OrchestrateError> {
+    let key = id.to_string();
+    for _ in 0..CAS_TRIES {
+        let Some(entry) = deps
+            .workflows
+            .entry(key.clone())
+            .await
+            .map_err(|e| OrchestrateError::Store(e.to_string()))?
+        else {
+            // Pruned or never created: nothing waits on it any more.
+            debug!(workflow = %id, "event for a workflow that is not stored; ignored");
+            return Ok(());
+        };
+        let mut wf: Workflow = serde_json::from_slice(&entry.value)
+            .map_err(|e| OrchestrateError::Decode(e.to_string()))?;
+        let before = wf.clone();
+        let env = WorkerEnv::read(deps).await;
+        let effects = advance(&mut wf, event, &env);
+        if wf != before {
+            let bytes =
+                serde_json::to_vec(&wf).map_err(|e| OrchestrateError::Decode(e.to_string()))?;
+            match deps
+                .workflows
+                .update(&key, bytes.into(), entry.revision)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(OrchestrateError::Store(e.to_string())),
+            }
+        }
+        return carry_out(deps, &wf, effects).await;
+    }
+    Err(OrchestrateError::Contended)
+}
+
+async fn carry_out(
+    deps: &Deps,
+    wf: &Workflow,
+    effects: Vec<Effect>,
+) -> Result<(), OrchestrateError> {
+    for effect in effects {
+        match effect {
+            Effect::Dispatch { step } => dispatch(deps, wf, &step).await?,
+            Effect::Abort { task_id } => {
+                // Best effort by design (see cancel.rs): a missed notice means the step runs
+                // to its end, and its result is then ignored.
+                if let Err(e) = deps
+                    .client
+                    .publish(cancel_subject(task_id), Bytes::new())
+                    .await
+                {
+                    debug!(error = %e, %task_id, "could not send a cancel notice");
+                }
+            }
+            Effect::Progress(progress) => record(deps, wf, &progress).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Publishes `step` as a task on its agent's queue, with the step's own task id.
+async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<(), OrchestrateError> {
+    let catalog = &deps.config.catalog;
+    let step = wf
+        .step(id)
+        .ok_or_else(|| OrchestrateError::Decode(format!("no step `{id}`")))?;
+    let agent = step
+        .agent
+        .as_deref()
+        .and_then(|name| catalog.agents.get(name))
+        .ok_or_else(|| OrchestrateError::Decode(format!("step `{id}` has no known agent")))?;
+    let capability = agent
+        .queue()
+        .map_err(|e| OrchestrateError::Decode(e.to_string()))?;
+    let capabilities: Vec<String> = catalog
+        .agents
+        .values()
+        .flat_map(|a| a.capabilities.iter().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let task = Task {
+        id: step.task_id,
+        capability: capability.clone(),
+        priority: wf.spec.priority,
+        route: agent.route.clone(),
+        request: prompt::request(agent, wf, step, &capabilities, Limits::default().plan),
+        deadline_ms: wf.deadline_ms,
+        reply_to: None,
+        created_ms: now_ms(),
+        replay_of: None,
+        step: Some(StepRef {
+            workflow: wf.id,
+            step: step.id.clone(),
+        }),
+    };
+    let payload = serde_json::to_vec(&task).map_err(|e| OrchestrateError::Decode(e.to_string()))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_MSG_ID, task.id.to_string().as_str());
+    deps.js
+        .publish_with_headers(
+            task_subject(&capability, task.priority),
+            headers,
+            payload.into(),
+        )
+        .await
+        .map_err(|e| OrchestrateError::Publish(e.to_string()))?
+        .await
+        .map_err(|e| OrchestrateError::Publish(e.to_string()))?;
+    Ok(())
+}
+
+/// Records progress on `events.workflow.<id>`, the source of a workflow's event stream.
+/// The end is de-duplicated, so a replayed event does not announce it twice.
+async fn record(deps: &Deps, wf: &Workflow, progress: &Progress) -> Result<(), OrchestrateError> {
+    let event = json!({
+        "workflow": wf.id,
+        "status": wf.status,
+        "kind": progress.kind,
+        "step": progress.step,
+        "detail": progress.detail,
+    });
+    let mut headers = HeaderMap::new();
+    if progress.kind == agents::workflow::ProgressKind::Done {
+        headers.insert(HEADER_MSG_ID, format!("{}.done", wf.id).as_str());
+    }
+    deps.js
+        .publish_with_headers(
+            format!("events.workflow.{}", wf.id),
+            headers,
+            event.to_string().into(),
+        )
+        .await
+        .map_err(|e| OrchestrateError::Publish(e.to_string()))?
+        .await
+        .map_err(|e| OrchestrateError::Publish(e.to_string()))?;
+    Ok(())
+}
+
+/// What the state machine may ask of the world, read once per event: the catalog, and each
+/// agent's load from JetStream's own books (the messages on its queue, waiting or in flight).
+struct WorkerEnv<'a> {
+    catalog: &'a Catalog,
+    /// Messages on each agent's queue, by agent name.
+    queued: HashMap<String, u64>,
+}
+
+impl<'a> WorkerEnv<'a> {
+    async fn read(deps: &'a Deps) -> Self {
+        let mut queued = HashMap::new();
+        match deps.js.get_stream_no_info(TASKS_STREAM).await {
+            Ok(stream) => match stream
+                .info_with_subjects(format!("tasks.{QUEUE_PREFIX}*.*"))
+                .await
+            {
+                Ok(subjects) => {
+                    let counts: Vec<_> = subjects.collect().await;
+                    for (subject, count) in counts.into_iter().flatten() {
+                        let agent = subject
+                            .split('.')
+                            .nth(1)
+                            .and_then(|q| q.strip_prefix(QUEUE_PREFIX));
+                        if let Some(agent) = agent {
+                            *queued.entry(agent.to_owned()).or_default() +=
+                                u64::try_from(count).unwrap_or(u64::MAX);
+                        }
+                    }
+                }
+                Err(e) => debug!(error = %e, "could not read agents' queues; routing without load"),
+            },
+            Err(e) => debug!(error = %e, "could not read agents' queues; routing without load"),
+        }
+        Self {
+            catalog: &deps.config.catalog,
+            queued,
+        }
+    }
+}
+
+impl Env for WorkerEnv<'_> {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
+    fn route(&self, capability: &str, allowed: Option<&[String]>) -> Option<Decision> {
+        let candidates = self
+            .catalog
+            .agents
+            .values()
+            .filter(|a| allowed.is_none_or(|list| list.contains(&a.name)))
+            .map(|a| {
+                let load = Load {
+                    in_flight: 0,
+                    queued: self.queued.get(&a.name).copied().unwrap_or(0),
+                    capacity: a.max_concurrency,
+                };
+                (a, load, Performance::default())
+            });
+        routing::choose(candidates, &[capability.to_owned()], Weights::default())
+    }
+
+    fn known_capability(&self, capability: &str) -> bool {
+        self.catalog.has_capability(capability)
+    }
+
+    fn known_agent(&self, agent: &str) -> bool {
+        self.catalog.agents.contains_key(agent)
+    }
+
+    fn limits(&self) -> Limits {
+        Limits::default()
+    }
+}
