@@ -131,3 +131,183 @@ async fn a_given_plan_runs_in_dependency_order_and_outputs_reach_dependents() {
     );
     stack.stop().await;
 }
+
+/// `POST /v1/tasks` with `body`; the response.
+async fn post_task(stack: &Stack, body: Value) -> reqwest::Response {
+    stack
+        .http
+        .post(format!("{}/v1/tasks", stack.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `GET /v1/tasks/{id}` until `done` holds for it.
+async fn task_until(stack: &Stack, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    eventually(Duration::from_secs(60), || async {
+        let task = stack.get_json(&format!("/v1/tasks/{id}")).await;
+        done(&task).then_some(task)
+    })
+    .await
+}
+
+fn ended(task: &Value) -> bool {
+    ["completed", "failed", "cancelled"].contains(&task["status"].as_str().unwrap_or_default())
+}
+
+#[tokio::test]
+async fn the_task_api_hands_a_goal_to_a_team_and_shows_its_work() {
+    let stack = Stack::start_with(2, &[], AGENTS_ROUTE).await;
+    let response = post_task(
+        &stack,
+        json!({"goal": "Report on urban cycling safety", "team": "research"}),
+    )
+    .await;
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["status"], "queued");
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let task = task_until(&stack, &id, ended).await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    assert_eq!(task["object"], "task");
+    assert_eq!(task["team"], "research");
+    assert!(task["output"].as_str().unwrap().contains("Writer"));
+    // Work steps stay within the team; the team has no planner or reviewer and borrows them.
+    for step in task["steps"].as_array().unwrap() {
+        let agent = step["agent"].as_str().unwrap();
+        match step["kind"].as_str().unwrap() {
+            "work" => assert!(
+                ["researcher", "analyst", "writer"].contains(&agent),
+                "{step:#}"
+            ),
+            "plan" => assert_eq!(agent, "planner"),
+            "review" => assert_eq!(agent, "reviewer"),
+            _ => {}
+        }
+    }
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn approval_pauses_the_task_until_a_person_decides() {
+    let stack = Stack::start_with(1, &[], AGENTS_ROUTE).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let accepted: Value = post_task(
+            &stack,
+            json!({"goal": "Draft a press release", "approval": true}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        let id = accepted["id"].as_str().unwrap().to_owned();
+        task_until(&stack, &id, |t| t["status"] == "awaiting_approval").await;
+        ids.push(id);
+    }
+    let approve = stack
+        .http
+        .post(format!("{}/v1/tasks/{}/approve", stack.base, ids[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approve.status(), 202);
+    assert_eq!(
+        task_until(&stack, &ids[0], ended).await["status"],
+        "completed"
+    );
+    let reject = stack
+        .http
+        .post(format!("{}/v1/tasks/{}/reject", stack.base, ids[1]))
+        .json(&json!({"reason": "off message"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reject.status(), 202);
+    let rejected = task_until(&stack, &ids[1], ended).await;
+    assert_eq!(rejected["status"], "failed");
+    assert_eq!(rejected["error"]["guard"], "rejected");
+    // Deciding a task that no longer waits is refused.
+    let again = stack
+        .http
+        .post(format!("{}/v1/tasks/{}/approve", stack.base, ids[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 400);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_stops_a_task_and_dispatches_nothing_more() {
+    // The agents' model takes its time, so the plan is still being written when we cancel.
+    let slow = "\n[providers.slowagents]\nkind = \"simulated\"\nlatency_ms = 4000\n[routes.agents]\nprovider = \"slowagents\"\nmodel = \"slow-1\"\n";
+    let stack = Stack::start_with(1, &[], slow).await;
+    let accepted: Value = post_task(&stack, json!({"goal": "Plan a city bike network"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    task_until(&stack, &id, |t| t["status"] == "planning").await;
+    let cancel = stack
+        .http
+        .delete(format!("{}/v1/tasks/{id}", stack.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 202);
+    let task = task_until(&stack, &id, ended).await;
+    assert_eq!(task["status"], "cancelled", "{task:#}");
+    let steps = task["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1, "nothing after the plan: {task:#}");
+    assert_eq!(steps[0]["status"], "cancelled");
+    // The planner's call was stopped: its task ended as cancelled, well before its 4 s.
+    let plan = stack.stored(steps[0]["task_id"].as_str().unwrap()).await;
+    assert_eq!(plan["error"]["class"], "cancelled", "{plan:#}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn bad_task_requests_are_refused_naming_the_field() {
+    let stack = Stack::start_with(0, &[], AGENTS_ROUTE).await;
+    let cases = [
+        (json!({"goal": ""}), "goal"),
+        (json!({"goal": "g", "team": "ghosts"}), "team"),
+        (
+            json!({"goal": "g", "agents": ["planner", "nobody"]}),
+            "agents[1]",
+        ),
+        (
+            json!({"goal": "g", "capabilities": ["astrology"]}),
+            "capabilities[0]",
+        ),
+        (
+            json!({"goal": "g", "budget": {"max_tokens": 0}}),
+            "budget.max_tokens",
+        ),
+        (json!({"goal": "g", "colour": "blue"}), "body"),
+        (
+            json!({"goal": "g", "steps": [
+                {"id": "a", "capability": "research", "instruction": "x", "depends_on": ["b"]},
+                {"id": "b", "capability": "research", "instruction": "y", "depends_on": ["a"]}
+            ]}),
+            "steps",
+        ),
+    ];
+    for (body, param) in cases {
+        let response = post_task(&stack, body.clone()).await;
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["param"], param, "{body}: {error}");
+    }
+    let missing = stack
+        .http
+        .delete(format!("{}/v1/tasks/{}", stack.base, TaskId::new()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    stack.stop().await;
+}

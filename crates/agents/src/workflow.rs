@@ -342,7 +342,8 @@ pub trait Env {
     fn now_ms(&self) -> u64;
     /// The agent for a step needing `capability`, among `allowed` (all when `None`).
     fn route(&self, capability: &str, allowed: Option<&[String]>) -> Option<Decision>;
-    fn known_capability(&self, capability: &str) -> bool;
+    /// Whether an agent among `allowed` (all when `None`) has `capability`.
+    fn known_capability(&self, capability: &str, allowed: Option<&[String]>) -> bool;
     fn known_agent(&self, agent: &str) -> bool;
     fn limits(&self) -> Limits;
 }
@@ -683,9 +684,10 @@ fn finished(
 }
 
 fn planned(wf: &mut Workflow, text: &str, env: &dyn Env, effects: &mut Vec<Effect>) {
+    let allowed = wf.allowed().map(<[String]>::to_vec);
     let checked = plan::parse(text).and_then(|plan: Plan| {
         plan.check(
-            |c| env.known_capability(c),
+            |c| env.known_capability(c, allowed.as_deref()),
             |a| env.known_agent(a),
             env.limits().plan,
         )

@@ -25,28 +25,31 @@ impl FromRequest<AppState> for ChatBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let limit = state.config.gateway.max_body_bytes;
-        let limit_ms = state.config.gateway.body_read_timeout_ms;
-        // The whole body within the limit, however it trickles in: a client sending a
-        // byte now and then must not hold the connection (and this task) indefinitely.
-        let read = Bytes::from_request(req, state);
-        let bytes = tokio::time::timeout(Duration::from_millis(limit_ms), read)
-            .await
-            .map_err(|_| ApiError::BodyTimeout { limit_ms })?
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::BodyTooLarge { limit }
-                } else {
-                    ApiError::invalid("body", rejection.body_text())
-                }
-            })?;
-        parse(&bytes)
+        parse(&read(req, state).await?)
     }
 }
 
-/// Parses and checks a request body.
-pub fn parse(bytes: &[u8]) -> Result<ChatBody, ApiError> {
-    // Ours, not serde_json's (128): the worker reads the request one level deeper, inside
+/// A request's whole body, within `gateway.max_body_bytes`, however it trickles in: a client
+/// sending a byte now and then must not hold the connection (and its task) indefinitely.
+pub async fn read(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    let limit = state.config.gateway.max_body_bytes;
+    let limit_ms = state.config.gateway.body_read_timeout_ms;
+    let read = Bytes::from_request(req, state);
+    tokio::time::timeout(Duration::from_millis(limit_ms), read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout { limit_ms })?
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::BodyTooLarge { limit }
+            } else {
+                ApiError::invalid("body", rejection.body_text())
+            }
+        })
+}
+
+/// A JSON object body, its depth checked before it is parsed.
+pub fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    // Ours, not serde_json's (128): the worker reads a request one level deeper, inside
     // its task, so the two must not meet at the parser's own limit.
     if json_depth(bytes) > MAX_JSON_DEPTH {
         return Err(ApiError::invalid(
@@ -56,14 +59,18 @@ pub fn parse(bytes: &[u8]) -> Result<ChatBody, ApiError> {
             ),
         ));
     }
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    let Value::Object(body) = value else {
-        return Err(ApiError::invalid(
+    match serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))? {
+        Value::Object(body) => Ok(body),
+        _ => Err(ApiError::invalid(
             "body",
             "request body must be a JSON object",
-        ));
-    };
+        )),
+    }
+}
+
+/// Parses and checks a request body.
+pub fn parse(bytes: &[u8]) -> Result<ChatBody, ApiError> {
+    let body = json_object(bytes)?;
     let model = match body.get("model") {
         // The model becomes the task's route, which travels in NATS headers and keys.
         Some(Value::String(m)) => match check_route(m) {

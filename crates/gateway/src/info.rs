@@ -14,6 +14,7 @@ use crate::error::ApiError;
 use crate::headers;
 use crate::path::PathParam;
 use crate::state::AppState;
+use crate::tasks;
 
 /// `GET /healthz`: the process is up.
 pub async fn healthz() -> Json<serde_json::Value> {
@@ -103,11 +104,15 @@ pub async fn task(
     let task_id: TaskId = id
         .parse()
         .map_err(|e| ApiError::invalid("id", format!("task id {e}")))?;
-    let stored = stored_result(&st, task_id).await?.ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "no result for task {task_id}: unknown, still running, or expired"
-        ))
-    })?;
+    let Some(stored) = stored_result(&st, task_id).await? else {
+        // One id space: a task without a chat result may be a workflow.
+        return match tasks::workflow(&st, task_id).await? {
+            Some(wf) => Ok(Json(tasks::view(&wf)).into_response()),
+            None => Err(ApiError::NotFound(format!(
+                "no result for task {task_id}: unknown, still running, or expired"
+            ))),
+        };
+    };
     let mut response = (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -19,6 +19,7 @@ mod serve;
 mod state;
 mod stream;
 mod submit;
+mod tasks;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -82,6 +83,7 @@ async fn state(
         client,
         js,
         results: provisioned.results,
+        workflows: provisioned.workflows,
         providers: provisioned.providers,
         replies,
         default_capability: Capability::default(),

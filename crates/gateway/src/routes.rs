@@ -5,7 +5,11 @@
 //! | POST   | `/v1/chat/completions` | [`chat::chat_completions`] |
 //! | GET    | `/v1/models`           | [`info::models`]           |
 //! | GET    | `/v1/models/{*id}`     | [`info::model`]            |
+//! | POST   | `/v1/tasks`            | [`tasks::create`]          |
 //! | GET    | `/v1/tasks/{id}`       | [`info::task`]             |
+//! | DELETE | `/v1/tasks/{id}`       | [`tasks::cancel`]          |
+//! | POST   | `/v1/tasks/{id}/approve` | [`tasks::approve`]       |
+//! | POST   | `/v1/tasks/{id}/reject`  | [`tasks::reject`]        |
 //! | GET    | `/v1/providers`        | [`operate::providers`]     |
 //! | GET    | `/v1/dlq`              | [`operate::list`]          |
 //! | POST   | `/v1/dlq/{id}/replay`  | [`operate::replay`]        |
@@ -25,7 +29,7 @@ use shared::TaskId;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{chat, cors, headers, info, operate};
+use crate::{chat, cors, headers, info, operate, tasks};
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.gateway.max_body_bytes;
@@ -34,7 +38,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(info::models))
         .route("/v1/models/{*id}", get(info::model))
-        .route("/v1/tasks/{id}", get(info::task))
+        .route("/v1/tasks", post(tasks::create))
+        .route("/v1/tasks/{id}", get(info::task).delete(tasks::cancel))
+        .route("/v1/tasks/{id}/approve", post(tasks::approve))
+        .route("/v1/tasks/{id}/reject", post(tasks::reject))
         .route("/v1/providers", get(operate::providers))
         .route("/v1/dlq", get(operate::list))
         .route("/v1/dlq/{id}/replay", post(operate::replay))

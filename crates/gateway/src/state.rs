@@ -20,6 +20,8 @@ pub struct Shared {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub results: kv::Store,
+    /// Workflow states, for the task API.
+    pub workflows: kv::Store,
     /// Shared provider health, for `GET /v1/providers`.
     pub providers: kv::Store,
     pub replies: ReplyRouter,

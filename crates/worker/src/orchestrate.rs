@@ -178,9 +178,12 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<(), Orchestrat
     let capability = agent
         .queue()
         .map_err(|e| OrchestrateError::Decode(e.to_string()))?;
+    // A planner plans with what the workflow's agents (its team, or all) can do.
+    let allowed = wf.spec.agents.as_deref();
     let capabilities: Vec<String> = catalog
         .agents
         .values()
+        .filter(|a| allowed.is_none_or(|list| list.contains(&a.name)))
         .flat_map(|a| a.capabilities.iter().cloned())
         .collect::<BTreeSet<_>>()
         .into_iter()
@@ -305,8 +308,11 @@ impl Env for WorkerEnv<'_> {
         routing::choose(candidates, &[capability.to_owned()], Weights::default())
     }
 
-    fn known_capability(&self, capability: &str) -> bool {
-        self.catalog.has_capability(capability)
+    fn known_capability(&self, capability: &str, allowed: Option<&[String]>) -> bool {
+        self.catalog
+            .agents
+            .values()
+            .any(|a| a.has(capability) && allowed.is_none_or(|list| list.contains(&a.name)))
     }
 
     fn known_agent(&self, agent: &str) -> bool {

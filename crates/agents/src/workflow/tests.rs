@@ -44,8 +44,10 @@ impl Env for World {
             }],
         })
     }
-    fn known_capability(&self, capability: &str) -> bool {
-        self.agents.iter().any(|(_, c)| *c == capability)
+    fn known_capability(&self, capability: &str, allowed: Option<&[String]>) -> bool {
+        self.agents.iter().any(|(a, c)| {
+            *c == capability && allowed.is_none_or(|list| list.iter().any(|x| x == a))
+        })
     }
     fn known_agent(&self, agent: &str) -> bool {
         self.agents.iter().any(|(a, _)| *a == agent)
@@ -405,4 +407,20 @@ fn budgets_that_are_not_positive_are_named() {
             "budget.max_wall_ms"
         ]
     );
+}
+
+#[test]
+fn a_plan_may_only_use_what_the_team_can_do() {
+    let world = World::new();
+    let mut wf = workflow(Spec {
+        agents: Some(vec!["researcher".into(), "writer".into()]),
+        ..spec("g")
+    });
+    advance(&mut wf, &Event::Start, &world);
+    // "analysis" exists, but nobody in this team has it: the plan is asked for again.
+    assert_eq!(
+        dispatched(&advance(&mut wf, &done("@plan", PLAN), &world)),
+        ["@plan-2"]
+    );
+    assert!(wf.step("@plan-2").unwrap().instruction.contains("analysis"));
 }

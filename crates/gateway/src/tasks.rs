@@ -1,0 +1,258 @@
+//! The task API for agent work: `POST /v1/tasks` hands a goal to a team, `GET
+//! /v1/tasks/{id}` shows its workflow (through `info::task`, which also serves chat results:
+//! one id space), `DELETE /v1/tasks/{id}` cancels it, `POST /v1/tasks/{id}/approve` and
+//! `/reject` decide an approval. The gateway only checks, publishes and reads: every change
+//! is a control message on `tasks.workflow.<priority>`, applied by a worker.
+
+use agents::control::{Action, ControlMessage};
+use agents::plan::{Plan, PlanLimits};
+use agents::workflow::{Spec, Status, Workflow};
+use async_nats::HeaderMap;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::{Value, json};
+use shared::TaskId;
+use shared::agents::FieldError;
+use shared::names::{HEADER_MSG_ID, WORKFLOW_CAPABILITY, task_subject};
+use shared::task::now_ms;
+use tracing::warn;
+
+use crate::body;
+use crate::error::ApiError;
+use crate::path::PathParam;
+use crate::routes::RequestTask;
+use crate::state::AppState;
+
+/// Longest goal: a brief, not a document (documents go in `context`).
+pub const MAX_GOAL_LEN: usize = 32 * 1024;
+
+/// A checked `POST /v1/tasks` body.
+#[derive(Debug)]
+pub struct TaskBody(Spec);
+
+impl FromRequest<AppState> for TaskBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let fields = body::json_object(&body::read(req, state).await?)?;
+        let spec: Spec = serde_json::from_value(Value::Object(fields))
+            .map_err(|e| ApiError::invalid("body", e.to_string()))?;
+        Ok(TaskBody(spec))
+    }
+}
+
+/// `POST /v1/tasks`: checks the request, resolves its team, publishes the start, and
+/// answers 202 with the task id (its `Idempotency-Key`, if any, names it).
+pub async fn create(
+    State(st): State<AppState>,
+    Extension(request): Extension<RequestTask>,
+    TaskBody(spec): TaskBody,
+) -> Result<Response, ApiError> {
+    let spec = check(&st, spec)?;
+    let message = ControlMessage {
+        workflow: request.id,
+        action: Action::Start {
+            spec: Box::new(spec.clone()),
+            created_ms: now_ms(),
+        },
+    };
+    publish(&st, &message, spec.priority).await?;
+    let body = json!({
+        "id": request.id,
+        "object": "task",
+        "status": Status::Queued,
+        "goal": spec.goal,
+        "team": spec.team,
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// The spec as it will run: its team resolved to its agents, everything checked.
+fn check(st: &AppState, mut spec: Spec) -> Result<Spec, ApiError> {
+    let catalog = &st.config.catalog;
+    let mut errors = Vec::new();
+    if spec.goal.trim().is_empty() {
+        errors.push(FieldError::new("goal", "must not be empty"));
+    } else if spec.goal.len() > MAX_GOAL_LEN {
+        errors.push(FieldError::new(
+            "goal",
+            format!("must be at most {MAX_GOAL_LEN} bytes"),
+        ));
+    }
+    if let Some(team) = &spec.team {
+        match catalog.teams.get(team) {
+            Some(t) if spec.agents.is_none() => spec.agents = Some(t.agents.clone()),
+            Some(_) => {}
+            None => errors.push(FieldError::new(
+                "team",
+                format!("no team is named `{team}`"),
+            )),
+        }
+    }
+    for (i, agent) in spec.agents.iter().flatten().enumerate() {
+        if !catalog.agents.contains_key(agent) {
+            errors.push(FieldError::new(
+                format!("agents[{i}]"),
+                format!("no agent is named `{agent}`"),
+            ));
+        }
+    }
+    // Steps may only need what the task's agents (its team, or all) can do.
+    let allowed = spec.agents.clone();
+    let can = |capability: &str| {
+        catalog.agents.values().any(|a| {
+            a.has(capability) && allowed.as_ref().is_none_or(|list| list.contains(&a.name))
+        })
+    };
+    for (i, capability) in spec.capabilities.iter().flatten().enumerate() {
+        if !can(capability) {
+            errors.push(FieldError::new(
+                format!("capabilities[{i}]"),
+                format!("no agent has the capability `{capability}`"),
+            ));
+        }
+    }
+    if let Some(steps) = &spec.steps {
+        let plan = Plan {
+            steps: steps.clone(),
+        };
+        if let Err(problems) = plan.check(
+            |c| can(c),
+            |a| catalog.agents.contains_key(a),
+            PlanLimits::default(),
+        ) {
+            errors.extend(problems);
+        }
+    }
+    errors.extend(spec.budget.problems());
+    match errors.first() {
+        None => Ok(spec),
+        Some(first) => Err(ApiError::invalid(
+            first.field.clone(),
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+    }
+}
+
+/// `DELETE /v1/tasks/{id}`: cancels the workflow; its running steps' provider calls are
+/// stopped and nothing more is dispatched.
+pub async fn cancel(
+    State(st): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> Result<Response, ApiError> {
+    control(&st, &id, Action::Cancel).await
+}
+
+/// `POST /v1/tasks/{id}/approve`.
+pub async fn approve(
+    State(st): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> Result<Response, ApiError> {
+    control(&st, &id, Action::Approve).await
+}
+
+/// `POST /v1/tasks/{id}/reject` with an optional `{"reason": "…"}`.
+pub async fn reject(
+    State(st): State<AppState>,
+    PathParam(id): PathParam<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let bytes = body::read(req, &st).await?;
+    let reason = if bytes.is_empty() {
+        String::new()
+    } else {
+        let fields = body::json_object(&bytes)?;
+        match fields.get("reason") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(r)) if r.len() <= MAX_GOAL_LEN => r.clone(),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "reason",
+                    format!("`reason` must be a string of at most {MAX_GOAL_LEN} bytes"),
+                ));
+            }
+        }
+    };
+    control(&st, &id, Action::Reject { reason }).await
+}
+
+/// Publishes `action` for workflow `id` (which must exist) and answers 202 with its state.
+async fn control(st: &AppState, id: &str, action: Action) -> Result<Response, ApiError> {
+    let workflow_id: TaskId = id
+        .parse()
+        .map_err(|e| ApiError::invalid("id", format!("task id {e}")))?;
+    let wf = workflow(st, workflow_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no workflow {workflow_id}")))?;
+    if matches!(action, Action::Approve | Action::Reject { .. })
+        && wf.status != Status::AwaitingApproval
+    {
+        return Err(ApiError::invalid(
+            "id",
+            format!("task {workflow_id} is not awaiting approval"),
+        ));
+    }
+    let message = ControlMessage {
+        workflow: workflow_id,
+        action,
+    };
+    publish(st, &message, wf.spec.priority).await?;
+    Ok((StatusCode::ACCEPTED, Json(view(&wf))).into_response())
+}
+
+/// The workflow `id`, if one is stored.
+pub async fn workflow(st: &AppState, id: TaskId) -> Result<Option<Workflow>, ApiError> {
+    let Some(bytes) = st.workflows.get(id.to_string()).await.map_err(|e| {
+        warn!(error = %e, "could not read the workflows bucket");
+        ApiError::Unavailable
+    })?
+    else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        warn!(error = %e, workflow = %id, "undecodable workflow state");
+        ApiError::Internal
+    })
+}
+
+/// A workflow as the API shows it: the stored state, with the request's goal and team on top.
+pub fn view(wf: &Workflow) -> Value {
+    let mut body = serde_json::to_value(wf).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut body {
+        map.insert("object".into(), json!("task"));
+        map.insert("goal".into(), json!(wf.spec.goal));
+        map.insert("team".into(), json!(wf.spec.team));
+        map.remove("spec");
+    }
+    body
+}
+
+async fn publish(
+    st: &AppState,
+    message: &ControlMessage,
+    priority: shared::Priority,
+) -> Result<(), ApiError> {
+    let payload = serde_json::to_vec(message).map_err(|_| ApiError::Internal)?;
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_MSG_ID, message.msg_id().as_str());
+    let capability = WORKFLOW_CAPABILITY
+        .parse()
+        .map_err(|_| ApiError::Internal)?;
+    let unavailable = |e: &dyn std::fmt::Display| {
+        warn!(error = %e, "could not publish a workflow control message");
+        ApiError::Unavailable
+    };
+    st.js
+        .publish_with_headers(task_subject(&capability, priority), headers, payload.into())
+        .await
+        .map_err(|e| unavailable(&e))?
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(())
+}
