@@ -411,7 +411,10 @@ impl Stack {
             return counts;
         }
         for seq in state.first_sequence..=state.last_sequence {
-            if let Ok(message) = stream.get_raw_message(seq).await {
+            // Task lifecycle events only (`events.task.*`), not workflow progress.
+            if let Ok(message) = stream.get_raw_message(seq).await
+                && message.subject.starts_with("events.task.")
+            {
                 let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
                 let id = event["task_id"].as_str().unwrap().to_owned();
                 *counts.entry(id).or_default() += 1;

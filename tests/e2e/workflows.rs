@@ -311,3 +311,50 @@ async fn bad_task_requests_are_refused_naming_the_field() {
     assert_eq!(missing.status(), 404);
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_killed_mid_step_leaves_the_workflow_to_finish_exactly_once() {
+    let slow = "\n[providers.slowagents]\nkind = \"simulated\"\nlatency_ms = 1500\n[routes.agents]\nprovider = \"slowagents\"\nmodel = \"slow-1\"\n";
+    let stack = Stack::start_with(0, &[], slow).await;
+    let logs = tempfile::TempDir::new().unwrap();
+    let mut doomed = stack.spawn_worker_process(&logs.path().join("doomed.log"));
+    let id = start(
+        &stack,
+        json!({
+            "goal": "Survive a crash",
+            "steps": [
+                {"id": "a", "capability": "research", "instruction": "Find A"},
+                {"id": "b", "capability": "research", "instruction": "Find B"},
+                {"id": "c", "capability": "analysis", "instruction": "Weigh A and B", "depends_on": ["a", "b"]}
+            ]
+        }),
+    )
+    .await;
+    let workflows = async_nats::jetstream::new(stack.client.clone())
+        .get_key_value("workflows")
+        .await
+        .unwrap();
+    // The first steps are out and their provider calls under way: kill the worker, no drain.
+    eventually(Duration::from_secs(20), || async {
+        let bytes = workflows.get(id.to_string()).await.unwrap()?;
+        let wf: Value = serde_json::from_slice(&bytes).unwrap();
+        (wf["status"] == "running").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    let mut rescuer = stack.spawn_worker_process(&logs.path().join("rescuer.log"));
+    let wf = finished(&stack, id).await;
+    assert_eq!(wf["status"], "completed", "{wf:#}");
+    // Each step is one task with one result and one event, whoever ran it.
+    let events = stack.task_events().await;
+    for s in wf["steps"].as_array().unwrap() {
+        let task_id = s["task_id"].as_str().unwrap();
+        assert_eq!(stack.stored(task_id).await["status"], "completed");
+        assert_eq!(events.get(task_id), Some(&1), "{s:#}");
+    }
+    rescuer.kill().unwrap();
+    rescuer.wait().unwrap();
+    stack.stop().await;
+}
