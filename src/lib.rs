@@ -5,4 +5,5 @@
 pub mod local_nats;
 pub mod nats_server;
 pub mod operate;
+pub mod run;
 pub mod serve;

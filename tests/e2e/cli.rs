@@ -399,3 +399,52 @@ async fn a_worker_started_before_nats_waits_for_it() {
         .unwrap();
     assert!(status.success(), "{status:?}\n{}", log());
 }
+
+#[tokio::test]
+async fn up_then_run_takes_a_goal_through_the_default_team_offline() {
+    let data = tempfile::TempDir::new().unwrap();
+    let mut up = Up::spawn(data.path());
+    up.banner().await;
+    let url = up.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        switchyard()
+            .args([
+                "run",
+                "Write a market analysis of electric bikes",
+                "--url",
+                &url,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not a terminal: a plain line per step change, then the deliverable.
+    for line in [
+        "✓ @plan",
+        "planner",
+        "✓ @synthesis",
+        "writer",
+        "✓ @review",
+        "reviewer",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains('\u{1b}'),
+        "terminal codes in a pipe:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("Writer: done, working from the outputs of"),
+        "{stdout}"
+    );
+    up.signal(Signal::SIGINT);
+    let (status, log) = up.wait().await;
+    assert!(status.success(), "{status:?}\n{log}");
+}

@@ -25,6 +25,8 @@ use crate::path::PathParam;
 use crate::routes::RequestTask;
 use crate::state::AppState;
 
+/// The team a task gets when it names neither a team nor agents.
+pub const DEFAULT_TEAM: &str = "default";
 /// Longest goal: a brief, not a document (documents go in `context`).
 pub const MAX_GOAL_LEN: usize = 32 * 1024;
 
@@ -80,6 +82,10 @@ fn check(st: &AppState, mut spec: Spec) -> Result<Spec, ApiError> {
             "goal",
             format!("must be at most {MAX_GOAL_LEN} bytes"),
         ));
+    }
+    // Without a team or agents, the default team does the work.
+    if spec.team.is_none() && spec.agents.is_none() && catalog.teams.contains_key(DEFAULT_TEAM) {
+        spec.team = Some(DEFAULT_TEAM.to_owned());
     }
     if let Some(team) = &spec.team {
         match catalog.teams.get(team) {
