@@ -121,6 +121,7 @@ fn queues(capabilities: &[&str]) -> Vec<String> {
         .iter()
         .map(|c| (*c).to_owned())
         .chain(agents.keys().map(|a| format!("agent-{a}")))
+        .chain(std::iter::once("workflow".to_owned()))
         .flat_map(|c| ["high", "low", "normal"].map(|p| format!("tasks.{c}.{p}")))
         .collect();
     subjects.sort();

@@ -168,6 +168,8 @@ async fn the_task_api_hands_a_goal_to_a_team_and_shows_its_work() {
     let accepted: Value = response.json().await.unwrap();
     assert_eq!(accepted["status"], "queued");
     let id = accepted["id"].as_str().unwrap().to_owned();
+    // Readable as soon as it is accepted.
+    assert_eq!(stack.task(&id).await.status(), 200);
     let task = task_until(&stack, &id, ended).await;
     assert_eq!(task["status"], "completed", "{task:#}");
     assert_eq!(task["object"], "task");

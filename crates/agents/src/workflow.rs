@@ -28,6 +28,10 @@ pub const REVIEW: &str = "review";
 /// cannot, so the two never collide.
 const OWN_STEP: char = '@';
 
+/// A workflow's wall time when its budget sets none: a dozen model calls in sequence with
+/// retries fit; a run stuck for longer is stopped with the guard named.
+pub const DEFAULT_WALL_MS: u64 = 30 * 60 * 1000;
+
 /// A workflow's state, as stored (JSON) in the `workflows` bucket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workflow {

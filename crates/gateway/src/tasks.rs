@@ -6,7 +6,7 @@
 
 use agents::control::{Action, ControlMessage};
 use agents::plan::{Plan, PlanLimits};
-use agents::workflow::{Spec, Status, Workflow};
+use agents::workflow::{DEFAULT_WALL_MS, Spec, Status, Workflow};
 use async_nats::HeaderMap;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
@@ -53,11 +53,29 @@ pub async fn create(
     TaskBody(spec): TaskBody,
 ) -> Result<Response, ApiError> {
     let spec = check(&st, spec)?;
+    let created_ms = now_ms();
+    // Stored before the start is published, so the task can be read as soon as it is
+    // accepted; a retry (same Idempotency-Key) finds it and publishes the start again,
+    // which JetStream de-duplicates.
+    let wf = Workflow::new(request.id, spec.clone(), created_ms, DEFAULT_WALL_MS);
+    let bytes = serde_json::to_vec(&wf).map_err(|_| ApiError::Internal)?;
+    match st
+        .workflows
+        .create(request.id.to_string(), bytes.into())
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => {
+            warn!(error = %e, "could not store a workflow");
+            return Err(ApiError::Unavailable);
+        }
+    }
     let message = ControlMessage {
         workflow: request.id,
         action: Action::Start {
             spec: Box::new(spec.clone()),
-            created_ms: now_ms(),
+            created_ms,
         },
     };
     publish(&st, &message, spec.priority).await?;

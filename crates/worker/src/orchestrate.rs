@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use agents::control::{Action, ControlMessage, outcome};
 use agents::prompt;
 use agents::routing::{self, Decision, Load, Performance, Weights};
-use agents::workflow::{Effect, Env, Event, Limits, Progress, Workflow, advance};
+use agents::workflow::{DEFAULT_WALL_MS, Effect, Env, Event, Limits, Progress, Workflow, advance};
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv;
 use async_nats::jetstream::{self, AckKind};
@@ -30,9 +30,6 @@ use crate::deps::Deps;
 /// Compare-and-set attempts before an event is handed back to the queue: a conflict is
 /// another step of the same workflow finishing at the same moment, so a few re-reads settle.
 const CAS_TRIES: u32 = 16;
-/// A workflow's wall time when its budget sets none: a dozen model calls in sequence with
-/// retries fit; a run stuck for longer is stopped with the guard named.
-pub(crate) const DEFAULT_WALL_MS: u64 = 30 * 60 * 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OrchestrateError {
