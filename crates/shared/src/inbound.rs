@@ -109,24 +109,29 @@ pub fn read_task(
         .get("id")
         .and_then(Value::as_str)
         .and_then(|s| s.parse::<TaskId>().ok());
-    let mut rejection = Rejection::partial(&fields, header_id, reply_prefixes, Problem::NotObject);
     let checked = check_fields(&fields)
         .and_then(|()| check_reply_to(&fields, payload_id, reply_prefixes))
         .and_then(|()| check_subject(&fields, subject));
-    match checked {
-        Ok(()) => {}
-        Err(problem) => {
-            rejection.problem = problem;
-            return Err(Box::new(rejection));
-        }
+    if let Err(problem) = checked {
+        // What can still be read, for the answer: only worked out for a refused task.
+        return Err(Box::new(Rejection::partial(
+            &fields,
+            header_id,
+            reply_prefixes,
+            problem,
+        )));
     }
     // Every field was checked above; this only fails if the two disagree, and then the
-    // publisher still gets the decoder's words instead of silence.
+    // publisher still gets the decoder's words, at its (checked) reply subject.
+    let reply_to = fields
+        .get("reply_to")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     serde_json::from_value(Value::Object(fields)).map_err(|e| {
-        Box::new(Rejection {
-            problem: Problem::NotJson(e.to_string()),
-            ..rejection
-        })
+        let mut rejection =
+            Rejection::bare(payload_id.or(header_id), Problem::NotJson(e.to_string()));
+        rejection.reply_to = reply_to;
+        rejection
     })
 }
 
