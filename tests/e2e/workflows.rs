@@ -28,8 +28,8 @@ async fn start(stack: &Stack, spec: Value) -> TaskId {
     id
 }
 
-/// The workflow's state once it has ended.
-async fn finished(stack: &Stack, id: TaskId) -> Value {
+/// The workflow's stored state once `until` holds for it.
+async fn state_until(stack: &Stack, id: TaskId, until: impl Fn(&Value) -> bool) -> Value {
     let workflows = async_nats::jetstream::new(stack.client.clone())
         .get_key_value("workflows")
         .await
@@ -37,11 +37,14 @@ async fn finished(stack: &Stack, id: TaskId) -> Value {
     eventually(Duration::from_secs(60), || async {
         let bytes = workflows.get(id.to_string()).await.unwrap()?;
         let wf: Value = serde_json::from_slice(&bytes).unwrap();
-        ["completed", "failed", "cancelled"]
-            .contains(&wf["status"].as_str().unwrap_or_default())
-            .then_some(wf)
+        until(&wf).then_some(wf)
     })
     .await
+}
+
+/// The workflow's state once it has ended.
+async fn finished(stack: &Stack, id: TaskId) -> Value {
+    state_until(stack, id, ended).await
 }
 
 fn step<'a>(wf: &'a Value, id: &str) -> &'a Value {
@@ -332,17 +335,8 @@ async fn a_worker_killed_mid_step_leaves_the_workflow_to_finish_exactly_once() {
         }),
     )
     .await;
-    let workflows = async_nats::jetstream::new(stack.client.clone())
-        .get_key_value("workflows")
-        .await
-        .unwrap();
     // The first steps are out and their provider calls under way: kill the worker, no drain.
-    eventually(Duration::from_secs(20), || async {
-        let bytes = workflows.get(id.to_string()).await.unwrap()?;
-        let wf: Value = serde_json::from_slice(&bytes).unwrap();
-        (wf["status"] == "running").then_some(())
-    })
-    .await;
+    state_until(&stack, id, |wf| wf["status"] == "running").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     doomed.kill().unwrap();
     doomed.wait().unwrap();
