@@ -354,3 +354,72 @@ async fn a_worker_killed_mid_step_leaves_the_workflow_to_finish_exactly_once() {
     rescuer.wait().unwrap();
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn progress_streams_as_server_sent_events_and_resumes_after_the_last_seen() {
+    let stack = Stack::start_with(1, &[], AGENTS_ROUTE).await;
+    let accepted: Value = post_task(&stack, json!({"goal": "Summarise bike lanes"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let url = format!("{}/v1/tasks/{id}/events", stack.base);
+    // The stream ends by itself with the workflow's end.
+    let body = tokio::time::timeout(Duration::from_secs(60), async {
+        stack
+            .http
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+    .await
+    .expect("the event stream did not end");
+    let events: Vec<(u64, String)> = body
+        .split("\n\n")
+        .filter_map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            };
+            Some((field("id:")?.parse().ok()?, field("event:")?))
+        })
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|(_, k)| k.as_str()).collect();
+    for kind in [
+        "step_started",
+        "step_finished",
+        "planned",
+        "synthesized",
+        "reviewed",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
+    }
+    assert_eq!(kinds.last(), Some(&"done"));
+    // Resuming after the third event gives the rest, from the fourth on.
+    let (third, _) = events[2];
+    let rest = stack
+        .http
+        .get(&url)
+        .header("last-event-id", third.to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let first_again: u64 = rest
+        .lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(first_again, events[3].0);
+    stack.stop().await;
+}

@@ -8,6 +8,7 @@
 //! | POST   | `/v1/tasks`            | [`tasks::create`]          |
 //! | GET    | `/v1/tasks/{id}`       | [`info::task`]             |
 //! | DELETE | `/v1/tasks/{id}`       | [`tasks::cancel`]          |
+//! | GET    | `/v1/tasks/{id}/events`  | [`tasks::events`]        |
 //! | POST   | `/v1/tasks/{id}/approve` | [`tasks::approve`]       |
 //! | POST   | `/v1/tasks/{id}/reject`  | [`tasks::reject`]        |
 //! | GET    | `/v1/providers`        | [`operate::providers`]     |
@@ -40,6 +41,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models/{*id}", get(info::model))
         .route("/v1/tasks", post(tasks::create))
         .route("/v1/tasks/{id}", get(info::task).delete(tasks::cancel))
+        .route("/v1/tasks/{id}/events", get(tasks::events))
         .route("/v1/tasks/{id}/approve", post(tasks::approve))
         .route("/v1/tasks/{id}/reject", post(tasks::reject))
         .route("/v1/providers", get(operate::providers))

@@ -8,14 +8,17 @@ use agents::control::{Action, ControlMessage};
 use agents::plan::{Plan, PlanLimits};
 use agents::workflow::{DEFAULT_WALL_MS, Spec, Status, Workflow};
 use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use futures::StreamExt;
 use serde_json::{Value, json};
 use shared::TaskId;
 use shared::agents::FieldError;
-use shared::names::{HEADER_MSG_ID, WORKFLOW_CAPABILITY, task_subject};
+use shared::names::{EVENTS_STREAM, HEADER_MSG_ID, WORKFLOW_CAPABILITY, task_subject};
 use shared::task::now_ms;
 use tracing::warn;
 
@@ -228,6 +231,79 @@ async fn control(st: &AppState, id: &str, action: Action) -> Result<Response, Ap
     };
     publish(st, &message, wf.spec.priority).await?;
     Ok((StatusCode::ACCEPTED, Json(view(&wf))).into_response())
+}
+
+/// `GET /v1/tasks/{id}/events`: the workflow's progress as server-sent events, from its
+/// start or after `Last-Event-ID` (an event's id is its sequence in `EVENTS`), until it ends.
+/// Read from JetStream, so any replica serves it and a reconnect loses nothing.
+pub async fn events(
+    State(st): State<AppState>,
+    PathParam(id): PathParam<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let workflow_id: TaskId = id
+        .parse()
+        .map_err(|e| ApiError::invalid("id", format!("task id {e}")))?;
+    if workflow(&st, workflow_id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no workflow {workflow_id}")));
+    }
+    let after = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "last-event-id",
+                        "Last-Event-ID must be an event id from this stream",
+                    )
+                })?,
+        ),
+    };
+    let unavailable = |e: &dyn std::fmt::Display| {
+        warn!(error = %e, "could not read workflow events");
+        ApiError::Unavailable
+    };
+    let stream = st
+        .js
+        .get_stream_no_info(EVENTS_STREAM)
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: format!("events.workflow.{workflow_id}"),
+            deliver_policy: match after {
+                Some(seq) => DeliverPolicy::ByStartSequence {
+                    start_sequence: seq.saturating_add(1),
+                },
+                None => DeliverPolicy::All,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
+    // Until the `done` event: the stream ends with it, without waiting for another message.
+    let events = futures::stream::unfold((messages, false), |(mut messages, ended)| async move {
+        if ended {
+            return None;
+        }
+        // A broken read ends the stream; the client resumes with Last-Event-ID.
+        let msg = messages.next().await?.ok()?;
+        let payload: Value = serde_json::from_slice(&msg.payload).unwrap_or(Value::Null);
+        let kind = payload["kind"].as_str().unwrap_or("progress").to_owned();
+        let done = kind == "done";
+        let seq = msg.info().map_or(0, |i| i.stream_sequence);
+        let event = Event::default()
+            .id(seq.to_string())
+            .event(kind)
+            .data(payload.to_string());
+        Some((Ok::<_, std::convert::Infallible>(event), (messages, done)))
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// The workflow `id`, if one is stored.
