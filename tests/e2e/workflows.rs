@@ -423,3 +423,58 @@ async fn progress_streams_as_server_sent_events_and_resumes_after_the_last_seen(
     assert_eq!(first_again, events[3].0);
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn routing_moves_a_step_away_from_a_loaded_agent() {
+    // Two researchers alike but for their queues: a1's is full of work nobody serves.
+    let agents = format!(
+        "{AGENTS_ROUTE}{}",
+        ["a1", "a2"]
+            .map(|name| format!(
+                "\n[agents.{name}]\nrole = \"Researcher\"\ncapabilities = [\"research\"]\nroute = \"agents\"\nsystem_prompt = \"You are the Researcher of a team.\"\nmax_concurrency = 1\n"
+            ))
+            .concat()
+    );
+    let served = "workflow,agent-a2,agent-writer,agent-reviewer";
+    let stack =
+        Stack::start_with(1, &[("SWITCHYARD__WORKER__CAPABILITIES", served)], &agents).await;
+    let js = async_nats::jetstream::new(stack.client.clone());
+    for i in 0..5 {
+        let id = TaskId::new();
+        let task = json!({
+            "id": id, "capability": "agent-a1", "priority": "normal", "route": "agents",
+            "request": {"model": "agents", "messages": [{"role": "user", "content": format!("backlog {i}")}]},
+            "deadline_ms": shared::task::now_ms() + 600_000, "created_ms": shared::task::now_ms()
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.to_string().as_str());
+        js.publish_with_headers("tasks.agent-a1.normal", headers, task.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let id = start(
+        &stack,
+        json!({
+            "goal": "Find the facts",
+            "agents": ["a1", "a2", "writer", "reviewer"],
+            "steps": [{"id": "facts", "capability": "research", "instruction": "Find them"}]
+        }),
+    )
+    .await;
+    let wf = finished(&stack, id).await;
+    assert_eq!(wf["status"], "completed", "{wf:#}");
+    let facts = step(&wf, "facts");
+    assert_eq!(facts["agent"], "a2", "{facts:#}");
+    // Why: every candidate's parts are kept, and a1 lost on load alone.
+    let candidates = facts["routing"]["candidates"].as_array().unwrap();
+    let part = |agent: &str, part: &str| {
+        candidates.iter().find(|c| c["agent"] == agent).unwrap()[part]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(part("a1", "capability"), part("a2", "capability"));
+    assert!(part("a1", "load") < part("a2", "load"), "{candidates:#?}");
+    stack.stop().await;
+}

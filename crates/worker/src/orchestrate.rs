@@ -244,7 +244,9 @@ async fn record(deps: &Deps, wf: &Workflow, progress: &Progress) -> Result<(), O
 }
 
 /// What the state machine may ask of the world, read once per event: the catalog, and each
-/// agent's load from JetStream's own books (the messages on its queue, waiting or in flight).
+/// agent's load from JetStream's own books (the messages on its queue, waiting or in flight),
+/// in one stream-info call over every queue subject (a wildcard is a whole token, so
+/// `tasks.agent-*.*` would match nothing).
 struct WorkerEnv<'a> {
     catalog: &'a Catalog,
     /// Messages on each agent's queue, by agent name.
@@ -255,10 +257,7 @@ impl<'a> WorkerEnv<'a> {
     async fn read(deps: &'a Deps) -> Self {
         let mut queued = HashMap::new();
         match deps.js.get_stream_no_info(TASKS_STREAM).await {
-            Ok(stream) => match stream
-                .info_with_subjects(format!("tasks.{QUEUE_PREFIX}*.*"))
-                .await
-            {
+            Ok(stream) => match stream.info_with_subjects("tasks.*.*").await {
                 Ok(subjects) => {
                     let counts: Vec<_> = subjects.collect().await;
                     for (subject, count) in counts.into_iter().flatten() {
