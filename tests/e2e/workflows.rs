@@ -478,3 +478,66 @@ async fn routing_moves_a_step_away_from_a_loaded_agent() {
     assert!(part("a1", "load") < part("a2", "load"), "{candidates:#?}");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn agents_are_listed_with_their_teams_and_live_load_from_jetstream() {
+    // No worker serves the planner's queue, so what is published there stays queued.
+    let stack = Stack::start_with(0, &[], AGENTS_ROUTE).await;
+    let js = async_nats::jetstream::new(stack.client.clone());
+    for i in 0..2 {
+        let id = TaskId::new();
+        let task = json!({
+            "id": id, "capability": "agent-planner", "priority": "high", "route": "agents",
+            "request": {"model": "agents", "messages": [{"role": "user", "content": format!("queued {i}")}]},
+            "deadline_ms": shared::task::now_ms() + 600_000, "created_ms": shared::task::now_ms()
+        });
+        js.publish("tasks.agent-planner.high", task.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let list = stack.get_json("/v1/agents").await;
+    let names: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    for shipped in [
+        "planner",
+        "researcher",
+        "analyst",
+        "writer",
+        "coder",
+        "tester",
+        "reviewer",
+        "critic",
+        "advisor",
+    ] {
+        assert!(names.contains(&shipped), "{shipped}: {names:?}");
+    }
+    let planner = stack.get_json("/v1/agents/planner").await;
+    assert_eq!(
+        planner["load"],
+        json!({"in_flight": 0, "queued": 2, "capacity": planner["max_concurrency"]})
+    );
+    assert!(
+        planner["teams"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("default"))
+    );
+    assert_eq!(
+        stack.get_json("/v1/agents/writer").await["load"]["queued"],
+        0
+    );
+    let missing = stack
+        .http
+        .get(format!("{}/v1/agents/nobody", stack.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    stack.stop().await;
+}

@@ -14,6 +14,7 @@ mod info;
 mod operate;
 mod path;
 mod replies;
+mod roster;
 mod routes;
 mod serve;
 mod state;

@@ -5,6 +5,8 @@
 //! | POST   | `/v1/chat/completions` | [`chat::chat_completions`] |
 //! | GET    | `/v1/models`           | [`info::models`]           |
 //! | GET    | `/v1/models/{*id}`     | [`info::model`]            |
+//! | GET    | `/v1/agents`           | [`roster::list`]           |
+//! | GET    | `/v1/agents/{name}`    | [`roster::one`]            |
 //! | POST   | `/v1/tasks`            | [`tasks::create`]          |
 //! | GET    | `/v1/tasks/{id}`       | [`info::task`]             |
 //! | DELETE | `/v1/tasks/{id}`       | [`tasks::cancel`]          |
@@ -30,7 +32,7 @@ use shared::TaskId;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{chat, cors, headers, info, operate, tasks};
+use crate::{chat, cors, headers, info, operate, roster, tasks};
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.gateway.max_body_bytes;
@@ -39,6 +41,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(info::models))
         .route("/v1/models/{*id}", get(info::model))
+        .route("/v1/agents", get(roster::list))
+        .route("/v1/agents/{name}", get(roster::one))
         .route("/v1/tasks", post(tasks::create))
         .route("/v1/tasks/{id}", get(info::task).delete(tasks::cancel))
         .route("/v1/tasks/{id}/events", get(tasks::events))
