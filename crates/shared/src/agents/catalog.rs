@@ -12,7 +12,7 @@ use super::profile::{AgentProfile, FieldError, MAX_NAME_LEN, check_token};
 const SHIPPED: &str = include_str!("shipped.toml");
 /// The route every shipped agent calls. A deployment without a route of this name has its
 /// shipped agents call its first route instead (see [`Catalog::shipped_for`]).
-pub const SHIPPED_ROUTE: &str = "agents";
+const SHIPPED_ROUTE: &str = "agents";
 
 /// A named list of agents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +42,7 @@ impl Catalog {
     }
 
     /// The shipped catalog for a deployment whose routes are `routes`: its agents call
-    /// [`SHIPPED_ROUTE`] if there is such a route, else the first one, so the shipped team
+    /// `SHIPPED_ROUTE` ("agents") if there is such a route, else the first one, so the shipped team
     /// works with any configuration that has a route at all.
     pub fn shipped_for<'a>(
         routes: impl IntoIterator<Item = &'a str> + Clone,

@@ -7,8 +7,5 @@
 mod catalog;
 mod profile;
 
-pub use catalog::{Catalog, SHIPPED_ROUTE, Team};
-pub use profile::{
-    AgentProfile, DEFAULT_CONCURRENCY, FieldError, MAX_CONCURRENCY, MAX_LIST_LEN, MAX_NAME_LEN,
-    MAX_PROMPT_LEN, MAX_TEXT_LEN, QUEUE_PREFIX, check_token, queue_of,
-};
+pub use catalog::{Catalog, Team};
+pub use profile::{AgentProfile, FieldError, QUEUE_PREFIX, check_token};

@@ -168,7 +168,7 @@ impl AgentProfile {
 }
 
 /// The queue capability of the agent named `name`.
-pub fn queue_of(name: &str) -> Result<Capability, crate::NameError> {
+fn queue_of(name: &str) -> Result<Capability, crate::NameError> {
     format!("{QUEUE_PREFIX}{name}").parse()
 }
 
