@@ -25,6 +25,7 @@ mod hostile_http;
 mod hostile_input;
 mod isolation;
 mod overload;
+mod priorities;
 mod protocol;
 mod provisioning;
 mod workers;

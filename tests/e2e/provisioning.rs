@@ -44,12 +44,11 @@ async fn provisioning_twice_changes_nothing() {
         let mut consumers: Vec<_> = consumers
             .into_iter()
             .map(|c| {
-                (
-                    c.name,
-                    c.created,
-                    c.config.filter_subject,
-                    c.config.max_ack_pending,
-                )
+                let mut filters = c.config.filter_subjects;
+                filters.extend(
+                    (!c.config.filter_subject.is_empty()).then_some(c.config.filter_subject),
+                );
+                (c.name, c.created, filters, c.config.max_ack_pending)
             })
             .collect();
         consumers.sort();
@@ -70,14 +69,16 @@ async fn provisioning_twice_changes_nothing() {
         jetstream::stream::RetentionPolicy::WorkQueue
     );
     assert_eq!(tasks_config.discard, jetstream::stream::DiscardPolicy::New);
-    let mut filters: Vec<String> = consumers.iter().map(|c| c.2.clone()).collect();
+    let mut filters: Vec<String> = consumers.iter().flat_map(|c| c.2.clone()).collect();
     filters.sort();
     assert_eq!(filters, queues(&["chat"]));
-    // An agent's queue holds at most its concurrency in flight, across every worker.
+    // An agent's queue holds at most its concurrency in flight, across every worker and
+    // priority.
     let planner = consumers
         .iter()
-        .find(|c| c.2 == "tasks.agent-planner.normal")
+        .find(|c| c.2.contains(&"tasks.agent-planner.normal".to_owned()))
         .unwrap();
+    assert_eq!(planner.2.len(), 3);
     assert_eq!(
         planner.3,
         i64::from(config.catalog.agents["planner"].max_concurrency)
@@ -159,4 +160,54 @@ async fn queue_subjects_are_added_and_never_taken_away() {
     // A process still on the older configuration does not take the new queue away.
     provision(&js, &load("")).await.unwrap();
     assert_eq!(task_subjects(&js).await, queues(&["chat", "coder"]));
+}
+
+#[tokio::test]
+async fn an_agent_queue_has_one_consumer_capped_at_its_concurrency() {
+    let nats = Nats::start();
+    let toml = config_toml(&nats.url, "http://127.0.0.1:9")
+        + "\n[agents.writer]\nrole = \"Writer\"\ncapabilities = [\"writing\"]\nroute = \"fake\"\nmax_concurrency = 3\nsystem_prompt = \"Write.\"\n";
+    let config = Config::load(Source::Toml(&toml), &stack_env(&[])).unwrap();
+    let client = shared::nats::connect(&nats.url, "test").await.unwrap();
+    let js = jetstream::new(client);
+    provision(&js, &config).await.unwrap();
+    let tasks = js.get_stream("TASKS").await.unwrap();
+    let info = tasks
+        .consumer_info("tasks-agent-writer")
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(
+        info.config.max_ack_pending, 3,
+        "the cap holds across priorities"
+    );
+    assert_eq!(
+        info.config.filter_subjects,
+        [
+            "tasks.agent-writer.high",
+            "tasks.agent-writer.normal",
+            "tasks.agent-writer.low"
+        ]
+    );
+
+    // An earlier version's consumer per priority is replaced on the next provisioning.
+    tasks.delete_consumer("tasks-agent-writer").await.unwrap();
+    tasks
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("tasks-agent-writer-high".into()),
+            filter_subject: "tasks.agent-writer.high".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    provision(&js, &config).await.unwrap();
+    let names: Vec<String> = tasks.consumer_names().try_collect().await.unwrap();
+    assert!(
+        names.contains(&"tasks-agent-writer".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.starts_with("tasks-agent-writer-")),
+        "{names:?}"
+    );
 }

@@ -7,9 +7,8 @@ use axum::Json;
 use axum::extract::State;
 use futures::future::join_all;
 use serde_json::{Value, json};
-use shared::Priority;
 use shared::agents::AgentProfile;
-use shared::names::{TASKS_STREAM, consumer_name};
+use shared::names::{TASKS_STREAM, queue_consumers};
 use tracing::debug;
 
 use crate::error::ApiError;
@@ -70,8 +69,8 @@ async fn load(st: &AppState, agent: &AgentProfile) -> Value {
         return Value::Null;
     };
     let (mut in_flight, mut queued) = (0u64, 0u64);
-    for priority in Priority::ALL {
-        match stream.consumer_info(consumer_name(&queue, priority)).await {
+    for consumer in queue_consumers(&queue) {
+        match stream.consumer_info(&consumer.name).await {
             Ok(info) => {
                 in_flight += u64::try_from(info.num_ack_pending).unwrap_or(u64::MAX);
                 queued += info.num_pending;

@@ -88,6 +88,11 @@ impl Capability {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether this is an agent's queue (`agent-<name>`), which carries only its steps.
+    pub fn is_agent_queue(&self) -> bool {
+        self.0.starts_with(crate::agents::QUEUE_PREFIX)
+    }
 }
 
 impl FromStr for Capability {
@@ -224,6 +229,34 @@ pub fn task_subject(capability: &Capability, priority: Priority) -> String {
 /// Durable pull consumer name for one (capability, priority) queue.
 pub fn consumer_name(capability: &Capability, priority: Priority) -> String {
     format!("tasks-{capability}-{priority}")
+}
+
+/// One durable pull consumer of a capability's queue and the priorities it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConsumer {
+    pub name: String,
+    pub priorities: Vec<Priority>,
+}
+
+/// The consumers of `capability`'s queue, highest priority first: one per priority
+/// (`tasks-<capability>-<priority>`), except for an agent's queue, which has one over all
+/// three (`tasks-agent-<name>`), so that its `max_ack_pending` caps the agent's steps
+/// across priorities as well as workers.
+pub fn queue_consumers(capability: &Capability) -> Vec<QueueConsumer> {
+    if capability.is_agent_queue() {
+        vec![QueueConsumer {
+            name: format!("tasks-{capability}"),
+            priorities: Priority::ALL.to_vec(),
+        }]
+    } else {
+        Priority::ALL
+            .into_iter()
+            .map(|p| QueueConsumer {
+                name: consumer_name(capability, p),
+                priorities: vec![p],
+            })
+            .collect()
+    }
 }
 
 /// Core-NATS subjects of cancel notices, `cancel.<task id>`: the caller of that task is gone.

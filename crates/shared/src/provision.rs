@@ -13,11 +13,12 @@ use std::time::Duration;
 use std::collections::BTreeSet;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
+use futures::TryStreamExt;
 
 use crate::config::Config;
 use crate::names::{
     ATTEMPTS_BUCKET, DLQ_STREAM, EVENTS_STREAM, EVENTS_SUBJECTS, PROVIDERS_BUCKET, RESULTS_BUCKET,
-    TASKS_STREAM, WORKFLOWS_BUCKET, consumer_name, task_subject,
+    TASKS_STREAM, WORKFLOWS_BUCKET, task_subject,
 };
 use tracing::warn;
 
@@ -55,6 +56,8 @@ pub enum ProvisionError {
          updated it at the same time)"
     )]
     SubjectsOverwritten { missing: Vec<String> },
+    #[error("removing an earlier version's consumers: {0}")]
+    Stale(String),
     #[error("creating or updating bucket {name}: {source}")]
     Bucket {
         name: &'static str,
@@ -108,15 +111,10 @@ async fn provision_once(
             name: TASKS_STREAM,
             source,
         })?;
+    remove_per_priority_agent_consumers(&tasks).await?;
     for capability in config.capability_names() {
-        for priority in Priority::ALL {
-            let cfg = task_consumer_config(config, &capability, priority);
-            let name = cfg.durable_name.clone().unwrap_or_default();
-            tasks
-                .create_consumer(cfg)
-                .await
-                .map_err(|source| ProvisionError::Consumer { name, source })?;
-        }
+        let max_in_flight = config.capability(&capability).max_in_flight;
+        queue_consumers(&tasks, config, &capability, max_in_flight).await?;
     }
     js.create_or_update_stream(stream::Config {
         name: EVENTS_STREAM.to_owned(),
@@ -304,23 +302,89 @@ fn tasks_stream_config(config: &Config, subjects: Vec<String>) -> stream::Config
     }
 }
 
-/// The durable pull consumer for one (capability, priority) queue.
-pub fn task_consumer_config(
+/// Creates or updates the consumers of `capability`'s queue (see [`queue_consumers`]
+/// for their shape), each taking at most `max_in_flight` unacked messages.
+pub async fn queue_consumers(
+    tasks: &stream::Stream,
     config: &Config,
     capability: &Capability,
-    priority: Priority,
-) -> consumer::pull::Config {
-    consumer::pull::Config {
-        durable_name: Some(consumer_name(capability, priority)),
-        description: Some(format!("workers for {capability} at {priority} priority")),
-        filter_subject: task_subject(capability, priority),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: config.queue.ack_wait(),
-        max_deliver: config.queue.max_deliver,
-        max_ack_pending: config.capability(capability).max_in_flight,
-        max_waiting: MAX_WAITING_PULLS,
-        ..Default::default()
+    max_in_flight: i64,
+) -> Result<(), ProvisionError> {
+    for cfg in task_consumer_configs(config, capability, max_in_flight) {
+        let name = cfg.durable_name.clone().unwrap_or_default();
+        tasks
+            .create_consumer(cfg)
+            .await
+            .map_err(|source| ProvisionError::Consumer { name, source })?;
     }
+    Ok(())
+}
+
+/// The durable pull consumers of `capability`'s queue.
+pub fn task_consumer_configs(
+    config: &Config,
+    capability: &Capability,
+    max_in_flight: i64,
+) -> Vec<consumer::pull::Config> {
+    crate::names::queue_consumers(capability)
+        .into_iter()
+        .map(|queue| {
+            let subjects: Vec<String> = queue
+                .priorities
+                .iter()
+                .map(|p| task_subject(capability, *p))
+                .collect();
+            let (filter_subject, filter_subjects) = match subjects.as_slice() {
+                [one] => (one.clone(), Vec::new()),
+                _ => (String::new(), subjects),
+            };
+            let description = match queue.priorities.as_slice() {
+                [p] => format!("workers for {capability} at {p} priority"),
+                _ => format!("workers for {capability}, every priority"),
+            };
+            consumer::pull::Config {
+                durable_name: Some(queue.name),
+                description: Some(description),
+                filter_subject,
+                filter_subjects,
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: config.queue.ack_wait(),
+                max_deliver: config.queue.max_deliver,
+                max_ack_pending: max_in_flight,
+                max_waiting: MAX_WAITING_PULLS,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// Deletes the per-priority consumers of agents' queues that earlier versions made: they
+/// would overlap the one consumer over all priorities, which a work queue refuses.
+async fn remove_per_priority_agent_consumers(tasks: &stream::Stream) -> Result<(), ProvisionError> {
+    let lookup = |e: async_nats::Error| ProvisionError::Stale(e.to_string());
+    let consumers: Vec<consumer::Info> = tasks
+        .consumers()
+        .try_collect()
+        .await
+        .map_err(|e| lookup(e.into()))?;
+    for info in consumers {
+        // One priority of an agent's queue: `tasks.agent-<name>.<priority>`.
+        let mut tokens = info.config.filter_subject.split('.');
+        let stale = tokens.next() == Some("tasks")
+            && tokens
+                .next()
+                .and_then(|c| c.parse::<Capability>().ok())
+                .is_some_and(|c| c.is_agent_queue())
+            && tokens.next().is_some_and(|p| p.parse::<Priority>().is_ok());
+        if stale {
+            warn!(consumer = %info.name, "removing an agent queue's per-priority consumer of an earlier version");
+            tasks
+                .delete_consumer(&info.name)
+                .await
+                .map_err(|e| lookup(e.into()))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

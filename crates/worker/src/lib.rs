@@ -20,12 +20,13 @@ mod refuse;
 mod relay;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use shared::Priority;
+use shared::Capability;
 use shared::config::Config;
-use shared::names::{TASKS_STREAM, consumer_name};
+use shared::names::{TASKS_STREAM, queue_consumers};
 use shared::provision::{ProvisionError, provision};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -36,7 +37,7 @@ use tracing::{info, warn};
 use crate::cancel::Cancellations;
 use crate::deps::{Deps, Routing};
 use crate::health::Health;
-use crate::pull::{Fetcher, Queues};
+use crate::pull::{Fetcher, Queue, Queues};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -57,6 +58,36 @@ pub enum WorkerError {
 pub fn new_worker_id() -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
     format!("worker-{}", &id[id.len() - 12..])
+}
+
+/// The consumers of `capability`'s queue, highest priority first.
+async fn open_queue(
+    tasks: &jetstream::stream::Stream,
+    capability: &Capability,
+) -> Result<Queues, WorkerError> {
+    let mut consumers = Vec::new();
+    for queue in queue_consumers(capability) {
+        let consumer =
+            tasks
+                .get_consumer(&queue.name)
+                .await
+                .map_err(|source| WorkerError::Consumer {
+                    name: queue.name.clone(),
+                    source,
+                })?;
+        let priorities = match queue.priorities.as_slice() {
+            [one] => one.as_str(),
+            _ => "any",
+        };
+        consumers.push(Queue {
+            priorities,
+            consumer,
+        });
+    }
+    Ok(Queues {
+        consumers,
+        drains: AtomicU64::new(0),
+    })
 }
 
 /// Runs a worker until `shutdown` is cancelled, then drains.
@@ -80,26 +111,14 @@ pub async fn run(
     );
     let mut queues = Vec::new();
     for capability in config.worker_capabilities() {
-        let mut consumers = Vec::new();
-        for priority in Priority::ALL {
-            let name = consumer_name(&capability, priority);
-            let consumer = provisioned
-                .tasks
-                .get_consumer(&name)
-                .await
-                .map_err(|source| WorkerError::Consumer {
-                    name: name.clone(),
-                    source,
-                })?;
-            consumers.push((priority, consumer));
-        }
-        queues.push((capability, Queues { consumers }));
+        let consumers = open_queue(&provisioned.tasks, &capability).await?;
+        queues.push((capability, consumers));
     }
     // The server's max_deliver is the one that counts (another process may have provisioned).
     let max_deliver = queues
         .iter()
         .flat_map(|(_, q)| &q.consumers)
-        .map(|(_, c)| c.cached_info().config.max_deliver)
+        .map(|q| q.consumer.cached_info().config.max_deliver)
         .filter(|m| *m > 0)
         .min()
         .unwrap_or(config.queue.max_deliver);
@@ -134,8 +153,8 @@ pub async fn run(
             handlers: handlers.clone(),
             idle_wait: pull::long_poll_for(config.worker.concurrency),
         };
-        for priority in Priority::ALL {
-            fetchers.spawn(fetcher.clone().run(priority, shutdown.clone()));
+        for own in 0..fetcher.queues.consumers.len() {
+            fetchers.spawn(fetcher.clone().run(own, shutdown.clone()));
         }
     }
     let names: Vec<&str> = capabilities.iter().map(|c| c.as_str()).collect();

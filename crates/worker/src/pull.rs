@@ -1,14 +1,20 @@
 //! Pulling tasks without hoarding them. Each capability has one semaphore of `concurrency`
-//! slots and one fetcher per priority. A fetcher first takes every free slot and fills them
-//! from the queues in priority order with non-blocking fetches (high, then normal, then low);
-//! only when all queues are empty does it keep one slot and long-poll its own priority. A
+//! slots and one fetcher per consumer of its queue (one per priority; an agent's queue has
+//! one over all three). A fetcher first takes every free slot and fills them from the
+//! consumers in priority order with non-blocking fetches (high, then normal, then low);
+//! only when all are empty does it keep one slot and long-poll its own consumer. A
 //! long-polled message says how many wait behind it; when none do, the fetcher long-polls
-//! again at once (the other queues have fetchers of their own), instead of asking all three
-//! queues first: three round trips per task saved at moderate load.
+//! again at once (the other consumers have fetchers of their own), instead of asking all
+//! three first: three round trips per task saved at moderate load.
 //! So a worker never holds more messages than it has free slots, backlogs drain in priority
 //! order, and an idle worker still picks up a new task as soon as it is published.
+//!
+//! High first, yet low never starved: every fourth drain offers its first slot to a lower
+//! priority (normal and low in turn), so while high stays saturated, normal and low each
+//! still get at least one of every eight drains when they have work.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -36,10 +42,32 @@ const MAX_BATCH: usize = 64;
 /// Pause after a failed fetch (NATS unreachable, consumer missing) before trying again.
 const FETCH_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
-/// The three queues of one capability, in priority order.
+/// The consumers of one capability's queue, highest priority first, and how many drains
+/// they have had (which decides when a lower priority goes first).
 #[derive(Debug)]
 pub(crate) struct Queues {
-    pub consumers: Vec<(Priority, PullConsumer)>,
+    pub consumers: Vec<Queue>,
+    pub drains: AtomicU64,
+}
+
+/// One consumer and the priorities it serves.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    pub priorities: &'static str,
+    pub consumer: PullConsumer,
+}
+
+/// How often a drain offers its first slot to a lower priority.
+const PROMOTE_EVERY: u64 = 4;
+
+/// The consumer drain number `n` asks first, if not the highest: every
+/// `PROMOTE_EVERY`th drain takes the lower ones in turn.
+fn promoted(n: u64, consumers: usize) -> Option<usize> {
+    let lower = u64::try_from(consumers.checked_sub(1)?).ok()?;
+    if lower == 0 || n % PROMOTE_EVERY != PROMOTE_EVERY - 1 {
+        return None;
+    }
+    usize::try_from(1 + (n / PROMOTE_EVERY) % lower).ok()
 }
 
 /// Everything one fetcher shares with its siblings.
@@ -62,8 +90,9 @@ pub(crate) fn long_poll_for(concurrency: usize) -> Duration {
 }
 
 impl Fetcher {
-    /// Runs until `shutdown`; returns once its last pull has completed.
-    pub async fn run(self, own: Priority, shutdown: CancellationToken) {
+    /// Runs until `shutdown`, long-polling consumer `own` when idle; returns once its last
+    /// pull has completed.
+    pub async fn run(self, own: usize, shutdown: CancellationToken) {
         // Whether the queues may hold a backlog worth draining in priority order. After a
         // long-poll message that says its queue is now empty, the next pull is another
         // long-poll: the other queues have fetchers of their own, and draining would only
@@ -117,14 +146,32 @@ impl Fetcher {
         }
     }
 
-    /// Fills `permits` from the queues in priority order without waiting.
+    /// Fills `permits` from the consumers in priority order without waiting, a lower
+    /// priority first for one slot when its turn has come.
     async fn drain(&self, mut permits: OwnedSemaphorePermit) -> Drained {
+        let consumers = &self.queues.consumers;
+        let n = self.queues.drains.fetch_add(1, Ordering::Relaxed);
+        let first = promoted(n, consumers.len());
+        let order = first
+            .map(|i| (i, 1))
+            .into_iter()
+            .chain((0..consumers.len()).map(|i| (i, usize::MAX)));
         let mut dispatched = false;
-        for (priority, consumer) in &self.queues.consumers {
-            let want = permits.num_permits();
+        for (index, most) in order {
+            let want = permits.num_permits().min(most);
             if want == 0 {
-                break;
+                if permits.num_permits() == 0 {
+                    break;
+                }
+                continue;
             }
+            let Some(Queue {
+                priorities,
+                consumer,
+            }) = consumers.get(index)
+            else {
+                continue;
+            };
             // No `expires`: with it the server waits that long when the queue is empty
             // instead of answering "no messages" at once. Without it, a fetch the server
             // parks (the capability is at max_ack_pending) is bounded here instead; a message
@@ -133,7 +180,7 @@ impl Fetcher {
                 match consumer.fetch().max_messages(want).messages().await {
                     Ok(batch) => self.dispatch_all(batch, &mut permits, |_| {}).await,
                     Err(e) => {
-                        warn!(%priority, error = %e, "fetch failed");
+                        warn!(priority = priorities, error = %e, "fetch failed");
                         Pulled::Failed
                     }
                 }
@@ -154,9 +201,13 @@ impl Fetcher {
         }
     }
 
-    /// Waits up to `idle_wait` for one message on `own`'s queue.
-    async fn long_poll(&self, own: Priority, mut permit: OwnedSemaphorePermit) -> Polled {
-        let Some((_, consumer)) = self.queues.consumers.iter().find(|(p, _)| *p == own) else {
+    /// Waits up to `idle_wait` for one message on consumer `own`.
+    async fn long_poll(&self, own: usize, mut permit: OwnedSemaphorePermit) -> Polled {
+        let Some(Queue {
+            priorities,
+            consumer,
+        }) = self.queues.consumers.get(own)
+        else {
             return Polled::Nothing;
         };
         let batch = match consumer
@@ -168,7 +219,7 @@ impl Fetcher {
         {
             Ok(batch) => batch,
             Err(e) => {
-                warn!(priority = %own, error = %e, "pull failed");
+                warn!(priority = priorities, error = %e, "pull failed");
                 return Polled::Failed;
             }
         };
@@ -251,4 +302,23 @@ enum Drained {
     Empty(OwnedSemaphorePermit),
     /// A fetch failed.
     Failed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fourth_drain_serves_a_lower_priority_first_in_turn() {
+        let firsts: Vec<_> = (0..16).map(|n| promoted(n, 3)).collect();
+        let promoted_to: Vec<_> = firsts.iter().flatten().copied().collect();
+        assert_eq!(promoted_to, [1, 2, 1, 2], "{firsts:?}");
+        assert_eq!(firsts.iter().filter(|f| f.is_none()).count(), 12);
+    }
+
+    #[test]
+    fn one_consumer_is_never_promoted() {
+        assert!((0..16).all(|n| promoted(n, 1).is_none()));
+        assert!((0..16).all(|n| promoted(n, 0).is_none()));
+    }
 }
