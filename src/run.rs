@@ -1,4 +1,4 @@
-//! `switchyard run "goal"` and `switchyard tasks show|cancel`: agent work from the terminal,
+//! `switchyard run "goal"`, `switchyard tasks show|cancel` and `switchyard agents …`: agent work from the terminal,
 //! through the gateway's task API. `run` submits the goal, shows the steps as they go (a
 //! tree redrawn in place on a terminal, one line per change otherwise) and prints the
 //! deliverable.
@@ -50,6 +50,26 @@ impl Api {
 
     pub async fn show(&self, id: &str) -> anyhow::Result<Value> {
         self.call(self.http.get(format!("{}/v1/tasks/{id}", self.base)))
+            .await
+    }
+
+    pub async fn agents(&self) -> anyhow::Result<Value> {
+        self.call(self.http.get(format!("{}/v1/agents", self.base)))
+            .await
+    }
+
+    pub async fn agent(&self, name: &str) -> anyhow::Result<Value> {
+        self.call(self.http.get(format!("{}/v1/agents/{name}", self.base)))
+            .await
+    }
+
+    pub async fn put_agent(&self, name: &str, profile: &Value) -> anyhow::Result<Value> {
+        let url = format!("{}/v1/agents/{name}", self.base);
+        self.call(self.http.put(url).json(profile)).await
+    }
+
+    pub async fn delete_agent(&self, name: &str) -> anyhow::Result<Value> {
+        self.call(self.http.delete(format!("{}/v1/agents/{name}", self.base)))
             .await
     }
 
@@ -194,6 +214,42 @@ impl Default for Progress {
 }
 
 /// Writes to stdout in one piece.
+/// `GET /v1/agents` as a table: one agent a line.
+pub fn agent_table(list: &Value) -> String {
+    let mut lines = vec![format!(
+        "{:<16} {:<13} {:<12} {:<10} {:>9} {:>6}  {}",
+        "NAME", "SOURCE", "ROLE", "ROUTE", "IN FLIGHT", "QUEUED", "CAPABILITIES"
+    )];
+    for agent in list["data"].as_array().into_iter().flatten() {
+        let text = |key: &str| agent[key].as_str().unwrap_or("-").to_owned();
+        let load = &agent["load"];
+        let in_flight = match (load["in_flight"].as_u64(), load["capacity"].as_u64()) {
+            (Some(n), Some(cap)) => format!("{n}/{cap}"),
+            _ => "-".to_owned(),
+        };
+        let queued = load["queued"]
+            .as_u64()
+            .map_or_else(|| "-".to_owned(), |n| n.to_string());
+        let capabilities: Vec<&str> = agent["capabilities"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        lines.push(format!(
+            "{:<16} {:<13} {:<12} {:<10} {:>9} {:>6}  {}",
+            text("name"),
+            text("source"),
+            text("role"),
+            text("route"),
+            in_flight,
+            queued,
+            capabilities.join(", ")
+        ));
+    }
+    lines.join("\n")
+}
+
 fn write_out(text: &str) {
     let mut out = std::io::stdout().lock();
     // A closed stdout (`switchyard run … | head`) is not worth dying for.

@@ -28,5 +28,6 @@ mod overload;
 mod priorities;
 mod protocol;
 mod provisioning;
+mod runtime_agents;
 mod workers;
 mod workflows;

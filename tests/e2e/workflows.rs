@@ -292,7 +292,12 @@ async fn bad_task_requests_are_refused_naming_the_field() {
             json!({"goal": "g", "budget": {"max_tokens": 0}}),
             "budget.max_tokens",
         ),
-        (json!({"goal": "g", "colour": "blue"}), "body"),
+        (json!({"goal": "g", "colour": "blue"}), "colour"),
+        (
+            json!({"goal": "g", "budget": {"max_tokens": "many"}}),
+            "budget.max_tokens",
+        ),
+        (json!({"team": "research"}), "goal"),
         (
             json!({"goal": "g", "steps": [
                 {"id": "a", "capability": "research", "instruction": "x", "depends_on": ["b"]},

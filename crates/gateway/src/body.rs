@@ -140,6 +140,26 @@ fn check_messages(messages: Option<&Value>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `fields` as a `T`, a problem naming the field it is in (`capabilities[1]`), the
+/// unknown field, or the missing one.
+pub fn decode<T: serde::de::DeserializeOwned>(fields: Map<String, Value>) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(Value::Object(fields)).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        // A missing field is reported at the object that lacks it: name the field.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next());
+        let param = match (path.as_str(), missing) {
+            ("." | "", Some(field)) => field.to_owned(),
+            ("." | "", None) => "body".to_owned(),
+            (parent, Some(field)) => format!("{parent}.{field}"),
+            (field, None) => field.to_owned(),
+        };
+        ApiError::invalid(param, message)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

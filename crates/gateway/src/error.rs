@@ -28,6 +28,8 @@ pub enum ApiError {
     UnknownCapability(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error("the task queue is full; retry later")]
     QueueFull,
     #[error(
@@ -104,6 +106,7 @@ impl ApiError {
                 Some("x-switchyard-capability".to_owned()),
             ),
             ApiError::NotFound(_) => (S::NOT_FOUND, "invalid_request_error", "not_found", None),
+            ApiError::Conflict { code, .. } => (S::CONFLICT, "invalid_request_error", code, None),
             ApiError::QueueFull => (S::TOO_MANY_REQUESTS, "rate_limit_error", "queue_full", None),
             ApiError::Overloaded { .. } => {
                 (S::TOO_MANY_REQUESTS, "rate_limit_error", "overloaded", None)

@@ -73,6 +73,12 @@ async fn state(
         .into_iter()
         .filter(|c| !c.as_str().starts_with(shared::agents::QUEUE_PREFIX))
         .collect();
+    background.spawn(
+        provisioned
+            .agents
+            .clone()
+            .follow(provisioned.agents_bucket.clone(), shutdown.clone()),
+    );
     let admission = Admission::default();
     background.spawn(admission.clone().sample(
         js.clone(),
@@ -84,6 +90,8 @@ async fn state(
         client,
         js,
         results: provisioned.results,
+        agents: provisioned.agents,
+        agents_bucket: provisioned.agents_bucket,
         workflows: provisioned.workflows,
         providers: provisioned.providers,
         replies,

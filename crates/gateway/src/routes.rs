@@ -7,6 +7,8 @@
 //! | GET    | `/v1/models/{*id}`     | [`info::model`]            |
 //! | GET    | `/v1/agents`           | [`roster::list`]           |
 //! | GET    | `/v1/agents/{name}`    | [`roster::one`]            |
+//! | PUT    | `/v1/agents/{name}`    | [`roster::put`]            |
+//! | DELETE | `/v1/agents/{name}`    | [`roster::delete`]         |
 //! | POST   | `/v1/tasks`            | [`tasks::create`]          |
 //! | GET    | `/v1/tasks/{id}`       | [`info::task`]             |
 //! | DELETE | `/v1/tasks/{id}`       | [`tasks::cancel`]          |
@@ -42,7 +44,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(info::models))
         .route("/v1/models/{*id}", get(info::model))
         .route("/v1/agents", get(roster::list))
-        .route("/v1/agents/{name}", get(roster::one))
+        .route(
+            "/v1/agents/{name}",
+            get(roster::one).put(roster::put).delete(roster::delete),
+        )
         .route("/v1/tasks", post(tasks::create))
         .route("/v1/tasks/{id}", get(info::task).delete(tasks::cancel))
         .route("/v1/tasks/{id}/events", get(tasks::events))

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::{self, kv};
 use shared::Capability;
+use shared::agents::LiveCatalog;
 use shared::config::Config;
 use tokio_util::task::TaskTracker;
 
@@ -20,6 +21,10 @@ pub struct Shared {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub results: kv::Store,
+    /// The agents as they are now (configuration and the `agents` bucket).
+    pub agents: LiveCatalog,
+    /// Where runtime agent profiles are stored.
+    pub agents_bucket: kv::Store,
     /// Workflow states, for the task API.
     pub workflows: kv::Store,
     /// Shared provider health, for `GET /v1/providers`.

@@ -42,9 +42,7 @@ impl FromRequest<AppState> for TaskBody {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let fields = body::json_object(&body::read(req, state).await?)?;
-        let spec: Spec = serde_json::from_value(Value::Object(fields))
-            .map_err(|e| ApiError::invalid("body", e.to_string()))?;
-        Ok(TaskBody(spec))
+        Ok(TaskBody(body::decode(fields)?))
     }
 }
 
@@ -94,7 +92,7 @@ pub async fn create(
 
 /// The spec as it will run: its team resolved to its agents, everything checked.
 fn check(st: &AppState, mut spec: Spec) -> Result<Spec, ApiError> {
-    let catalog = &st.config.catalog;
+    let catalog = st.agents.current();
     let mut errors = Vec::new();
     if spec.goal.trim().is_empty() {
         errors.push(FieldError::new("goal", "must not be empty"));

@@ -10,15 +10,16 @@
 
 use std::time::Duration;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_nats::jetstream::{self, consumer, kv, stream};
 use futures::TryStreamExt;
 
+use crate::agents::{AgentProfile, LiveCatalog};
 use crate::config::Config;
 use crate::names::{
-    ATTEMPTS_BUCKET, DLQ_STREAM, EVENTS_STREAM, EVENTS_SUBJECTS, PROVIDERS_BUCKET, RESULTS_BUCKET,
-    TASKS_STREAM, WORKFLOWS_BUCKET, task_subject,
+    AGENTS_BUCKET, ATTEMPTS_BUCKET, DLQ_STREAM, EVENTS_STREAM, EVENTS_SUBJECTS, PROVIDERS_BUCKET,
+    RESULTS_BUCKET, TASKS_STREAM, WORKFLOWS_BUCKET, task_subject,
 };
 use tracing::warn;
 
@@ -56,6 +57,8 @@ pub enum ProvisionError {
          updated it at the same time)"
     )]
     SubjectsOverwritten { missing: Vec<String> },
+    #[error("loading the agents: {0}")]
+    Agents(String),
     #[error("removing an earlier version's consumers: {0}")]
     Stale(String),
     #[error("creating or updating bucket {name}: {source}")]
@@ -69,6 +72,10 @@ pub enum ProvisionError {
 #[derive(Debug, Clone)]
 pub struct Provisioned {
     pub tasks: stream::Stream,
+    /// The agents as configured, with the `agents` bucket's profiles laid over them; the
+    /// caller keeps it current with [`LiveCatalog::follow`].
+    pub agents: LiveCatalog,
+    pub agents_bucket: kv::Store,
     pub results: kv::Store,
     pub providers: kv::Store,
     pub attempts: kv::Store,
@@ -103,7 +110,35 @@ async fn provision_once(
     config: &Config,
 ) -> Result<Provisioned, ProvisionError> {
     let replicas = config.nats.replicas;
-    tasks_stream(js, config).await?;
+    let agents_bucket = bucket(
+        js,
+        AGENTS_BUCKET,
+        "Switchyard agent profiles added or replaced at runtime",
+        // Kept until deleted.
+        Duration::ZERO,
+        replicas,
+    )
+    .await?;
+    let agents = LiveCatalog::load(&agents_bucket, config.catalog.clone())
+        .await
+        .map_err(|e| ProvisionError::Agents(e.to_string()))?;
+    let catalog = agents.current();
+    let queues: BTreeMap<Capability, i64> = config
+        .capability_names()
+        .into_iter()
+        .filter(|c| !c.is_agent_queue())
+        .map(|c| {
+            let max_in_flight = config.capability(&c).max_in_flight;
+            (c, max_in_flight)
+        })
+        .chain(
+            catalog
+                .agents
+                .values()
+                .filter_map(|a| Some((a.queue().ok()?, i64::from(a.max_concurrency)))),
+        )
+        .collect();
+    tasks_stream(js, config, queue_subjects(queues.keys())).await?;
     let tasks = js
         .get_stream(TASKS_STREAM)
         .await
@@ -112,9 +147,8 @@ async fn provision_once(
             source,
         })?;
     remove_per_priority_agent_consumers(&tasks).await?;
-    for capability in config.capability_names() {
-        let max_in_flight = config.capability(&capability).max_in_flight;
-        queue_consumers(&tasks, config, &capability, max_in_flight).await?;
+    for (capability, max_in_flight) in &queues {
+        queue_consumers(&tasks, config, capability, *max_in_flight).await?;
     }
     js.create_or_update_stream(stream::Config {
         name: EVENTS_STREAM.to_owned(),
@@ -181,6 +215,8 @@ async fn provision_once(
     .await?;
     Ok(Provisioned {
         tasks,
+        agents,
+        agents_bucket,
         results,
         providers,
         attempts,
@@ -214,8 +250,11 @@ async fn bucket(
 /// do this at once. Two with different configurations that read before either writes can
 /// overwrite each other's addition; the check after writing turns that into a failed round,
 /// which `provision` runs again (and the next read has the other's subjects).
-async fn tasks_stream(js: &jetstream::Context, config: &Config) -> Result<(), ProvisionError> {
-    let wanted = task_subjects(config);
+async fn tasks_stream(
+    js: &jetstream::Context,
+    config: &Config,
+    wanted: BTreeSet<String>,
+) -> Result<(), ProvisionError> {
     let existing = match js.get_stream(TASKS_STREAM).await {
         Ok(stream) => stream.cached_info().config.subjects.clone(),
         Err(e)
@@ -250,13 +289,39 @@ async fn tasks_stream(js: &jetstream::Context, config: &Config) -> Result<(), Pr
     }
 }
 
-/// `tasks.<capability>.<priority>` for every configured capability and priority.
-pub fn task_subjects(config: &Config) -> BTreeSet<String> {
-    config
-        .capability_names()
-        .iter()
+/// `tasks.<capability>.<priority>` for every one of `capabilities` and priority.
+fn queue_subjects<'a>(capabilities: impl IntoIterator<Item = &'a Capability>) -> BTreeSet<String> {
+    capabilities
+        .into_iter()
         .flat_map(|c| Priority::ALL.map(|p| task_subject(c, p)))
         .collect()
+}
+
+/// Adds an agent's queue (its subjects on `TASKS`, and its consumer capped at its
+/// `max_concurrency`), or updates its cap: for an agent added or changed at runtime.
+pub async fn agent_queue(
+    js: &jetstream::Context,
+    config: &Config,
+    agent: &AgentProfile,
+) -> Result<(), ProvisionError> {
+    let capability = agent
+        .queue()
+        .map_err(|e| ProvisionError::Agents(e.to_string()))?;
+    tasks_stream(js, config, queue_subjects([&capability])).await?;
+    let tasks = js
+        .get_stream(TASKS_STREAM)
+        .await
+        .map_err(|source| ProvisionError::Lookup {
+            name: TASKS_STREAM,
+            source,
+        })?;
+    queue_consumers(
+        &tasks,
+        config,
+        &capability,
+        i64::from(agent.max_concurrency),
+    )
+    .await
 }
 
 /// The subjects `TASKS` should capture: `wanted` plus every queue subject it already has,

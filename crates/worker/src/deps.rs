@@ -76,8 +76,8 @@ pub(crate) struct Deps {
     pub cancellations: Cancellations,
     /// Workflow states, advanced when a step's result is stored.
     pub workflows: kv::Store,
-    /// The agents (catalog) and the rest of the configuration.
-    pub config: Arc<Config>,
+    /// The agents as they are now (configuration and the `agents` bucket).
+    pub agents: shared::agents::LiveCatalog,
     /// `queue.reply_prefixes`: where a task's result may be sent.
     pub reply_prefixes: Vec<String>,
 }

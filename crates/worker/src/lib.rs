@@ -19,6 +19,7 @@ mod pull;
 mod refuse;
 mod relay;
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -90,6 +91,86 @@ async fn open_queue(
     })
 }
 
+/// What a fetcher needs besides its queues.
+#[derive(Debug, Clone)]
+struct FetcherTemplate {
+    deps: Arc<Deps>,
+    handlers: TaskTracker,
+    concurrency: usize,
+}
+
+impl FetcherTemplate {
+    fn fetcher(&self, queues: Queues) -> Fetcher {
+        Fetcher {
+            queues: Arc::new(queues),
+            slots: Arc::new(Semaphore::new(self.concurrency)),
+            deps: self.deps.clone(),
+            handlers: self.handlers.clone(),
+            idle_wait: pull::long_poll_for(self.concurrency),
+        }
+    }
+}
+
+/// The fetchers of agents added at runtime.
+struct RuntimeAgents {
+    tasks: jetstream::stream::Stream,
+    template: FetcherTemplate,
+    /// Queues served from the start (the configuration's).
+    fixed: BTreeSet<Capability>,
+    fetchers: TaskTracker,
+}
+
+/// Starts fetchers for each agent added at runtime, and stops them when it is removed,
+/// until `shutdown`.
+async fn serve_runtime_agents(
+    agents: RuntimeAgents,
+    mut catalog: tokio::sync::watch::Receiver<Arc<shared::agents::Catalog>>,
+    shutdown: CancellationToken,
+) {
+    let mut running: HashMap<Capability, CancellationToken> = HashMap::new();
+    loop {
+        let wanted: BTreeSet<Capability> = catalog
+            .borrow_and_update()
+            .agents
+            .values()
+            .filter_map(|a| a.queue().ok())
+            .filter(|q| !agents.fixed.contains(q))
+            .collect();
+        running.retain(|queue, stop| {
+            let keep = wanted.contains(queue);
+            if !keep {
+                info!(queue = %queue, "agent removed; its fetchers stop");
+                stop.cancel();
+            }
+            keep
+        });
+        for queue in wanted {
+            if running.contains_key(&queue) {
+                continue;
+            }
+            match open_queue(&agents.tasks, &queue).await {
+                Ok(queues) => {
+                    info!(queue = %queue, "agent added; serving its queue");
+                    let stop = shutdown.child_token();
+                    let fetcher = agents.template.fetcher(queues);
+                    for own in 0..fetcher.queues.consumers.len() {
+                        agents
+                            .fetchers
+                            .spawn(fetcher.clone().run(own, stop.clone()));
+                    }
+                    running.insert(queue, stop);
+                }
+                // Tried again on the next change; the agent's steps wait in its queue.
+                Err(e) => warn!(queue = %queue, error = %e, "cannot serve an added agent yet"),
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = catalog.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 /// Runs a worker until `shutdown` is cancelled, then drains.
 pub async fn run(
     config: Arc<Config>,
@@ -134,7 +215,7 @@ pub async fn run(
         max_deliver,
         reply_prefixes: config.queue.reply_prefixes.clone(),
         workflows: provisioned.workflows,
-        config: config.clone(),
+        agents: provisioned.agents.clone(),
         // A notice matters while its task can still run: until the longest deadline.
         cancellations: Cancellations::new(Duration::from_millis(config.gateway.max_timeout_ms)),
     });
@@ -145,17 +226,37 @@ pub async fn run(
     let handlers = TaskTracker::new();
     let mut fetchers = JoinSet::new();
     let capabilities: Vec<_> = queues.iter().map(|(c, _)| c.clone()).collect();
+    let template = FetcherTemplate {
+        deps: deps.clone(),
+        handlers: handlers.clone(),
+        concurrency: config.worker.concurrency,
+    };
     for (_, queues) in queues {
-        let fetcher = Fetcher {
-            queues: Arc::new(queues),
-            slots: Arc::new(Semaphore::new(config.worker.concurrency)),
-            deps: deps.clone(),
-            handlers: handlers.clone(),
-            idle_wait: pull::long_poll_for(config.worker.concurrency),
-        };
+        let fetcher = template.fetcher(queues);
         for own in 0..fetcher.queues.consumers.len() {
             fetchers.spawn(fetcher.clone().run(own, shutdown.clone()));
         }
+    }
+    background.spawn(
+        provisioned
+            .agents
+            .clone()
+            .follow(provisioned.agents_bucket.clone(), health_stop.clone()),
+    );
+    // Agents added at runtime get fetchers of their own, on a worker that serves every
+    // capability (one with a list serves what it lists).
+    let runtime_fetchers = TaskTracker::new();
+    if config.worker.capabilities.is_empty() {
+        background.spawn(serve_runtime_agents(
+            RuntimeAgents {
+                tasks: provisioned.tasks.clone(),
+                template: template.clone(),
+                fixed: capabilities.iter().cloned().collect(),
+                fetchers: runtime_fetchers.clone(),
+            },
+            provisioned.agents.subscribe(),
+            shutdown.clone(),
+        ));
     }
     let names: Vec<&str> = capabilities.iter().map(|c| c.as_str()).collect();
     info!(
@@ -182,6 +283,8 @@ pub async fn run(
         "draining: no new pulls; finishing in-flight tasks"
     );
     while fetchers.join_next().await.is_some() {}
+    runtime_fetchers.close();
+    runtime_fetchers.wait().await;
     handlers.close();
     let grace = Duration::from_millis(config.worker.drain_timeout_ms);
     if tokio::time::timeout(grace, handlers.wait()).await.is_err() {

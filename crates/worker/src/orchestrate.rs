@@ -7,6 +7,7 @@
 //! dispatches, which JetStream de-duplicates by the steps' task ids.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use agents::control::{Action, ControlMessage, outcome};
 use agents::prompt;
@@ -163,7 +164,7 @@ async fn carry_out(
 
 /// Publishes `step` as a task on its agent's queue, with the step's own task id.
 async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<(), OrchestrateError> {
-    let catalog = &deps.config.catalog;
+    let catalog = deps.agents.current();
     let step = wf
         .step(id)
         .ok_or_else(|| OrchestrateError::Decode(format!("no step `{id}`")))?;
@@ -247,14 +248,14 @@ async fn record(deps: &Deps, wf: &Workflow, progress: &Progress) -> Result<(), O
 /// agent's load from JetStream's own books (the messages on its queue, waiting or in flight),
 /// in one stream-info call over every queue subject (a wildcard is a whole token, so
 /// `tasks.agent-*.*` would match nothing).
-struct WorkerEnv<'a> {
-    catalog: &'a Catalog,
+struct WorkerEnv {
+    catalog: Arc<Catalog>,
     /// Messages on each agent's queue, by agent name.
     queued: HashMap<String, u64>,
 }
 
-impl<'a> WorkerEnv<'a> {
-    async fn read(deps: &'a Deps) -> Self {
+impl WorkerEnv {
+    async fn read(deps: &Deps) -> Self {
         let mut queued = HashMap::new();
         match deps.js.get_stream_no_info(TASKS_STREAM).await {
             Ok(stream) => match stream.info_with_subjects("tasks.*.*").await {
@@ -276,13 +277,13 @@ impl<'a> WorkerEnv<'a> {
             Err(e) => debug!(error = %e, "could not read agents' queues; routing without load"),
         }
         Self {
-            catalog: &deps.config.catalog,
+            catalog: deps.agents.current(),
             queued,
         }
     }
 }
 
-impl Env for WorkerEnv<'_> {
+impl Env for WorkerEnv {
     fn now_ms(&self) -> u64 {
         now_ms()
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::Capability;
-use crate::agents::{AgentProfile, Catalog, QUEUE_PREFIX, Team};
+use crate::agents::{AgentProfile, Catalog, Team};
 
 mod providers;
 mod routes;
@@ -717,16 +717,10 @@ impl Config {
 
     /// Settings of one capability (defaults when it has no `[capabilities]` entry).
     pub fn capability(&self, capability: &Capability) -> CapabilityConfig {
-        if let Some(own) = self.capabilities.get(capability.as_str()) {
-            return own.clone();
-        }
-        capability
-            .as_str()
-            .strip_prefix(QUEUE_PREFIX)
-            .and_then(|name| self.catalog.agents.get(name))
-            .map_or_else(CapabilityConfig::default, |agent| CapabilityConfig {
-                max_in_flight: i64::from(agent.max_concurrency),
-            })
+        self.capabilities
+            .get(capability.as_str())
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -925,15 +919,11 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_agents_run_on_queues_of_their_own_capped_at_their_concurrency() {
+    fn the_shipped_agents_run_on_queues_of_their_own() {
         let cfg = Config::load(Source::Toml(DEFAULT_TOML), &env(&[])).unwrap();
         assert_eq!(cfg.catalog.teams["default"].agents.len(), 5);
         let planner: Capability = "agent-planner".parse().unwrap();
         assert!(cfg.capability_names().contains(&planner));
-        assert_eq!(
-            cfg.capability(&planner).max_in_flight,
-            i64::from(cfg.catalog.agents["planner"].max_concurrency)
-        );
         // The default configuration has no `agents` route: they call its first route.
         assert_eq!(cfg.catalog.agents["writer"].route, "simulated");
     }

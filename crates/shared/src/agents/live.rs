@@ -1,0 +1,144 @@
+//! The agents a deployment runs *now*: its configured catalog with the profiles of the
+//! `agents` bucket laid over it. A stored profile adds an agent, or replaces the configured
+//! one of the same name; deleting it brings the configured one back. Teams stay as
+//! configured. Every process keeps a copy, loaded at start and kept current by a watch of
+//! the bucket, so every replica sees a change made through any of them.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::{AgentProfile, Catalog};
+
+/// Pause before reopening a watch that ended.
+const WATCH_RETRY: Duration = Duration::from_millis(500);
+
+/// The bucket's profiles by name, with the revision that set them (`None`: deleted).
+type Stored = BTreeMap<String, (u64, Option<AgentProfile>)>;
+
+/// The live catalog; clones share one copy.
+#[derive(Debug, Clone)]
+pub struct LiveCatalog {
+    base: Arc<Catalog>,
+    /// The bucket's profiles by name, with the revision that set them (`None`: deleted),
+    /// so an older value arriving late does not undo a newer one.
+    stored: Arc<Mutex<Stored>>,
+    current: watch::Sender<Arc<Catalog>>,
+}
+
+impl LiveCatalog {
+    /// `base` with the bucket's profiles as they are now.
+    pub async fn load(store: &kv::Store, base: Catalog) -> Result<Self, async_nats::Error> {
+        let live = Self {
+            current: watch::Sender::new(Arc::new(base.clone())),
+            base: Arc::new(base),
+            stored: Arc::default(),
+        };
+        let keys: Vec<String> = store.keys().await?.try_collect().await?;
+        for key in keys {
+            if let Some(entry) = store.entry(&key).await? {
+                live.apply(&entry);
+            }
+        }
+        Ok(live)
+    }
+
+    /// The agents and teams as they are now.
+    pub fn current(&self) -> Arc<Catalog> {
+        self.current.borrow().clone()
+    }
+
+    /// Changes as they happen.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Catalog>> {
+        self.current.subscribe()
+    }
+
+    /// Whether `name` is defined in configuration (a stored profile may replace it).
+    pub fn configured(&self, name: &str) -> bool {
+        self.base.agents.contains_key(name)
+    }
+
+    /// Whether the bucket holds a profile for `name`.
+    pub fn stored(&self, name: &str) -> bool {
+        self.lock()
+            .get(name)
+            .is_some_and(|(_, profile)| profile.is_some())
+    }
+
+    /// Takes in one entry of the bucket (a put or a delete), unless a newer one is in.
+    pub fn apply(&self, entry: &kv::Entry) {
+        let profile = match entry.operation {
+            kv::Operation::Put => match serde_json::from_slice::<AgentProfile>(&entry.value) {
+                Ok(mut profile) => {
+                    profile.name.clone_from(&entry.key);
+                    Some(profile)
+                }
+                Err(e) => {
+                    warn!(agent = %entry.key, error = %e, "a stored agent profile does not decode; ignored");
+                    return;
+                }
+            },
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        };
+        let mut stored = self.lock();
+        if stored
+            .get(&entry.key)
+            .is_some_and(|(revision, _)| *revision >= entry.revision)
+        {
+            return;
+        }
+        stored.insert(entry.key.clone(), (entry.revision, profile));
+        let mut catalog = (*self.base).clone();
+        for (name, (_, profile)) in stored.iter() {
+            match profile {
+                Some(profile) => {
+                    catalog.agents.insert(name.clone(), profile.clone());
+                }
+                None => {
+                    if let Some(configured) = self.base.agents.get(name) {
+                        catalog.agents.insert(name.clone(), configured.clone());
+                    }
+                }
+            }
+        }
+        self.current.send_replace(Arc::new(catalog));
+    }
+
+    /// Keeps the copy current until `shutdown`, reopening the watch when it ends.
+    pub async fn follow(self, store: kv::Store, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            // With history: the latest value of every key first, so a reopened watch
+            // misses nothing written while it was down.
+            match store.watch_with_history(">").await {
+                Ok(mut entries) => loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        entry = entries.next() => match entry {
+                            Some(Ok(entry)) => self.apply(&entry),
+                            Some(Err(e)) => {
+                                warn!(error = %e, "agents watch failed; reopening");
+                                break;
+                            }
+                            None => break,
+                        },
+                    }
+                },
+                Err(e) => warn!(error = %e, "could not watch the agents bucket"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(WATCH_RETRY) => {}
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stored> {
+        self.stored.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,223 @@
+//! Agents added, replaced and removed at runtime through `PUT`/`DELETE /v1/agents/{name}`:
+//! stored in the `agents` bucket, seen by a worker that was running before the change, and
+//! refused with the field named when the profile is bad.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Stack, eventually};
+
+const AGENTS_ROUTE: &str = "\n[routes.agents]\nprovider = \"simulated\"\nmodel = \"simulated-1\"\n";
+
+fn poet() -> Value {
+    json!({
+        "role": "Poet",
+        "capabilities": ["poetry"],
+        "route": "agents",
+        "system_prompt": "You are the Poet. You write short poems.",
+        "max_concurrency": 3,
+    })
+}
+
+async fn put(stack: &Stack, name: &str, profile: &Value) -> reqwest::Response {
+    stack
+        .http
+        .put(format!("{}/v1/agents/{name}", stack.base))
+        .json(profile)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn delete(stack: &Stack, name: &str) -> reqwest::Response {
+    stack
+        .http
+        .delete(format!("{}/v1/agents/{name}", stack.base))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn agent(stack: &Stack, name: &str) -> reqwest::Response {
+    stack
+        .http
+        .get(format!("{}/v1/agents/{name}", stack.base))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Posts a task and returns its final state.
+async fn run_task(stack: &Stack, body: Value) -> Value {
+    let response = stack
+        .http
+        .post(format!("{}/v1/tasks", stack.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually(Duration::from_secs(60), || async {
+        let task: Value = stack.task(&id).await.json().await.unwrap();
+        ["completed", "failed", "cancelled"]
+            .contains(&task["status"].as_str().unwrap_or(""))
+            .then_some(task)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_agent_added_at_runtime_takes_steps_and_can_be_removed() {
+    let stack = Stack::start_with(1, &[], AGENTS_ROUTE).await;
+
+    let added = put(&stack, "poet", &poet()).await;
+    assert_eq!(added.status(), 201);
+    let added: Value = added.json().await.unwrap();
+    assert_eq!(added["source"], "runtime");
+    assert_eq!(added["load"]["capacity"], 3);
+
+    // The worker, running since before the change, serves the new agent's queue.
+    let task = run_task(
+        &stack,
+        json!({
+            "goal": "A poem about trains",
+            "agents": ["poet", "writer", "reviewer"],
+            "steps": [{"id": "poem", "capability": "poetry", "instruction": "Write it."}],
+        }),
+    )
+    .await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let poem = task["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "poem")
+        .unwrap();
+    assert_eq!(poem["agent"], "poet");
+    assert!(
+        poem["output"].as_str().unwrap().contains("Poet"),
+        "the simulated model answers as the agent's role: {poem:#}"
+    );
+
+    // Replacing it changes its cap on the queue's consumer.
+    let mut smaller = poet();
+    smaller["max_concurrency"] = json!(1);
+    assert_eq!(put(&stack, "poet", &smaller).await.status(), 200);
+    let consumer = async_nats::jetstream::new(stack.client.clone())
+        .get_stream("TASKS")
+        .await
+        .unwrap()
+        .consumer_info("tasks-agent-poet")
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(consumer.config.max_ack_pending, 1);
+
+    let listed = stack.get_json("/v1/agents").await;
+    assert!(
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "poet" && a["max_concurrency"] == 1)
+    );
+
+    let gone = delete(&stack, "poet").await;
+    assert_eq!(gone.status(), 200);
+    let gone: Value = gone.json().await.unwrap();
+    assert_eq!(gone["deleted"], true);
+    assert_eq!(gone["restored"], false);
+    assert_eq!(agent(&stack, "poet").await.status(), 404);
+    let refused = stack
+        .http
+        .post(format!("{}/v1/tasks", stack.base))
+        .json(&json!({"goal": "Another poem", "agents": ["poet"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"]["param"], "agents[0]");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_configured_agent_can_be_replaced_and_restored_but_not_deleted() {
+    let stack = Stack::start_with(0, &[], AGENTS_ROUTE).await;
+    let configured: Value = agent(&stack, "writer").await.json().await.unwrap();
+    assert_eq!(configured["source"], "configuration");
+
+    let mut editor = configured.clone();
+    for key in ["object", "name", "source", "teams", "load"] {
+        editor.as_object_mut().unwrap().remove(key);
+    }
+    editor["role"] = json!("Editor");
+    assert_eq!(put(&stack, "writer", &editor).await.status(), 200);
+    let replaced: Value = agent(&stack, "writer").await.json().await.unwrap();
+    assert_eq!(replaced["role"], "Editor");
+    assert_eq!(replaced["source"], "runtime");
+    assert_eq!(replaced["teams"], configured["teams"], "still in its teams");
+
+    let restored: Value = delete(&stack, "writer").await.json().await.unwrap();
+    assert_eq!(restored["restored"], true);
+    let back: Value = agent(&stack, "writer").await.json().await.unwrap();
+    assert_eq!(back["role"], configured["role"]);
+    assert_eq!(back["source"], "configuration");
+
+    // Only in configuration: removed there, not here.
+    let refused = delete(&stack, "writer").await;
+    assert_eq!(refused.status(), 409);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"]["code"], "agent_configured");
+    assert_eq!(agent(&stack, "writer").await.status(), 200);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn bad_profiles_are_refused_naming_the_field() {
+    let stack = Stack::start_with(0, &[], AGENTS_ROUTE).await;
+    let with = |key: &str, value: Value| {
+        let mut p = poet();
+        p[key] = value;
+        p
+    };
+    let without = |key: &str| {
+        let mut p = poet();
+        p.as_object_mut().unwrap().remove(key);
+        p
+    };
+    for (name, profile, field) in [
+        ("poet", with("colour", json!("blue")), "colour"),
+        (
+            "poet",
+            with("capabilities", json!(["poetry", 7])),
+            "capabilities[1]",
+        ),
+        (
+            "poet",
+            with("capabilities", json!(["a.b"])),
+            "capabilities[0]",
+        ),
+        ("poet", with("route", json!("nowhere")), "route"),
+        ("poet", with("max_concurrency", json!(0)), "max_concurrency"),
+        ("poet", with("name", json!("bard")), "name"),
+        ("poet", without("role"), "role"),
+        ("Poet!", poet(), "name"),
+    ] {
+        let response = put(&stack, name, &profile).await;
+        assert_eq!(response.status(), 400, "{field}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["param"], field, "{body:#}");
+    }
+    assert_eq!(
+        agent(&stack, "poet").await.status(),
+        404,
+        "nothing was stored"
+    );
+    stack.stop().await;
+}
