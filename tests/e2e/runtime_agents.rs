@@ -104,6 +104,19 @@ async fn an_agent_added_at_runtime_takes_steps_and_can_be_removed() {
         "the simulated model answers as the agent's role: {poem:#}"
     );
 
+    // Its record: the step counted once, and the approving review of the work it did.
+    let record = eventually(Duration::from_secs(20), || async {
+        let poet: Value = agent(&stack, "poet").await.json().await.unwrap();
+        let record = poet["performance"].clone();
+        (record["review_score"].is_number()).then_some(record)
+    })
+    .await;
+    assert_eq!(record["succeeded"], 1, "{record:#}");
+    assert_eq!(record["failed"], 0);
+    assert_eq!(record["success_rate"], 1.0);
+    assert!(record["mean_latency_ms"].is_number());
+    assert!(record["review_score"].as_f64().unwrap() > 0.0);
+
     // Replacing it changes its cap on the queue's consumer.
     let mut smaller = poet();
     smaller["max_concurrency"] = json!(1);
@@ -153,7 +166,7 @@ async fn a_configured_agent_can_be_replaced_and_restored_but_not_deleted() {
     assert_eq!(configured["source"], "configuration");
 
     let mut editor = configured.clone();
-    for key in ["object", "name", "source", "teams", "load"] {
+    for key in ["object", "name", "source", "teams", "load", "performance"] {
         editor.as_object_mut().unwrap().remove(key);
     }
     editor["role"] = json!("Editor");
@@ -218,6 +231,61 @@ async fn bad_profiles_are_refused_naming_the_field() {
         agent(&stack, "poet").await.status(),
         404,
         "nothing was stored"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn routing_prefers_the_agent_with_the_better_record() {
+    let stack = Stack::start_with(1, &[], AGENTS_ROUTE).await;
+    // By name alone the first would win a tie; its record says otherwise.
+    for name in ["aaa-flaky", "zzz-steady"] {
+        assert_eq!(put(&stack, name, &poet()).await.status(), 201);
+    }
+    let records = async_nats::jetstream::new(stack.client.clone())
+        .get_key_value("performance")
+        .await
+        .unwrap();
+    let flaky =
+        json!({"succeeded": 2, "failed": 18, "review_score": 0.1, "mean_latency_ms": 900.0});
+    records
+        .put("aaa-flaky", flaky.to_string().into())
+        .await
+        .unwrap();
+    // The worker's copy follows the bucket by a watch.
+    let routed = eventually(Duration::from_secs(20), || async {
+        let task = run_task(
+            &stack,
+            json!({
+                "goal": "A poem about rivers",
+                "agents": ["aaa-flaky", "zzz-steady", "writer", "reviewer"],
+                "steps": [{"id": "poem", "capability": "poetry", "instruction": "Write it."}],
+            }),
+        )
+        .await;
+        let poem = task["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == "poem")
+            .unwrap()
+            .clone();
+        (poem["agent"] == "zzz-steady").then_some(poem)
+    })
+    .await;
+    let candidates = routed["routing"]["candidates"].as_array().unwrap();
+    let flaky = candidates
+        .iter()
+        .find(|c| c["agent"] == "aaa-flaky")
+        .unwrap();
+    let steady = candidates
+        .iter()
+        .find(|c| c["agent"] == "zzz-steady")
+        .unwrap();
+    assert_eq!(flaky["capability"], steady["capability"]);
+    assert!(
+        flaky["performance"].as_f64().unwrap() < steady["performance"].as_f64().unwrap(),
+        "{candidates:#?}"
     );
     stack.stop().await;
 }

@@ -54,6 +54,37 @@ pub struct Performance {
     pub mean_latency_ms: Option<f64>,
 }
 
+/// Weight of the newest observation in an agent's running means: recent behaviour counts,
+/// one odd step does not swing the record.
+const RECENT: f64 = 0.2;
+
+impl Performance {
+    /// Takes in one finished step: whether it succeeded, and its model time.
+    pub fn record_step(&mut self, succeeded: bool, latency_ms: u64) {
+        if succeeded {
+            self.succeeded = self.succeeded.saturating_add(1);
+        } else {
+            self.failed = self.failed.saturating_add(1);
+        }
+        self.mean_latency_ms = Some(running_mean(self.mean_latency_ms, as_f64(latency_ms)));
+    }
+
+    /// Takes in one review of work the agent contributed to, scored in `[0, 1]`.
+    pub fn record_review(&mut self, score: f64) {
+        self.review_score = Some(running_mean(self.review_score, score.clamp(0.0, 1.0)));
+    }
+
+    /// Share of its steps that succeeded, once it has run any.
+    pub fn success_rate(&self) -> Option<f64> {
+        let all = self.succeeded.saturating_add(self.failed);
+        (all > 0).then(|| as_f64(self.succeeded) / as_f64(all))
+    }
+}
+
+fn running_mean(mean: Option<f64>, x: f64) -> f64 {
+    mean.map_or(x, |m| m + RECENT * (x - m))
+}
+
 /// One candidate's score and its parts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scored {
@@ -278,6 +309,25 @@ mod tests {
                 review_score: Some(2.0),
                 mean_latency_ms: None
             }) <= 1.0
+        );
+    }
+
+    #[test]
+    fn a_record_counts_steps_and_keeps_running_means() {
+        let mut p = Performance::default();
+        assert_eq!(p.success_rate(), None);
+        p.record_step(true, 100);
+        p.record_step(false, 200);
+        assert_eq!((p.succeeded, p.failed), (1, 1));
+        assert_eq!(p.success_rate(), Some(0.5));
+        assert_eq!(p.mean_latency_ms, Some(120.0));
+        p.record_review(1.0);
+        p.record_review(0.0);
+        assert_eq!(p.review_score, Some(0.8));
+        p.record_review(7.0);
+        assert!(
+            (p.review_score.unwrap() - 0.84).abs() < 1e-9,
+            "clamped to 1"
         );
     }
 }

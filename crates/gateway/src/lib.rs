@@ -92,6 +92,7 @@ async fn state(
         results: provisioned.results,
         agents: provisioned.agents,
         agents_bucket: provisioned.agents_bucket,
+        performance: provisioned.performance,
         workflows: provisioned.workflows,
         providers: provisioned.providers,
         replies,

@@ -4,6 +4,7 @@
 //! when a worker dies. `PUT` and `DELETE /v1/agents/{name}` add, replace and remove agents
 //! at runtime, in the `agents` bucket, which every replica watches.
 
+use agents::routing::Performance;
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -182,6 +183,28 @@ async fn describe(st: &AppState, agent: &AgentProfile) -> Value {
         "max_concurrency": agent.max_concurrency,
         "teams": teams,
         "load": load(st, agent).await,
+        "performance": performance(st, &agent.name).await,
+    })
+}
+
+/// The agent's record as workers keep it: steps that succeeded and failed, success rate,
+/// mean model time per step and mean review score (running means, recent steps weighing
+/// more); `null` figures before it has any.
+async fn performance(st: &AppState, name: &str) -> Value {
+    let record: Performance = match st.performance.get(name).await {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Ok(None) => Performance::default(),
+        Err(e) => {
+            debug!(error = %e, agent = %name, "could not read an agent's record");
+            return Value::Null;
+        }
+    };
+    json!({
+        "succeeded": record.succeeded,
+        "failed": record.failed,
+        "success_rate": record.success_rate(),
+        "mean_latency_ms": record.mean_latency_ms,
+        "review_score": record.review_score,
     })
 }
 

@@ -25,6 +25,8 @@ pub struct Shared {
     pub agents: LiveCatalog,
     /// Where runtime agent profiles are stored.
     pub agents_bucket: kv::Store,
+    /// Agents' records (success, latency, review score), written by workers.
+    pub performance: kv::Store,
     /// Workflow states, for the task API.
     pub workflows: kv::Store,
     /// Shared provider health, for `GET /v1/providers`.

@@ -25,6 +25,8 @@ pub const DLQ_SUBJECTS: &str = "dlq.>";
 pub const PROVIDERS_BUCKET: &str = "providers";
 /// Key-value bucket of agent profiles added or replaced at runtime (`PUT /v1/agents/{name}`).
 pub const AGENTS_BUCKET: &str = "agents";
+/// Key-value bucket of each agent's record (steps, success, latency, review score).
+pub const PERFORMANCE_BUCKET: &str = "performance";
 /// Key-value bucket holding each workflow's state (updated by compare-and-set).
 pub const WORKFLOWS_BUCKET: &str = "workflows";
 /// The queue of workflow control messages (start, approve, reject, cancel):

@@ -55,6 +55,44 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// Pause before reopening a bucket watch that ended.
+const WATCH_RETRY: Duration = Duration::from_millis(500);
+
+/// Hands every entry of `store` to `on_entry`, the latest value of each key first and then
+/// every change, until `shutdown`; a watch that ends is reopened (with history again, so
+/// nothing written while it was down is missed: `on_entry` must ignore what it has seen,
+/// by revision). `what` names the bucket in logs.
+pub async fn follow_bucket(
+    store: &async_nats::jetstream::kv::Store,
+    what: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut on_entry: impl FnMut(async_nats::jetstream::kv::Entry),
+) {
+    use futures::StreamExt;
+    while !shutdown.is_cancelled() {
+        match store.watch_with_history(">").await {
+            Ok(mut entries) => loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    entry = entries.next() => match entry {
+                        Some(Ok(entry)) => on_entry(entry),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, bucket = what, "bucket watch failed; reopening");
+                            break;
+                        }
+                        None => break,
+                    },
+                }
+            },
+            Err(e) => tracing::warn!(error = %e, bucket = what, "could not watch a bucket"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(WATCH_RETRY) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{RECONNECT_CAP, reconnect_delay, redacted};

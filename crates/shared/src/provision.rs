@@ -18,8 +18,8 @@ use futures::TryStreamExt;
 use crate::agents::{AgentProfile, LiveCatalog};
 use crate::config::Config;
 use crate::names::{
-    AGENTS_BUCKET, ATTEMPTS_BUCKET, DLQ_STREAM, EVENTS_STREAM, EVENTS_SUBJECTS, PROVIDERS_BUCKET,
-    RESULTS_BUCKET, TASKS_STREAM, WORKFLOWS_BUCKET, task_subject,
+    AGENTS_BUCKET, ATTEMPTS_BUCKET, DLQ_STREAM, EVENTS_STREAM, EVENTS_SUBJECTS, PERFORMANCE_BUCKET,
+    PROVIDERS_BUCKET, RESULTS_BUCKET, TASKS_STREAM, WORKFLOWS_BUCKET, task_subject,
 };
 use tracing::warn;
 
@@ -76,6 +76,8 @@ pub struct Provisioned {
     /// caller keeps it current with [`LiveCatalog::follow`].
     pub agents: LiveCatalog,
     pub agents_bucket: kv::Store,
+    /// Each agent's record, by name (JSON), updated by compare-and-set.
+    pub performance: kv::Store,
     pub results: kv::Store,
     pub providers: kv::Store,
     pub attempts: kv::Store,
@@ -213,8 +215,17 @@ async fn provision_once(
         replicas,
     )
     .await?;
+    let performance = bucket(
+        js,
+        PERFORMANCE_BUCKET,
+        "Switchyard agents' records: steps, success, latency, review score",
+        Duration::ZERO,
+        replicas,
+    )
+    .await?;
     Ok(Provisioned {
         tasks,
+        performance,
         agents,
         agents_bucket,
         results,

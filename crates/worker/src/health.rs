@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-use futures::StreamExt;
 use shared::FailureClass;
 use shared::config::{ApiKey, HealthConfig};
 use shared::health::{
@@ -22,14 +21,10 @@ use shared::task::now_ms;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// Every key of the bucket, for the watch.
-const ALL_KEYS: &str = ">";
 /// Weight of the newest sample in the latency average.
 const LATENCY_ALPHA: f64 = 0.2;
 /// Tries of one compare-and-set before giving up (another worker kept winning).
 const CAS_TRIES: u32 = 8;
-/// Pause before re-opening a watch that ended.
-const WATCH_RETRY: Duration = Duration::from_secs(1);
 
 /// Whether a target may be called now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,40 +122,16 @@ impl Health {
     }
 
     async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            // With history: the latest value of every key first, so a reopened watch
-            // misses nothing written while it was down.
-            match self.store.watch_with_history(ALL_KEYS).await {
-                Ok(mut entries) => loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        entry = entries.next() => match entry {
-                            Some(Ok(entry)) => {
-                                let mut cache = lock(&self.cache);
-                                match entry.operation {
-                                    kv::Operation::Put => {
-                                        cache.put(&entry.key, entry.revision, &entry.value);
-                                    }
-                                    kv::Operation::Delete | kv::Operation::Purge => {
-                                        cache.remove(&entry.key, entry.revision);
-                                    }
-                                }
-                            }
-                            Some(Err(e)) => {
-                                warn!(error = %e, "provider health watch failed; reopening");
-                                break;
-                            }
-                            None => break,
-                        },
-                    }
-                },
-                Err(e) => warn!(error = %e, "could not watch provider health"),
+        shared::nats::follow_bucket(&self.store, "providers", &shutdown, |entry| {
+            let mut cache = lock(&self.cache);
+            match entry.operation {
+                kv::Operation::Put => cache.put(&entry.key, entry.revision, &entry.value),
+                kv::Operation::Delete | kv::Operation::Purge => {
+                    cache.remove(&entry.key, entry.revision);
+                }
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(WATCH_RETRY) => {}
-            }
-        }
+        })
+        .await;
     }
 
     async fn flush_loop(self: Arc<Self>, shutdown: CancellationToken) {

@@ -12,6 +12,7 @@ mod deps;
 mod failover;
 mod health;
 mod orchestrate;
+mod performance;
 mod plan;
 mod process;
 pub mod provider;
@@ -216,6 +217,11 @@ pub async fn run(
         reply_prefixes: config.queue.reply_prefixes.clone(),
         workflows: provisioned.workflows,
         agents: provisioned.agents.clone(),
+        performance: performance::Records::start(
+            provisioned.performance.clone(),
+            &background,
+            health_stop.clone(),
+        ),
         // A notice matters while its task can still run: until the longest deadline.
         cancellations: Cancellations::new(Duration::from_millis(config.gateway.max_timeout_ms)),
     });

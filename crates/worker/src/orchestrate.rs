@@ -11,8 +11,10 @@ use std::sync::Arc;
 
 use agents::control::{Action, ControlMessage, outcome};
 use agents::prompt;
-use agents::routing::{self, Decision, Load, Performance, Weights};
-use agents::workflow::{DEFAULT_WALL_MS, Effect, Env, Event, Limits, Progress, Workflow, advance};
+use agents::routing::{self, Decision, Load, Weights};
+use agents::workflow::{
+    DEFAULT_WALL_MS, Effect, Env, Event, Limits, Progress, StepKind, StepStatus, Workflow, advance,
+};
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv;
 use async_nats::jetstream::{self, AckKind};
@@ -22,11 +24,12 @@ use serde_json::json;
 use shared::agents::{Catalog, QUEUE_PREFIX};
 use shared::names::{HEADER_MSG_ID, TASKS_STREAM, cancel_subject, task_subject};
 use shared::task::now_ms;
-use shared::{StepRef, Task, TaskId, TaskResult};
+use shared::{StepRef, Task, TaskId, TaskResult, TaskStatus};
 use tracing::{debug, warn};
 
 use crate::answer::{STORE_RETRY_DELAY, ack};
 use crate::deps::Deps;
+use crate::performance::Records;
 
 /// Compare-and-set attempts before an event is handed back to the queue: a conflict is
 /// another step of the same workflow finishing at the same moment, so a few re-reads settle.
@@ -78,6 +81,7 @@ pub(crate) async fn control(msg: &jetstream::Message, deps: &Deps) {
         }
         apply(deps, message.workflow, &message.event()).await
     };
+    let applied = async { applied.await.map(|_| ()) };
     match applied.await {
         Ok(()) => ack(msg, AckKind::Ack).await,
         Err(e) => {
@@ -97,11 +101,54 @@ pub(crate) async fn step_finished(
         step: step.step.clone(),
         outcome: outcome(result),
     };
-    apply(deps, step.workflow, &event).await
+    if let Some(wf) = apply(deps, step.workflow, &event).await? {
+        record_performance(deps, &wf, &step.step, result).await;
+    }
+    Ok(())
 }
 
-/// Applies `event` by compare-and-set, then carries out its effects.
-async fn apply(deps: &Deps, id: TaskId, event: &Event) -> Result<(), OrchestrateError> {
+/// Adds a step that changed its workflow to its agent's record, and a review's score to
+/// the record of every agent whose work it judged.
+async fn record_performance(deps: &Deps, wf: &Workflow, id: &str, result: &TaskResult) {
+    let Some(step) = wf.step(id) else {
+        return;
+    };
+    if let Some(agent) = &step.agent {
+        let succeeded = result.status == TaskStatus::Completed;
+        deps.performance
+            .update(agent, |p| p.record_step(succeeded, result.upstream_ms))
+            .await;
+    }
+    if step.kind != StepKind::Review || step.status != StepStatus::Completed {
+        return;
+    }
+    let Some(verdict) = &wf.review else {
+        return;
+    };
+    let score = verdict
+        .score
+        .unwrap_or(if verdict.approved { 1.0 } else { 0.0 });
+    let judged: BTreeSet<&str> = wf
+        .steps
+        .iter()
+        .filter(|s| matches!(s.kind, StepKind::Work | StepKind::Synthesize))
+        .filter(|s| s.status == StepStatus::Completed)
+        .filter_map(|s| s.agent.as_deref())
+        .collect();
+    for agent in judged {
+        deps.performance
+            .update(agent, |p| p.record_review(score))
+            .await;
+    }
+}
+
+/// Applies `event` by compare-and-set, then carries out its effects. Returns the workflow
+/// if the event changed it (a replayed event does not).
+async fn apply(
+    deps: &Deps,
+    id: TaskId,
+    event: &Event,
+) -> Result<Option<Workflow>, OrchestrateError> {
     let key = id.to_string();
     for _ in 0..CAS_TRIES {
         let Some(entry) = deps
@@ -112,14 +159,15 @@ async fn apply(deps: &Deps, id: TaskId, event: &Event) -> Result<(), Orchestrate
         else {
             // Pruned or never created: nothing waits on it any more.
             debug!(workflow = %id, "event for a workflow that is not stored; ignored");
-            return Ok(());
+            return Ok(None);
         };
         let mut wf: Workflow = serde_json::from_slice(&entry.value)
             .map_err(|e| OrchestrateError::Decode(e.to_string()))?;
         let before = wf.clone();
         let env = WorkerEnv::read(deps).await;
         let effects = advance(&mut wf, event, &env);
-        if wf != before {
+        let changed = wf != before;
+        if changed {
             let bytes =
                 serde_json::to_vec(&wf).map_err(|e| OrchestrateError::Decode(e.to_string()))?;
             match deps
@@ -132,7 +180,8 @@ async fn apply(deps: &Deps, id: TaskId, event: &Event) -> Result<(), Orchestrate
                 Err(e) => return Err(OrchestrateError::Store(e.to_string())),
             }
         }
-        return carry_out(deps, &wf, effects).await;
+        carry_out(deps, &wf, effects).await?;
+        return Ok(changed.then_some(wf));
     }
     Err(OrchestrateError::Contended)
 }
@@ -250,6 +299,7 @@ async fn record(deps: &Deps, wf: &Workflow, progress: &Progress) -> Result<(), O
 /// `tasks.agent-*.*` would match nothing).
 struct WorkerEnv {
     catalog: Arc<Catalog>,
+    performance: Arc<Records>,
     /// Messages on each agent's queue, by agent name.
     queued: HashMap<String, u64>,
 }
@@ -278,6 +328,7 @@ impl WorkerEnv {
         }
         Self {
             catalog: deps.agents.current(),
+            performance: deps.performance.clone(),
             queued,
         }
     }
@@ -300,7 +351,7 @@ impl Env for WorkerEnv {
                     queued: self.queued.get(&a.name).copied().unwrap_or(0),
                     capacity: a.max_concurrency,
                 };
-                (a, load, Performance::default())
+                (a, load, self.performance.get(&a.name))
             });
         routing::choose(candidates, &[capability.to_owned()], Weights::default())
     }

@@ -6,18 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{AgentProfile, Catalog};
-
-/// Pause before reopening a watch that ended.
-const WATCH_RETRY: Duration = Duration::from_millis(500);
 
 /// The bucket's profiles by name, with the revision that set them (`None`: deleted).
 type Stored = BTreeMap<String, (u64, Option<AgentProfile>)>;
@@ -110,32 +106,9 @@ impl LiveCatalog {
         self.current.send_replace(Arc::new(catalog));
     }
 
-    /// Keeps the copy current until `shutdown`, reopening the watch when it ends.
+    /// Keeps the copy current until `shutdown`.
     pub async fn follow(self, store: kv::Store, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            // With history: the latest value of every key first, so a reopened watch
-            // misses nothing written while it was down.
-            match store.watch_with_history(">").await {
-                Ok(mut entries) => loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        entry = entries.next() => match entry {
-                            Some(Ok(entry)) => self.apply(&entry),
-                            Some(Err(e)) => {
-                                warn!(error = %e, "agents watch failed; reopening");
-                                break;
-                            }
-                            None => break,
-                        },
-                    }
-                },
-                Err(e) => warn!(error = %e, "could not watch the agents bucket"),
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(WATCH_RETRY) => {}
-            }
-        }
+        crate::nats::follow_bucket(&store, "agents", &shutdown, |entry| self.apply(&entry)).await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Stored> {
