@@ -7,26 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use shared::agents::AgentProfile;
 
-/// How much each part of the score counts.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Weights {
-    pub capability: f64,
-    pub load: f64,
-    pub performance: f64,
-}
-
-impl Default for Weights {
-    /// Fit first, then a free agent, then a good record: a specialist that is busy still
-    /// beats an idle generalist unless its queue is long.
-    fn default() -> Self {
-        Self {
-            capability: 0.5,
-            load: 0.3,
-            performance: 0.2,
-        }
-    }
-}
+pub use shared::agents::Weights;
 
 /// Match for a capability an agent lists first (what it is for).
 const PRIMARY_MATCH: f64 = 1.0;

@@ -299,6 +299,7 @@ async fn record(deps: &Deps, wf: &Workflow, progress: &Progress) -> Result<(), O
 /// `tasks.agent-*.*` would match nothing).
 struct WorkerEnv {
     catalog: Arc<Catalog>,
+    weights: Weights,
     performance: Arc<Records>,
     /// Messages on each agent's queue, by agent name.
     queued: HashMap<String, u64>,
@@ -328,6 +329,7 @@ impl WorkerEnv {
         }
         Self {
             catalog: deps.agents.current(),
+            weights: deps.routing_weights,
             performance: deps.performance.clone(),
             queued,
         }
@@ -353,7 +355,7 @@ impl Env for WorkerEnv {
                 };
                 (a, load, self.performance.get(&a.name))
             });
-        routing::choose(candidates, &[capability.to_owned()], Weights::default())
+        routing::choose(candidates, &[capability.to_owned()], self.weights)
     }
 
     fn known_capability(&self, capability: &str, allowed: Option<&[String]>) -> bool {

@@ -14,6 +14,54 @@ const SHIPPED: &str = include_str!("shipped.toml");
 /// shipped agents call its first route instead (see [`Catalog::shipped_for`]).
 const SHIPPED_ROUTE: &str = "agents";
 
+/// How much each part of an agent's routing score counts (`[agent_routing]`): how well
+/// its capabilities match the step, how free it is, and its record.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Weights {
+    pub capability: f64,
+    pub load: f64,
+    pub performance: f64,
+}
+
+impl Default for Weights {
+    /// Fit first, then a free agent, then a good record: a specialist that is busy still
+    /// beats an idle generalist unless its queue is long.
+    fn default() -> Self {
+        Self {
+            capability: 0.5,
+            load: 0.3,
+            performance: 0.2,
+        }
+    }
+}
+
+impl Weights {
+    /// Every problem, with fields named `agent_routing.<part>`.
+    pub fn problems(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        for (part, weight) in [
+            ("capability", self.capability),
+            ("load", self.load),
+            ("performance", self.performance),
+        ] {
+            if !weight.is_finite() || weight < 0.0 {
+                errors.push(FieldError::new(
+                    format!("agent_routing.{part}"),
+                    "must be a number of 0 or more",
+                ));
+            }
+        }
+        if errors.is_empty() && self.capability + self.load + self.performance <= 0.0 {
+            errors.push(FieldError::new(
+                "agent_routing",
+                "at least one weight must be above 0",
+            ));
+        }
+        errors
+    }
+}
+
 /// A named list of agents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -9,6 +9,6 @@ mod catalog;
 mod live;
 mod profile;
 
-pub use catalog::{Catalog, Team};
+pub use catalog::{Catalog, Team, Weights};
 pub use live::LiveCatalog;
 pub use profile::{AgentProfile, FieldError, QUEUE_PREFIX, check_token};

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::Capability;
-use crate::agents::{AgentProfile, Catalog, Team};
+use crate::agents::{AgentProfile, Catalog, Team, Weights};
 
 mod providers;
 mod routes;
@@ -170,6 +170,9 @@ pub struct Config {
     /// Teams beyond the shipped ones, or replacing one of the same name.
     #[serde(default)]
     pub teams: BTreeMap<String, Team>,
+    /// How routing weighs capability match, load and record when it picks an agent.
+    #[serde(default)]
+    pub agent_routing: Weights,
     /// The shipped catalog with `agents` and `teams` added: the agents this deployment runs.
     #[serde(skip)]
     pub catalog: Catalog,
@@ -658,7 +661,12 @@ impl Config {
         }
         p.positive("dlq.max_msgs", self.dlq.max_msgs);
         p.positive("dlq.max_bytes", self.dlq.max_bytes);
-        for problem in self.catalog.problems(|r| self.routes.contains_key(r)) {
+        for problem in self
+            .catalog
+            .problems(|r| self.routes.contains_key(r))
+            .into_iter()
+            .chain(self.agent_routing.problems())
+        {
             p.add(&problem.field, problem.problem);
         }
         p.finish()
@@ -926,6 +934,30 @@ mod tests {
         assert!(cfg.capability_names().contains(&planner));
         // The default configuration has no `agents` route: they call its first route.
         assert_eq!(cfg.catalog.agents["writer"].route, "simulated");
+    }
+
+    #[test]
+    fn routing_weights_are_configurable_and_checked() {
+        let toml = format!("{DEFAULT_TOML}\n[agent_routing]\nload = 0.7\n");
+        let cfg = Config::load(Source::Toml(&toml), &env(&[])).unwrap();
+        assert_eq!(cfg.agent_routing.load, 0.7);
+        assert_eq!(
+            cfg.agent_routing.capability, 0.5,
+            "the rest keep their defaults"
+        );
+        let toml = format!(
+            "{DEFAULT_TOML}\n[agent_routing]\ncapability = -1.0\nload = 0.0\nperformance = 0.0\n"
+        );
+        let err = Config::load(Source::Toml(&toml), &env(&[])).unwrap_err();
+        assert!(
+            err.to_string().contains("agent_routing.capability"),
+            "{err}"
+        );
+        let toml = format!(
+            "{DEFAULT_TOML}\n[agent_routing]\ncapability = 0.0\nload = 0.0\nperformance = 0.0\n"
+        );
+        let err = Config::load(Source::Toml(&toml), &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("agent_routing"), "{err}");
     }
 
     #[test]
