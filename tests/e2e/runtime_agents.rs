@@ -289,3 +289,77 @@ async fn routing_prefers_the_agent_with_the_better_record() {
     );
     stack.stop().await;
 }
+
+/// Runs `switchyard <args>` against the stack's gateway, with `stdin`; returns its output.
+async fn cli(stack: &Stack, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let (url, stdin) = (stack.base.clone(), stdin.to_owned());
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(&args)
+            .args(["--url", &url])
+            .env_remove("SWITCHYARD_CONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_cli_lists_adds_and_removes_agents() {
+    let stack = Stack::start_with(0, &[], AGENTS_ROUTE).await;
+    let (ok, out, err) = cli(
+        &stack,
+        &["agents", "put", "poet", "--file", "-"],
+        &poet().to_string(),
+    )
+    .await;
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("\"source\": \"runtime\""), "{out}");
+
+    let (ok, out, err) = cli(&stack, &["agents", "list"], "").await;
+    assert!(ok, "{err}");
+    let poet_line = out.lines().find(|l| l.starts_with("poet ")).unwrap();
+    for part in ["runtime", "Poet", "agents", "0/3", "poetry"] {
+        assert!(poet_line.contains(part), "{part:?} missing: {poet_line}");
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("planner ") && l.contains("configuration"))
+    );
+
+    let (ok, _, err) = cli(
+        &stack,
+        &["agents", "put", "bard", "--file", "-"],
+        "{\"role\": 1}",
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("400"), "{err}");
+
+    let (ok, out, err) = cli(&stack, &["agents", "delete", "poet"], "").await;
+    assert!(ok, "{err}");
+    assert!(out.contains("\"deleted\": true"), "{out}");
+    let (ok, _, err) = cli(&stack, &["agents", "show", "poet"], "").await;
+    assert!(!ok);
+    assert!(err.contains("404"), "{err}");
+    stack.stop().await;
+}
