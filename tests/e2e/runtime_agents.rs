@@ -20,32 +20,35 @@ fn poet() -> Value {
     })
 }
 
-async fn put(stack: &Stack, name: &str, profile: &Value) -> reqwest::Response {
-    stack
+/// `method /v1/agents/{name}`, with `profile` as the body if given.
+async fn call(
+    stack: &Stack,
+    method: reqwest::Method,
+    name: &str,
+    profile: Option<&Value>,
+) -> reqwest::Response {
+    let request = stack
         .http
-        .put(format!("{}/v1/agents/{name}", stack.base))
-        .json(profile)
-        .send()
-        .await
-        .unwrap()
+        .request(method, format!("{}/v1/agents/{name}", stack.base));
+    match profile {
+        Some(profile) => request.json(profile),
+        None => request,
+    }
+    .send()
+    .await
+    .unwrap()
+}
+
+async fn put(stack: &Stack, name: &str, profile: &Value) -> reqwest::Response {
+    call(stack, reqwest::Method::PUT, name, Some(profile)).await
 }
 
 async fn delete(stack: &Stack, name: &str) -> reqwest::Response {
-    stack
-        .http
-        .delete(format!("{}/v1/agents/{name}", stack.base))
-        .send()
-        .await
-        .unwrap()
+    call(stack, reqwest::Method::DELETE, name, None).await
 }
 
 async fn agent(stack: &Stack, name: &str) -> reqwest::Response {
-    stack
-        .http
-        .get(format!("{}/v1/agents/{name}", stack.base))
-        .send()
-        .await
-        .unwrap()
+    call(stack, reqwest::Method::GET, name, None).await
 }
 
 /// Posts a task and returns its final state.

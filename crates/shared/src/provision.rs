@@ -140,14 +140,7 @@ async fn provision_once(
                 .filter_map(|a| Some((a.queue().ok()?, i64::from(a.max_concurrency)))),
         )
         .collect();
-    tasks_stream(js, config, queue_subjects(queues.keys())).await?;
-    let tasks = js
-        .get_stream(TASKS_STREAM)
-        .await
-        .map_err(|source| ProvisionError::Lookup {
-            name: TASKS_STREAM,
-            source,
-        })?;
+    let tasks = tasks_stream(js, config, queue_subjects(queues.keys())).await?;
     remove_per_priority_agent_consumers(&tasks).await?;
     for (capability, max_in_flight) in &queues {
         queue_consumers(&tasks, config, capability, *max_in_flight).await?;
@@ -255,7 +248,7 @@ async fn bucket(
     .map_err(|source| ProvisionError::Bucket { name, source })
 }
 
-/// Creates or updates `TASKS` with the configured queues' subjects added to those it has.
+/// Creates or updates `TASKS` with `wanted` added to the subjects it has; returns it.
 ///
 /// Processes with the same configuration write the same list, so any number of them may
 /// do this at once. Two with different configurations that read before either writes can
@@ -265,7 +258,7 @@ async fn tasks_stream(
     js: &jetstream::Context,
     config: &Config,
     wanted: BTreeSet<String>,
-) -> Result<(), ProvisionError> {
+) -> Result<stream::Stream, ProvisionError> {
     let existing = match js.get_stream(TASKS_STREAM).await {
         Ok(stream) => stream.cached_info().config.subjects.clone(),
         Err(e)
@@ -293,11 +286,15 @@ async fn tasks_stream(
         .into_iter()
         .filter(|s| !info.config.subjects.contains(s))
         .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(ProvisionError::SubjectsOverwritten { missing })
+    if !missing.is_empty() {
+        return Err(ProvisionError::SubjectsOverwritten { missing });
     }
+    js.get_stream(TASKS_STREAM)
+        .await
+        .map_err(|source| ProvisionError::Lookup {
+            name: TASKS_STREAM,
+            source,
+        })
 }
 
 /// `tasks.<capability>.<priority>` for every one of `capabilities` and priority.
@@ -318,14 +315,7 @@ pub async fn agent_queue(
     let capability = agent
         .queue()
         .map_err(|e| ProvisionError::Agents(e.to_string()))?;
-    tasks_stream(js, config, queue_subjects([&capability])).await?;
-    let tasks = js
-        .get_stream(TASKS_STREAM)
-        .await
-        .map_err(|source| ProvisionError::Lookup {
-            name: TASKS_STREAM,
-            source,
-        })?;
+    let tasks = tasks_stream(js, config, queue_subjects([&capability])).await?;
     queue_consumers(
         &tasks,
         config,
