@@ -28,4 +28,5 @@ mod overload;
 mod protocol;
 mod provisioning;
 mod workers;
+mod workflow_faults;
 mod workflows;
