@@ -1,7 +1,9 @@
 //! Workflows when things go wrong, end to end: a planner that answers garbage, a reviewer
-//! that will not approve, budgets that stop a runaway task, a gateway restarted while a task
-//! waits for approval and a gateway SIGKILLed while steps run. The agents' model is the fake
-//! provider (a real HTTP server) with scripted answers, or the offline `simulated` provider.
+//! that will not approve, budgets (tokens, steps, wall time) that stop a runaway task, a
+//! gateway restarted while a task waits for approval, a gateway SIGKILLed while steps run,
+//! and one that died between storing a task and starting it. The agents' model is the fake
+//! provider (a real HTTP server) with answers scripted by a marker in each step's prompt, or
+//! the offline `simulated` provider.
 
 use std::time::Duration;
 
@@ -554,5 +556,20 @@ async fn a_task_whose_gateway_died_before_starting_it_starts_when_the_post_is_re
     let task = task_until(&stack, &id.to_string(), ended).await;
     assert_eq!(task["status"], "completed", "{task:#}");
     assert_eq!(task["goal"], "Write the launch note");
+    // A retry once it has run is answered with the task as it is, and starts nothing.
+    let again = stack
+        .http
+        .post(format!("{}/v1/tasks", stack.base))
+        .header("idempotency-key", key)
+        .json(&json!({"goal": "Write the launch note"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], id.to_string());
+    assert_eq!(again["status"], "completed", "{again:#}");
+    stack.queue_drains().await;
+    assert_eq!(stack.get_json(&format!("/v1/tasks/{id}")).await, task);
     stack.stop().await;
 }
