@@ -210,18 +210,7 @@ impl Stack {
         let env = stack_env(overrides);
         let config = Arc::new(Config::load(Source::Toml(&toml), &env).unwrap());
         let client = shared::nats::connect(&nats.url, "test").await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let gateway_shutdown = CancellationToken::new();
-        let gateway = tokio::spawn({
-            let (config, client, token) =
-                (config.clone(), client.clone(), gateway_shutdown.clone());
-            async move {
-                gateway::run(config, client, listener, token, || ())
-                    .await
-                    .unwrap()
-            }
-        });
+        let (base, gateway_shutdown, gateway) = start_gateway(config.clone(), client.clone()).await;
         let mut stack = Self {
             nats,
             provider,
@@ -297,6 +286,66 @@ impl Stack {
             cmd.env(k, v);
         }
         cmd.spawn().unwrap()
+    }
+
+    /// Stops the in-process gateway (gracefully, as a deploy would) and starts a new one
+    /// with its own NATS connection and a new address, which `base` then names. Workers and
+    /// NATS carry on untouched.
+    pub async fn restart_gateway(&mut self) {
+        self.gateway_shutdown.cancel();
+        if let Some(gateway) = self.gateway.take() {
+            gateway.await.unwrap();
+        }
+        let client = shared::nats::connect(&self.nats.url, "gateway")
+            .await
+            .unwrap();
+        let (base, shutdown, gateway) = start_gateway(self.config.clone(), client).await;
+        (self.base, self.gateway_shutdown, self.gateway) = (base, shutdown, Some(gateway));
+        self.wait_ready().await;
+    }
+
+    /// Starts `switchyard gateway` as a separate process on a free port; returns it once
+    /// it serves requests, with its base URL (read from its "gateway listening" log line).
+    pub async fn spawn_gateway_process(&self, log: &Path) -> (Child, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.arg("--config")
+            .arg(self.config_file())
+            .arg("gateway")
+            .env_remove("NATS_URL")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let started = Instant::now();
+        let base = loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let addr = text
+                .lines()
+                .find(|l| l.contains("gateway listening"))
+                .and_then(|l| l.split("addr=").nth(1)?.split_whitespace().next());
+            if let Some(addr) = addr {
+                break format!("http://{addr}");
+            }
+            let exited = child.try_wait().unwrap();
+            assert!(
+                exited.is_none(),
+                "the gateway exited with {exited:?}:\n{text}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the gateway never listened:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        eventually(Duration::from_secs(20), || async {
+            let ready = self.http.get(format!("{base}/readyz")).send().await;
+            ready.is_ok_and(|r| r.status() == 200).then_some(())
+        })
+        .await;
+        (child, base)
     }
 
     /// A chat request to the `fake` route with `text`, sent beside the test body.
@@ -439,6 +488,26 @@ impl Stack {
             gateway.await.unwrap();
         }
     }
+}
+
+/// Runs a gateway in-process on a free loopback port: its base URL, its shutdown token and
+/// its task.
+async fn start_gateway(
+    config: Arc<Config>,
+    client: async_nats::Client,
+) -> (String, CancellationToken, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let gateway = tokio::spawn({
+        let token = shutdown.clone();
+        async move {
+            gateway::run(config, client, listener, token, || ())
+                .await
+                .unwrap()
+        }
+    });
+    (base, shutdown, gateway)
 }
 
 /// The `x-switchyard-task-id` of a response.

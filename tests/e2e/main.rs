@@ -30,4 +30,5 @@ mod protocol;
 mod provisioning;
 mod runtime_agents;
 mod workers;
+mod workflow_faults;
 mod workflows;

@@ -11,10 +11,11 @@ use shared::TaskId;
 use crate::harness::{Stack, eventually};
 
 /// The shipped agents' route, on the simulated provider.
-const AGENTS_ROUTE: &str = "\n[routes.agents]\nprovider = \"simulated\"\nmodel = \"simulated-1\"\n";
+pub(crate) const AGENTS_ROUTE: &str =
+    "\n[routes.agents]\nprovider = \"simulated\"\nmodel = \"simulated-1\"\n";
 
 /// Starts a workflow for `spec` as the gateway would; returns its id.
-async fn start(stack: &Stack, spec: Value) -> TaskId {
+pub(crate) async fn start(stack: &Stack, spec: Value) -> TaskId {
     let id = TaskId::new();
     let message = json!({"workflow": id, "action": "start", "spec": spec, "created_ms": shared::task::now_ms()});
     let mut headers = HeaderMap::new();
@@ -29,7 +30,11 @@ async fn start(stack: &Stack, spec: Value) -> TaskId {
 }
 
 /// The workflow's stored state once `until` holds for it.
-async fn state_until(stack: &Stack, id: TaskId, until: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn state_until(
+    stack: &Stack,
+    id: TaskId,
+    until: impl Fn(&Value) -> bool,
+) -> Value {
     let workflows = async_nats::jetstream::new(stack.client.clone())
         .get_key_value("workflows")
         .await
@@ -43,11 +48,11 @@ async fn state_until(stack: &Stack, id: TaskId, until: impl Fn(&Value) -> bool) 
 }
 
 /// The workflow's state once it has ended.
-async fn finished(stack: &Stack, id: TaskId) -> Value {
+pub(crate) async fn finished(stack: &Stack, id: TaskId) -> Value {
     state_until(stack, id, ended).await
 }
 
-fn step<'a>(wf: &'a Value, id: &str) -> &'a Value {
+pub(crate) fn step<'a>(wf: &'a Value, id: &str) -> &'a Value {
     wf["steps"]
         .as_array()
         .unwrap()
@@ -136,7 +141,7 @@ async fn a_given_plan_runs_in_dependency_order_and_outputs_reach_dependents() {
 }
 
 /// `POST /v1/tasks` with `body`; the response.
-async fn post_task(stack: &Stack, body: Value) -> reqwest::Response {
+pub(crate) async fn post_task(stack: &Stack, body: Value) -> reqwest::Response {
     stack
         .http
         .post(format!("{}/v1/tasks", stack.base))
@@ -147,7 +152,7 @@ async fn post_task(stack: &Stack, body: Value) -> reqwest::Response {
 }
 
 /// `GET /v1/tasks/{id}` until `done` holds for it.
-async fn task_until(stack: &Stack, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn task_until(stack: &Stack, id: &str, done: impl Fn(&Value) -> bool) -> Value {
     eventually(Duration::from_secs(60), || async {
         let task = stack.get_json(&format!("/v1/tasks/{id}")).await;
         done(&task).then_some(task)
@@ -155,7 +160,7 @@ async fn task_until(stack: &Stack, id: &str, done: impl Fn(&Value) -> bool) -> V
     .await
 }
 
-fn ended(task: &Value) -> bool {
+pub(crate) fn ended(task: &Value) -> bool {
     ["completed", "failed", "cancelled"].contains(&task["status"].as_str().unwrap_or_default())
 }
 

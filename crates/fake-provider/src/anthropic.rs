@@ -19,7 +19,8 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use crate::{
-    Fault, Recorded, SseEvent, State, answer_text, error_response, malformed_json, pieces, sse,
+    Arrival, Fault, Recorded, SseEvent, State, answer_text, error_response, malformed_json, pieces,
+    sse,
 };
 
 /// The prompt tokens every answer reports: fresh, and read from the prompt cache.
@@ -82,7 +83,7 @@ async fn messages(
     };
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     let stream = body["stream"] == json!(true);
-    let fault = state.arrive(Recorded {
+    let Arrival { fault, reply } = state.arrive(Recorded {
         model: model.clone(),
         key: headers
             .get("x-api-key")
@@ -113,7 +114,7 @@ async fn messages(
     let answer = if fault == Some(Fault::ContentFilter) {
         Answer::refused()
     } else {
-        Answer::to(&model, &body)
+        Answer::to(&model, &body, reply)
     };
     if stream {
         sse(answer.events(&model), state.chunk_delay(), fault.as_ref())
@@ -144,9 +145,10 @@ impl Answer {
         }
     }
 
-    fn to(model: &str, body: &Value) -> Self {
+    /// The answer to `body`: `reply` when the request was scripted, else the usual echo.
+    fn to(model: &str, body: &Value, reply: Option<String>) -> Self {
         let last = last_user_text(body);
-        let text = answer_text(model, &last);
+        let text = reply.unwrap_or_else(|| answer_text(model, &last));
         if let Some(tool) = tool_to_call(body, &last) {
             let input = json!({"answer": text}).to_string();
             return Self {

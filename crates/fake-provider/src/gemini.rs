@@ -14,7 +14,8 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use crate::{
-    Fault, Recorded, SseEvent, State, answer_text, error_response, malformed_json, pieces, sse,
+    Arrival, Fault, Recorded, SseEvent, State, answer_text, error_response, malformed_json, pieces,
+    sse,
 };
 
 /// Token counts every answer reports, so tests can check the usage mapping.
@@ -103,7 +104,7 @@ async fn generate(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_owned())
         .or_else(|| query_param(&query, "key"));
-    let fault = state.arrive(Recorded {
+    let Arrival { fault, reply } = state.arrive(Recorded {
         model: model.to_owned(),
         key,
         stream,
@@ -136,7 +137,7 @@ async fn generate(
     let fragments = if fault == Some(Fault::ContentFilter) {
         vec![blocked_prompt()]
     } else {
-        let answer = Answer::to(model, &body);
+        let answer = Answer::to(model, &body, reply);
         if stream {
             answer.fragments(model)
         } else {
@@ -175,7 +176,12 @@ enum Answer {
 }
 
 impl Answer {
-    fn to(model: &str, body: &Value) -> Self {
+    /// The answer to `body`: `reply` when the request was scripted, else the usual echo (or
+    /// a call, when asked to use a tool).
+    fn to(model: &str, body: &Value, reply: Option<String>) -> Self {
+        if let Some(text) = reply {
+            return Answer::Text(text);
+        }
         let last = last_user_text(body);
         if last.contains("use tool")
             && let Some(name) = first_function(body)

@@ -3,7 +3,9 @@
 //! predictions), answer deterministically, record every request, and inject faults on
 //! command — error statuses with or without `Retry-After`, stalls before the first byte or
 //! mid-stream, cut streams, malformed JSON and SSE, context-length and content-filter
-//! refusals. Tests drive them in-process; the benchmark runs the binary.
+//! refusals. Answers can be scripted too: a request whose body contains a marker gets the
+//! text given for it (a planner's plan, a reviewer's verdict). Tests drive them in-process;
+//! the benchmark runs the binary.
 
 mod anthropic;
 mod gemini;
@@ -104,11 +106,31 @@ pub struct Recorded {
     pub body: Value,
 }
 
-/// Shared state of one fake: its script of faults, settings and what it received.
+/// A scripted answer: the text a request whose body contains `marker` gets.
+#[derive(Debug, Clone)]
+struct Reply {
+    marker: String,
+    text: String,
+}
+
+/// What a request gets, decided when it arrives.
+#[derive(Debug, Default)]
+pub(crate) struct Arrival {
+    /// The fault that replaces its normal answer, if any.
+    pub fault: Option<Fault>,
+    /// The scripted text it answers with instead of the usual echo, if any.
+    pub reply: Option<String>,
+}
+
+/// Shared state of one fake: its script of faults and answers, settings and what it received.
 #[derive(Debug, Default)]
 pub(crate) struct State {
     /// One-shot faults, taken in order by the first request they match.
     script: Mutex<VecDeque<(Option<String>, Fault)>>,
+    /// One-shot answers, taken in order by the first request whose body has their marker.
+    replies: Mutex<VecDeque<Reply>>,
+    /// Standing answers, for every request whose body has their marker (one-shot ones first).
+    standing_replies: Mutex<Vec<Reply>>,
     /// A fault every request gets while it is set (an outage).
     outage: Mutex<Option<Fault>>,
     latency: Mutex<Duration>,
@@ -124,10 +146,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
-    /// Records a request and returns the fault it gets, if any.
-    pub(crate) fn arrive(&self, recorded: Recorded) -> Option<Fault> {
+    /// Records a request and returns what it gets: a fault, a scripted answer, or neither.
+    pub(crate) fn arrive(&self, recorded: Recorded) -> Arrival {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let model = recorded.model.clone();
+        let reply = self.reply_for(&recorded.body);
         if !self.forget_requests.load(Ordering::Relaxed) {
             lock(&self.requests).push(recorded);
         }
@@ -137,7 +160,31 @@ impl State {
             .position(|(m, _)| m.as_ref().is_none_or(|m| *m == model))
             .and_then(|i| script.remove(i))
             .map(|(_, f)| f);
-        scripted.or_else(|| lock(&self.outage).clone())
+        Arrival {
+            fault: scripted.or_else(|| lock(&self.outage).clone()),
+            reply,
+        }
+    }
+
+    /// The scripted answer to a request with `body`: the first one-shot reply whose marker
+    /// the body contains (used up), else the first such standing reply.
+    fn reply_for(&self, body: &Value) -> Option<String> {
+        let (mut replies, standing) = (lock(&self.replies), lock(&self.standing_replies));
+        if replies.is_empty() && standing.is_empty() {
+            return None;
+        }
+        let text = body.to_string();
+        let once = replies
+            .iter()
+            .position(|r| text.contains(&r.marker))
+            .and_then(|i| replies.remove(i))
+            .map(|r| r.text);
+        once.or_else(|| {
+            standing
+                .iter()
+                .find(|r| text.contains(&r.marker))
+                .map(|r| r.text.clone())
+        })
     }
 
     /// Waits as a real provider would before its first byte; a stall fault adds to it.
@@ -223,6 +270,28 @@ impl FakeProvider {
     /// The next request for `model` gets `fault` instead of its answer.
     pub fn push_fault_for(&self, model: &str, fault: Fault) {
         lock(&self.state.script).push_back((Some(model.to_owned()), fault));
+    }
+
+    /// The next request whose body contains `marker` (as sent: JSON, so quotes and newlines
+    /// escaped) answers with `text` instead of its usual echo; several such answers are taken
+    /// in the order they were pushed. A fault for the same request still wins.
+    pub fn push_reply(&self, marker: &str, text: &str) {
+        lock(&self.state.replies).push_back(Reply {
+            marker: marker.to_owned(),
+            text: text.to_owned(),
+        });
+    }
+
+    /// Every request whose body contains `marker` answers with `text` (after any one-shot
+    /// [`push_reply`](Self::push_reply) that matches it), replacing an earlier standing answer
+    /// for the same marker.
+    pub fn set_reply(&self, marker: &str, text: &str) {
+        let mut standing = lock(&self.state.standing_replies);
+        standing.retain(|r| r.marker != marker);
+        standing.push(Reply {
+            marker: marker.to_owned(),
+            text: text.to_owned(),
+        });
     }
 
     /// Every request gets `fault` until this is called with `None` (scripted faults first).

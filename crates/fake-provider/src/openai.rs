@@ -14,7 +14,8 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use crate::{
-    Fault, Recorded, SseEvent, State, choice_text, error_response, malformed_json, pieces, sse,
+    Arrival, Fault, Recorded, SseEvent, State, choice_text, error_response, malformed_json, pieces,
+    sse,
 };
 
 pub(crate) fn router() -> Router<Arc<State>> {
@@ -45,7 +46,7 @@ async fn chat(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Byt
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     let stream = body["stream"] == json!(true);
     let key = bearer(&headers);
-    let fault = state.arrive(Recorded {
+    let Arrival { fault, reply } = state.arrive(Recorded {
         model: model.clone(),
         key: key.clone(),
         stream,
@@ -103,7 +104,12 @@ async fn chat(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Byt
     }
     let last = last_user_text(&body);
     let texts: Vec<String> = (0..choice_count(&body))
-        .map(|i| choice_text(&model, &last, i))
+        .map(|i| match i {
+            0 => reply
+                .clone()
+                .unwrap_or_else(|| choice_text(&model, &last, 0)),
+            i => choice_text(&model, &last, i),
+        })
         .collect();
     let usage = json!({"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12});
     if stream {

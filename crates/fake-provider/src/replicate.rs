@@ -26,8 +26,8 @@ use serde_json::{Value, json};
 
 use crate::openai::bearer;
 use crate::{
-    Fault, Recorded, SseEvent, State, answer_text, error_response, lock, malformed_json, pieces,
-    sse,
+    Arrival, Fault, Recorded, SseEvent, State, answer_text, error_response, lock, malformed_json,
+    pieces, sse,
 };
 
 /// A failed prediction's error for [`Fault::ContextLength`].
@@ -166,7 +166,7 @@ async fn create(
         return problem_response(422, "Invalid version", "- version: version is required");
     };
     let stream = body["stream"] == json!(true);
-    let fault = state.arrive(Recorded {
+    let Arrival { fault, reply } = state.arrive(Recorded {
         model: model.clone(),
         key: bearer(headers),
         stream,
@@ -210,7 +210,8 @@ async fn create(
             "- input: prompt is required",
         );
     };
-    let outcome = outcome.map(|()| answer_text(&model, last_user_text(prompt)));
+    let outcome =
+        outcome.map(|()| reply.unwrap_or_else(|| answer_text(&model, last_user_text(prompt))));
     let name = model.split_once('/').map_or("", |(_, name)| name);
     let name = name.split_once(':').map_or(name, |(name, _)| name);
     let elsewhere = name

@@ -47,45 +47,54 @@ impl FromRequest<AppState> for TaskBody {
 }
 
 /// `POST /v1/tasks`: checks the request, resolves its team, publishes the start, and
-/// answers 202 with the task id (its `Idempotency-Key`, if any, names it).
+/// answers 202 with the task id (its `Idempotency-Key`, if any, names it). A retry of a task
+/// that has started answers with the task as it is and publishes nothing.
 pub async fn create(
     State(st): State<AppState>,
     Extension(request): Extension<RequestTask>,
     TaskBody(spec): TaskBody,
 ) -> Result<Response, ApiError> {
     let spec = check(&st, spec)?;
-    let created_ms = now_ms();
     // Stored before the start is published, so the task can be read as soon as it is
-    // accepted; a retry (same Idempotency-Key) finds it and publishes the start again,
-    // which JetStream de-duplicates.
-    let wf = Workflow::new(request.id, spec.clone(), created_ms, DEFAULT_WALL_MS);
-    let bytes = serde_json::to_vec(&wf).map_err(|_| ApiError::Internal)?;
-    match st
+    // accepted; a retry (same Idempotency-Key) finds it and, while it is still queued (its
+    // first gateway may have died before publishing), publishes the start again, which
+    // JetStream de-duplicates.
+    let new = Workflow::new(request.id, spec, now_ms(), DEFAULT_WALL_MS);
+    let bytes = serde_json::to_vec(&new).map_err(|_| ApiError::Internal)?;
+    let wf = match st
         .workflows
         .create(request.id.to_string(), bytes.into())
         .await
     {
-        Ok(_) => {}
-        Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {}
+        Ok(_) => new,
+        // The task as first stored is the one that runs.
+        Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+            workflow(&st, request.id).await?.unwrap_or(new)
+        }
         Err(e) => {
             warn!(error = %e, "could not store a workflow");
             return Err(ApiError::Unavailable);
         }
-    }
-    let message = ControlMessage {
-        workflow: request.id,
-        action: Action::Start {
-            spec: Box::new(spec.clone()),
-            created_ms,
-        },
     };
-    publish(&st, &message, spec.priority).await?;
+    // Once a worker has applied the start, a start published again would only be replayed,
+    // and outside JetStream's duplicate window a replay dispatches again the steps the start
+    // dispatched that are still under way.
+    if wf.status == Status::Queued {
+        let message = ControlMessage {
+            workflow: wf.id,
+            action: Action::Start {
+                spec: Box::new(wf.spec.clone()),
+                created_ms: wf.created_ms,
+            },
+        };
+        publish(&st, &message, wf.spec.priority).await?;
+    }
     let body = json!({
-        "id": request.id,
+        "id": wf.id,
         "object": "task",
-        "status": Status::Queued,
-        "goal": spec.goal,
-        "team": spec.team,
+        "status": wf.status,
+        "goal": wf.spec.goal,
+        "team": wf.spec.team,
     });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }

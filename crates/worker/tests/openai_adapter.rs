@@ -115,3 +115,57 @@ async fn broken_streams_get_their_class() {
         assert_eq!(err.class, class, "{fault:?}");
     }
 }
+
+/// The text of the fake's answer to one user message `text`, asked whole or streamed.
+async fn answer(provider: &Provider, text: &str, stream: bool) -> String {
+    let request = json!({"messages": [{"role": "user", "content": text}]})
+        .as_object()
+        .cloned()
+        .unwrap();
+    let call = Call {
+        model: "m1",
+        request: &request,
+        key: None,
+    };
+    if !stream {
+        let answer = provider.complete(call).await.unwrap();
+        return answer["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    common::stream_all(provider, call)
+        .await
+        .into_iter()
+        .filter_map(|c| {
+            c.unwrap()["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn scripted_replies_answer_the_requests_that_carry_their_marker() {
+    let (fake, provider) = setup().await;
+    fake.push_reply("(plan)", "first plan");
+    fake.push_reply("(plan)", "second plan");
+    fake.set_reply("(review)", "APPROVE");
+    assert_eq!(
+        answer(&provider, "write a (plan)", false).await,
+        "first plan"
+    );
+    assert_eq!(answer(&provider, "(review) it", true).await, "APPROVE");
+    assert_eq!(answer(&provider, "(plan) again", true).await, "second plan");
+    // One-shot replies are used up; the usual echo comes back. Standing ones stay.
+    assert_eq!(
+        answer(&provider, "a third (plan)", false).await,
+        "fake answer from m1 to: a third (plan)"
+    );
+    assert_eq!(answer(&provider, "(review) again", false).await, "APPROVE");
+    fake.set_reply("(review)", "REVISE");
+    assert_eq!(
+        answer(&provider, "(review) once more", false).await,
+        "REVISE"
+    );
+}
