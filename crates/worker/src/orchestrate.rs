@@ -86,7 +86,8 @@ pub(crate) async fn control(msg: &jetstream::Message, deps: &Deps) {
     }
 }
 
-/// Advances the workflow a finished step belongs to, from its stored `result`.
+/// Advances the workflow a finished step belongs to, from its stored `result`, costed at
+/// the configured price of the model that answered it.
 pub(crate) async fn step_finished(
     deps: &Deps,
     step: &StepRef,
@@ -94,7 +95,7 @@ pub(crate) async fn step_finished(
 ) -> Result<(), OrchestrateError> {
     let event = Event::StepFinished {
         step: step.step.clone(),
-        outcome: outcome(result),
+        outcome: outcome(result, |provider, model| deps.config.price(provider, model)),
     };
     apply(deps, step.workflow, &event).await
 }
