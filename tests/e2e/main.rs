@@ -27,5 +27,6 @@ mod isolation;
 mod overload;
 mod protocol;
 mod provisioning;
+mod task_list;
 mod workers;
 mod workflows;

@@ -97,6 +97,30 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order a workflow passes through them.
+    pub const ALL: [Status; 7] = [
+        Status::Queued,
+        Status::Planning,
+        Status::Running,
+        Status::AwaitingApproval,
+        Status::Completed,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+
+    /// The status as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Planning => "planning",
+            Status::Running => "running",
+            Status::AwaitingApproval => "awaiting_approval",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         match self {
             Status::Completed | Status::Failed | Status::Cancelled => true,
@@ -559,22 +583,10 @@ fn replay(wf: &Workflow, event: &Event, key: &str) -> Option<Vec<Effect>> {
         effects.push(Progress::effect(
             ProgressKind::Done,
             None,
-            Some(status_word(wf.status).into()),
+            Some(wf.status.as_str().into()),
         ));
     }
     Some(effects)
-}
-
-fn status_word(status: Status) -> &'static str {
-    match status {
-        Status::Queued => "queued",
-        Status::Planning => "planning",
-        Status::Running => "running",
-        Status::AwaitingApproval => "awaiting_approval",
-        Status::Completed => "completed",
-        Status::Failed => "failed",
-        Status::Cancelled => "cancelled",
-    }
 }
 
 fn start(wf: &mut Workflow, env: &dyn Env, effects: &mut Vec<Effect>) {

@@ -8,6 +8,7 @@
 //! | GET    | `/v1/agents`           | [`roster::list`]           |
 //! | GET    | `/v1/agents/{name}`    | [`roster::one`]            |
 //! | POST   | `/v1/tasks`            | [`tasks::create`]          |
+//! | GET    | `/v1/tasks`            | [`task_list::list`]        |
 //! | GET    | `/v1/tasks/{id}`       | [`info::task`]             |
 //! | DELETE | `/v1/tasks/{id}`       | [`tasks::cancel`]          |
 //! | GET    | `/v1/tasks/{id}/events`  | [`tasks::events`]        |
@@ -32,7 +33,7 @@ use shared::TaskId;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{chat, cors, headers, info, operate, roster, tasks};
+use crate::{chat, cors, headers, info, operate, roster, task_list, tasks};
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.gateway.max_body_bytes;
@@ -43,7 +44,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models/{*id}", get(info::model))
         .route("/v1/agents", get(roster::list))
         .route("/v1/agents/{name}", get(roster::one))
-        .route("/v1/tasks", post(tasks::create))
+        .route("/v1/tasks", post(tasks::create).get(task_list::list))
         .route("/v1/tasks/{id}", get(info::task).delete(tasks::cancel))
         .route("/v1/tasks/{id}/events", get(tasks::events))
         .route("/v1/tasks/{id}/approve", post(tasks::approve))

@@ -495,3 +495,10 @@ fn usage_sums_steps_costs_and_remembers_an_unpriced_one() {
             .unwrap();
     assert!(old.cost_known);
 }
+
+#[test]
+fn statuses_are_written_as_serde_writes_them() {
+    for status in Status::ALL {
+        assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+    }
+}
