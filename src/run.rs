@@ -1,4 +1,4 @@
-//! `switchyard run "goal"` and `switchyard tasks show|cancel`: agent work from the terminal,
+//! `switchyard run "goal"` and `switchyard tasks show|cancel|list`: agent work from the terminal,
 //! through the gateway's task API. `run` submits the goal, shows the steps as they go (a
 //! tree redrawn in place on a terminal, one line per change otherwise) and prints the
 //! deliverable.
@@ -51,6 +51,20 @@ impl Api {
     pub async fn show(&self, id: &str) -> anyhow::Result<Value> {
         self.call(self.http.get(format!("{}/v1/tasks/{id}", self.base)))
             .await
+    }
+
+    /// The newest tasks (`GET /v1/tasks`), those with `status` only when given.
+    pub async fn list(&self, status: Option<&str>, limit: usize) -> anyhow::Result<Value> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(status) = status {
+            query.push(("status", status.to_owned()));
+        }
+        self.call(
+            self.http
+                .get(format!("{}/v1/tasks", self.base))
+                .query(&query),
+        )
+        .await
     }
 
     pub async fn cancel(&self, id: &str) -> anyhow::Result<Value> {

@@ -1,5 +1,7 @@
-//! `GET /v1/tasks`: workflows listed newest first from the `workflows` bucket, filtered by
-//! status, bounded by `limit`, checked parameters.
+//! `GET /v1/tasks` and `switchyard tasks list`: workflows listed newest first from the
+//! `workflows` bucket, filtered by status, bounded by `limit`, checked parameters.
+
+use std::process::Command;
 
 use serde_json::{Value, json};
 
@@ -188,5 +190,114 @@ async fn tasks_are_listed_newest_first_by_creation_filtered_and_bounded() {
     let (_, body) = list(&stack, "?status=done").await;
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("awaiting_approval"), "{message}");
+    stack.stop().await;
+}
+
+fn switchyard() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.env_remove("NATS_URL").env_remove("SWITCHYARD_CONFIG");
+    cmd
+}
+
+/// Runs `switchyard tasks list` with `args` against the stack's gateway: exit success,
+/// stdout, stderr.
+async fn tasks_list(stack: &Stack, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = switchyard();
+    cmd.args(["tasks", "list", "--url", &stack.base]).args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn switchyard_tasks_list_prints_a_plain_table_newest_first() {
+    let stack = Stack::start_with(1, &[], AGENTS_ROUTE).await;
+    let (ok, stdout, stderr) = tasks_list(&stack, &[]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "no tasks\n");
+
+    let older = submit(
+        &stack,
+        json!({"goal": "Write a market analysis of electric bikes"}),
+        None,
+        ended,
+    )
+    .await;
+    let newer = submit(
+        &stack,
+        json!({"goal": "Draft a press release", "approval": true}),
+        None,
+        awaiting,
+    )
+    .await;
+    let older_task = stack.get_json(&format!("/v1/tasks/{older}")).await;
+    assert_eq!(older_task["status"], "completed");
+    let total = older_task["steps"].as_array().unwrap().len();
+    let tokens = older_task["usage"]["prompt_tokens"].as_u64().unwrap()
+        + older_task["usage"]["completion_tokens"].as_u64().unwrap();
+
+    let (ok, stdout, stderr) = tasks_list(&stack, &[]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        !stdout.contains('\u{1b}'),
+        "terminal codes in a pipe:\n{stdout}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["ID", "STATUS", "STEPS", "TOKENS", "COST", "AGE", "GOAL"]
+    );
+    // Newest first; each line: id, status, steps done/total, tokens, cost, age, goal.
+    let cells: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(cells[0], newer);
+    assert_eq!(cells[1], "awaiting_approval");
+    assert!(lines[1].ends_with("Draft a press release"), "{stdout}");
+    let cells: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(cells[0], older);
+    assert_eq!(cells[1], "completed");
+    assert_eq!(cells[2], format!("{total}/{total}"));
+    assert_eq!(cells[3], tokens.to_string());
+    // The simulated model has no price here: no cost to show.
+    assert_eq!(cells[4], "-");
+    assert!(
+        lines[2].ends_with("Write a market analysis of electric bikes"),
+        "{stdout}"
+    );
+
+    let (ok, stdout, stderr) = tasks_list(&stack, &["--status", "completed", "--limit", "1"]).await;
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[1].starts_with(&older), "{stdout}");
+
+    let (ok, stdout, stderr) = tasks_list(&stack, &["--limit", "1"]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.lines().nth(1).unwrap().starts_with(&newer),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .trim_end()
+            .ends_with("(more tasks than shown: raise --limit, or filter with --status)"),
+        "{stdout}"
+    );
+
+    // The gateway's refusal, by the parameter it names, is the command's error.
+    let (ok, stdout, stderr) = tasks_list(&stack, &["--status", "finished"]).await;
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("400"), "{stderr}");
+    assert!(stderr.contains("status must be one of"), "{stderr}");
+    // The limit is checked before anything is asked.
+    let (ok, _, stderr) = tasks_list(&stack, &["--limit", "500"]).await;
+    assert!(!ok);
+    assert!(stderr.contains("--limit"), "{stderr}");
     stack.stop().await;
 }
