@@ -7,3 +7,4 @@ pub mod nats_server;
 pub mod operate;
 pub mod run;
 pub mod serve;
+pub mod task_table;

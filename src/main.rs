@@ -67,7 +67,7 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
-    /// Look at or cancel a task.
+    /// List, look at or cancel tasks.
     Tasks {
         #[command(subcommand)]
         action: TasksAction,
@@ -100,6 +100,18 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum TasksAction {
+    /// The newest tasks, one line each: id, status, steps done, tokens, cost, age, goal.
+    List {
+        /// Only tasks with this status: queued, planning, running, awaiting_approval,
+        /// completed, failed or cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many (1 to 100).
+        #[arg(long, default_value_t = 20,
+              value_parser = clap::builder::TypedValueParser::map(
+                  clap::value_parser!(u16).range(1..=100), usize::from))]
+        limit: usize,
+    },
     /// A task's state: its steps, output and usage, as JSON.
     Show { id: String },
     /// Cancel a task: running steps are stopped, nothing more is dispatched.
@@ -275,6 +287,12 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
         Command::Tasks { action, url } => {
             let api = Api::new(&gateway_url(&config, url));
             let task = match action {
+                TasksAction::List { status, limit } => {
+                    let list = api.list(status.as_deref(), limit).await?;
+                    let table = switchyard::task_table::render(&list, shared::task::now_ms());
+                    print_line(table.trim_end());
+                    return Ok(());
+                }
                 TasksAction::Show { id } => api.show(&id).await?,
                 TasksAction::Cancel { id } => api.cancel(&id).await?,
             };

@@ -1,7 +1,7 @@
-//! `switchyard run "goal"`, `switchyard tasks show|cancel` and `switchyard agents …`: agent work from the terminal,
-//! through the gateway's task API. `run` submits the goal, shows the steps as they go (a
-//! tree redrawn in place on a terminal, one line per change otherwise) and prints the
-//! deliverable.
+//! `switchyard run "goal"`, `switchyard tasks show|cancel|list` and `switchyard agents …`:
+//! agent work from the terminal, through the gateway's task API. `run` submits the goal,
+//! shows the steps as they go (a tree redrawn in place on a terminal, one line per change
+//! otherwise) and prints the deliverable.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -71,6 +71,20 @@ impl Api {
     pub async fn delete_agent(&self, name: &str) -> anyhow::Result<Value> {
         self.call(self.http.delete(format!("{}/v1/agents/{name}", self.base)))
             .await
+    }
+
+    /// The newest tasks (`GET /v1/tasks`), those with `status` only when given.
+    pub async fn list(&self, status: Option<&str>, limit: usize) -> anyhow::Result<Value> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(status) = status {
+            query.push(("status", status.to_owned()));
+        }
+        self.call(
+            self.http
+                .get(format!("{}/v1/tasks", self.base))
+                .query(&query),
+        )
+        .await
     }
 
     pub async fn cancel(&self, id: &str) -> anyhow::Result<Value> {

@@ -29,6 +29,7 @@ mod priorities;
 mod protocol;
 mod provisioning;
 mod runtime_agents;
+mod task_list;
 mod workers;
 mod workflow_faults;
 mod workflows;

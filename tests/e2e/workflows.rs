@@ -98,6 +98,9 @@ async fn a_goal_is_planned_run_synthesized_and_reviewed_offline() {
     );
     assert_eq!(wf["review"]["approved"], true);
     assert!(wf["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    // The simulated model has no price here: its tokens cost 0, and the usage says so.
+    assert_eq!(wf["usage"]["cost_usd"], 0.0);
+    assert_eq!(wf["usage"]["cost_known"], false);
     stack.stop().await;
 }
 
@@ -549,5 +552,65 @@ async fn agents_are_listed_with_their_teams_and_live_load_from_jetstream() {
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_priced_model_costs_each_step_and_the_cost_budget_stops_the_run() {
+    // $1,000 per million tokens each way: a planner's prompt alone costs cents.
+    let priced = format!(
+        "{AGENTS_ROUTE}\n[prices.\"simulated/simulated-1\"]\ninput_per_mtok = 1000.0\noutput_per_mtok = 1000.0\n"
+    );
+    let stack = Stack::start_with(1, &[], &priced).await;
+    let accepted: Value = post_task(
+        &stack,
+        json!({"goal": "Plan a city-wide bike census", "budget": {"max_cost_usd": 0.001}}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let task = task_until(&stack, &id, ended).await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    assert_eq!(task["error"]["guard"], "max_cost", "{task:#}");
+    // The planner's step ran and was costed at the model's price; nothing ran after it.
+    let plan = step(&task, "@plan");
+    assert_eq!(plan["status"], "completed");
+    let tokens = |usage: &Value| {
+        (
+            usage["prompt_tokens"].as_u64().unwrap(),
+            usage["completion_tokens"].as_u64().unwrap(),
+        )
+    };
+    let (prompt, completion) = tokens(&plan["usage"]);
+    assert!(prompt > 0 && completion > 0, "{plan:#}");
+    let expected = (prompt + completion) as f64 * 1000.0 / 1_000_000.0;
+    let cost = plan["usage"]["cost_usd"].as_f64().unwrap();
+    assert!((cost - expected).abs() < 1e-9, "{cost} ≠ {expected}");
+    assert_eq!(plan["usage"]["cost_known"], true);
+    // The workflow's usage is its steps' sum, over the budget.
+    assert_eq!(tokens(&task["usage"]), (prompt, completion));
+    assert!((task["usage"]["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-9);
+    assert!(expected > 0.001);
+    assert!(
+        task["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the budget is $0.0010"),
+        "{task:#}"
+    );
+    // The plan's steps were never dispatched: the guard stopped the run first.
+    let rest: Vec<&Value> = task["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["id"] != "@plan")
+        .collect();
+    assert!(!rest.is_empty(), "{task:#}");
+    for s in rest {
+        assert_eq!(s["status"], "cancelled", "{s:#}");
+        assert!(s.get("dispatched_by").is_none(), "{s:#}");
+    }
     stack.stop().await;
 }

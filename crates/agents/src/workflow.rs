@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use shared::config::Price;
 use shared::{Priority, TaskId};
 
 use crate::plan::{self, Plan, PlanLimits, PlanStep};
@@ -96,6 +97,30 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order a workflow passes through them.
+    pub const ALL: [Status; 7] = [
+        Status::Queued,
+        Status::Planning,
+        Status::Running,
+        Status::AwaitingApproval,
+        Status::Completed,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+
+    /// The status as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Planning => "planning",
+            Status::Running => "running",
+            Status::AwaitingApproval => "awaiting_approval",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         match self {
             Status::Completed | Status::Failed | Status::Cancelled => true,
@@ -187,20 +212,54 @@ impl Budget {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// Tokens used and what they cost: a step's (its one answer), or a workflow's (its steps'
+/// summed).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// USD, at the price of the model that answered each step.
     pub cost_usd: f64,
+    /// Whether `cost_usd` is the whole cost: false once a step was answered by a model
+    /// without a configured price, whose tokens then count as free.
+    #[serde(default = "known")]
+    pub cost_known: bool,
+}
+
+fn known() -> bool {
+    true
+}
+
+impl Default for Usage {
+    /// Nothing used: a cost of 0, known.
+    fn default() -> Self {
+        Self {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_usd: 0.0,
+            cost_known: true,
+        }
+    }
 }
 
 impl Usage {
+    /// One answer's usage, costed at `price` (the answering model's, when it has one).
+    pub fn priced(prompt_tokens: u64, completion_tokens: u64, price: Option<Price>) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            cost_usd: price.map_or(0.0, |p| p.cost(prompt_tokens, completion_tokens)),
+            cost_known: price.is_some(),
+        }
+    }
+
     fn add(&mut self, other: Usage) {
         self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
         self.completion_tokens = self
             .completion_tokens
             .saturating_add(other.completion_tokens);
         self.cost_usd += other.cost_usd;
+        self.cost_known &= other.cost_known;
     }
 
     pub fn tokens(&self) -> u64 {
@@ -524,22 +583,10 @@ fn replay(wf: &Workflow, event: &Event, key: &str) -> Option<Vec<Effect>> {
         effects.push(Progress::effect(
             ProgressKind::Done,
             None,
-            Some(status_word(wf.status).into()),
+            Some(wf.status.as_str().into()),
         ));
     }
     Some(effects)
-}
-
-fn status_word(status: Status) -> &'static str {
-    match status {
-        Status::Queued => "queued",
-        Status::Planning => "planning",
-        Status::Running => "running",
-        Status::AwaitingApproval => "awaiting_approval",
-        Status::Completed => "completed",
-        Status::Failed => "failed",
-        Status::Cancelled => "cancelled",
-    }
 }
 
 fn start(wf: &mut Workflow, env: &dyn Env, effects: &mut Vec<Effect>) {

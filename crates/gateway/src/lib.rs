@@ -20,6 +20,7 @@ mod serve;
 mod state;
 mod stream;
 mod submit;
+mod task_list;
 mod tasks;
 
 use std::collections::{BTreeSet, HashMap};

@@ -10,6 +10,7 @@
 //! | PUT    | `/v1/agents/{name}`    | [`roster::put`]            |
 //! | DELETE | `/v1/agents/{name}`    | [`roster::delete`]         |
 //! | POST   | `/v1/tasks`            | [`tasks::create`]          |
+//! | GET    | `/v1/tasks`            | [`task_list::list`]        |
 //! | GET    | `/v1/tasks/{id}`       | [`info::task`]             |
 //! | DELETE | `/v1/tasks/{id}`       | [`tasks::cancel`]          |
 //! | GET    | `/v1/tasks/{id}/events`  | [`tasks::events`]        |
@@ -34,7 +35,7 @@ use shared::TaskId;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{chat, cors, headers, info, operate, roster, tasks};
+use crate::{chat, cors, headers, info, operate, roster, task_list, tasks};
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.gateway.max_body_bytes;
@@ -48,7 +49,7 @@ pub fn app(state: AppState) -> Router {
             "/v1/agents/{name}",
             get(roster::one).put(roster::put).delete(roster::delete),
         )
-        .route("/v1/tasks", post(tasks::create))
+        .route("/v1/tasks", post(tasks::create).get(task_list::list))
         .route("/v1/tasks/{id}", get(info::task).delete(tasks::cancel))
         .route("/v1/tasks/{id}/events", get(tasks::events))
         .route("/v1/tasks/{id}/approve", post(tasks::approve))

@@ -1,8 +1,9 @@
 //! The task API for agent work: `POST /v1/tasks` hands a goal to a team, `GET
 //! /v1/tasks/{id}` shows its workflow (through `info::task`, which also serves chat results:
 //! one id space), `DELETE /v1/tasks/{id}` cancels it, `POST /v1/tasks/{id}/approve` and
-//! `/reject` decide an approval. The gateway only checks, publishes and reads: every change
-//! is a control message on `tasks.workflow.<priority>`, applied by a worker.
+//! `/reject` decide an approval (`GET /v1/tasks`, the listing, is `task_list`). The gateway
+//! only checks, publishes and reads: every change is a control message on
+//! `tasks.workflow.<priority>`, applied by a worker.
 
 use agents::control::{Action, ControlMessage};
 use agents::plan::{Plan, PlanLimits};

@@ -78,8 +78,8 @@ pub(crate) struct Deps {
     pub workflows: kv::Store,
     /// The agents as they are now (configuration and the `agents` bucket).
     pub agents: shared::agents::LiveCatalog,
-    /// How routing weighs capability, load and record (`agent_routing`).
-    pub routing_weights: shared::agents::Weights,
+    /// Prices (for steps' costs), routing weights and the rest of the configuration.
+    pub config: Arc<Config>,
     /// Agents' records, for routing and to update as steps finish.
     pub performance: Arc<crate::performance::Records>,
     /// `queue.reply_prefixes`: where a task's result may be sent.

@@ -217,7 +217,7 @@ pub async fn run(
         reply_prefixes: config.queue.reply_prefixes.clone(),
         workflows: provisioned.workflows,
         agents: provisioned.agents.clone(),
-        routing_weights: config.agent_routing,
+        config: config.clone(),
         performance: performance::Records::start(
             provisioned.performance.clone(),
             &background,

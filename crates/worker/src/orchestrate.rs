@@ -91,7 +91,8 @@ pub(crate) async fn control(msg: &jetstream::Message, deps: &Deps) {
     }
 }
 
-/// Advances the workflow a finished step belongs to, from its stored `result`.
+/// Advances the workflow a finished step belongs to, from its stored `result`, costed at
+/// the configured price of the model that answered it.
 pub(crate) async fn step_finished(
     deps: &Deps,
     step: &StepRef,
@@ -99,7 +100,7 @@ pub(crate) async fn step_finished(
 ) -> Result<(), OrchestrateError> {
     let event = Event::StepFinished {
         step: step.step.clone(),
-        outcome: outcome(result),
+        outcome: outcome(result, |provider, model| deps.config.price(provider, model)),
     };
     if let Some(wf) = apply(deps, step.workflow, &event).await? {
         record_performance(deps, &wf, &step.step, result).await;
@@ -329,7 +330,7 @@ impl WorkerEnv {
         }
         Self {
             catalog: deps.agents.current(),
-            weights: deps.routing_weights,
+            weights: deps.config.agent_routing,
             performance: deps.performance.clone(),
             queued,
         }

@@ -68,7 +68,7 @@ mod tests {
             serde_json::from_value(serde_json::json!({"kind": "simulated"})).unwrap();
         TargetConfig {
             weight,
-            input_cost_per_mtok: cost,
+            input_cost_per_mtok: Some(cost),
             ..TargetConfig::direct("p", model, &provider)
         }
     }

@@ -94,6 +94,7 @@ fn done(step: &str, text: &str) -> Event {
                 prompt_tokens: 10,
                 completion_tokens: 5,
                 cost_usd: 0.001,
+                cost_known: true,
             },
         },
     }
@@ -311,6 +312,30 @@ fn budgets_stop_a_runaway_run_with_the_guard_named() {
     advance(&mut wf, &done("facts", "f"), &world);
     assert_eq!(wf.error.clone().unwrap().guard, Some(Guard::MaxTokens));
 
+    // Each step costs $0.001 (`done`): the plan stays under $0.0015, its first step does not.
+    let mut cost = workflow(Spec {
+        budget: Budget {
+            max_cost_usd: Some(0.0015),
+            ..Budget::default()
+        },
+        ..spec("g")
+    });
+    advance(&mut cost, &Event::Start, &world);
+    advance(&mut cost, &done("@plan", PLAN), &world);
+    assert_eq!(cost.status, Status::Running);
+    let effects = advance(&mut cost, &done("facts", "f"), &world);
+    assert_eq!(cost.status, Status::Failed);
+    let error = cost.error.clone().unwrap();
+    assert_eq!(error.guard, Some(Guard::MaxCost));
+    assert_eq!(error.message, "$0.0020 spent; the budget is $0.0015");
+    assert!((cost.usage.cost_usd - 0.002).abs() < 1e-12);
+    // The step still running is stopped, and nothing more is dispatched.
+    assert_eq!(cost.step("market").unwrap().status, StepStatus::Cancelled);
+    assert!(effects.contains(&Effect::Abort {
+        task_id: cost.step("market").unwrap().task_id
+    }));
+    assert!(dispatched(&effects).is_empty());
+
     let mut steps = workflow(Spec {
         budget: Budget {
             max_steps: Some(2),
@@ -423,4 +448,57 @@ fn a_plan_may_only_use_what_the_team_can_do() {
         ["@plan-2"]
     );
     assert!(wf.step("@plan-2").unwrap().instruction.contains("analysis"));
+}
+
+#[test]
+fn usage_sums_steps_costs_and_remembers_an_unpriced_one() {
+    let price = Price {
+        input_per_mtok: 2.0,
+        output_per_mtok: 10.0,
+    };
+    let priced = Usage::priced(1_000, 200, Some(price));
+    assert!((priced.cost_usd - (0.002 + 0.002)).abs() < 1e-12);
+    assert!(priced.cost_known);
+    let unpriced = Usage::priced(1_000, 200, None);
+    assert_eq!(unpriced.cost_usd, 0.0);
+    assert!(!unpriced.cost_known);
+
+    let world = World::new();
+    let mut wf = workflow(spec("g"));
+    assert!(wf.usage.cost_known, "nothing spent is a known cost");
+    advance(&mut wf, &Event::Start, &world);
+    let finished = |step: &str, text: &str, usage: Usage| Event::StepFinished {
+        step: step.into(),
+        outcome: StepOutcome::Completed {
+            text: text.into(),
+            usage,
+        },
+    };
+    advance(&mut wf, &finished("@plan", PLAN, priced), &world);
+    advance(&mut wf, &finished("facts", "f", priced), &world);
+    assert!((wf.usage.cost_usd - 0.008).abs() < 1e-12);
+    assert_eq!(wf.usage.tokens(), 2_400);
+    assert!(wf.usage.cost_known);
+    advance(&mut wf, &finished("market", "m", unpriced), &world);
+    assert!((wf.usage.cost_usd - 0.008).abs() < 1e-12);
+    assert_eq!(wf.usage.tokens(), 3_600);
+    assert!(
+        !wf.usage.cost_known,
+        "a step without a price makes the sum a lower bound"
+    );
+    assert!(wf.step("facts").unwrap().usage.cost_known);
+    assert!(!wf.step("market").unwrap().usage.cost_known);
+
+    // A state stored before costs were known to be unknown reads as known.
+    let old: Usage =
+        serde_json::from_str(r#"{"prompt_tokens": 1, "completion_tokens": 2, "cost_usd": 0.0}"#)
+            .unwrap();
+    assert!(old.cost_known);
+}
+
+#[test]
+fn statuses_are_written_as_serde_writes_them() {
+    for status in Status::ALL {
+        assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+    }
 }

@@ -14,9 +14,11 @@ use serde::Deserialize;
 use crate::Capability;
 use crate::agents::{AgentProfile, Catalog, Team, Weights};
 
+mod prices;
 mod providers;
 mod routes;
 
+pub use prices::{Price, TOKENS_PER_PRICE_UNIT, price_key};
 pub use providers::{Adapter, ApiKey, ProviderConfig, ProviderKind};
 pub use routes::{MAX_FALLBACK_HOPS, RouteConfig, Strategy, TargetConfig, split_direct};
 
@@ -160,6 +162,9 @@ pub struct Config {
     /// Model aliases callers put in `model`.
     #[serde(default)]
     pub routes: BTreeMap<String, RouteConfig>,
+    /// What models cost, by `provider/model`.
+    #[serde(default)]
+    pub prices: BTreeMap<String, Price>,
     #[serde(default)]
     pub health: HealthConfig,
     #[serde(default)]
@@ -522,6 +527,21 @@ impl Config {
             p.0.extend(e.problems);
         }
         p.finish()?;
+        let priced: Vec<Vec<Option<Price>>> = cfg
+            .routes
+            .values()
+            .map(|r| {
+                r.targets
+                    .iter()
+                    .map(|t| cfg.price(&t.provider, &t.model))
+                    .collect()
+            })
+            .collect();
+        for (route, prices) in cfg.routes.values_mut().zip(priced) {
+            for (target, price) in route.targets.iter_mut().zip(prices) {
+                target.price = price;
+            }
+        }
         Ok(cfg)
     }
 
@@ -655,6 +675,7 @@ impl Config {
         for (name, route) in &self.routes {
             routes::validate_route(&mut p, name, route, &self.routes, &self.providers);
         }
+        prices::validate_prices(&mut p, &self.prices, &self.routes, &self.providers);
         self.validate_health(&mut p);
         if self.dlq.max_age_secs == 0 {
             p.add("dlq.max_age_secs", "must be greater than 0");
@@ -710,6 +731,12 @@ impl Config {
                     .flatten(),
             )
             .collect()
+    }
+
+    /// The price of `provider`/`model` (`provider` as configured, `model` as sent to it):
+    /// its `[prices]` entry, else the one a route target for it sets; `None` when unknown.
+    pub fn price(&self, provider: &str, model: &str) -> Option<Price> {
+        prices::lookup(&self.prices, &self.routes, provider, model)
     }
 
     /// The capabilities a worker with this configuration serves.
@@ -1258,5 +1285,93 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(keys(&err), ["providers.openrouter.direct_models[0]"]);
+    }
+
+    #[test]
+    fn prices_are_read_by_provider_and_model_from_the_table_or_a_target() {
+        // Model names keep their case, dots and slashes as keys.
+        let toml = r#"
+            [providers.sim]
+            kind = "simulated"
+            [routes.cheap]
+            strategy = "cost"
+            targets = [
+              { provider = "sim", model = "Big-1.5" },
+              { provider = "sim", model = "small", input_cost_per_mtok = 0.1, output_cost_per_mtok = 0.4 },
+              { provider = "sim", model = "unpriced" },
+            ]
+            [prices."sim/Big-1.5"]
+            input_per_mtok = 3.0
+            output_per_mtok = 15.0
+            [prices."sim/org/model.v2"]
+            input_per_mtok = 0.0
+            output_per_mtok = 0.0
+        "#;
+        let cfg = Config::load(Source::Toml(toml), &env(&[])).unwrap();
+        let big = Price {
+            input_per_mtok: 3.0,
+            output_per_mtok: 15.0,
+        };
+        assert_eq!(cfg.price("sim", "Big-1.5"), Some(big));
+        assert_eq!(
+            cfg.price("sim", "small"),
+            Some(Price {
+                input_per_mtok: 0.1,
+                output_per_mtok: 0.4
+            }),
+            "a target's own price is the model's price"
+        );
+        assert_eq!(
+            cfg.price("sim", "org/model.v2")
+                .map(|p| p.cost(1_000, 1_000)),
+            Some(0.0),
+            "free is a known price"
+        );
+        assert_eq!(cfg.price("sim", "unpriced"), None);
+        assert_eq!(cfg.price("sim", "big-1.5"), None, "names are exact");
+        // The cost strategy orders by the same prices: the table's reach the targets.
+        let units: Vec<f64> = cfg.routes["cheap"]
+            .targets
+            .iter()
+            .map(TargetConfig::unit_cost)
+            .collect();
+        assert_eq!(units, [18.0, 0.5, 0.0]);
+    }
+
+    #[test]
+    fn bad_prices_are_reported_by_key() {
+        let toml = r#"
+            [providers.sim]
+            kind = "simulated"
+            [routes.a]
+            targets = [{ provider = "sim", model = "m", input_cost_per_mtok = 1.0 }]
+            [routes.b]
+            targets = [{ provider = "sim", model = "m", input_cost_per_mtok = 2.0 }]
+            [prices."nobody/m"]
+            input_per_mtok = 1.0
+            output_per_mtok = 1.0
+            [prices.nomodel]
+            input_per_mtok = -1.0
+            output_per_mtok = 1.0
+        "#;
+        let err = Config::load(Source::Toml(toml), &env(&[])).unwrap_err();
+        assert_eq!(
+            keys(&err),
+            [
+                "prices.\"nobody/m\"",
+                "prices.\"nomodel\"",
+                "prices.\"nomodel\".input_per_mtok",
+                "routes.b.targets[0]",
+            ],
+            "{err}"
+        );
+        // A target may repeat the table's price, not contradict it.
+        let table = "[prices.\"sim/m\"]\ninput_per_mtok = 1.0\noutput_per_mtok = 0.0\n";
+        let agreeing = toml.replace("input_cost_per_mtok = 2.0", "input_cost_per_mtok = 1.0");
+        let agreeing = agreeing.split("[prices.").next().unwrap().to_owned() + table;
+        Config::load(Source::Toml(&agreeing), &env(&[])).unwrap();
+        let contradicting = agreeing.replace("output_per_mtok = 0.0", "output_per_mtok = 5.0");
+        let err = Config::load(Source::Toml(&contradicting), &env(&[])).unwrap_err();
+        assert_eq!(keys(&err), ["routes.a.targets[0]", "routes.b.targets[0]"]);
     }
 }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 
+use super::prices::Price;
 use super::providers::{ApiKey, ProviderConfig, read_keys};
 use super::{Problems, default_capability};
 use crate::Capability;
@@ -65,15 +66,18 @@ pub struct TargetConfig {
     /// This target's own key pool (variable names); empty means the provider's pool.
     #[serde(default)]
     pub api_key_envs: Vec<String>,
-    /// Price per million prompt tokens, for the `cost` strategy.
+    /// USD per million prompt tokens: this model's price, as `[prices]` would set it.
     #[serde(default)]
-    pub input_cost_per_mtok: f64,
-    /// Price per million completion tokens, for the `cost` strategy.
+    pub input_cost_per_mtok: Option<f64>,
+    /// USD per million completion tokens: this model's price, as `[prices]` would set it.
     #[serde(default)]
-    pub output_cost_per_mtok: f64,
+    pub output_cost_per_mtok: Option<f64>,
     /// The key pool, read from the environment at load time (the provider's when empty).
     #[serde(skip)]
     pub keys: Vec<ApiKey>,
+    /// The model's price, from the target or `[prices]`, resolved at load time.
+    #[serde(skip)]
+    pub price: Option<Price>,
 }
 
 impl TargetConfig {
@@ -84,15 +88,27 @@ impl TargetConfig {
             model: model.to_owned(),
             weight: default_weight(),
             api_key_envs: Vec::new(),
-            input_cost_per_mtok: 0.0,
-            output_cost_per_mtok: 0.0,
+            input_cost_per_mtok: None,
+            output_cost_per_mtok: None,
             keys: config.keys.clone(),
+            price: None,
         }
     }
 
-    /// Price of a typical call (one input and one output token) for ordering by cost.
+    /// The price the target itself sets, when it sets one (an unset half is 0).
+    pub fn own_price(&self) -> Option<Price> {
+        (self.input_cost_per_mtok.is_some() || self.output_cost_per_mtok.is_some()).then(|| Price {
+            input_per_mtok: self.input_cost_per_mtok.unwrap_or(0.0),
+            output_per_mtok: self.output_cost_per_mtok.unwrap_or(0.0),
+        })
+    }
+
+    /// Price of a typical call (one input and one output token) for ordering by cost; a
+    /// model without a price counts as free.
     pub fn unit_cost(&self) -> f64 {
-        self.input_cost_per_mtok + self.output_cost_per_mtok
+        self.price
+            .or_else(|| self.own_price())
+            .map_or(0.0, |p| p.unit())
     }
 }
 
@@ -134,9 +150,10 @@ pub(crate) fn resolve_route(
             model,
             weight: default_weight(),
             api_key_envs: Vec::new(),
-            input_cost_per_mtok: 0.0,
-            output_cost_per_mtok: 0.0,
+            input_cost_per_mtok: None,
+            output_cost_per_mtok: None,
             keys: Vec::new(),
+            price: None,
         });
     }
     let mut missing = Vec::new();
@@ -214,7 +231,7 @@ pub(crate) fn validate_route(
             ("input_cost_per_mtok", target.input_cost_per_mtok),
             ("output_cost_per_mtok", target.output_cost_per_mtok),
         ] {
-            if !cost.is_finite() || cost < 0.0 {
+            if cost.is_some_and(|c| !c.is_finite() || c < 0.0) {
                 p.add(&format!("{tkey}.{field}"), "must be a price of 0 or more");
             }
         }
