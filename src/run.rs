@@ -58,19 +58,27 @@ impl Api {
             .await
     }
 
+    /// `/v1/agents/{name}`, the name one path segment whatever it holds (`?`, `/`, …).
+    fn agent_url(&self, name: &str) -> anyhow::Result<reqwest::Url> {
+        let mut url = reqwest::Url::parse(&format!("{}/v1/agents", self.base))
+            .with_context(|| format!("{} is not a URL", self.base))?;
+        url.path_segments_mut()
+            .map_err(|()| anyhow::anyhow!("{} cannot take a path", self.base))?
+            .push(name);
+        Ok(url)
+    }
+
     pub async fn agent(&self, name: &str) -> anyhow::Result<Value> {
-        self.call(self.http.get(format!("{}/v1/agents/{name}", self.base)))
-            .await
+        self.call(self.http.get(self.agent_url(name)?)).await
     }
 
     pub async fn put_agent(&self, name: &str, profile: &Value) -> anyhow::Result<Value> {
-        let url = format!("{}/v1/agents/{name}", self.base);
-        self.call(self.http.put(url).json(profile)).await
+        self.call(self.http.put(self.agent_url(name)?).json(profile))
+            .await
     }
 
     pub async fn delete_agent(&self, name: &str) -> anyhow::Result<Value> {
-        self.call(self.http.delete(format!("{}/v1/agents/{name}", self.base)))
-            .await
+        self.call(self.http.delete(self.agent_url(name)?)).await
     }
 
     /// The newest tasks (`GET /v1/tasks`), those with `status` only when given.
@@ -227,7 +235,6 @@ impl Default for Progress {
     }
 }
 
-/// Writes to stdout in one piece.
 /// `GET /v1/agents` as a table: one agent a line.
 pub fn agent_table(list: &Value) -> String {
     let mut lines = vec![format!(
@@ -264,6 +271,7 @@ pub fn agent_table(list: &Value) -> String {
     lines.join("\n")
 }
 
+/// Writes to stdout in one piece.
 fn write_out(text: &str) {
     let mut out = std::io::stdout().lock();
     // A closed stdout (`switchyard run … | head`) is not worth dying for.

@@ -358,6 +358,10 @@ async fn the_cli_lists_adds_and_removes_agents() {
     assert!(!ok);
     assert!(err.contains("400"), "{err}");
 
+    // A name is one path segment, whatever it holds: this is not `DELETE /v1/agents/poet`.
+    let (ok, _, err) = cli(&stack, &["agents", "delete", "poet?x=1"], "").await;
+    assert!(!ok);
+    assert!(err.contains("404"), "{err}");
     let (ok, out, err) = cli(&stack, &["agents", "delete", "poet"], "").await;
     assert!(ok, "{err}");
     assert!(out.contains("\"deleted\": true"), "{out}");

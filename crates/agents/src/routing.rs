@@ -40,14 +40,15 @@ pub struct Performance {
 const RECENT: f64 = 0.2;
 
 impl Performance {
-    /// Takes in one finished step: whether it succeeded, and its model time.
+    /// Takes in one finished step: whether it succeeded, and its model time (counted for
+    /// successes only: a step that failed before any model answered took no model time).
     pub fn record_step(&mut self, succeeded: bool, latency_ms: u64) {
         if succeeded {
             self.succeeded = self.succeeded.saturating_add(1);
+            self.mean_latency_ms = Some(running_mean(self.mean_latency_ms, as_f64(latency_ms)));
         } else {
             self.failed = self.failed.saturating_add(1);
         }
-        self.mean_latency_ms = Some(running_mean(self.mean_latency_ms, as_f64(latency_ms)));
     }
 
     /// Takes in one review of work the agent contributed to, scored in `[0, 1]`.
@@ -298,10 +299,15 @@ mod tests {
         let mut p = Performance::default();
         assert_eq!(p.success_rate(), None);
         p.record_step(true, 100);
-        p.record_step(false, 200);
-        assert_eq!((p.succeeded, p.failed), (1, 1));
-        assert_eq!(p.success_rate(), Some(0.5));
-        assert_eq!(p.mean_latency_ms, Some(120.0));
+        p.record_step(false, 0);
+        p.record_step(true, 200);
+        assert_eq!((p.succeeded, p.failed), (2, 1));
+        assert_eq!(p.success_rate(), Some(2.0 / 3.0));
+        assert_eq!(
+            p.mean_latency_ms,
+            Some(120.0),
+            "failures take no model time"
+        );
         p.record_review(1.0);
         p.record_review(0.0);
         assert_eq!(p.review_score, Some(0.8));

@@ -958,6 +958,11 @@ fn dispatch_ready(wf: &mut Workflow, key: &str, env: &dyn Env, effects: &mut Vec
     for i in ready {
         let step = &wf.steps[i];
         let decision = match &step.agent {
+            Some(agent) if !env.known_agent(agent) => {
+                let message = format!("agent `{agent}` was removed before its step could run");
+                wf.fail(guard(Guard::NoAgent, message), effects);
+                return;
+            }
             Some(agent) => Some(Decision {
                 agent: agent.clone(),
                 candidates: Vec::new(),

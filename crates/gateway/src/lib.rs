@@ -93,6 +93,7 @@ async fn state(
         results: provisioned.results,
         agents: provisioned.agents,
         agents_bucket: provisioned.agents_bucket,
+        agent_writes: tokio::sync::Mutex::default(),
         performance: provisioned.performance,
         workflows: provisioned.workflows,
         providers: provisioned.providers,

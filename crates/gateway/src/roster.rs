@@ -5,6 +5,7 @@
 //! at runtime, in the `agents` bucket, which every replica watches.
 
 use agents::routing::Performance;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -66,6 +67,7 @@ pub async fn put(
     {
         return Err(ApiError::invalid(problem.field, problem.problem));
     }
+    let _writing = st.agent_writes.lock().await;
     let existed = st.agents.current().agents.contains_key(&name);
     shared::provision::agent_queue(&st.js, &st.config, &profile)
         .await
@@ -102,7 +104,8 @@ pub async fn delete(
         .agents
         .get(&name)
         .ok_or_else(|| ApiError::NotFound(format!("no agent is named `{name}`")))?;
-    let configured = st.agents.configured(&name);
+    let _writing = st.agent_writes.lock().await;
+    let configured = st.agents.configured_profile(&name).cloned();
     if !st.agents.stored(&name) {
         return Err(ApiError::Conflict {
             code: "agent_configured",
@@ -111,36 +114,38 @@ pub async fn delete(
             ),
         });
     }
-    if !configured {
-        let load = load(&st, agent).await;
-        let busy = ["in_flight", "queued"]
-            .iter()
-            .map(|k| load[k].as_u64())
-            .sum::<Option<u64>>();
-        match busy {
-            Some(0) => {}
-            Some(n) => {
+    if configured.is_none() {
+        match counts(&st, agent).await {
+            Ok(None | Some((0, 0))) => {}
+            Ok(Some((in_flight, queued))) => {
                 return Err(ApiError::Conflict {
                     code: "agent_busy",
                     message: format!(
-                        "agent `{name}` has {n} steps queued or running; delete it once they are done"
+                        "agent `{name}` has {} steps queued or running; delete it once they are done",
+                        in_flight + queued
                     ),
                 });
             }
-            None => return Err(ApiError::Unavailable),
+            Err(()) => return Err(ApiError::Unavailable),
         }
     }
     st.agents_bucket.delete(&name).await.map_err(|e| {
         warn!(error = %e, agent = %name, "could not delete an agent");
         ApiError::Unavailable
     })?;
+    // The configured agent is back: so is its cap on the queue.
+    if let Some(profile) = &configured
+        && let Err(e) = shared::provision::agent_queue(&st.js, &st.config, profile).await
+    {
+        warn!(error = %e, agent = %name, "could not restore an agent's queue cap");
+    }
     take_in(&st, &name).await;
     let body = json!({
         "object": "agent.deleted",
         "name": name,
         "deleted": true,
         // A configured agent is back as configured.
-        "restored": configured,
+        "restored": configured.is_some(),
     });
     Ok(Json(body).into_response())
 }
@@ -208,14 +213,24 @@ async fn performance(st: &AppState, name: &str) -> Value {
     })
 }
 
-/// In flight and queued across the agent's queue, or `null` when JetStream cannot say.
+/// In flight and queued on the agent's queue, or `null` when JetStream cannot say.
 async fn load(st: &AppState, agent: &AgentProfile) -> Value {
-    let Ok(queue) = agent.queue() else {
-        return Value::Null;
-    };
-    let Ok(stream) = st.js.get_stream_no_info(TASKS_STREAM).await else {
-        return Value::Null;
-    };
+    match counts(st, agent).await {
+        Ok(counts) => {
+            let (in_flight, queued) = counts.unwrap_or_default();
+            json!({"in_flight": in_flight, "queued": queued, "capacity": agent.max_concurrency})
+        }
+        Err(()) => Value::Null,
+    }
+}
+
+/// The agent's steps in flight and queued, from its queue's consumer; `None` when it has
+/// no consumer (nothing can be on it); `Err` when JetStream cannot say.
+async fn counts(st: &AppState, agent: &AgentProfile) -> Result<Option<(u64, u64)>, ()> {
+    let queue = agent.queue().map_err(|_| ())?;
+    let stream = st.js.get_stream_no_info(TASKS_STREAM).await.map_err(|e| {
+        debug!(error = %e, "could not open the task stream");
+    })?;
     let (mut in_flight, mut queued) = (0u64, 0u64);
     for consumer in queue_consumers(&queue) {
         match stream.consumer_info(&consumer.name).await {
@@ -223,11 +238,12 @@ async fn load(st: &AppState, agent: &AgentProfile) -> Value {
                 in_flight += u64::try_from(info.num_ack_pending).unwrap_or(u64::MAX);
                 queued += info.num_pending;
             }
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => return Ok(None),
             Err(e) => {
                 debug!(error = %e, agent = %agent.name, "could not read an agent's queue");
-                return Value::Null;
+                return Err(());
             }
         }
     }
-    json!({"in_flight": in_flight, "queued": queued, "capacity": agent.max_concurrency})
+    Ok(Some((in_flight, queued)))
 }

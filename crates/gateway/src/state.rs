@@ -25,6 +25,9 @@ pub struct Shared {
     pub agents: LiveCatalog,
     /// Where runtime agent profiles are stored.
     pub agents_bucket: kv::Store,
+    /// Held while this replica changes an agent, so its own updates of `TASKS` (read the
+    /// subjects, write them back) do not drop each other's.
+    pub agent_writes: tokio::sync::Mutex<()>,
     /// Agents' records (success, latency, review score), written by workers.
     pub performance: kv::Store,
     /// Workflow states, for the task API.

@@ -121,9 +121,13 @@ async fn provision_once(
         replicas,
     )
     .await?;
-    let agents = LiveCatalog::load(&agents_bucket, config.catalog.clone())
-        .await
-        .map_err(|e| ProvisionError::Agents(e.to_string()))?;
+    let agents = LiveCatalog::load(
+        &agents_bucket,
+        config.catalog.clone(),
+        config.routes.keys().cloned().collect(),
+    )
+    .await
+    .map_err(|e| ProvisionError::Agents(e.to_string()))?;
     let catalog = agents.current();
     let queues: BTreeMap<Capability, i64> = config
         .capability_names()
@@ -305,6 +309,36 @@ fn queue_subjects<'a>(capabilities: impl IntoIterator<Item = &'a Capability>) ->
         .collect()
 }
 
+/// The agents among `agents` whose queue subjects `TASKS` lacks (one stream-info call).
+/// `TASKS` is updated by reading its subjects and writing the list back, so two processes
+/// adding subjects at the same moment can drop each other's; whoever checks this repairs it.
+pub async fn agents_missing_queues<'a>(
+    js: &jetstream::Context,
+    agents: impl IntoIterator<Item = &'a AgentProfile>,
+) -> Result<Vec<&'a AgentProfile>, ProvisionError> {
+    let tasks = js
+        .get_stream(TASKS_STREAM)
+        .await
+        .map_err(|source| ProvisionError::Lookup {
+            name: TASKS_STREAM,
+            source,
+        })?;
+    let subjects: BTreeSet<String> = tasks
+        .cached_info()
+        .config
+        .subjects
+        .iter()
+        .cloned()
+        .collect();
+    Ok(agents
+        .into_iter()
+        .filter(|a| {
+            a.queue()
+                .is_ok_and(|q| !queue_subjects([&q]).is_subset(&subjects))
+        })
+        .collect())
+}
+
 /// Adds an agent's queue (its subjects on `TASKS`, and its consumer capped at its
 /// `max_concurrency`), or updates its cap: for an agent added or changed at runtime.
 pub async fn agent_queue(
@@ -444,10 +478,14 @@ async fn remove_per_priority_agent_consumers(tasks: &stream::Stream) -> Result<(
             && tokens.next().is_some_and(|p| p.parse::<Priority>().is_ok());
         if stale {
             warn!(consumer = %info.name, "removing an agent queue's per-priority consumer of an earlier version");
-            tasks
-                .delete_consumer(&info.name)
-                .await
-                .map_err(|e| lookup(e.into()))?;
+            match tasks.delete_consumer(&info.name).await {
+                Ok(_) => {}
+                // Another process starting at the same time removed it first.
+                Err(e)
+                    if matches!(e.kind(), stream::ConsumerErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) => {}
+                Err(e) => return Err(lookup(e.into())),
+            }
         }
     }
     Ok(())

@@ -34,7 +34,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cancel::Cancellations;
 use crate::deps::{Deps, Routing};
@@ -112,8 +112,13 @@ impl FetcherTemplate {
     }
 }
 
+/// How often a worker checks that every agent's queue is on `TASKS` and served.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+
 /// The fetchers of agents added at runtime.
 struct RuntimeAgents {
+    js: jetstream::Context,
+    config: Arc<Config>,
     tasks: jetstream::stream::Stream,
     template: FetcherTemplate,
     /// Queues served from the start (the configuration's).
@@ -122,16 +127,32 @@ struct RuntimeAgents {
 }
 
 /// Starts fetchers for each agent added at runtime, and stops them when it is removed,
-/// until `shutdown`.
+/// until `shutdown`. Every `RECONCILE_EVERY` it also puts back any agent's queue subjects
+/// that a concurrent update of `TASKS` dropped, and retries queues it could not open.
 async fn serve_runtime_agents(
     agents: RuntimeAgents,
     mut catalog: tokio::sync::watch::Receiver<Arc<shared::agents::Catalog>>,
     shutdown: CancellationToken,
 ) {
     let mut running: HashMap<Capability, CancellationToken> = HashMap::new();
+    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let wanted: BTreeSet<Capability> = catalog
-            .borrow_and_update()
+        let current = catalog.borrow_and_update().clone();
+        match shared::provision::agents_missing_queues(&agents.js, current.agents.values()).await {
+            Ok(missing) => {
+                for agent in missing {
+                    warn!(agent = %agent.name, "an agent's queue was missing from the task stream; adding it back");
+                    if let Err(e) =
+                        shared::provision::agent_queue(&agents.js, &agents.config, agent).await
+                    {
+                        warn!(agent = %agent.name, error = %e, "could not add an agent's queue back");
+                    }
+                }
+            }
+            Err(e) => debug!(error = %e, "could not check the agents' queues"),
+        }
+        let wanted: BTreeSet<Capability> = current
             .agents
             .values()
             .filter_map(|a| a.queue().ok())
@@ -168,6 +189,7 @@ async fn serve_runtime_agents(
         tokio::select! {
             () = shutdown.cancelled() => return,
             changed = catalog.changed() => if changed.is_err() { return },
+            _ = reconcile.tick() => {}
         }
     }
 }
@@ -256,6 +278,8 @@ pub async fn run(
     if config.worker.capabilities.is_empty() {
         background.spawn(serve_runtime_agents(
             RuntimeAgents {
+                js: js.clone(),
+                config: config.clone(),
                 tasks: provisioned.tasks.clone(),
                 template: template.clone(),
                 fixed: capabilities.iter().cloned().collect(),

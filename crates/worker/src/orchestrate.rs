@@ -13,7 +13,8 @@ use agents::control::{Action, ControlMessage, outcome};
 use agents::prompt;
 use agents::routing::{self, Decision, Load, Weights};
 use agents::workflow::{
-    DEFAULT_WALL_MS, Effect, Env, Event, Limits, Progress, StepKind, StepStatus, Workflow, advance,
+    DEFAULT_WALL_MS, Effect, Env, Event, Limits, Progress, StepKind, StepOutcome, StepStatus,
+    Workflow, advance,
 };
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv;
@@ -109,7 +110,7 @@ pub(crate) async fn step_finished(
 }
 
 /// Adds a step that changed its workflow to its agent's record, and a review's score to
-/// the record of every agent whose work it judged.
+/// the records of the agents whose work it judged (the synthesis and its inputs).
 async fn record_performance(deps: &Deps, wf: &Workflow, id: &str, result: &TaskResult) {
     let Some(step) = wf.step(id) else {
         return;
@@ -129,9 +130,14 @@ async fn record_performance(deps: &Deps, wf: &Workflow, id: &str, result: &TaskR
     let score = verdict
         .score
         .unwrap_or(if verdict.approved { 1.0 } else { 0.0 });
-    let judged: BTreeSet<&str> = wf
-        .steps
+    // What this review judged: the synthesis it depends on, and that synthesis's inputs.
+    let judged: BTreeSet<&str> = step
+        .depends_on
         .iter()
+        .filter_map(|d| wf.step(d))
+        .flat_map(|synthesis| {
+            std::iter::once(synthesis).chain(synthesis.depends_on.iter().filter_map(|d| wf.step(d)))
+        })
         .filter(|s| matches!(s.kind, StepKind::Work | StepKind::Synthesize))
         .filter(|s| s.status == StepStatus::Completed)
         .filter_map(|s| s.agent.as_deref())
@@ -181,20 +187,39 @@ async fn apply(
                 Err(e) => return Err(OrchestrateError::Store(e.to_string())),
             }
         }
-        carry_out(deps, &wf, effects).await?;
+        let orphans = carry_out(deps, &wf, effects).await?;
+        // A step whose agent was removed after it was chosen fails, with the reason, and
+        // so does its workflow: waiting for an agent that is gone would never end.
+        for (step, agent) in orphans {
+            let event = Event::StepFinished {
+                step,
+                outcome: StepOutcome::Failed {
+                    class: "no_agent".to_owned(),
+                    message: format!("agent `{agent}` was removed before its step could run"),
+                },
+            };
+            Box::pin(apply(deps, id, &event)).await?;
+        }
         return Ok(changed.then_some(wf));
     }
     Err(OrchestrateError::Contended)
 }
 
+/// Carries out `effects`; returns the steps it could not dispatch because their agent is
+/// gone, with that agent's name.
 async fn carry_out(
     deps: &Deps,
     wf: &Workflow,
     effects: Vec<Effect>,
-) -> Result<(), OrchestrateError> {
+) -> Result<Vec<(String, String)>, OrchestrateError> {
+    let mut orphans = Vec::new();
     for effect in effects {
         match effect {
-            Effect::Dispatch { step } => dispatch(deps, wf, &step).await?,
+            Effect::Dispatch { step } => {
+                if let Some(agent) = dispatch(deps, wf, &step).await? {
+                    orphans.push((step, agent));
+                }
+            }
             Effect::Abort { task_id } => {
                 // Best effort by design (see cancel.rs): a missed notice means the step runs
                 // to its end, and its result is then ignored.
@@ -209,20 +234,28 @@ async fn carry_out(
             Effect::Progress(progress) => record(deps, wf, &progress).await?,
         }
     }
-    Ok(())
+    Ok(orphans)
 }
 
-/// Publishes `step` as a task on its agent's queue, with the step's own task id.
-async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<(), OrchestrateError> {
+/// Publishes `step` as a task on its agent's queue, with the step's own task id. Returns
+/// the agent's name instead when it is no longer in the catalog.
+async fn dispatch(
+    deps: &Deps,
+    wf: &Workflow,
+    id: &str,
+) -> Result<Option<String>, OrchestrateError> {
     let catalog = deps.agents.current();
     let step = wf
         .step(id)
         .ok_or_else(|| OrchestrateError::Decode(format!("no step `{id}`")))?;
-    let agent = step
+    let name = step
         .agent
         .as_deref()
-        .and_then(|name| catalog.agents.get(name))
-        .ok_or_else(|| OrchestrateError::Decode(format!("step `{id}` has no known agent")))?;
+        .ok_or_else(|| OrchestrateError::Decode(format!("step `{id}` has no agent")))?;
+    let Some(agent) = catalog.agents.get(name) else {
+        warn!(workflow = %wf.id, step = id, agent = name, "the step's agent is gone; the step fails");
+        return Ok(Some(name.to_owned()));
+    };
     let capability = agent
         .queue()
         .map_err(|e| OrchestrateError::Decode(e.to_string()))?;
@@ -264,7 +297,7 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<(), Orchestrat
         .map_err(|e| OrchestrateError::Publish(e.to_string()))?
         .await
         .map_err(|e| OrchestrateError::Publish(e.to_string()))?;
-    Ok(())
+    Ok(None)
 }
 
 /// Records progress on `events.workflow.<id>`, the source of a workflow's event stream.

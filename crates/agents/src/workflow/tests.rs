@@ -502,3 +502,35 @@ fn statuses_are_written_as_serde_writes_them() {
         assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
     }
 }
+
+#[test]
+fn a_step_whose_named_agent_was_removed_fails_the_run_instead_of_waiting() {
+    let step = |id: &str, capability: &str, agent: &str, deps: &[&str]| PlanStep {
+        id: id.into(),
+        capability: capability.into(),
+        instruction: format!("do {id}"),
+        depends_on: deps.iter().map(|d| (*d).to_owned()).collect(),
+        agent: Some(agent.into()),
+    };
+    let mut world = World::new();
+    let mut wf = workflow(Spec {
+        steps: Some(vec![
+            step("facts", "research", "researcher", &[]),
+            step("report", "analysis", "analyst", &["facts"]),
+        ]),
+        ..spec("Analyse e-bikes")
+    });
+    let effects = advance(&mut wf, &Event::Start, &world);
+    assert_eq!(dispatched(&effects), ["facts"]);
+    world.agents.retain(|(a, _)| *a != "analyst");
+    let effects = advance(&mut wf, &done("facts", "f"), &world);
+    assert!(dispatched(&effects).is_empty());
+    assert_eq!(wf.status, Status::Failed);
+    let error = wf.error.as_ref().unwrap();
+    assert_eq!(error.guard, Some(Guard::NoAgent));
+    assert!(
+        error.message.contains("`analyst` was removed"),
+        "{}",
+        error.message
+    );
+}

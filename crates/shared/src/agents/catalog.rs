@@ -36,6 +36,9 @@ impl Default for Weights {
     }
 }
 
+/// Largest routing weight: only their ratios matter, so this only keeps sums finite.
+const MAX_WEIGHT: f64 = 1000.0;
+
 impl Weights {
     /// Every problem, with fields named `agent_routing.<part>`.
     pub fn problems(&self) -> Vec<FieldError> {
@@ -45,10 +48,10 @@ impl Weights {
             ("load", self.load),
             ("performance", self.performance),
         ] {
-            if !weight.is_finite() || weight < 0.0 {
+            if !(0.0..=MAX_WEIGHT).contains(&weight) {
                 errors.push(FieldError::new(
                     format!("agent_routing.{part}"),
-                    "must be a number of 0 or more",
+                    format!("must be a number from 0 to {MAX_WEIGHT}"),
                 ));
             }
         }

@@ -4,7 +4,7 @@
 //! configured. Every process keeps a copy, loaded at start and kept current by a watch of
 //! the bucket, so every replica sees a change made through any of them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_nats::jetstream::kv;
@@ -22,6 +22,8 @@ type Stored = BTreeMap<String, (u64, Option<AgentProfile>)>;
 #[derive(Debug, Clone)]
 pub struct LiveCatalog {
     base: Arc<Catalog>,
+    /// The routes this process has.
+    routes: Arc<BTreeSet<String>>,
     /// The bucket's profiles by name, with the revision that set them (`None`: deleted),
     /// so an older value arriving late does not undo a newer one.
     stored: Arc<Mutex<Stored>>,
@@ -30,10 +32,17 @@ pub struct LiveCatalog {
 
 impl LiveCatalog {
     /// `base` with the bucket's profiles as they are now.
-    pub async fn load(store: &kv::Store, base: Catalog) -> Result<Self, async_nats::Error> {
+    /// A stored profile is checked against `routes` (this process's): one it cannot run
+    /// is ignored, with a warning, and the configured agent of that name (if any) stays.
+    pub async fn load(
+        store: &kv::Store,
+        base: Catalog,
+        routes: BTreeSet<String>,
+    ) -> Result<Self, async_nats::Error> {
         let live = Self {
             current: watch::Sender::new(Arc::new(base.clone())),
             base: Arc::new(base),
+            routes: Arc::new(routes),
             stored: Arc::default(),
         };
         let keys: Vec<String> = store.keys().await?.try_collect().await?;
@@ -55,11 +64,6 @@ impl LiveCatalog {
         self.current.subscribe()
     }
 
-    /// Whether `name` is defined in configuration (a stored profile may replace it).
-    pub fn configured(&self, name: &str) -> bool {
-        self.base.agents.contains_key(name)
-    }
-
     /// Whether the bucket holds a profile for `name`.
     pub fn stored(&self, name: &str) -> bool {
         self.lock()
@@ -70,16 +74,7 @@ impl LiveCatalog {
     /// Takes in one entry of the bucket (a put or a delete), unless a newer one is in.
     pub fn apply(&self, entry: &kv::Entry) {
         let profile = match entry.operation {
-            kv::Operation::Put => match serde_json::from_slice::<AgentProfile>(&entry.value) {
-                Ok(mut profile) => {
-                    profile.name.clone_from(&entry.key);
-                    Some(profile)
-                }
-                Err(e) => {
-                    warn!(agent = %entry.key, error = %e, "a stored agent profile does not decode; ignored");
-                    return;
-                }
-            },
+            kv::Operation::Put => self.usable(entry),
             kv::Operation::Delete | kv::Operation::Purge => None,
         };
         let mut stored = self.lock();
@@ -109,6 +104,29 @@ impl LiveCatalog {
     /// Keeps the copy current until `shutdown`.
     pub async fn follow(self, store: kv::Store, shutdown: CancellationToken) {
         crate::nats::follow_bucket(&store, "agents", &shutdown, |entry| self.apply(&entry)).await;
+    }
+
+    /// The stored profile, if it decodes and passes its checks here.
+    fn usable(&self, entry: &kv::Entry) -> Option<AgentProfile> {
+        let mut profile = match serde_json::from_slice::<AgentProfile>(&entry.value) {
+            Ok(profile) => profile,
+            Err(e) => {
+                warn!(agent = %entry.key, error = %e, "a stored agent profile does not decode; ignored");
+                return None;
+            }
+        };
+        profile.name.clone_from(&entry.key);
+        let problems = profile.problems(|route| self.routes.contains(route));
+        if let Some(problem) = problems.first() {
+            warn!(agent = %entry.key, %problem, "a stored agent profile cannot run here; ignored");
+            return None;
+        }
+        Some(profile)
+    }
+
+    /// The profile of `name` as configured, if it is.
+    pub fn configured_profile(&self, name: &str) -> Option<&AgentProfile> {
+        self.base.agents.get(name)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Stored> {

@@ -657,9 +657,27 @@ impl Config {
                 Ok(_) => {}
             }
         }
+        // Queues named `agent-…` carry agents' steps; chat capabilities must not look like one.
+        let reserved = |c: &str| {
+            c.starts_with(crate::agents::QUEUE_PREFIX) || c == crate::names::WORKFLOW_CAPABILITY
+        };
+        for (name, route) in &self.routes {
+            if reserved(&route.capability) {
+                p.add(
+                    &format!("routes.{name}.capability"),
+                    "names starting `agent-`, and `workflow`, are reserved for agents' queues",
+                );
+            }
+        }
         for (name, cap) in &self.capabilities {
             if let Err(e) = name.parse::<Capability>() {
                 p.add(&format!("capabilities.{name}"), format!("name {e}"));
+            }
+            if reserved(name) {
+                p.add(
+                    &format!("capabilities.{name}"),
+                    "names starting `agent-`, and `workflow`, are reserved for agents' queues",
+                );
             }
             p.positive(
                 &format!("capabilities.{name}.max_in_flight"),
@@ -961,6 +979,18 @@ mod tests {
         assert!(cfg.capability_names().contains(&planner));
         // The default configuration has no `agents` route: they call its first route.
         assert_eq!(cfg.catalog.agents["writer"].route, "simulated");
+    }
+
+    #[test]
+    fn agent_queue_names_are_reserved() {
+        let toml = format!(
+            "{DEFAULT_TOML}\n[capabilities.agent-x]\nmax_in_flight = 2\n[routes.sneaky]\nprovider = \"simulated\"\nmodel = \"m\"\ncapability = \"workflow\"\n"
+        );
+        let err = Config::load(Source::Toml(&toml), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("capabilities.agent-x"), "{err}");
+        assert!(err.contains("routes.sneaky.capability"), "{err}");
     }
 
     #[test]
