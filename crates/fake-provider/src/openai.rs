@@ -1,7 +1,8 @@
 //! The OpenAI wire format: `POST /v1/chat/completions`, JSON or SSE chunks ending in
 //! `[DONE]`, errors as `{"error":{"message","type","code"}}`, the key as a bearer token.
 //! Honours `n` (several choices, streamed interleaved) and `stream_options.include_usage`
-//! (a last chunk with only the usage) as OpenAI does.
+//! (a last chunk with only the usage) as OpenAI does, and `response_format` with a JSON schema
+//! (structured outputs: the answer follows the schema; see `structured.rs`).
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::{
     Fault, Recorded, SseEvent, State, choice_text, error_response, malformed_json, pieces, sse,
+    structured,
 };
 
 pub(crate) fn router() -> Router<Arc<State>> {
@@ -103,7 +105,10 @@ async fn chat(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Byt
     }
     let last = last_user_text(&body);
     let texts: Vec<String> = (0..choice_count(&body))
-        .map(|i| choice_text(&model, &last, i))
+        .map(|i| match structured::schema(&body) {
+            Some(schema) => structured::answer(schema, i),
+            None => choice_text(&model, &last, i),
+        })
         .collect();
     let usage = json!({"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12});
     if stream {
