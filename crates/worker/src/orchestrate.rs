@@ -13,6 +13,7 @@ use agents::prompt;
 use agents::routing::{self, Decision, Load, Performance, Weights};
 use agents::workflow::{DEFAULT_WALL_MS, Effect, Env, Event, Limits, Progress, Workflow, advance};
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::kv;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
@@ -102,32 +103,33 @@ pub(crate) async fn step_finished(
 /// Applies `event` by compare-and-set, then carries out its effects.
 async fn apply(deps: &Deps, id: TaskId, event: &Event) -> Result<(), OrchestrateError> {
     let key = id.to_string();
+    // The state and the agents' load, read together (two round trips at once, not one after
+    // the other); the load once per event, also when a conflict makes us read the state
+    // again: it is a hint for routing, and a retry comes within milliseconds.
+    let (env, mut entry) = tokio::join!(WorkerEnv::read(deps), read(deps, &key));
     for _ in 0..CAS_TRIES {
-        let Some(entry) = deps
-            .workflows
-            .entry(key.clone())
-            .await
-            .map_err(|e| OrchestrateError::Store(e.to_string()))?
-        else {
+        let Some(current) = entry? else {
             // Pruned or never created: nothing waits on it any more.
             debug!(workflow = %id, "event for a workflow that is not stored; ignored");
             return Ok(());
         };
-        let mut wf: Workflow = serde_json::from_slice(&entry.value)
+        let mut wf: Workflow = serde_json::from_slice(&current.value)
             .map_err(|e| OrchestrateError::Decode(e.to_string()))?;
         let before = wf.clone();
-        let env = WorkerEnv::read(deps).await;
         let effects = advance(&mut wf, event, &env);
         if wf != before {
             let bytes =
                 serde_json::to_vec(&wf).map_err(|e| OrchestrateError::Decode(e.to_string()))?;
             match deps
                 .workflows
-                .update(&key, bytes.into(), entry.revision)
+                .update(&key, bytes.into(), current.revision)
                 .await
             {
                 Ok(_) => {}
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    entry = read(deps, &key).await;
+                    continue;
+                }
                 Err(e) => return Err(OrchestrateError::Store(e.to_string())),
             }
         }
@@ -136,14 +138,27 @@ async fn apply(deps: &Deps, id: TaskId, event: &Event) -> Result<(), Orchestrate
     Err(OrchestrateError::Contended)
 }
 
+/// The workflow's stored state and its revision, if it is stored.
+async fn read(deps: &Deps, key: &str) -> Result<Option<kv::Entry>, OrchestrateError> {
+    deps.workflows
+        .entry(key)
+        .await
+        .map_err(|e| OrchestrateError::Store(e.to_string()))
+}
+
+/// Carries out `effects` in order. Every message is sent before any acknowledgement is
+/// awaited, so they travel together instead of one round trip each (a step's end typically
+/// publishes three: its progress, the next step, that step's progress); the caller still acks
+/// its own message only once JetStream has stored all of them.
 async fn carry_out(
     deps: &Deps,
     wf: &Workflow,
     effects: Vec<Effect>,
 ) -> Result<(), OrchestrateError> {
+    let mut stored = Vec::with_capacity(effects.len());
     for effect in effects {
         match effect {
-            Effect::Dispatch { step } => dispatch(deps, wf, &step).await?,
+            Effect::Dispatch { step } => stored.push(dispatch(deps, wf, &step).await?),
             Effect::Abort { task_id } => {
                 // Best effort by design (see cancel.rs): a missed notice means the step runs
                 // to its end, and its result is then ignored.
@@ -155,14 +170,23 @@ async fn carry_out(
                     debug!(error = %e, %task_id, "could not send a cancel notice");
                 }
             }
-            Effect::Progress(progress) => record(deps, wf, &progress).await?,
+            Effect::Progress(progress) => stored.push(record(deps, wf, &progress).await?),
         }
+    }
+    for ack in stored {
+        ack.await
+            .map_err(|e| OrchestrateError::Publish(e.to_string()))?;
     }
     Ok(())
 }
 
-/// Publishes `step` as a task on its agent's queue, with the step's own task id.
-async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<(), OrchestrateError> {
+/// Publishes `step` as a task on its agent's queue, with the step's own task id; the
+/// returned future resolves when JetStream has stored it.
+async fn dispatch(
+    deps: &Deps,
+    wf: &Workflow,
+    id: &str,
+) -> Result<PublishAckFuture, OrchestrateError> {
     let catalog = &deps.config.catalog;
     let step = wf
         .step(id)
@@ -210,15 +234,17 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<(), Orchestrat
             payload.into(),
         )
         .await
-        .map_err(|e| OrchestrateError::Publish(e.to_string()))?
-        .await
-        .map_err(|e| OrchestrateError::Publish(e.to_string()))?;
-    Ok(())
+        .map_err(|e| OrchestrateError::Publish(e.to_string()))
 }
 
-/// Records progress on `events.workflow.<id>`, the source of a workflow's event stream.
-/// The end is de-duplicated, so a replayed event does not announce it twice.
-async fn record(deps: &Deps, wf: &Workflow, progress: &Progress) -> Result<(), OrchestrateError> {
+/// Records progress on `events.workflow.<id>`, the source of a workflow's event stream; the
+/// returned future resolves when JetStream has stored it. The end is de-duplicated, so a
+/// replayed event does not announce it twice.
+async fn record(
+    deps: &Deps,
+    wf: &Workflow,
+    progress: &Progress,
+) -> Result<PublishAckFuture, OrchestrateError> {
     let event = json!({
         "workflow": wf.id,
         "status": wf.status,
@@ -237,10 +263,7 @@ async fn record(deps: &Deps, wf: &Workflow, progress: &Progress) -> Result<(), O
             event.to_string().into(),
         )
         .await
-        .map_err(|e| OrchestrateError::Publish(e.to_string()))?
-        .await
-        .map_err(|e| OrchestrateError::Publish(e.to_string()))?;
-    Ok(())
+        .map_err(|e| OrchestrateError::Publish(e.to_string()))
 }
 
 /// What the state machine may ask of the world, read once per event: the catalog, and each
