@@ -98,15 +98,18 @@ def write(results: dict) -> None:
                          + (when if q == "p50" else ""),
                          NA, f"{ms(ser['wall_' + q])} wall", f"{ms(ser[q])} overhead", NA, ""))
         for c, run in w["throughput"].items():
-            rows.append(("6", f"Workflow throughput, {c} workflows in flight, {run['seconds']:.0f} s",
+            secs = run.get("duration_s", round(run["seconds"] / 10) * 10)
+            rows.append(("6", f"Workflow throughput, {c} workflows in flight, {secs:.0f} s",
                          NA, f"{num(run['steps_per_s'])} steps/s", f"{run['workflows_per_s']:.1f} workflows/s, "
-                         f"p50 {ms(run['wall_p50'])}, errors {run['failed'] + run['errors']}", NA, ""))
+                         f"each {ms(run['wall_p50'])} (p50), errors {run['failed'] + run['errors']}", NA, ""))
             cpu = run["cpu_us_per_step"]
             rows.append(("6", f"… CPU per step, {c} in flight (gateway / worker / nats-server)", NA,
                          f"{cpu['gateway']:.0f} / {cpu['worker']:.0f} / {cpu['nats-server']:.0f} µs", "", NA, ""))
         targets.append(("Workflow orchestration overhead p50 ≤ 10 ms (scenario 6)", ms(ser["p50"]), ser["p50"] <= 10))
-        best = max(run["steps_per_s"] for run in w["throughput"].values())
-        targets.append(("≥ 500 workflow steps/s, everything co-located (scenario 6)", f"{num(best)}/s", best >= 500))
+        rates = {c: run["steps_per_s"] for c, run in w["throughput"].items()}
+        best = max(rates.values())
+        targets.append(("≥ 500 workflow steps/s, everything co-located (scenario 6)",
+                        ", ".join(f"{num(r)}/s ({c} in flight)" for c, r in rates.items()), best >= 500))
     else:
         rows.append(("6", "Workflow orchestration, 5-step plan", NA, "not measured", "", NA, ""))
         targets.append(("Workflow orchestration overhead p50 ≤ 10 ms", "not measured", None))

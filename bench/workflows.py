@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import resource
 import threading
 import time
 
@@ -197,7 +198,12 @@ def throughput(base: str, in_flight: int, seconds: float, procs: dict) -> dict:
     threads = [threading.Thread(target=loop, args=(c,), daemon=True) for c in clients]
     for t in threads:
         t.start()
+    def own_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
     cpu_before = {name: p.cpu_seconds() for name, p in procs.items()}
+    cpu_before["client"] = own_cpu()
     began = time.perf_counter()
     stop_at[0] = began + seconds
     start_gate.wait()
@@ -205,11 +211,13 @@ def throughput(base: str, in_flight: int, seconds: float, procs: dict) -> dict:
         t.join()
     elapsed = time.perf_counter() - began
     cpu = {name: p.cpu_seconds() - cpu_before[name] for name, p in procs.items()}
+    cpu["client"] = own_cpu() - cpu_before["client"]  # this load generator, on the same cores
     for c in clients:
         c.close()
     steps = STEPS_PER_WORKFLOW * len(walls)
     return {
         "in_flight": in_flight,
+        "duration_s": seconds,
         "seconds": elapsed,
         "workflows": len(walls),
         "failed": len(failed),
