@@ -222,22 +222,26 @@ provider = "fake"
 model = "bench-model"
 {extra_config}""")
         self.procs: list[Proc] = []
-        env = {**os.environ, "RUST_LOG": "warn"}
-        self.nats = self._start("nats", ["nats-server", "-c", str(self.dir / "nats.conf")], env)
-        self.fake = self._start("fake", [str(FAKE), "--listen", f"127.0.0.1:{self.fake_port}",
-                                          "--latency-ms", str(latency_ms)], env)
-        cfg = ["--config", str(self.dir / "switchyard.toml")]
-        wait_tcp(self.nats_port)
-        wait_tcp(self.fake_port)
-        subprocess.run([str(SWITCHYARD), *cfg, "provision"], check=True, env=env, capture_output=True)
-        self.gateway = self._start("gateway", [str(SWITCHYARD), *cfg, "gateway"], env)
-        self.workers = [self._start(f"worker{i}", [str(SWITCHYARD), *cfg, "worker"], env) for i in range(workers)]
-        self.base = f"http://127.0.0.1:{self.http_port}"
-        self.direct = f"http://127.0.0.1:{self.fake_port}"
-        wait_http(f"{self.base}/readyz")
-        chat_ok(self.base, {})
-        for _ in range(50):  # warm connections and pools
+        try:
+            env = {**os.environ, "RUST_LOG": "warn"}
+            self.nats = self._start("nats", ["nats-server", "-c", str(self.dir / "nats.conf")], env)
+            self.fake = self._start("fake", [str(FAKE), "--listen", f"127.0.0.1:{self.fake_port}",
+                                              "--latency-ms", str(latency_ms)], env)
+            cfg = ["--config", str(self.dir / "switchyard.toml")]
+            wait_tcp(self.nats_port)
+            wait_tcp(self.fake_port)
+            subprocess.run([str(SWITCHYARD), *cfg, "provision"], check=True, env=env, capture_output=True)
+            self.gateway = self._start("gateway", [str(SWITCHYARD), *cfg, "gateway"], env)
+            self.workers = [self._start(f"worker{i}", [str(SWITCHYARD), *cfg, "worker"], env) for i in range(workers)]
+            self.base = f"http://127.0.0.1:{self.http_port}"
+            self.direct = f"http://127.0.0.1:{self.fake_port}"
+            wait_http(f"{self.base}/readyz")
             chat_ok(self.base, {})
+            for _ in range(50):  # warm connections and pools
+                chat_ok(self.base, {})
+        except BaseException:
+            self.stop()  # a stack that failed to start leaves no process behind
+            raise
 
     def _start(self, name: str, cmd: list[str], env: dict[str, str]) -> Proc:
         proc = Proc.start(name, cmd, env, self.logdir)
@@ -245,8 +249,9 @@ model = "bench-model"
         return proc
 
     def stop(self) -> None:
-        # Switchyard first, so it drains against a live NATS.
-        for proc in [*self.workers, self.gateway, self.fake, self.nats]:
+        # In the reverse of the order they started: Switchyard first, so it drains against a
+        # live NATS.
+        for proc in reversed(self.procs):
             proc.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
