@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SWITCHYARD = ROOT / "target" / "release" / "switchyard"
-FAKE = ROOT / "target" / "release" / "switchyard-fake-provider"
+# Where cargo put the release build (bench/run.sh builds it there).
+TARGET = ROOT / os.environ.get("CARGO_TARGET_DIR", "target")
+SWITCHYARD = TARGET / "release" / "switchyard"
+FAKE = TARGET / "release" / "switchyard-fake-provider"
 LITELLM = ROOT / "bench" / ".venv-litellm" / "bin" / "litellm"
 LITELLM_KEY = "sk-bench-local-master-key"
 BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "Say hello to the benchmark."}]})
@@ -195,7 +197,8 @@ def pct(values: list[float], q: float) -> float:
 class Stack:
     """nats-server, the fake provider, a Switchyard gateway and N worker processes."""
 
-    def __init__(self, logdir: Path, workers: int = 1, concurrency: int = 256, latency_ms: int = 0):
+    def __init__(self, logdir: Path, workers: int = 1, concurrency: int = 256, latency_ms: int = 0,
+                 extra_config: str = ""):
         self.logdir = logdir
         self.dir = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
         self.nats_port, self.fake_port, self.http_port = free_port(), free_port(), free_port()
@@ -217,24 +220,28 @@ base_url = "http://127.0.0.1:{self.fake_port}/v1"
 [routes.bench]
 provider = "fake"
 model = "bench-model"
-""")
+{extra_config}""")
         self.procs: list[Proc] = []
-        env = {**os.environ, "RUST_LOG": "warn"}
-        self.nats = self._start("nats", ["nats-server", "-c", str(self.dir / "nats.conf")], env)
-        self.fake = self._start("fake", [str(FAKE), "--listen", f"127.0.0.1:{self.fake_port}",
-                                          "--latency-ms", str(latency_ms)], env)
-        cfg = ["--config", str(self.dir / "switchyard.toml")]
-        wait_tcp(self.nats_port)
-        wait_tcp(self.fake_port)
-        subprocess.run([str(SWITCHYARD), *cfg, "provision"], check=True, env=env, capture_output=True)
-        self.gateway = self._start("gateway", [str(SWITCHYARD), *cfg, "gateway"], env)
-        self.workers = [self._start(f"worker{i}", [str(SWITCHYARD), *cfg, "worker"], env) for i in range(workers)]
-        self.base = f"http://127.0.0.1:{self.http_port}"
-        self.direct = f"http://127.0.0.1:{self.fake_port}"
-        wait_http(f"{self.base}/readyz")
-        chat_ok(self.base, {})
-        for _ in range(50):  # warm connections and pools
+        try:
+            env = {**os.environ, "RUST_LOG": "warn"}
+            self.nats = self._start("nats", ["nats-server", "-c", str(self.dir / "nats.conf")], env)
+            self.fake = self._start("fake", [str(FAKE), "--listen", f"127.0.0.1:{self.fake_port}",
+                                              "--latency-ms", str(latency_ms)], env)
+            cfg = ["--config", str(self.dir / "switchyard.toml")]
+            wait_tcp(self.nats_port)
+            wait_tcp(self.fake_port)
+            subprocess.run([str(SWITCHYARD), *cfg, "provision"], check=True, env=env, capture_output=True)
+            self.gateway = self._start("gateway", [str(SWITCHYARD), *cfg, "gateway"], env)
+            self.workers = [self._start(f"worker{i}", [str(SWITCHYARD), *cfg, "worker"], env) for i in range(workers)]
+            self.base = f"http://127.0.0.1:{self.http_port}"
+            self.direct = f"http://127.0.0.1:{self.fake_port}"
+            wait_http(f"{self.base}/readyz")
             chat_ok(self.base, {})
+            for _ in range(50):  # warm connections and pools
+                chat_ok(self.base, {})
+        except BaseException:
+            self.stop()  # a stack that failed to start leaves no process behind
+            raise
 
     def _start(self, name: str, cmd: list[str], env: dict[str, str]) -> Proc:
         proc = Proc.start(name, cmd, env, self.logdir)
@@ -242,8 +249,9 @@ model = "bench-model"
         return proc
 
     def stop(self) -> None:
-        # Switchyard first, so it drains against a live NATS.
-        for proc in [*self.workers, self.gateway, self.fake, self.nats]:
+        # In the reverse of the order they started: Switchyard first, so it drains against a
+        # live NATS.
+        for proc in reversed(self.procs):
             proc.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -321,7 +329,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="short runs, to check the harness (numbers are rough)")
     ap.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM side by side")
-    ap.add_argument("--only", default="", help="comma-separated scenario numbers to run (default: all)")
+    ap.add_argument("--only", default="", help="comma-separated scenario numbers to run (default: all); "
+                    "the other scenarios keep their numbers from bench/results.json")
     args = ap.parse_args()
     quick = args.quick
     only = {int(x) for x in args.only.split(",") if x}
@@ -334,26 +343,27 @@ def main() -> None:
     results: dict = {"machine": machine(), "quick": quick, "scenarios": {}}
     res = results["scenarios"]
 
-    stack = Stack(logdir)
-    try:
-        if want(1):
-            log("1. serial overhead")
-            res["serial"] = {
-                "direct": oha(stack.direct, {}, n=serial_n, c=1).__dict__,
-                "switchyard": oha(stack.base, {}, n=serial_n, c=1).__dict__,
-            }
-        if want(2):
-            log("2. fixed rate 1000/s")
-            res["fixed"] = {
-                "direct": oha(stack.direct, {}, seconds=fixed_secs, c=256, rate=1000).__dict__,
-                "switchyard": oha(stack.base, {}, seconds=fixed_secs, c=256, rate=1000).__dict__,
-            }
-        if want(4):
-            log("4. time to first token")
-            n = 200 if quick else 1000
-            res["ttft"] = {"direct": ttft(stack.direct, {}, n), "switchyard": ttft(stack.base, {}, n)}
-    finally:
-        stack.stop()
+    if want(1) or want(2) or want(4):
+        stack = Stack(logdir)
+        try:
+            if want(1):
+                log("1. serial overhead")
+                res["serial"] = {
+                    "direct": oha(stack.direct, {}, n=serial_n, c=1).__dict__,
+                    "switchyard": oha(stack.base, {}, n=serial_n, c=1).__dict__,
+                }
+            if want(2):
+                log("2. fixed rate 1000/s")
+                res["fixed"] = {
+                    "direct": oha(stack.direct, {}, seconds=fixed_secs, c=256, rate=1000).__dict__,
+                    "switchyard": oha(stack.base, {}, seconds=fixed_secs, c=256, rate=1000).__dict__,
+                }
+            if want(4):
+                log("4. time to first token")
+                n = 200 if quick else 1000
+                res["ttft"] = {"direct": ttft(stack.direct, {}, n), "switchyard": ttft(stack.base, {}, n)}
+        finally:
+            stack.stop()
 
     if want(3) or want(7):
         # Fresh processes, so their peak RSS is this scenario's.
@@ -387,6 +397,24 @@ def main() -> None:
             finally:
                 stack.stop()
 
+    if want(6):
+        import workflows  # noqa: E402  (bench/workflows.py, beside this file)
+        log("6. workflows: overhead (serial) and throughput")
+        stack = Stack(logdir, extra_config=workflows.AGENTS_ROUTE)
+        try:
+            procs = {"gateway": stack.gateway, "worker": stack.workers[0], "nats-server": stack.nats,
+                     "fake": stack.fake}
+            # The machine may be shared: what else ran shows in the load average.
+            load = os.getloadavg()
+            serial_run = workflows.serial(stack.base, 30 if quick else 100)
+            runs = [workflows.throughput(stack.base, c, 10 if quick else 30, procs)
+                    for c in ((32,) if quick else (32, 64))]
+            res["workflow"] = {"serial": serial_run, "throughput": {str(r["in_flight"]): r for r in runs},
+                               "quick": quick, "date": results["machine"]["date"], "load_avg": load,
+                               "commit": results["machine"]["switchyard"]}
+        finally:
+            stack.stop()
+
     if want(8) and not args.no_litellm and LITELLM.exists():
         log("8. LiteLLM side by side")
         lite = LiteLlm(logdir)
@@ -405,6 +433,12 @@ def main() -> None:
     for scenario in res.values():
         strip_raw(scenario)
     out = ROOT / "bench" / "results.json"
+    if only and out.exists():
+        # A partial run updates its scenarios and keeps the others' last numbers (each
+        # scenario 6 result carries its own date and commit).
+        earlier = json.loads(out.read_text())
+        earlier["scenarios"].update(res)
+        results = earlier
     out.write_text(json.dumps(results, indent=2))
     log(f"raw numbers in {out}")
     import report  # noqa: E402  (bench/report.py, beside this file)

@@ -88,8 +88,31 @@ def write(results: dict) -> None:
         four = s["scale"].get("4", {}).get("rps")
         if one and four:
             targets.append(("Scale-out ≥ 0.9 of linear, 1 → 4 workers", f"{four / (4 * one):.2f}", four / (4 * one) >= 0.9))
-    rows.append(("6", "Workflow orchestration, 5-step plan", NA, "not measured", "multi-step workflows do not exist yet", NA, ""))
-    targets.append(("Workflow orchestration ≤ 20 ms", "not measured: no workflows yet", None))
+    if "workflow" in s:
+        w = s["workflow"]
+        ser = w["serial"]
+        commit = w["commit"].split("(", 1)[-1].split(",", 1)[0]
+        when = f" (measured {w['date']} at {commit}{', quick run' if w.get('quick') else ''})"
+        for q in ("p50", "p99"):
+            rows.append(("6", f"Workflow, 5-step plan + synthesis + review, 0 ms provider, serial, {q}"
+                         + (when if q == "p50" else ""),
+                         NA, f"{ms(ser['wall_' + q])} wall", f"{ms(ser[q])} overhead", NA, ""))
+        for c, run in w["throughput"].items():
+            secs = run.get("duration_s", round(run["seconds"] / 10) * 10)
+            rows.append(("6", f"Workflow throughput, {c} workflows in flight, {secs:.0f} s",
+                         NA, f"{num(run['steps_per_s'])} steps/s", f"{run['workflows_per_s']:.1f} workflows/s, "
+                         f"each {ms(run['wall_p50'])} (p50), errors {run['failed'] + run['errors']}", NA, ""))
+            cpu = run["cpu_us_per_step"]
+            rows.append(("6", f"… CPU per step, {c} in flight (gateway / worker / nats-server)", NA,
+                         f"{cpu['gateway']:.0f} / {cpu['worker']:.0f} / {cpu['nats-server']:.0f} µs", "", NA, ""))
+        targets.append(("Workflow orchestration overhead p50 ≤ 10 ms (scenario 6)", ms(ser["p50"]), ser["p50"] <= 10))
+        rates = {c: run["steps_per_s"] for c, run in w["throughput"].items()}
+        best = max(rates.values())
+        targets.append(("≥ 500 workflow steps/s, everything co-located (scenario 6)",
+                        ", ".join(f"{num(r)}/s ({c} in flight)" for c, r in rates.items()), best >= 500))
+    else:
+        rows.append(("6", "Workflow orchestration, 5-step plan", NA, "not measured", "", NA, ""))
+        targets.append(("Workflow orchestration overhead p50 ≤ 10 ms", "not measured", None))
     if "rss_mb" in s:
         r = s["rss_mb"]
         rows.append(("7", "Peak RSS under scenario 3 (gateway / worker / nats-server)", NA,
@@ -110,7 +133,9 @@ def write(results: dict) -> None:
         "fake. *Direct* is the fake provider called without a gateway; the difference is the",
         "gateway's overhead, including Switchyard's durable hop through JetStream.",
         "",
-        "Reproduce: `bench/run.sh` (add `--quick` for a short check, `--no-litellm` to skip LiteLLM).",
+        "Reproduce: `bench/run.sh` (add `--quick` for a short check, `--no-litellm` to skip LiteLLM,",
+        "`--only 6` for one scenario: the others keep their last numbers, and scenario 6's rows say when",
+        "they were measured).",
         "" if not results["quick"] else "\n**These numbers come from a `--quick` run: short and rough.**\n",
         "| # | scenario | direct | Switchyard | Switchyard − direct | LiteLLM | LiteLLM − direct / ratio |",
         "|---|---|---|---|---|---|---|",
@@ -139,6 +164,8 @@ def write(results: dict) -> None:
         "3: oha … -c 64 -z 20s …   and   oha … -c 256 -z 20s …",
         "4: 1,000 serial streamed requests from Python's http.client; time to the first chunk with text",
         "5: provider latency 200 ms, 1 / 2 / 4 `switchyard worker` processes with concurrency 16 each; oha … -c 256 -z 20s",
+        "6: bench/workflows.py: POST /v1/tasks {goal, steps: a, b, c; d after them; e after d} then",
+        "   GET /v1/tasks/{id}/events until `done`; 100 one after another, then 32 and 64 callers for 30 s each",
         "7: VmHWM of each process after scenario 3 (fresh processes)",
         "```",
         "",

@@ -4,7 +4,9 @@
 # docs/benchmarks.md and docs/benchmarks.svg. Options go to bench/bench.py:
 #   --quick        short runs, to check the harness
 #   --no-litellm   skip the LiteLLM side by side
-#   --only 1,3     run only these scenarios
+#   --only 1,3     run only these scenarios (the others keep their last numbers); e.g.
+#                  `--only 6` for the workflow scenario alone
+# CARGO_TARGET_DIR is honoured (the binaries are looked for where cargo put them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,13 @@ scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))
 command -v oha >/dev/null || cargo install --locked "oha@$OHA_VERSION"
 
 no_litellm=0
-for arg in "$@"; do [ "$arg" = "--no-litellm" ] && no_litellm=1; done
+prev=""
+for arg in "$@"; do
+  [ "$arg" = "--no-litellm" ] && no_litellm=1
+  # `--only` without 8 (the LiteLLM side by side) does not need LiteLLM either.
+  if [ "$prev" = "--only" ]; then case ",$arg," in *,8,*) ;; *) no_litellm=1 ;; esac; fi
+  prev=$arg
+done
 if [ "$no_litellm" = 0 ] && [ ! -x bench/.venv-litellm/bin/litellm ]; then
   python3 -m venv bench/.venv-litellm
   bench/.venv-litellm/bin/pip install --quiet --disable-pip-version-check "$LITELLM_PIN"
@@ -25,6 +33,6 @@ fi
 
 cargo build --release --bin switchyard -p switchyard --bin switchyard-fake-provider -p switchyard-fake-provider
 # The same locator as `switchyard up` and the tests: PATH, else the pinned release, fetched once.
-nats_server=$(target/release/switchyard nats-server)
+nats_server=$("${CARGO_TARGET_DIR:-target}/release/switchyard" nats-server)
 export PATH="$(dirname "$nats_server"):$PATH"
 python3 bench/bench.py "$@"

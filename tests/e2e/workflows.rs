@@ -434,6 +434,15 @@ async fn progress_streams_as_server_sent_events_and_resumes_after_the_last_seen(
         .parse()
         .unwrap();
     assert_eq!(first_again, events[3].0);
+    // Both streams have ended, and their consumers are gone from the server with them (left
+    // alone, an ordered consumer lingers for 30 s, and JetStream refuses the 1,001st).
+    let js = async_nats::jetstream::new(stack.client.clone());
+    eventually(Duration::from_secs(5), || async {
+        let mut stream = js.get_stream("EVENTS").await.ok()?;
+        let info = stream.info().await.ok()?;
+        (info.state.consumer_count == 0).then_some(())
+    })
+    .await;
     stack.stop().await;
 }
 

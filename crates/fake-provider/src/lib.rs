@@ -11,6 +11,7 @@ mod anthropic;
 mod gemini;
 mod openai;
 mod replicate;
+mod structured;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

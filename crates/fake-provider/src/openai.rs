@@ -1,7 +1,8 @@
 //! The OpenAI wire format: `POST /v1/chat/completions`, JSON or SSE chunks ending in
 //! `[DONE]`, errors as `{"error":{"message","type","code"}}`, the key as a bearer token.
 //! Honours `n` (several choices, streamed interleaved) and `stream_options.include_usage`
-//! (a last chunk with only the usage) as OpenAI does.
+//! (a last chunk with only the usage) as OpenAI does, and `response_format` with a JSON schema
+//! (structured outputs: the answer follows the schema; see `structured.rs`).
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::{
     Arrival, Fault, Recorded, SseEvent, State, choice_text, error_response, malformed_json, pieces,
-    sse,
+    sse, structured,
 };
 
 pub(crate) fn router() -> Router<Arc<State>> {
@@ -104,11 +105,11 @@ async fn chat(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Byt
     }
     let last = last_user_text(&body);
     let texts: Vec<String> = (0..choice_count(&body))
-        .map(|i| match i {
-            0 => reply
-                .clone()
-                .unwrap_or_else(|| choice_text(&model, &last, 0)),
-            i => choice_text(&model, &last, i),
+        .map(|i| match (i, &reply, structured::schema(&body)) {
+            // A scripted answer wins; then one that follows a requested JSON schema.
+            (0, Some(reply), _) => reply.clone(),
+            (i, _, Some(schema)) => structured::answer(schema, i),
+            (i, _, None) => choice_text(&model, &last, i),
         })
         .collect();
     let usage = json!({"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12});

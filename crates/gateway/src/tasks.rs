@@ -21,7 +21,7 @@ use shared::TaskId;
 use shared::agents::FieldError;
 use shared::names::{EVENTS_STREAM, HEADER_MSG_ID, WORKFLOW_CAPABILITY, task_subject};
 use shared::task::now_ms;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::body;
 use crate::error::ApiError;
@@ -291,9 +291,14 @@ pub async fn events(
         })
         .await
         .map_err(|e| unavailable(&e))?;
+    let cleanup = DeleteConsumer {
+        st: st.clone(),
+        name: consumer.cached_info().name.clone(),
+    };
     let messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
     // Until the `done` event: the stream ends with it, without waiting for another message.
-    let events = futures::stream::unfold((messages, false), |(mut messages, ended)| async move {
+    let state = (messages, false, cleanup);
+    let events = futures::stream::unfold(state, |(mut messages, ended, cleanup)| async move {
         if ended {
             return None;
         }
@@ -307,11 +312,40 @@ pub async fn events(
             .id(seq.to_string())
             .event(kind)
             .data(payload.to_string());
-        Some((Ok::<_, std::convert::Infallible>(event), (messages, done)))
+        Some((
+            Ok::<_, std::convert::Infallible>(event),
+            (messages, done, cleanup),
+        ))
     });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// Deletes an event stream's consumer once the stream is dropped (it ended with `done`, broke,
+/// or its client left). Left alone, an ordered consumer stays on the server until it has been
+/// idle for 30 s, so a gateway serving more than about 33 event streams a second piles them
+/// up until JetStream refuses new ones (nats-server 2.15.1 refused the 1,001st with "maximum
+/// consumers limit reached", and every new event stream answered 503): scenario 6 of the
+/// benchmark ran into it.
+#[derive(Debug)]
+struct DeleteConsumer {
+    st: AppState,
+    name: String,
+}
+
+impl Drop for DeleteConsumer {
+    fn drop(&mut self) {
+        let js = self.st.js.clone();
+        let name = std::mem::take(&mut self.name);
+        // Drop cannot wait; the tracker lets shutdown wait for the delete instead. Best
+        // effort: a consumer not deleted expires on its own.
+        self.st.background.spawn(async move {
+            if let Err(e) = js.delete_consumer_from_stream(&name, EVENTS_STREAM).await {
+                debug!(error = %e, consumer = name, "could not delete an event stream's consumer");
+            }
+        });
+    }
 }
 
 /// The workflow `id`, if one is stored.

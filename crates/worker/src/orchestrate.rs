@@ -17,6 +17,7 @@ use agents::workflow::{
     Workflow, advance,
 };
 use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::kv;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
@@ -157,21 +158,19 @@ async fn apply(
     event: &Event,
 ) -> Result<Option<Workflow>, OrchestrateError> {
     let key = id.to_string();
+    // The state and the agents' load, read together (two round trips at once, not one after
+    // the other); the load once per event, also when a conflict makes us read the state
+    // again: it is a hint for routing, and a retry comes within milliseconds.
+    let (env, mut entry) = tokio::join!(WorkerEnv::read(deps), read(deps, &key));
     for _ in 0..CAS_TRIES {
-        let Some(entry) = deps
-            .workflows
-            .entry(key.clone())
-            .await
-            .map_err(|e| OrchestrateError::Store(e.to_string()))?
-        else {
+        let Some(current) = entry? else {
             // Pruned or never created: nothing waits on it any more.
             debug!(workflow = %id, "event for a workflow that is not stored; ignored");
             return Ok(None);
         };
-        let mut wf: Workflow = serde_json::from_slice(&entry.value)
+        let mut wf: Workflow = serde_json::from_slice(&current.value)
             .map_err(|e| OrchestrateError::Decode(e.to_string()))?;
         let before = wf.clone();
-        let env = WorkerEnv::read(deps).await;
         let effects = advance(&mut wf, event, &env);
         let changed = wf != before;
         if changed {
@@ -179,11 +178,14 @@ async fn apply(
                 serde_json::to_vec(&wf).map_err(|e| OrchestrateError::Decode(e.to_string()))?;
             match deps
                 .workflows
-                .update(&key, bytes.into(), entry.revision)
+                .update(&key, bytes.into(), current.revision)
                 .await
             {
                 Ok(_) => {}
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    entry = read(deps, &key).await;
+                    continue;
+                }
                 Err(e) => return Err(OrchestrateError::Store(e.to_string())),
             }
         }
@@ -205,21 +207,40 @@ async fn apply(
     Err(OrchestrateError::Contended)
 }
 
-/// Carries out `effects`; returns the steps it could not dispatch because their agent is
-/// gone, with that agent's name.
+/// The workflow's stored state and its revision, if it is stored.
+async fn read(deps: &Deps, key: &str) -> Result<Option<kv::Entry>, OrchestrateError> {
+    deps.workflows
+        .entry(key)
+        .await
+        .map_err(|e| OrchestrateError::Store(e.to_string()))
+}
+
+/// What publishing one step came to.
+enum Dispatched {
+    /// Sent; the future resolves when JetStream has stored it.
+    Sent(PublishAckFuture),
+    /// Not sent: the step's agent (named) is no longer in the catalog.
+    AgentGone(String),
+}
+
+/// Carries out `effects` in order; returns the steps it could not dispatch because their
+/// agent is gone, with that agent's name. Every message is sent before any acknowledgement
+/// is awaited, so they travel together instead of one round trip each (a step's end
+/// typically publishes three: its progress, the next step, that step's progress); the
+/// caller still acks its own message only once JetStream has stored all of them.
 async fn carry_out(
     deps: &Deps,
     wf: &Workflow,
     effects: Vec<Effect>,
 ) -> Result<Vec<(String, String)>, OrchestrateError> {
     let mut orphans = Vec::new();
+    let mut stored = Vec::with_capacity(effects.len());
     for effect in effects {
         match effect {
-            Effect::Dispatch { step } => {
-                if let Some(agent) = dispatch(deps, wf, &step).await? {
-                    orphans.push((step, agent));
-                }
-            }
+            Effect::Dispatch { step } => match dispatch(deps, wf, &step).await? {
+                Dispatched::Sent(ack) => stored.push(ack),
+                Dispatched::AgentGone(agent) => orphans.push((step, agent)),
+            },
             Effect::Abort { task_id } => {
                 // Best effort by design (see cancel.rs): a missed notice means the step runs
                 // to its end, and its result is then ignored.
@@ -231,19 +252,18 @@ async fn carry_out(
                     debug!(error = %e, %task_id, "could not send a cancel notice");
                 }
             }
-            Effect::Progress(progress) => record(deps, wf, &progress).await?,
+            Effect::Progress(progress) => stored.push(record(deps, wf, &progress).await?),
         }
+    }
+    for ack in stored {
+        ack.await
+            .map_err(|e| OrchestrateError::Publish(e.to_string()))?;
     }
     Ok(orphans)
 }
 
-/// Publishes `step` as a task on its agent's queue, with the step's own task id. Returns
-/// the agent's name instead when it is no longer in the catalog.
-async fn dispatch(
-    deps: &Deps,
-    wf: &Workflow,
-    id: &str,
-) -> Result<Option<String>, OrchestrateError> {
+/// Publishes `step` as a task on its agent's queue, with the step's own task id.
+async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, OrchestrateError> {
     let catalog = deps.agents.current();
     let step = wf
         .step(id)
@@ -254,7 +274,7 @@ async fn dispatch(
         .ok_or_else(|| OrchestrateError::Decode(format!("step `{id}` has no agent")))?;
     let Some(agent) = catalog.agents.get(name) else {
         warn!(workflow = %wf.id, step = id, agent = name, "the step's agent is gone; the step fails");
-        return Ok(Some(name.to_owned()));
+        return Ok(Dispatched::AgentGone(name.to_owned()));
     };
     let capability = agent
         .queue()
@@ -294,15 +314,18 @@ async fn dispatch(
             payload.into(),
         )
         .await
-        .map_err(|e| OrchestrateError::Publish(e.to_string()))?
-        .await
-        .map_err(|e| OrchestrateError::Publish(e.to_string()))?;
-    Ok(None)
+        .map(Dispatched::Sent)
+        .map_err(|e| OrchestrateError::Publish(e.to_string()))
 }
 
-/// Records progress on `events.workflow.<id>`, the source of a workflow's event stream.
-/// The end is de-duplicated, so a replayed event does not announce it twice.
-async fn record(deps: &Deps, wf: &Workflow, progress: &Progress) -> Result<(), OrchestrateError> {
+/// Records progress on `events.workflow.<id>`, the source of a workflow's event stream; the
+/// returned future resolves when JetStream has stored it. The end is de-duplicated, so a
+/// replayed event does not announce it twice.
+async fn record(
+    deps: &Deps,
+    wf: &Workflow,
+    progress: &Progress,
+) -> Result<PublishAckFuture, OrchestrateError> {
     let event = json!({
         "workflow": wf.id,
         "status": wf.status,
@@ -321,10 +344,7 @@ async fn record(deps: &Deps, wf: &Workflow, progress: &Progress) -> Result<(), O
             event.to_string().into(),
         )
         .await
-        .map_err(|e| OrchestrateError::Publish(e.to_string()))?
-        .await
-        .map_err(|e| OrchestrateError::Publish(e.to_string()))?;
-    Ok(())
+        .map_err(|e| OrchestrateError::Publish(e.to_string()))
 }
 
 /// What the state machine may ask of the world, read once per event: the catalog, and each
