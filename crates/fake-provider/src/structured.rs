@@ -4,7 +4,7 @@
 //! workflow's reviewer, which asks for a verdict, gets one it can read (the first value of
 //! an enum: `approve`), and the benchmark can run whole workflows against the fake.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The schema a request asks its answer to follow, if it asks for one.
 pub(crate) fn schema(body: &Value) -> Option<&Value> {
@@ -16,63 +16,20 @@ pub(crate) fn schema(body: &Value) -> Option<&Value> {
 
 /// The answer text for `schema`, choice `index` (`n` > 1 tells choices apart).
 pub(crate) fn answer(schema: &Value, index: usize) -> String {
-    instance(schema, index, 0).to_string()
+    shared::schema::example(schema, index, &STYLE).to_string()
 }
 
-/// Deepest nesting followed; below it a value is `null` (a schema that refers to itself
-/// without end would otherwise never finish).
-const MAX_DEPTH: usize = 16;
-/// Most items an array gets, whatever its `minItems` says.
-const MAX_ITEMS: usize = 16;
-
-/// A value that follows `schema`, for the subset structured outputs use: an enum gives its
-/// value at `index` (the first for the first choice), an object every property listed, an
-/// array `minItems` items, a string `fake-<index + 1>` (a token, so id patterns accept it),
-/// a number its maximum (else its minimum, else 1), a boolean `true`.
-fn instance(schema: &Value, index: usize, depth: usize) -> Value {
-    if depth > MAX_DEPTH {
-        return Value::Null;
-    }
-    if let Some(options) = schema["enum"].as_array().filter(|o| !o.is_empty()) {
-        return options[index % options.len()].clone();
-    }
-    match schema["type"].as_str().unwrap_or("object") {
-        "object" => Value::Object(
-            schema["properties"]
-                .as_object()
-                .map(|props| {
-                    props
-                        .iter()
-                        .map(|(name, sub)| (name.clone(), instance(sub, index, depth + 1)))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        ),
-        "array" => {
-            let items = schema["minItems"]
-                .as_u64()
-                .map_or(0, |m| usize::try_from(m).unwrap_or(0))
-                .min(MAX_ITEMS);
-            Value::Array(
-                (0..items)
-                    .map(|i| instance(&schema["items"], i, depth + 1))
-                    .collect(),
-            )
-        }
-        "string" => json!(format!("fake-{}", index + 1)),
-        "number" | "integer" => schema
-            .get("maximum")
-            .or_else(|| schema.get("minimum"))
-            .cloned()
-            .unwrap_or(json!(1)),
-        "boolean" => json!(true),
-        _ => Value::Null,
-    }
-}
+/// Strings are `fake-<n>` (tokens, so id patterns accept them); arrays get `minItems`.
+const STYLE: shared::schema::Style = shared::schema::Style {
+    object_items: 0,
+    token: |i| format!("fake-{}", i + 1),
+    text: |_, i| format!("fake-{}", i + 1),
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_verdict_schema_gets_an_approval() {
@@ -111,7 +68,7 @@ mod tests {
     #[test]
     fn arrays_get_their_minimum_and_nesting_is_bounded() {
         let list = json!({"type": "array", "minItems": 2, "items": {"type": "string", "enum": ["a", "b", "c"]}});
-        assert_eq!(instance(&list, 0, 0), json!(["a", "b"]));
+        assert_eq!(answer(&list, 0), json!(["a", "b"]).to_string());
         let mut deep = json!({"type": "string"});
         for _ in 0..40 {
             deep = json!({"type": "object", "properties": {"x": deep}});

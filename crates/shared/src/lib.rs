@@ -14,6 +14,7 @@ pub mod names;
 pub mod nats;
 pub mod provision;
 pub mod reply;
+pub mod schema;
 pub mod task;
 
 pub use failure::FailureClass;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use shared::config::ProviderConfig;
+use shared::schema;
 use shared::task::now_ms;
 
 use super::shape::{self, content_text};
@@ -102,12 +103,8 @@ fn completion_id() -> String {
 /// prompt gave (`You are the …`), which inputs the prompt carried, and echoes the last
 /// message.
 fn answer(model: &str, request: &Map<String, Value>) -> String {
-    if let Some(schema) = request
-        .get("response_format")
-        .filter(|f| f["type"] == "json_schema")
-        .map(|f| &f["json_schema"]["schema"])
-    {
-        return instance(schema, 0).to_string();
+    if let Some(schema) = schema::requested(request) {
+        return schema::example(schema, 0, &STYLE).to_string();
     }
     let messages = request.get("messages").and_then(Value::as_array);
     let count = messages.map_or(0, Vec::len);
@@ -143,63 +140,17 @@ fn answer(model: &str, request: &Map<String, Value>) -> String {
     }
 }
 
-/// A value that follows `schema` (the subset structured outputs use: objects, arrays,
-/// enums, strings with a token pattern, numbers, booleans), `index` telling items apart.
-/// Arrays of objects get three items (so a simulated plan has parallel steps), other
-/// arrays `minItems`; enums cycle with the index; numbers take their maximum.
-fn instance(schema: &Value, index: usize) -> Value {
-    if let Some(options) = schema["enum"].as_array().filter(|o| !o.is_empty()) {
-        return options[index % options.len()].clone();
-    }
-    match schema["type"].as_str().unwrap_or("object") {
-        "object" => Value::Object(
-            schema["properties"]
-                .as_object()
-                .map(|props| {
-                    props
-                        .iter()
-                        .map(|(name, sub)| {
-                            let value = match sub["type"].as_str() {
-                                Some("string")
-                                    if sub.get("enum").is_none()
-                                        && sub.get("pattern").is_none() =>
-                                {
-                                    json!(format!("simulated {name} {}", index + 1))
-                                }
-                                _ => instance(sub, index),
-                            };
-                            (name.clone(), value)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        ),
-        "array" => {
-            let min = schema["minItems"]
-                .as_u64()
-                .map_or(0, |m| usize::try_from(m).unwrap_or(0));
-            let max = schema["maxItems"]
-                .as_u64()
-                .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
-            let items = &schema["items"];
-            let wanted = if items["type"] == "object" {
-                min.max(3)
-            } else {
-                min
-            };
-            Value::Array((0..wanted.min(max)).map(|i| instance(items, i)).collect())
-        }
-        "string" if schema.get("pattern").is_some() => json!(format!("s{}", index + 1)),
-        "string" => json!(format!("simulated {}", index + 1)),
-        "number" | "integer" => schema
-            .get("maximum")
-            .or_else(|| schema.get("minimum"))
-            .cloned()
-            .unwrap_or(json!(1)),
-        "boolean" => json!(true),
-        _ => Value::Null,
-    }
-}
+/// How the simulated provider's structured answers look: arrays of objects get three items
+/// (so a simulated plan has parallel steps), tokens are `s1`, `s2`, …, other strings name
+/// their property.
+const STYLE: schema::Style = schema::Style {
+    object_items: 3,
+    token: |i| format!("s{}", i + 1),
+    text: |property, i| match property {
+        Some(name) => format!("simulated {name} {}", i + 1),
+        None => format!("simulated {}", i + 1),
+    },
+};
 
 /// Token counts estimated at four characters a token.
 fn usage(request: &Map<String, Value>, text: &str) -> Value {
