@@ -274,10 +274,15 @@ impl Stack {
 
     /// Starts `switchyard worker` as a separate process.
     pub fn spawn_worker_process(&self, log: &Path) -> Child {
+        self.process("worker", log).spawn().unwrap()
+    }
+
+    /// `switchyard <role>` on this stack's configuration and environment, logging to `log`.
+    fn process(&self, role: &str, log: &Path) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
         cmd.arg("--config")
             .arg(self.config_file())
-            .arg("worker")
+            .arg(role)
             .env_remove("NATS_URL")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -285,7 +290,7 @@ impl Stack {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.spawn().unwrap()
+        cmd
     }
 
     /// Stops the in-process gateway (gracefully, as a deploy would) and starts a new one
@@ -307,17 +312,7 @@ impl Stack {
     /// Starts `switchyard gateway` as a separate process on a free port; returns it once
     /// it serves requests, with its base URL (read from its "gateway listening" log line).
     pub async fn spawn_gateway_process(&self, log: &Path) -> (Child, String) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
-        cmd.arg("--config")
-            .arg(self.config_file())
-            .arg("gateway")
-            .env_remove("NATS_URL")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
+        let mut cmd = self.process("gateway", log);
         let mut child = cmd.spawn().unwrap();
         let started = Instant::now();
         let base = loop {

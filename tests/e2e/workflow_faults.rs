@@ -542,14 +542,7 @@ async fn a_task_whose_gateway_died_before_starting_it_starts_when_the_post_is_re
     let seen = stack.get_json(&format!("/v1/tasks/{id}")).await;
     assert_eq!(seen["status"], "queued", "{seen:#}");
     // The caller, who got no answer, retries with the same key: the same task runs.
-    let retry = stack
-        .http
-        .post(format!("{}/v1/tasks", stack.base))
-        .header("idempotency-key", key)
-        .json(&json!({"goal": "Write the launch note"}))
-        .send()
-        .await
-        .unwrap();
+    let retry = post_with_key(&stack, key).await;
     assert_eq!(retry.status(), 202);
     let accepted: Value = retry.json().await.unwrap();
     assert_eq!(accepted["id"], id.to_string());
@@ -557,14 +550,7 @@ async fn a_task_whose_gateway_died_before_starting_it_starts_when_the_post_is_re
     assert_eq!(task["status"], "completed", "{task:#}");
     assert_eq!(task["goal"], "Write the launch note");
     // A retry once it has run is answered with the task as it is, and starts nothing.
-    let again = stack
-        .http
-        .post(format!("{}/v1/tasks", stack.base))
-        .header("idempotency-key", key)
-        .json(&json!({"goal": "Write the launch note"}))
-        .send()
-        .await
-        .unwrap();
+    let again = post_with_key(&stack, key).await;
     assert_eq!(again.status(), 202);
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["id"], id.to_string());
@@ -572,4 +558,16 @@ async fn a_task_whose_gateway_died_before_starting_it_starts_when_the_post_is_re
     stack.queue_drains().await;
     assert_eq!(stack.get_json(&format!("/v1/tasks/{id}")).await, task);
     stack.stop().await;
+}
+
+/// `POST /v1/tasks` for the launch note, with `Idempotency-Key: key`.
+async fn post_with_key(stack: &Stack, key: &str) -> reqwest::Response {
+    stack
+        .http
+        .post(format!("{}/v1/tasks", stack.base))
+        .header("idempotency-key", key)
+        .json(&json!({"goal": "Write the launch note"}))
+        .send()
+        .await
+        .unwrap()
 }
