@@ -163,6 +163,14 @@ fn task_failure_parts(
         | FailureClass::InvalidResponse => (S::BAD_GATEWAY, "upstream_error", code, None),
         FailureClass::Cancelled => (S::CONFLICT, "cancelled_error", code, None),
         FailureClass::Internal => (S::INTERNAL_SERVER_ERROR, "server_error", code, None),
+        // The model kept asking for tools past the loop's bounds: the request's doing, as
+        // an unprocessable one (the same request would do it again).
+        FailureClass::ToolLimit => (
+            S::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            code,
+            Some("tools".to_owned()),
+        ),
     }
 }
 

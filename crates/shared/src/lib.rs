@@ -15,6 +15,7 @@ pub mod nats;
 pub mod provision;
 pub mod reply;
 pub mod task;
+pub mod tools;
 
 pub use failure::FailureClass;
 pub use names::{Capability, NameError, Priority, TaskId};

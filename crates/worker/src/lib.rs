@@ -19,6 +19,7 @@ pub mod provider;
 mod pull;
 mod refuse;
 mod relay;
+mod tool_loop;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

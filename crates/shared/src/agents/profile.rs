@@ -139,6 +139,18 @@ impl AgentProfile {
                 );
             }
         }
+        // Deny by default: a tool nobody serves is a typo, refused rather than never offered.
+        for (i, tool) in self.tools.iter().enumerate() {
+            if crate::Capability::from_str(tool).is_ok() && !crate::tools::is_builtin(tool) {
+                errors.push(FieldError::new(
+                    format!("tools[{i}]"),
+                    format!(
+                        "`{tool}` is not a built-in tool ({})",
+                        crate::config::known_tools()
+                    ),
+                ));
+            }
+        }
         if self.route.is_empty() {
             errors.push(FieldError::new("route", "must name a route"));
         } else if !known_route(&self.route) {

@@ -17,10 +17,12 @@ use crate::agents::{AgentProfile, Catalog, Team, Weights};
 mod prices;
 mod providers;
 mod routes;
+mod tools;
 
 pub use prices::{Price, TOKENS_PER_PRICE_UNIT, price_key};
 pub use providers::{Adapter, ApiKey, ProviderConfig, ProviderKind};
 pub use routes::{MAX_FALLBACK_HOPS, RouteConfig, Strategy, TargetConfig, split_direct};
+pub use tools::{ToolsConfig, known_tools};
 
 /// The configuration `switchyard up` uses when no file is given: the simulated provider only.
 pub const DEFAULT_TOML: &str = include_str!("../../../../switchyard.toml");
@@ -178,6 +180,9 @@ pub struct Config {
     /// How routing weighs capability match, load and record when it picks an agent.
     #[serde(default)]
     pub agent_routing: Weights,
+    /// The tool loop's bounds and the built-in tools chat requests may use.
+    #[serde(default)]
+    pub tools: ToolsConfig,
     /// The shipped catalog with `agents` and `teams` added: the agents this deployment runs.
     #[serde(skip)]
     pub catalog: Catalog,
@@ -695,6 +700,7 @@ impl Config {
         }
         prices::validate_prices(&mut p, &self.prices, &self.routes, &self.providers);
         self.validate_health(&mut p);
+        self.tools.validate(&mut p);
         if self.dlq.max_age_secs == 0 {
             p.add("dlq.max_age_secs", "must be greater than 0");
         }
