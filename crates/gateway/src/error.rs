@@ -18,6 +18,8 @@ pub enum ApiError {
     InvalidJson(String),
     #[error("{message}")]
     InvalidRequest { param: String, message: String },
+    #[error("{message}")]
+    ToolNotAllowed { param: String, message: String },
     #[error("request body is larger than the {limit}-byte limit")]
     BodyTooLarge { limit: usize },
     #[error("the request body did not arrive within {limit_ms} ms")]
@@ -79,6 +81,12 @@ impl ApiError {
                 S::BAD_REQUEST,
                 "invalid_request_error",
                 "invalid_value",
+                Some(param.clone()),
+            ),
+            ApiError::ToolNotAllowed { param, .. } => (
+                S::FORBIDDEN,
+                "permission_error",
+                "tool_not_allowed",
                 Some(param.clone()),
             ),
             ApiError::BodyTooLarge { .. } => (

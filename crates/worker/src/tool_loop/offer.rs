@@ -1,7 +1,7 @@
 //! Which built-in tools a task may use, and the request the model is sent: deny by default.
 //! A workflow step may use the tools its agent's profile lists (read from the live catalog
 //! when the step runs, so a tool taken away from an agent is refused at once); its request
-//! already offers their schemas (`agents::prompt`). A direct chat request names built-in
+//! already offers their schemas (`agents::prompt`), and it always runs in the loop. A direct chat request names built-in
 //! tools as `{"type": "builtin", "name": …}` entries of `tools`, each allowed only when
 //! `[tools] chat_allowed` lists it; each becomes the tool's function schema. Client-defined
 //! function tools pass through untouched. Pure: the catalog and configuration are passed in.
@@ -29,8 +29,8 @@ pub(crate) struct Offer {
     pub request: Map<String, Value>,
 }
 
-/// The offer for `task`, or `None` when it offers no built-in tool (then it runs exactly as
-/// without tools). A chat request naming a tool it may not use is refused (`bad_request`).
+/// The offer for `task`, or `None` for a chat request that names no built-in tool (then it
+/// runs exactly as without tools). A chat request naming a tool it may not use is refused (`bad_request`).
 pub(crate) fn offer(
     task: &Task,
     catalog: &Catalog,
@@ -42,11 +42,10 @@ pub(crate) fn offer(
     chat_offer(task, config)
 }
 
+/// A step always runs in the loop: its request is Switchyard's own, so any tool call in its
+/// answer is served here, or refused as `denied` when its agent may not use that tool (a
+/// step without tools that calls one anyway gets that refusal, not an empty answer).
 fn step_offer(task: &Task, catalog: &Catalog) -> Option<Offer> {
-    let offered = function_names(task.request.get("tools"));
-    if offered.is_empty() {
-        return None;
-    }
     let agent = task
         .capability
         .as_str()
@@ -63,7 +62,6 @@ fn step_offer(task: &Task, catalog: &Catalog) -> Option<Offer> {
         .unwrap_or_default();
     Some(Offer {
         allowed,
-        // A step's request is Switchyard's own: every tool in it is served here.
         client: BTreeSet::new(),
         request: task.request.clone(),
     })
@@ -131,16 +129,6 @@ pub(crate) fn is_builtin_entry(entry: &Value) -> bool {
     entry["type"] == BUILTIN_TOOL_TYPE
 }
 
-fn function_names(tools: Option<&Value>) -> BTreeSet<String> {
-    tools
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t["function"]["name"].as_str())
-        .map(str::to_owned)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,12 +190,9 @@ mod tests {
         // Taken away since dispatch: still in the request, but refused when called.
         let offer = offer_of(&step, &catalog(&[]));
         assert!(offer.allowed.is_empty());
-        // A step without tools runs as before.
+        // A step offered no tools still runs in the loop: a call it makes anyway is refused.
         let plain = task("agent-analyst", json!({"messages": []}), true);
-        assert_eq!(
-            super::offer(&plain, &catalog(&["calculator"]), &config).unwrap(),
-            None
-        );
+        assert!(offer_of(&plain, &catalog(&[])).allowed.is_empty());
     }
 
     fn offer_of(task: &Task, catalog: &Catalog) -> Offer {
