@@ -131,7 +131,7 @@ async fn the_loop_runs_rounds_of_parallel_calls_until_the_answer() {
     let response = stack
         .chat(calculator_chat(
             &format!("{marker}: add them up"),
-            &[client_tool.clone()],
+            std::slice::from_ref(&client_tool),
         ))
         .await;
     assert_eq!(response.status(), 200);

@@ -64,10 +64,7 @@ pub fn call(arguments: &Value) -> Result<Value, ToolError> {
 fn number(value: f64) -> Value {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     if value.fract() == 0.0 && value.abs() < EXACT {
-        #[expect(
-            clippy::cast_possible_truncation,
-            reason = "an integral value below 2^53 converts exactly"
-        )]
+        // An integral value below 2^53 converts exactly.
         return json!(value as i64);
     }
     json!(value)
@@ -596,8 +593,7 @@ mod tests {
 
             #[test]
             fn sums_of_integers_are_exact(a in -1_000_000i64..1_000_000, b in -1_000_000i64..1_000_000) {
-                #[expect(clippy::cast_precision_loss, reason = "small integers are exact")]
-                let want = (a + b) as f64;
+                let want = (a + b) as f64; // small integers are exact
                 prop_assert_eq!(evaluate(&format!("{a} + {b}")).unwrap(), want);
             }
         }
