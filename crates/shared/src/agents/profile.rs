@@ -238,6 +238,18 @@ mod tests {
     }
 
     #[test]
+    fn only_built_in_tools_may_be_listed() {
+        let p = AgentProfile {
+            tools: vec!["calculator".into(), "shell".into()],
+            ..profile()
+        };
+        let problems = p.problems(|_| true);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "tools[1]");
+        assert!(problems[0].problem.contains("not a built-in tool"));
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let err = serde_json::from_value::<AgentProfile>(serde_json::json!({
             "name": "a", "role": "r", "capabilities": ["c"], "route": "r",

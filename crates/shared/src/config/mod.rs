@@ -483,6 +483,7 @@ impl Config {
             .with_list_parse_key("worker.capabilities")
             .with_list_parse_key("gateway.cors_allowed_origins")
             .with_list_parse_key("queue.reply_prefixes")
+            .with_list_parse_key("tools.chat_allowed")
             .source(Some(overrides));
         let builder = config::Config::builder();
         let builder = match source {
@@ -997,6 +998,38 @@ mod tests {
             .to_string();
         assert!(err.contains("capabilities.agent-x"), "{err}");
         assert!(err.contains("routes.sneaky.capability"), "{err}");
+    }
+
+    #[test]
+    fn tools_settings_are_checked_and_chat_allows_none_by_default() {
+        let cfg = Config::load(Source::Toml(DEFAULT_TOML), &env(&[])).unwrap();
+        assert!(cfg.tools.chat_allowed.is_empty());
+        assert!(!cfg.tools.chat_may_use("calculator"));
+        assert_eq!(cfg.tools.max_iterations, 6);
+        let cfg = Config::load(
+            Source::Toml(DEFAULT_TOML),
+            &env(&[("SWITCHYARD__TOOLS__CHAT_ALLOWED", "calculator")]),
+        )
+        .unwrap();
+        assert!(cfg.tools.chat_may_use("calculator"));
+        let err = Config::load(
+            Source::Toml(DEFAULT_TOML),
+            &env(&[
+                ("SWITCHYARD__TOOLS__CHAT_ALLOWED", "calculator,shell"),
+                ("SWITCHYARD__TOOLS__MAX_ITERATIONS", "0"),
+                ("SWITCHYARD__TOOLS__CALL_TIMEOUT_MS", "0"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "tools.chat_allowed[1]",
+            "tools.max_iterations",
+            "tools.call_timeout_ms",
+        ] {
+            assert!(err.contains(key), "{key} missing from {err}");
+        }
+        assert!(!err.contains("tools.chat_allowed[0]"), "{err}");
     }
 
     #[test]
