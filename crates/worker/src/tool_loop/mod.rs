@@ -19,8 +19,7 @@ use serde_json::{Map, Value, json};
 use shared::config::ToolsConfig;
 use shared::task::now_ms;
 use shared::tools::{
-    MAX_RESULT_BYTES, RECORDED_ARGUMENT_CHARS, ToolCall, ToolError, ToolErrorClass, ToolOutcome,
-    clip,
+    RECORDED_ARGUMENT_CHARS, ToolCall, ToolError, ToolErrorClass, ToolOutcome, clip,
 };
 use shared::{FailureClass, Task};
 use tracing::debug;
@@ -30,6 +29,12 @@ pub(crate) use offer::{Offer, offer};
 
 use crate::failover::Outcome;
 use crate::provider::ProviderError;
+
+/// Most tool calls one model answer may ask for; more fail the task with `tool_limit`
+/// rather than fan out without bound.
+const MAX_CALLS_PER_ANSWER: usize = 32;
+/// Calls of one answer in flight at once (results keep the answer's order).
+const PARALLEL_CALLS: usize = 8;
 
 /// How a task's tool loop ended: the last round's outcome (its answer carrying the usage of
 /// every round), the attempts of every round, and the tool calls made.
@@ -143,7 +148,12 @@ impl<C: ToolCaller> Loop<'_, C> {
                 }
                 Next::Call(calls) => calls,
             };
-            let limit = if served >= self.config.max_iterations {
+            let limit = if calls.len() > MAX_CALLS_PER_ANSWER {
+                Some(format!(
+                    "the model asked for {} tool calls in one answer (at most {MAX_CALLS_PER_ANSWER})",
+                    calls.len()
+                ))
+            } else if served >= self.config.max_iterations {
                 Some(format!(
                     "the model still asked for tools after {served} rounds of tool calls ([tools] max_iterations)"
                 ))
@@ -174,7 +184,13 @@ impl<C: ToolCaller> Loop<'_, C> {
                 );
             }
             served += 1;
-            let results = join_all(calls.iter().map(|c| self.call(c, served))).await;
+            let slots = tokio::sync::Semaphore::new(PARALLEL_CALLS);
+            let results = join_all(calls.iter().map(|c| async {
+                // Never closed, so a permit always comes.
+                let _slot = slots.acquire().await.ok();
+                self.call(c, served).await
+            }))
+            .await;
             let mut messages = match request.remove("messages") {
                 Some(Value::Array(messages)) => messages,
                 _ => Vec::new(),
@@ -241,7 +257,7 @@ impl<C: ToolCaller> Loop<'_, C> {
             outcome,
             class: error.as_ref().map(|e| e.class),
             message: error.map(|e| e.message),
-            result_bytes: content.len().min(MAX_RESULT_BYTES.saturating_mul(2)),
+            result_bytes: content.len(),
         };
         (content, record)
     }

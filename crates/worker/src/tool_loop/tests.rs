@@ -207,6 +207,20 @@ async fn the_token_budget_stops_the_loop_with_tool_limit() {
 }
 
 #[tokio::test]
+async fn an_answer_asking_for_too_many_calls_stops_the_loop() {
+    let many: Vec<(&str, &str)> = (0..=super::MAX_CALLS_PER_ANSWER)
+        .map(|_| ("calculator", r#"{"expression": "1"}"#))
+        .collect();
+    let (out, sent) = run(vec![calls(&many)], offer(&[]), ToolsConfig::default()).await;
+    assert_eq!(
+        out.outcome.answer.unwrap_err().class,
+        FailureClass::ToolLimit
+    );
+    assert!(out.tool_calls.is_empty());
+    assert_eq!(sent.len(), 1);
+}
+
+#[tokio::test]
 async fn a_call_to_a_client_tool_goes_back_to_the_client() {
     let answer = calls(&[("lookup", "{}"), ("calculator", r#"{"expression": "1"}"#)]);
     let (out, sent) = run(
