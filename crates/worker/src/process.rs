@@ -1,6 +1,7 @@
 //! Handling one delivered task, from decoding to ack: skip the work if a result already
-//! exists, run the failover loop with in-progress acks, store the one result with `create`
-//! (first writer wins) carrying every attempt, dead-letter it if it failed for good, deliver
+//! exists, run the failover loop (inside the tool loop when the task may use built-in
+//! tools) with in-progress acks, store the one result with `create` (first writer wins)
+//! carrying every attempt and tool call, dead-letter it if it failed for good, deliver
 //! it to the reply subject, emit an event, then ack. When no target could answer for a
 //! reason that may pass, the task is NAKed with a delay instead and its attempts are kept
 //! for the next delivery; the result is stored before the ack, so nothing is lost.
