@@ -5,9 +5,11 @@
 //! its agent may not use), and the offline `simulated` provider running the loop through a
 //! workflow step.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
-use crate::harness::{Nats, Stack, content, task_id, wait_for_tools};
+use crate::harness::{Nats, Stack, content, eventually, task_id, wait_for_tools};
 use crate::workflows::{AGENTS_ROUTE, ended, post_task, step, task_until};
 
 /// Chat requests may use the calculator.
@@ -93,18 +95,23 @@ async fn the_tools_service_is_discovered_and_answers_over_nats() {
             .contains("ends too early")
     );
 
-    let stats = client
-        .request("$SRV.STATS.switchyard-tools", "".into())
-        .await
-        .unwrap();
-    let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
-    let calculator = stats["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "calculator")
-        .unwrap();
-    assert_eq!(calculator["num_requests"], 2);
+    // Counted once each answer is sent (just after it leaves, so read until it shows).
+    let calculator = eventually(Duration::from_secs(10), || async {
+        let stats = client
+            .request("$SRV.STATS.switchyard-tools", "".into())
+            .await
+            .unwrap();
+        let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
+        let calculator = stats["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "calculator")
+            .cloned()
+            .unwrap();
+        (calculator["num_requests"] == 2).then_some(calculator)
+    })
+    .await;
     assert_eq!(calculator["num_errors"], 1);
 
     stop.cancel();
