@@ -1,4 +1,4 @@
-# Multi-stage build of the one `switchyard` binary; the same image runs `gateway` or `worker`.
+# Multi-stage build of the one `switchyard` binary; the same image runs `gateway`, `worker` or `tools`.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .

@@ -44,7 +44,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Everything on one machine: NATS (started if none is reachable), a gateway and a worker.
+    /// Everything on one machine: NATS (started if none is reachable), a gateway, a worker
+    /// and the built-in tools.
     Up {
         /// Where a locally started nats-server keeps its store.
         #[arg(long, default_value = ".switchyard")]
@@ -54,6 +55,8 @@ enum Command {
     Gateway,
     /// A worker that pulls tasks and calls providers.
     Worker,
+    /// The built-in tools, served as NATS micro services on `tools.<name>`.
+    Tools,
     /// Create or update streams, consumers and buckets, then exit.
     Provision,
     /// Hand a goal to a team of agents, show its steps as they run, print the deliverable.
@@ -260,6 +263,17 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
                 return Ok(());
             };
             worker::run(config, client, worker::new_worker_id(), shutdown).await?;
+            Ok(())
+        }
+        Command::Tools => {
+            serve::cancel_on_signal(shutdown.clone());
+            let Some(client) = serve::wait_for_nats(&config, "tools", &shutdown).await? else {
+                return Ok(());
+            };
+            tools::serve(client.clone(), shutdown).await?;
+            if let Err(e) = client.flush().await {
+                warn!(error = %e, "could not flush the NATS connection");
+            }
             Ok(())
         }
         Command::Run { goal, team, url } => {

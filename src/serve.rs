@@ -103,10 +103,11 @@ pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding {}", config.gateway.listen))
 }
 
-/// Runs a gateway and a worker in this process until `shutdown`. The worker keeps working
-/// while the gateway drains, so requests in flight get their answers; it stops after the
-/// gateway has. If the worker fails first, the gateway is stopped too. `on_ready` is called
-/// once the gateway serves requests.
+/// Runs a gateway, a worker and the built-in tools in this process until `shutdown`. The
+/// worker (and the tools its tool loops call) keep working while the gateway drains, so
+/// requests in flight get their answers; they stop after the gateway has. If the worker or
+/// the tools fail first, the gateway is stopped too. `on_ready` is called once the gateway
+/// serves requests.
 #[expect(
     clippy::disallowed_methods,
     reason = "the gateway and worker tasks are both awaited below, whichever ends first"
@@ -119,6 +120,8 @@ pub async fn gateway_and_worker(
     on_ready: impl FnOnce() + Send + 'static,
 ) -> anyhow::Result<()> {
     let worker_stop = CancellationToken::new();
+    let tools_stop = CancellationToken::new();
+    let mut tools = tokio::spawn(tools::serve(client.clone(), tools_stop.clone()));
     let mut worker = tokio::spawn(worker::run(
         config.clone(),
         client.clone(),
@@ -132,19 +135,34 @@ pub async fn gateway_and_worker(
         shutdown.clone(),
         on_ready,
     ));
-    tokio::select! {
+    let outcome = tokio::select! {
         served = &mut gateway => {
             worker_stop.cancel();
-            let worked = worker.await.context("worker task")?;
-            served.context("gateway task")?.context("gateway")?;
-            worked.context("worker")?;
+            let worked = worker.await;
+            tools_stop.cancel();
+            let tooled = (&mut tools).await;
+            served.context("gateway task")?.context("gateway")
+                .and(worked.context("worker task")?.context("worker"))
+                .and(tooled.context("tools task")?.context("tools"))
         }
         worked = &mut worker => {
             shutdown.cancel();
-            let served = gateway.await.context("gateway task")?;
-            worked.context("worker task")?.context("worker stopped early")?;
-            served.context("gateway")?;
+            let served = gateway.await;
+            tools_stop.cancel();
+            let tooled = (&mut tools).await;
+            worked.context("worker task")?.context("worker stopped early")
+                .and(served.context("gateway task")?.context("gateway"))
+                .and(tooled.context("tools task")?.context("tools"))
         }
-    }
-    Ok(())
+        tooled = &mut tools => {
+            shutdown.cancel();
+            let served = gateway.await;
+            worker_stop.cancel();
+            let worked = worker.await;
+            tooled.context("tools task")?.context("tools stopped early")
+                .and(served.context("gateway task")?.context("gateway"))
+                .and(worked.context("worker task")?.context("worker"))
+        }
+    };
+    outcome
 }

@@ -448,3 +448,108 @@ async fn up_then_run_takes_a_goal_through_the_default_team_offline() {
     let (status, log) = up.wait().await;
     assert!(status.success(), "{status:?}\n{log}");
 }
+
+#[tokio::test]
+async fn up_runs_the_tools_an_analyst_uses_offline() {
+    let data = tempfile::TempDir::new().unwrap();
+    let mut up = Up::spawn(data.path());
+    up.banner().await;
+    let url = up.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        switchyard()
+            .args([
+                "run",
+                "Should we buy 12 * (3 + 4) e-bikes?",
+                "--team",
+                "decision",
+                "--url",
+                &url,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let http = reqwest::Client::new();
+    let list: Value = http
+        .get(format!("{}/v1/tasks?limit=1", up.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = list["data"][0]["id"].as_str().unwrap();
+    let task: Value = http
+        .get(format!("{}/v1/tasks/{id}", up.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The analyst's step called the calculator that `up` serves, and used its answer.
+    let analysis = task["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["agent"] == "analyst")
+        .unwrap_or_else(|| panic!("no analyst step: {task:#}"));
+    assert_eq!(
+        analysis["tool_calls"][0]["name"], "calculator",
+        "{analysis:#}"
+    );
+    assert_eq!(analysis["tool_calls"][0]["outcome"], "ok", "{analysis:#}");
+    assert!(
+        analysis["output"]
+            .as_str()
+            .unwrap()
+            .contains("The calculator says 12 * (3 + 4) = 84."),
+        "{analysis:#}"
+    );
+    up.signal(Signal::SIGINT);
+    let (status, log) = up.wait().await;
+    assert!(status.success(), "{status:?}\n{log}");
+}
+
+#[tokio::test]
+async fn switchyard_tools_serves_until_sigterm() {
+    let nats = crate::harness::Nats::start();
+    let log_path = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+    let mut child = switchyard()
+        .arg("tools")
+        .env("SWITCHYARD__NATS__URL", &nats.url)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let client = shared::nats::connect(&nats.url, "test").await.unwrap();
+    crate::harness::wait_for_tools(&client).await;
+    let answer = client
+        .request("tools.calculator", r#"{"expression": "sqrt(81)"}"#.into())
+        .await
+        .unwrap();
+    let result: Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(result["result"], 9);
+    kill(
+        Pid::from_raw(child.id().try_into().unwrap()),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(
+        log.contains("tools serving") && log.contains("tools stopped"),
+        "{log}"
+    );
+}

@@ -193,6 +193,7 @@ pub struct Stack {
     gateway_shutdown: CancellationToken,
     gateway: Option<JoinHandle<()>>,
     workers: Vec<(String, CancellationToken, JoinHandle<()>)>,
+    tools: Option<(CancellationToken, JoinHandle<()>)>,
     _dir: TempDir,
 }
 
@@ -223,6 +224,7 @@ impl Stack {
             gateway_shutdown,
             gateway: Some(gateway),
             workers: Vec::new(),
+            tools: None,
             _dir: TempDir::new().unwrap(),
         };
         for _ in 0..workers {
@@ -230,6 +232,17 @@ impl Stack {
         }
         stack.wait_ready().await;
         stack
+    }
+
+    /// Serves the built-in tools in-process (as `switchyard tools` does), once they answer.
+    pub async fn start_tools(&mut self) {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn({
+            let (client, token) = (self.client.clone(), token.clone());
+            async move { tools::serve(client, token).await.unwrap() }
+        });
+        self.tools = Some((token, handle));
+        wait_for_tools(&self.client).await;
     }
 
     /// Starts one more in-process worker; returns its id.
@@ -482,7 +495,21 @@ impl Stack {
         if let Some(gateway) = self.gateway.take() {
             gateway.await.unwrap();
         }
+        if let Some((token, handle)) = self.tools.take() {
+            token.cancel();
+            handle.await.unwrap();
+        }
     }
+}
+
+/// Waits until the tools service answers `$SRV.PING`.
+pub async fn wait_for_tools(client: &async_nats::Client) {
+    let subject = format!("$SRV.PING.{}", shared::tools::SERVICE_NAME);
+    eventually(Duration::from_secs(20), || async {
+        let request = async_nats::Request::new().timeout(Some(Duration::from_millis(500)));
+        client.send_request(subject.clone(), request).await.ok()
+    })
+    .await;
 }
 
 /// Runs a gateway in-process on a free loopback port: its base URL, its shutdown token and

@@ -30,6 +30,7 @@ mod protocol;
 mod provisioning;
 mod runtime_agents;
 mod task_list;
+mod tools;
 mod workers;
 mod workflow_faults;
 mod workflows;

@@ -81,15 +81,18 @@ pub fn outcome(result: &TaskResult, price_of: impl Fn(&str, &str) -> Option<Pric
                     usage["completion_tokens"].as_u64().unwrap_or(0),
                     price,
                 ),
+                tool_calls: result.tool_calls.clone(),
             }
         }
         (_, _, Some(error)) => StepOutcome::Failed {
             class: error.class.as_str().to_owned(),
             message: error.message.clone(),
+            tool_calls: result.tool_calls.clone(),
         },
         _ => StepOutcome::Failed {
             class: "internal".to_owned(),
             message: "the step's result is neither an answer nor a failure".to_owned(),
+            tool_calls: result.tool_calls.clone(),
         },
     }
 }
@@ -145,7 +148,7 @@ mod tests {
 
     #[test]
     fn a_step_costs_its_tokens_at_the_answering_models_price() {
-        let StepOutcome::Completed { text, usage } =
+        let StepOutcome::Completed { text, usage, .. } =
             outcome(&result(Some("openai"), Some("gpt-x")), prices)
         else {
             panic!("not completed");

@@ -1,7 +1,8 @@
 //! A step's chat request: the agent's system prompt, then one user message with the goal,
 //! the step's instruction, the outputs of the steps it depends on and the shared context.
 //! Planner steps also get the capabilities to plan with and the plan's JSON schema (as
-//! `response_format`); review steps get the verdict's schema. The request goes to the
+//! `response_format`); review steps get the verdict's schema. An agent whose profile lists
+//! built-in tools is offered their schemas as `tools`. The request goes to the
 //! agent's route like any chat completion, so steps get failover, health and the DLQ.
 
 use serde_json::{Map, Value, json};
@@ -75,6 +76,17 @@ pub fn request(
     );
     if let Some(format) = response_format {
         body.insert("response_format".into(), format);
+    }
+    // The built-in tools the agent may use, offered as functions; the worker's tool loop
+    // runs the calls (and refuses any other).
+    let tools: Vec<Value> = agent
+        .tools
+        .iter()
+        .filter_map(|name| shared::tools::builtin(name))
+        .map(shared::tools::ToolSpec::function)
+        .collect();
+    if !tools.is_empty() {
+        body.insert("tools".into(), Value::Array(tools));
     }
     body
 }
@@ -164,6 +176,7 @@ mod tests {
             output: output.map(str::to_owned),
             error: None,
             usage: Usage::default(),
+            tool_calls: Vec::new(),
         }
     }
 
@@ -248,6 +261,21 @@ mod tests {
             body["response_format"]["json_schema"]["name"],
             REVIEW_SCHEMA_NAME
         );
+    }
+
+    #[test]
+    fn an_agents_tools_are_offered_as_functions() {
+        let wf = workflow(vec![step("a", StepKind::Work, &[], None)]);
+        let body = request(&agent(), &wf, &wf.steps[0], &[], PlanLimits::default());
+        assert!(body.get("tools").is_none());
+        let analyst = AgentProfile {
+            tools: vec!["calculator".into()],
+            ..agent()
+        };
+        let body = request(&analyst, &wf, &wf.steps[0], &[], PlanLimits::default());
+        assert_eq!(body["tools"][0]["type"], "function");
+        assert_eq!(body["tools"][0]["function"]["name"], "calculator");
+        assert_eq!(body["tools"].as_array().unwrap().len(), 1);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::config::Price;
+use shared::tools::ToolCall;
 use shared::{Priority, TaskId};
 
 use crate::plan::{self, Plan, PlanLimits, PlanStep};
@@ -174,6 +175,9 @@ pub struct Step {
     pub error: Option<String>,
     #[serde(default)]
     pub usage: Usage,
+    /// The built-in tool calls its task made (its tool loop), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// Limits a caller sets on one workflow; each is a guard.
@@ -331,8 +335,16 @@ impl Event {
 /// How a step's task ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepOutcome {
-    Completed { text: String, usage: Usage },
-    Failed { class: String, message: String },
+    Completed {
+        text: String,
+        usage: Usage,
+        tool_calls: Vec<ToolCall>,
+    },
+    Failed {
+        class: String,
+        message: String,
+        tool_calls: Vec<ToolCall>,
+    },
 }
 
 /// What the edges must do after a transition.
@@ -470,6 +482,7 @@ impl Workflow {
             output: None,
             error: None,
             usage: Usage::default(),
+            tool_calls: Vec::new(),
         });
     }
 
@@ -669,15 +682,25 @@ fn finished(
     };
     let kind = step.kind;
     let text = match outcome {
-        StepOutcome::Completed { text, usage } => {
+        StepOutcome::Completed {
+            text,
+            usage,
+            tool_calls,
+        } => {
             step.status = StepStatus::Completed;
+            step.tool_calls.clone_from(tool_calls);
             step.output = Some(text.clone());
             step.usage = *usage;
             wf.usage.add(*usage);
             text.clone()
         }
-        StepOutcome::Failed { class, message } => {
+        StepOutcome::Failed {
+            class,
+            message,
+            tool_calls,
+        } => {
             step.status = StepStatus::Failed;
+            step.tool_calls.clone_from(tool_calls);
             step.error = Some(format!("{class}: {message}"));
             effects.push(Progress::effect(
                 ProgressKind::StepFailed,

@@ -83,7 +83,7 @@ async fn messages(
     };
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     let stream = body["stream"] == json!(true);
-    let Arrival { fault, reply } = state.arrive(Recorded {
+    let Arrival { fault, reply, .. } = state.arrive(Recorded {
         model: model.clone(),
         key: headers
             .get("x-api-key")

@@ -104,7 +104,7 @@ async fn generate(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_owned())
         .or_else(|| query_param(&query, "key"));
-    let Arrival { fault, reply } = state.arrive(Recorded {
+    let Arrival { fault, reply, .. } = state.arrive(Recorded {
         model: model.to_owned(),
         key,
         stream,

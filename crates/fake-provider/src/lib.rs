@@ -107,11 +107,14 @@ pub struct Recorded {
     pub body: Value,
 }
 
-/// A scripted answer: the text a request whose body contains `marker` gets.
+/// A scripted answer: the text (or, OpenAI format only, the tool calls) a request whose
+/// body contains `marker` gets.
 #[derive(Debug, Clone)]
 struct Reply {
     marker: String,
     text: String,
+    /// `[{"name", "arguments"}]`: the answer calls these tools instead of answering text.
+    tool_calls: Option<Value>,
 }
 
 /// What a request gets, decided when it arrives.
@@ -121,6 +124,9 @@ pub(crate) struct Arrival {
     pub fault: Option<Fault>,
     /// The scripted text it answers with instead of the usual echo, if any.
     pub reply: Option<String>,
+    /// Scripted tool calls it answers with instead (`[{"name", "arguments"}]`); the OpenAI
+    /// format only.
+    pub tool_calls: Option<Value>,
 }
 
 /// Shared state of one fake: its script of faults and answers, settings and what it received.
@@ -151,7 +157,14 @@ impl State {
     pub(crate) fn arrive(&self, recorded: Recorded) -> Arrival {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let model = recorded.model.clone();
-        let reply = self.reply_for(&recorded.body);
+        let (reply, tool_calls) = match self.reply_for(&recorded.body) {
+            Some(Reply {
+                tool_calls: Some(calls),
+                ..
+            }) => (None, Some(calls)),
+            Some(reply) => (Some(reply.text), None),
+            None => (None, None),
+        };
         if !self.forget_requests.load(Ordering::Relaxed) {
             lock(&self.requests).push(recorded);
         }
@@ -164,12 +177,13 @@ impl State {
         Arrival {
             fault: scripted.or_else(|| lock(&self.outage).clone()),
             reply,
+            tool_calls,
         }
     }
 
     /// The scripted answer to a request with `body`: the first one-shot reply whose marker
     /// the body contains (used up), else the first such standing reply.
-    fn reply_for(&self, body: &Value) -> Option<String> {
+    fn reply_for(&self, body: &Value) -> Option<Reply> {
         let (mut replies, standing) = (lock(&self.replies), lock(&self.standing_replies));
         if replies.is_empty() && standing.is_empty() {
             return None;
@@ -178,14 +192,8 @@ impl State {
         let once = replies
             .iter()
             .position(|r| text.contains(&r.marker))
-            .and_then(|i| replies.remove(i))
-            .map(|r| r.text);
-        once.or_else(|| {
-            standing
-                .iter()
-                .find(|r| text.contains(&r.marker))
-                .map(|r| r.text.clone())
-        })
+            .and_then(|i| replies.remove(i));
+        once.or_else(|| standing.iter().find(|r| text.contains(&r.marker)).cloned())
     }
 
     /// Waits as a real provider would before its first byte; a stall fault adds to it.
@@ -280,6 +288,29 @@ impl FakeProvider {
         lock(&self.state.replies).push_back(Reply {
             marker: marker.to_owned(),
             text: text.to_owned(),
+            tool_calls: None,
+        });
+    }
+
+    /// Like [`push_reply`](Self::push_reply), but the answer calls tools: each `(name,
+    /// arguments)` becomes one call (ids `call_fake_0`, `call_fake_1`, …) of an OpenAI
+    /// answer with `finish_reason: tool_calls`. The OpenAI format only.
+    pub fn push_tool_calls(&self, marker: &str, calls: &[(&str, &str)]) {
+        lock(&self.state.replies).push_back(Reply {
+            marker: marker.to_owned(),
+            text: String::new(),
+            tool_calls: Some(tool_calls(calls)),
+        });
+    }
+
+    /// Like [`set_reply`](Self::set_reply), but every matching request calls these tools.
+    pub fn set_tool_calls(&self, marker: &str, calls: &[(&str, &str)]) {
+        let mut standing = lock(&self.state.standing_replies);
+        standing.retain(|r| r.marker != marker);
+        standing.push(Reply {
+            marker: marker.to_owned(),
+            text: String::new(),
+            tool_calls: Some(tool_calls(calls)),
         });
     }
 
@@ -292,6 +323,7 @@ impl FakeProvider {
         standing.push(Reply {
             marker: marker.to_owned(),
             text: text.to_owned(),
+            tool_calls: None,
         });
     }
 
@@ -323,6 +355,16 @@ impl FakeProvider {
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.state.requests).clone()
     }
+}
+
+/// Scripted calls as `[{"name", "arguments"}]`.
+fn tool_calls(calls: &[(&str, &str)]) -> Value {
+    Value::Array(
+        calls
+            .iter()
+            .map(|(name, arguments)| serde_json::json!({"name": name, "arguments": arguments}))
+            .collect(),
+    )
 }
 
 /// A loopback URL nothing listens on: connecting to it is refused.

@@ -47,7 +47,11 @@ async fn chat(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Byt
     let model = body["model"].as_str().unwrap_or_default().to_owned();
     let stream = body["stream"] == json!(true);
     let key = bearer(&headers);
-    let Arrival { fault, reply } = state.arrive(Recorded {
+    let Arrival {
+        fault,
+        reply,
+        tool_calls,
+    } = state.arrive(Recorded {
         model: model.clone(),
         key: key.clone(),
         stream,
@@ -113,6 +117,9 @@ async fn chat(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Byt
         })
         .collect();
     let usage = json!({"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12});
+    if let Some(calls) = tool_calls {
+        return tool_call_answer(&model, &calls, stream, usage);
+    }
     if stream {
         return sse(
             stream_events(&model, &texts, include_usage(&body).then_some(usage)),
@@ -133,6 +140,55 @@ async fn chat(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Byt
         "created": 1,
         "model": model,
         "choices": choices,
+        "usage": usage,
+    }))
+    .into_response()
+}
+
+/// A scripted answer that calls tools: one choice with `calls` (ids `call_fake_<i>`).
+fn tool_call_answer(model: &str, calls: &Value, stream: bool, usage: Value) -> Response {
+    let calls: Vec<Value> = calls
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({"index": i, "id": format!("call_fake_{i}"), "type": "function",
+                   "function": {"name": c["name"], "arguments": c["arguments"]}})
+        })
+        .collect();
+    if stream {
+        let chunk = |delta: Value, finish: Value| {
+            SseEvent::data(
+                json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+                       "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+                .to_string(),
+            )
+        };
+        let events = vec![
+            chunk(json!({"role": "assistant", "content": null}), Value::Null),
+            chunk(json!({"tool_calls": calls}), Value::Null),
+            chunk(json!({}), json!("tool_calls")),
+            SseEvent::data("[DONE]"),
+        ];
+        return sse(events, std::time::Duration::ZERO, None);
+    }
+    let calls: Vec<Value> = calls
+        .into_iter()
+        .map(|mut c| {
+            if let Some(o) = c.as_object_mut() {
+                o.remove("index");
+            }
+            c
+        })
+        .collect();
+    axum::Json(json!({
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": calls},
+                     "finish_reason": "tool_calls"}],
         "usage": usage,
     }))
     .into_response()

@@ -166,7 +166,7 @@ async fn create(
         return problem_response(422, "Invalid version", "- version: version is required");
     };
     let stream = body["stream"] == json!(true);
-    let Arrival { fault, reply } = state.arrive(Recorded {
+    let Arrival { fault, reply, .. } = state.arrive(Recorded {
         model: model.clone(),
         key: bearer(headers),
         stream,

@@ -18,6 +18,8 @@ pub enum ApiError {
     InvalidJson(String),
     #[error("{message}")]
     InvalidRequest { param: String, message: String },
+    #[error("{message}")]
+    ToolNotAllowed { param: String, message: String },
     #[error("request body is larger than the {limit}-byte limit")]
     BodyTooLarge { limit: usize },
     #[error("the request body did not arrive within {limit_ms} ms")]
@@ -79,6 +81,12 @@ impl ApiError {
                 S::BAD_REQUEST,
                 "invalid_request_error",
                 "invalid_value",
+                Some(param.clone()),
+            ),
+            ApiError::ToolNotAllowed { param, .. } => (
+                S::FORBIDDEN,
+                "permission_error",
+                "tool_not_allowed",
                 Some(param.clone()),
             ),
             ApiError::BodyTooLarge { .. } => (
@@ -163,6 +171,14 @@ fn task_failure_parts(
         | FailureClass::InvalidResponse => (S::BAD_GATEWAY, "upstream_error", code, None),
         FailureClass::Cancelled => (S::CONFLICT, "cancelled_error", code, None),
         FailureClass::Internal => (S::INTERNAL_SERVER_ERROR, "server_error", code, None),
+        // The model kept asking for tools past the loop's bounds: the request's doing, as
+        // an unprocessable one (the same request would do it again).
+        FailureClass::ToolLimit => (
+            S::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            code,
+            Some("tools".to_owned()),
+        ),
     }
 }
 

@@ -6,6 +6,7 @@ mod abandon;
 mod admission;
 mod answer;
 mod body;
+mod builtin_tools;
 mod chat;
 mod cors;
 mod error;

@@ -36,6 +36,9 @@ pub enum FailureClass {
     DeadlineExceeded,
     /// A fault inside Switchyard; details are in its logs, not in the result.
     Internal,
+    /// The tool loop hit a bound (its iterations or its token budget) while the model still
+    /// asked for tools: the same request would do it again.
+    ToolLimit,
 }
 
 impl FailureClass {
@@ -54,7 +57,8 @@ impl FailureClass {
             | FailureClass::ContextLength
             | FailureClass::ContentFilter
             | FailureClass::Cancelled
-            | FailureClass::DeadlineExceeded => false,
+            | FailureClass::DeadlineExceeded
+            | FailureClass::ToolLimit => false,
         }
     }
 
@@ -76,7 +80,8 @@ impl FailureClass {
             | FailureClass::ModelUnavailable
             | FailureClass::ContextLength
             | FailureClass::ContentFilter
-            | FailureClass::Cancelled => false,
+            | FailureClass::Cancelled
+            | FailureClass::ToolLimit => false,
         }
     }
 
@@ -95,6 +100,7 @@ impl FailureClass {
             FailureClass::Cancelled => "cancelled",
             FailureClass::DeadlineExceeded => "deadline_exceeded",
             FailureClass::Internal => "internal",
+            FailureClass::ToolLimit => "tool_limit",
         }
     }
 }
@@ -111,6 +117,7 @@ mod tests {
             FailureClass::DeadlineExceeded,
             FailureClass::InvalidResponse,
             FailureClass::ModelUnavailable,
+            FailureClass::ToolLimit,
         ] {
             let json = serde_json::to_string(&class).unwrap();
             assert_eq!(json, format!("\"{}\"", class.as_str()));

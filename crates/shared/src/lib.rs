@@ -16,6 +16,7 @@ pub mod provision;
 pub mod reply;
 pub mod schema;
 pub mod task;
+pub mod tools;
 
 pub use failure::FailureClass;
 pub use names::{Capability, NameError, Priority, TaskId};

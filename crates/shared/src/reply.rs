@@ -12,8 +12,9 @@ use crate::TaskId;
 use crate::inbound::is_publish_subject;
 
 /// Prefixes of Switchyard's own subjects: queues, events, dead letters, stream chunks,
-/// cancel notices (a result published on `cancel.<id>` would stop another task).
-pub const RESERVED_PREFIXES: [&str; 5] = ["tasks.", "events.", "dlq.", "stream.", "cancel."];
+/// cancel notices (a result published on `cancel.<id>` would stop another task), tool calls.
+pub const RESERVED_PREFIXES: [&str; 6] =
+    ["tasks.", "events.", "dlq.", "stream.", "cancel.", "tools."];
 /// Prefix of the gateway's reply subjects (`_INBOX.switchyard.<gateway id>.<task id>`):
 /// the configured prefixes must allow it or the gateway could not get answers.
 pub const GATEWAY_REPLY_PREFIX: &str = "_INBOX.switchyard.";

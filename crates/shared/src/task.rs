@@ -116,6 +116,10 @@ pub struct TaskResult {
     /// same subject.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_digest: Option<String>,
+    /// Every built-in tool call the tool loop made for the delivery that stored the result,
+    /// in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::tools::ToolCall>,
 }
 
 /// One provider call: who was asked, with which key, and how it ended.

@@ -66,9 +66,11 @@ pub(crate) fn decide(err: &ProviderError, retries: u32, other_key: bool) -> Acti
         | FailureClass::Internal => Action::FailOver,
         FailureClass::ContextLength => Action::Fallback(Chain::ContextLength),
         FailureClass::ContentFilter => Action::Fallback(Chain::ContentFilter),
-        FailureClass::BadRequest | FailureClass::Cancelled | FailureClass::DeadlineExceeded => {
-            Action::FailFast
-        }
+        // The tool loop's own bound: no provider call fails this way, and none would help.
+        FailureClass::BadRequest
+        | FailureClass::Cancelled
+        | FailureClass::DeadlineExceeded
+        | FailureClass::ToolLimit => Action::FailFast,
     }
 }
 
@@ -101,7 +103,8 @@ pub(crate) fn effect(err: &ProviderError) -> Effect {
         | FailureClass::ContentFilter
         | FailureClass::Cancelled
         | FailureClass::DeadlineExceeded
-        | FailureClass::Internal => Effect::None,
+        | FailureClass::Internal
+        | FailureClass::ToolLimit => Effect::None,
     }
 }
 
@@ -135,6 +138,7 @@ mod tests {
             (BadRequest, true, Action::FailFast),
             (Cancelled, false, Action::FailFast),
             (DeadlineExceeded, false, Action::FailFast),
+            (ToolLimit, false, Action::FailFast),
         ];
         for (class, other_key, expected) in cases {
             assert_eq!(decide(&err(class), 0, other_key), expected, "{class:?}");

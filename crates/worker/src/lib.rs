@@ -1,7 +1,8 @@
 //! Switchyard's worker: pulls tasks for its capabilities from JetStream (never more than it
-//! has free slots), calls LLM providers, stores one result per task and delivers it, then
-//! acks. Stateless: start as many as the load needs. Draining on shutdown stops pulling,
-//! finishes in-flight tasks within a grace period, then returns.
+//! has free slots), calls LLM providers (and, in the tool loop, the built-in tools the task
+//! may use), stores one result per task and delivers it, then acks. Stateless: start as
+//! many as the load needs. Draining on shutdown stops pulling, finishes in-flight tasks
+//! within a grace period, then returns.
 
 mod action;
 mod answer;
@@ -19,6 +20,7 @@ pub mod provider;
 mod pull;
 mod refuse;
 mod relay;
+mod tool_loop;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

@@ -198,6 +198,7 @@ async fn apply(
                 outcome: StepOutcome::Failed {
                     class: "no_agent".to_owned(),
                     message: format!("agent `{agent}` was removed before its step could run"),
+                    tool_calls: Vec::new(),
                 },
             };
             Box::pin(apply(deps, id, &event)).await?;

@@ -1,6 +1,7 @@
 //! Handling one delivered task, from decoding to ack: skip the work if a result already
-//! exists, run the failover loop with in-progress acks, store the one result with `create`
-//! (first writer wins) carrying every attempt, dead-letter it if it failed for good, deliver
+//! exists, run the failover loop (inside the tool loop when the task may use built-in
+//! tools) with in-progress acks, store the one result with `create` (first writer wins)
+//! carrying every attempt and tool call, dead-letter it if it failed for good, deliver
 //! it to the reply subject, emit an event, then ack. When no target could answer for a
 //! reason that may pass, the task is NAKed with a delay instead and its attempts are kept
 //! for the next delivery; the result is stored before the ack, so nothing is lost.
@@ -24,6 +25,7 @@ use crate::failover::{Failover, Outcome};
 use crate::orchestrate;
 use crate::refuse::refuse;
 use crate::relay::NatsChunks;
+use crate::tool_loop::{self, Loop, LoopOutcome, NatsTools};
 
 /// Handles one delivered message to the end: it is acked, NAKed for a later retry, or
 /// refused and terminated (undecodable, or not the task its subject says), and never left
@@ -75,11 +77,12 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
         }
         history = earlier_attempts(&task, deps).await;
     }
-    let outcome = if task.remaining().is_zero() {
+    let outcome: LoopOutcome = if task.remaining().is_zero() {
         Outcome::failed(
             FailureClass::DeadlineExceeded,
             "the deadline passed before a worker could take the task",
         )
+        .into()
     } else if delivery > last_attempt(deps.max_deliver) {
         // The reserve delivery: the last attempt ended without a result (its worker died
         // or could not store it). Record the failure rather than risk stranding the task.
@@ -87,34 +90,31 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
             FailureClass::Internal,
             "every attempt ended without a result (the worker running it stopped)",
         )
+        .into()
     } else if let Some(running) = deps.cancellations.start(task.id) {
-        let chunks = NatsChunks::new(&deps.client, task.id, delivery);
-        let failover = Failover {
-            task: &task,
-            delivery,
-            prior: &history,
-            routing: &deps.routing,
-            health: &*deps.health,
-            chunks: &chunks,
-        };
         tokio::select! {
-            outcome = with_progress(&msg, deps.ack_wait, failover.run()) => outcome,
+            outcome = with_progress(&msg, deps.ack_wait, run(&task, delivery, &history, deps)) => outcome,
             () = running.token.cancelled() => Outcome::failed(
                 FailureClass::Cancelled,
                 "the caller went away; the provider call was stopped",
-            ),
+            ).into(),
         }
     } else {
         Outcome::failed(
             FailureClass::Cancelled,
             "the caller went away before a worker took the task",
         )
+        .into()
     };
-    let Outcome {
-        answer,
-        attempts,
-        answered_by,
-        fallback_depth,
+    let LoopOutcome {
+        outcome:
+            Outcome {
+                answer,
+                attempts,
+                answered_by,
+                fallback_depth,
+            },
+        tool_calls,
     } = outcome;
     history.extend(attempts);
     let (status, response, error) = match answer {
@@ -161,6 +161,7 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
         attempts: history,
         fallback_depth,
         reply_digest: task.reply_to.as_deref().map(reply::digest),
+        tool_calls,
     };
     let stored = persist(delivery, deps, || async {
         with_progress(&msg, deps.ack_wait, store(task.id, &result, deps))
@@ -174,6 +175,65 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
         return;
     };
     finish(&msg, &task, stored, delivery, deps).await;
+}
+
+/// Runs the task: down its route's failover chain, and around that the tool loop when it
+/// may use built-in tools (each round of the loop is one run down the chain).
+async fn run(task: &Task, delivery: i64, history: &[Attempt], deps: &Deps) -> LoopOutcome {
+    let chunks = NatsChunks::new(&deps.client, task.id, delivery);
+    let offer = match tool_loop::offer(task, &deps.agents.current(), &deps.config.tools) {
+        Ok(offer) => offer,
+        Err(refused) => {
+            return Outcome {
+                answer: Err(refused),
+                attempts: Vec::new(),
+                answered_by: None,
+                fallback_depth: 0,
+            }
+            .into();
+        }
+    };
+    let Some(offer) = offer else {
+        let failover = Failover {
+            task,
+            delivery,
+            prior: history,
+            routing: &deps.routing,
+            health: &*deps.health,
+            chunks: &chunks,
+        };
+        return failover.run().await.into();
+    };
+    let tools = NatsTools {
+        client: &deps.client,
+    };
+    let tool_loop = Loop {
+        task,
+        offer,
+        config: &deps.config.tools,
+        tools: &tools,
+    };
+    let chunks = &chunks;
+    tool_loop
+        .run(|request| {
+            let round = Task {
+                request,
+                ..task.clone()
+            };
+            async move {
+                Failover {
+                    task: &round,
+                    delivery,
+                    prior: history,
+                    routing: &deps.routing,
+                    health: &*deps.health,
+                    chunks,
+                }
+                .run()
+                .await
+            }
+        })
+        .await
 }
 
 /// After the result is durable: dead-letter it if it failed for good, deliver it, record

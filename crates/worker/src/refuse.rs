@@ -48,6 +48,7 @@ pub(crate) async fn refuse(
         fallback_depth: 0,
         upstream_ms: 0,
         reply_digest: rejection.reply_to.as_deref().map(shared::reply::digest),
+        tool_calls: Vec::new(),
     };
     let stored = match rejection.id {
         Some(id) => {

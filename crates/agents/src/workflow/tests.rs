@@ -96,6 +96,7 @@ fn done(step: &str, text: &str) -> Event {
                 cost_usd: 0.001,
                 cost_known: true,
             },
+            tool_calls: Vec::new(),
         },
     }
 }
@@ -106,6 +107,7 @@ fn failed(step: &str, class: &str) -> Event {
         outcome: StepOutcome::Failed {
             class: class.into(),
             message: "it broke".into(),
+            tool_calls: Vec::new(),
         },
     }
 }
@@ -472,6 +474,7 @@ fn usage_sums_steps_costs_and_remembers_an_unpriced_one() {
         outcome: StepOutcome::Completed {
             text: text.into(),
             usage,
+            tool_calls: Vec::new(),
         },
     };
     advance(&mut wf, &finished("@plan", PLAN, priced), &world);

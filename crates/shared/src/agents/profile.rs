@@ -139,6 +139,18 @@ impl AgentProfile {
                 );
             }
         }
+        // Deny by default: a tool nobody serves is a typo, refused rather than never offered.
+        for (i, tool) in self.tools.iter().enumerate() {
+            if crate::Capability::from_str(tool).is_ok() && !crate::tools::is_builtin(tool) {
+                errors.push(FieldError::new(
+                    format!("tools[{i}]"),
+                    format!(
+                        "`{tool}` is not a built-in tool ({})",
+                        crate::config::known_tools()
+                    ),
+                ));
+            }
+        }
         if self.route.is_empty() {
             errors.push(FieldError::new("route", "must name a route"));
         } else if !known_route(&self.route) {
@@ -223,6 +235,18 @@ mod tests {
                 "max_concurrency"
             ]
         );
+    }
+
+    #[test]
+    fn only_built_in_tools_may_be_listed() {
+        let p = AgentProfile {
+            tools: vec!["calculator".into(), "shell".into()],
+            ..profile()
+        };
+        let problems = p.problems(|_| true);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "tools[1]");
+        assert!(problems[0].problem.contains("not a built-in tool"));
     }
 
     #[test]

@@ -17,10 +17,12 @@ use crate::agents::{AgentProfile, Catalog, Team, Weights};
 mod prices;
 mod providers;
 mod routes;
+mod tools;
 
 pub use prices::{Price, TOKENS_PER_PRICE_UNIT, price_key};
 pub use providers::{Adapter, ApiKey, ProviderConfig, ProviderKind};
 pub use routes::{MAX_FALLBACK_HOPS, RouteConfig, Strategy, TargetConfig, split_direct};
+pub use tools::{ToolsConfig, known_tools};
 
 /// The configuration `switchyard up` uses when no file is given: the simulated provider only.
 pub const DEFAULT_TOML: &str = include_str!("../../../../switchyard.toml");
@@ -178,6 +180,9 @@ pub struct Config {
     /// How routing weighs capability match, load and record when it picks an agent.
     #[serde(default)]
     pub agent_routing: Weights,
+    /// The tool loop's bounds and the built-in tools chat requests may use.
+    #[serde(default)]
+    pub tools: ToolsConfig,
     /// The shipped catalog with `agents` and `teams` added: the agents this deployment runs.
     #[serde(skip)]
     pub catalog: Catalog,
@@ -478,6 +483,7 @@ impl Config {
             .with_list_parse_key("worker.capabilities")
             .with_list_parse_key("gateway.cors_allowed_origins")
             .with_list_parse_key("queue.reply_prefixes")
+            .with_list_parse_key("tools.chat_allowed")
             .source(Some(overrides));
         let builder = config::Config::builder();
         let builder = match source {
@@ -695,6 +701,7 @@ impl Config {
         }
         prices::validate_prices(&mut p, &self.prices, &self.routes, &self.providers);
         self.validate_health(&mut p);
+        self.tools.validate(&mut p);
         if self.dlq.max_age_secs == 0 {
             p.add("dlq.max_age_secs", "must be greater than 0");
         }
@@ -991,6 +998,38 @@ mod tests {
             .to_string();
         assert!(err.contains("capabilities.agent-x"), "{err}");
         assert!(err.contains("routes.sneaky.capability"), "{err}");
+    }
+
+    #[test]
+    fn tools_settings_are_checked_and_chat_allows_none_by_default() {
+        let cfg = Config::load(Source::Toml(DEFAULT_TOML), &env(&[])).unwrap();
+        assert!(cfg.tools.chat_allowed.is_empty());
+        assert!(!cfg.tools.chat_may_use("calculator"));
+        assert_eq!(cfg.tools.max_iterations, 6);
+        let cfg = Config::load(
+            Source::Toml(DEFAULT_TOML),
+            &env(&[("SWITCHYARD__TOOLS__CHAT_ALLOWED", "calculator")]),
+        )
+        .unwrap();
+        assert!(cfg.tools.chat_may_use("calculator"));
+        let err = Config::load(
+            Source::Toml(DEFAULT_TOML),
+            &env(&[
+                ("SWITCHYARD__TOOLS__CHAT_ALLOWED", "calculator,shell"),
+                ("SWITCHYARD__TOOLS__MAX_ITERATIONS", "0"),
+                ("SWITCHYARD__TOOLS__CALL_TIMEOUT_MS", "0"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "tools.chat_allowed[1]",
+            "tools.max_iterations",
+            "tools.call_timeout_ms",
+        ] {
+            assert!(err.contains(key), "{key} missing from {err}");
+        }
+        assert!(!err.contains("tools.chat_allowed[0]"), "{err}");
     }
 
     #[test]

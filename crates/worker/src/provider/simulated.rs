@@ -1,5 +1,8 @@
 //! The built-in `simulated` provider: in-process, deterministic, configurable latency, no
-//! network. Every answer says it is simulated, so nobody mistakes it for a model.
+//! network. Every answer says it is simulated, so nobody mistakes it for a model. Offered
+//! function tools and no tool result yet, it calls one (the calculator with an expression
+//! found in the prompt, else the first tool with arguments that follow its schema); with a
+//! tool result in the conversation, it answers using it, so the tool loop runs offline.
 
 use std::time::Duration;
 
@@ -32,7 +35,19 @@ impl Simulated {
     pub async fn complete(&self, call: Call<'_>) -> Result<Value, ProviderError> {
         let (model, request) = (call.model, call.request);
         pause(self.latency).await;
-        let text = answer(model, request);
+        let (message, finish, said) = match reply(model, request) {
+            Reply::Text(text) => {
+                let message = json!({"role": "assistant", "content": text});
+                (message, "stop", text)
+            }
+            Reply::Call { name, arguments } => {
+                let message = json!({"role": "assistant", "content": null, "tool_calls": [{
+                    "id": call_id(), "type": "function",
+                    "function": {"name": name, "arguments": arguments},
+                }]});
+                (message, "tool_calls", arguments)
+            }
+        };
         Ok(json!({
             "id": completion_id(),
             "object": "chat.completion",
@@ -41,17 +56,16 @@ impl Simulated {
             "system_fingerprint": "simulated",
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop"
+                "message": message,
+                "finish_reason": finish
             }],
-            "usage": usage(request, &text),
+            "usage": usage(request, &said),
         }))
     }
 
     pub fn stream(&self, call: Call<'_>) -> ChunkStream {
         let (model, request) = (call.model, call.request);
-        let text = answer(model, request);
-        let usage = usage(request, &text);
+        let reply = reply(model, request);
         let id = completion_id();
         let created = now_ms() / 1000;
         let chunk = move |delta: Value, finish: Value, usage: Value| {
@@ -70,11 +84,25 @@ impl Simulated {
             Value::Null,
             Value::Null,
         )];
-        chunks.extend(
-            text.split_inclusive(' ')
-                .map(|word| chunk(json!({"content": word}), Value::Null, Value::Null)),
-        );
-        chunks.push(chunk(json!({}), json!("stop"), usage));
+        match reply {
+            Reply::Text(text) => {
+                chunks.extend(
+                    text.split_inclusive(' ')
+                        .map(|word| chunk(json!({"content": word}), Value::Null, Value::Null)),
+                );
+                chunks.push(chunk(json!({}), json!("stop"), usage(request, &text)));
+            }
+            Reply::Call { name, arguments } => {
+                let delta = json!({"tool_calls": [{"index": 0, "id": call_id(), "type": "function",
+                    "function": {"name": name, "arguments": arguments}}]});
+                chunks.push(chunk(delta, Value::Null, Value::Null));
+                chunks.push(chunk(
+                    json!({}),
+                    json!("tool_calls"),
+                    usage(request, &arguments),
+                ));
+            }
+        }
         let latency = self.latency;
         let delay = self.chunk_delay;
         futures::stream::iter(chunks.into_iter().enumerate())
@@ -97,6 +125,129 @@ fn completion_id() -> String {
     format!("chatcmpl-sim-{}", uuid::Uuid::now_v7().simple())
 }
 
+fn call_id() -> String {
+    format!("call_sim_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// What the simulated model answers.
+#[derive(Debug, Clone, PartialEq)]
+enum Reply {
+    Text(String),
+    /// A call to tool `name` with `arguments` (a JSON object, as text).
+    Call {
+        name: String,
+        arguments: String,
+    },
+}
+
+/// The expression the simulated model computes when the prompt has none.
+const FALLBACK_EXPRESSION: &str = "6 * 7";
+
+/// A structured answer when a JSON schema is asked for; else a tool call when tools are
+/// offered (and `tool_choice` is not `none`) and no tool has answered yet; else text.
+fn reply(model: &str, request: &Map<String, Value>) -> Reply {
+    let structured = schema::requested(request).is_some();
+    let messages = request.get("messages").and_then(Value::as_array);
+    let tool_answered = messages.is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
+    if !structured
+        && !tool_answered
+        && request.get("tool_choice").is_none_or(|c| c != "none")
+        && let Some((name, parameters)) = tool_to_call(request)
+    {
+        let arguments = if name == "calculator" {
+            let prompt = messages
+                .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+                .and_then(|m| m.get("content"))
+                .map(content_text)
+                .unwrap_or_default();
+            let expression =
+                find_expression(&prompt).unwrap_or_else(|| FALLBACK_EXPRESSION.to_owned());
+            json!({"expression": expression})
+        } else {
+            schema::example(&parameters, 0, &STYLE)
+        };
+        return Reply::Call {
+            name,
+            arguments: arguments.to_string(),
+        };
+    }
+    Reply::Text(answer(model, request))
+}
+
+/// The offered function tool to call: the calculator if offered, else the first.
+fn tool_to_call(request: &Map<String, Value>) -> Option<(String, Value)> {
+    let functions: Vec<&Value> = request
+        .get("tools")?
+        .as_array()?
+        .iter()
+        .filter(|t| t["type"] == "function")
+        .map(|t| &t["function"])
+        .filter(|f| f["name"].is_string())
+        .collect();
+    let chosen = functions
+        .iter()
+        .find(|f| f["name"] == "calculator")
+        .or_else(|| functions.first())?;
+    Some((
+        chosen["name"].as_str().unwrap_or_default().to_owned(),
+        chosen["parameters"].clone(),
+    ))
+}
+
+/// The longest run of arithmetic in `text` (digits, operators, parentheses) with at least
+/// one operator between numbers: what the simulated model asks the calculator.
+fn find_expression(text: &str) -> Option<String> {
+    let arithmetic = |c: char| c.is_ascii_digit() || " .+-*/^%()".contains(c);
+    text.split(|c: char| !arithmetic(c))
+        .map(|run| run.trim_matches(|c: char| " +-*/^%.".contains(c)))
+        .filter(|run| {
+            let digits = run.chars().filter(char::is_ascii_digit).count();
+            let operator = run
+                .trim_start_matches('(')
+                .chars()
+                .skip(1)
+                .any(|c| "+-*/^%".contains(c));
+            let mut depth: i32 = 0;
+            let balanced = run.chars().all(|c| {
+                depth += match c {
+                    '(' => 1,
+                    ')' => -1,
+                    _ => 0,
+                };
+                depth >= 0
+            }) && depth == 0;
+            digits >= 2 && operator && balanced
+        })
+        .max_by_key(|run| run.len())
+        .map(str::to_owned)
+}
+
+/// What the simulated model says about the tool results in the conversation, e.g.
+/// "The calculator says 6 * 7 = 42."
+fn tool_results(messages: &[Value]) -> Option<String> {
+    let mut said = Vec::new();
+    for message in messages.iter().filter(|m| m["role"] == "tool") {
+        let content = message.get("content").map(content_text).unwrap_or_default();
+        let value: Value = serde_json::from_str(&content).unwrap_or(Value::Null);
+        said.push(if let Some(result) = value.get("result") {
+            match value["expression"].as_str() {
+                Some(expression) => format!("The calculator says {expression} = {result}."),
+                None => format!("The tool answered {result}."),
+            }
+        } else if let Some(error) = value.get("error") {
+            format!(
+                "The tool failed ({}): {}",
+                error["class"].as_str().unwrap_or("error"),
+                error["message"].as_str().unwrap_or_default()
+            )
+        } else {
+            let text: String = content.chars().take(ECHO_CHARS).collect();
+            format!("The tool answered: {text}")
+        });
+    }
+    (!said.is_empty()).then(|| said.join(" "))
+}
+
 /// The deterministic answer. With a JSON schema in `response_format`, a document that
 /// follows it (so structured-output callers, such as a workflow's planner and reviewer, get
 /// something they can use); otherwise text that says which model, which role the system
@@ -109,10 +260,19 @@ fn answer(model: &str, request: &Map<String, Value>) -> String {
     let messages = request.get("messages").and_then(Value::as_array);
     let count = messages.map_or(0, Vec::len);
     let text_of = |m: &Value| m.get("content").map(content_text).unwrap_or_default();
+    let tools = messages.and_then(|m| tool_results(m));
+    // After tool calls, the caller's last words are its last user message.
     let last = messages
-        .and_then(|m| m.last())
+        .and_then(|m| {
+            if tools.is_some() {
+                m.iter().rev().find(|m| m["role"] == "user")
+            } else {
+                m.last()
+            }
+        })
         .map(text_of)
         .unwrap_or_default();
+    let tools = tools.map_or_else(String::new, |t| format!(" {t}"));
     let echo: String = last.chars().take(ECHO_CHARS).collect();
     let role = messages
         .and_then(|m| m.iter().find(|m| m["role"] == "system"))
@@ -134,9 +294,13 @@ fn answer(model: &str, request: &Map<String, Value>) -> String {
             } else {
                 format!("the outputs of {}", inputs.join(", "))
             };
-            format!("[simulated {model}] {role}: done, working from {inputs}. You said: {echo}")
+            format!(
+                "[simulated {model}] {role}: done, working from {inputs}.{tools} You said: {echo}"
+            )
         }
-        None => format!("[simulated {model}] Received {count} message(s). You said: {echo}"),
+        None => {
+            format!("[simulated {model}] Received {count} message(s).{tools} You said: {echo}")
+        }
     }
 }
 
@@ -242,6 +406,70 @@ mod tests {
             text.contains("Researcher: done, working from the outputs of facts, market"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn offered_a_tool_it_calls_it_then_answers_with_the_result() {
+        let calculator = json!({"type": "function", "function": {"name": "calculator",
+            "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}});
+        let request = json!({"messages": [
+            {"role": "system", "content": "You are the Analyst of a team."},
+            {"role": "user", "content": "# Goal\nWhat is (1200 - 950) / 950 * 100, in percent?"}],
+            "tools": [calculator]});
+        let request = request.as_object().unwrap();
+        let answer = provider().complete(call(request)).await.unwrap();
+        assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
+        let tool_call = &answer["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(tool_call["function"]["name"], "calculator");
+        let arguments: Value =
+            serde_json::from_str(tool_call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(arguments["expression"], "(1200 - 950) / 950 * 100");
+
+        let mut messages = request["messages"].as_array().unwrap().clone();
+        messages.push(answer["choices"][0]["message"].clone());
+        messages.push(json!({"role": "tool", "tool_call_id": tool_call["id"],
+            "content": "{\"expression\":\"6 * 7\",\"result\":42}"}));
+        let mut followup = request.clone();
+        followup.insert("messages".into(), json!(messages));
+        let answer = provider().complete(call(&followup)).await.unwrap();
+        let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(text.contains("Analyst: done"), "{text}");
+        assert!(text.contains("The calculator says 6 * 7 = 42."), "{text}");
+        assert!(text.contains("You said: # Goal"), "{text}");
+
+        // Streamed, the call arrives as a tool-call delta.
+        let chunks: Vec<Value> = provider()
+            .stream(call(request))
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert_eq!(
+            chunks[1]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"],
+            "calculator"
+        );
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
+        // `tool_choice: none` gets text.
+        let mut none = request.clone();
+        none.insert("tool_choice".into(), json!("none"));
+        let answer = provider().complete(call(&none)).await.unwrap();
+        assert!(answer["choices"][0]["message"]["content"].is_string());
+    }
+
+    #[test]
+    fn expressions_are_found_in_prose() {
+        assert_eq!(
+            find_expression("What is 12 * (3 + 4)?").as_deref(),
+            Some("12 * (3 + 4)")
+        );
+        assert_eq!(find_expression("Revenue grew from 10 to 12."), None);
+        assert_eq!(
+            find_expression("step (s1) and 3 + 4").as_deref(),
+            Some("3 + 4")
+        );
+        assert_eq!(find_expression("nothing here"), None);
     }
 
     #[tokio::test]

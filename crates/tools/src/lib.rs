@@ -1,0 +1,12 @@
+//! Switchyard's built-in tools. Each is an endpoint of one NATS micro service
+//! (`switchyard-tools`, discoverable through `$SRV.PING|INFO|STATS`) on `tools.<name>`, in
+//! the queue group `tools`, so any number of `switchyard tools` processes share the calls
+//! and a dead one is simply not asked. A request is the tool call's arguments (JSON); the
+//! answer is the result (JSON), or an error with a class (`shared::tools::ToolErrorClass`).
+//! The contract (names, schemas, classes, limits) is `shared::tools`; `docs/tools.md` has
+//! the protocol.
+
+pub mod calculator;
+mod service;
+
+pub use service::{ToolsError, answer, serve};

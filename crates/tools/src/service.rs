@@ -1,0 +1,195 @@
+//! Serving the built-in tools as one NATS micro service: one endpoint per tool, each request
+//! handled on its own task (bounded), each answer either the result or a service error with
+//! its class. Stops taking requests on shutdown and lets the ones in hand finish.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_nats::HeaderMap;
+use async_nats::service::{self, ServiceExt};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::Value;
+use shared::tools::{
+    BUILTIN, ERROR_CLASS_HEADER, MAX_ARGUMENT_BYTES, MAX_ERROR_CHARS, MAX_RESULT_BYTES,
+    QUEUE_GROUP, SERVICE_NAME, SUBJECT_PREFIX, ToolError, ToolErrorClass,
+};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::calculator;
+
+/// Calls one process handles at once: beyond it, requests wait in the subscription (and a
+/// caller's timeout passes) instead of piling up tasks.
+const MAX_IN_FLIGHT: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolsError {
+    #[error("starting the tools service: {0}")]
+    Start(async_nats::Error),
+    #[error("the tools' subscriptions ended")]
+    Ended,
+}
+
+/// Serves every built-in tool on `client` until `shutdown`; calls in hand are finished.
+pub async fn serve(
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> Result<(), ToolsError> {
+    let names: Vec<&str> = BUILTIN.iter().map(|t| t.name).collect();
+    let service = client
+        .service_builder()
+        .description("Switchyard's built-in tools: one endpoint per tool on tools.<name>")
+        .queue_group(QUEUE_GROUP)
+        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(ToolsError::Start)?;
+    let group = service.group(SUBJECT_PREFIX);
+    let mut endpoints = Vec::new();
+    for tool in BUILTIN {
+        let metadata = HashMap::from([("description".to_owned(), tool.description.to_owned())]);
+        let endpoint = group
+            .endpoint_builder()
+            .name(tool.name)
+            .metadata(metadata)
+            .add(tool.name)
+            .await
+            .map_err(ToolsError::Start)?;
+        endpoints.push(endpoint.map(move |request| (tool.name, request)));
+    }
+    let mut requests = futures::stream::select_all(endpoints);
+    info!(service = SERVICE_NAME, tools = ?names, "tools serving");
+    let handlers = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut ended = false;
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let next = tokio::select! {
+            () = shutdown.cancelled() => break,
+            next = requests.next() => next,
+        };
+        let Some((name, request)) = next else {
+            warn!("the tools' subscriptions ended");
+            ended = true;
+            break;
+        };
+        handlers.spawn(async move {
+            respond(name, &request).await;
+            drop(permit);
+        });
+    }
+    // No new requests: another process in the queue group takes them.
+    drop(requests);
+    handlers.close();
+    handlers.wait().await;
+    if let Err(e) = service.stop().await {
+        debug!(error = %e, "stopping the tools service");
+    }
+    info!("tools stopped");
+    if ended {
+        Err(ToolsError::Ended)
+    } else {
+        Ok(())
+    }
+}
+
+async fn respond(name: &str, request: &service::Request) {
+    let outcome = answer(name, &request.message.payload);
+    let sent = match outcome {
+        Ok(bytes) => request.respond(Ok(bytes)).await,
+        Err(e) => {
+            debug!(tool = name, class = e.class.as_str(), "tool call failed");
+            let mut headers = HeaderMap::new();
+            headers.insert(ERROR_CLASS_HEADER, e.class.as_str());
+            let error = service::error::Error {
+                status: header_safe(&e.message),
+                code: e.class.code(),
+            };
+            request.respond_with_headers(Err(error), headers).await
+        }
+    };
+    if let Err(e) = sent {
+        debug!(tool = name, error = %e, "could not answer a tool call (the caller may be gone)");
+    }
+}
+
+/// The answer of tool `name` to `payload`: the result's JSON bytes, or the error.
+pub fn answer(name: &str, payload: &[u8]) -> Result<Bytes, ToolError> {
+    if payload.len() > MAX_ARGUMENT_BYTES {
+        return Err(ToolError::new(
+            ToolErrorClass::InvalidArguments,
+            format!("arguments are larger than {MAX_ARGUMENT_BYTES} bytes"),
+        ));
+    }
+    let arguments: Value = if payload.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(serde_json::Map::new())
+    } else {
+        serde_json::from_slice(payload).map_err(|e| {
+            ToolError::new(
+                ToolErrorClass::InvalidArguments,
+                format!("arguments are not JSON: {e}"),
+            )
+        })?
+    };
+    let result = match name {
+        "calculator" => calculator::call(&arguments)?,
+        other => {
+            return Err(ToolError::new(
+                ToolErrorClass::Denied,
+                format!("no built-in tool `{other}`"),
+            ));
+        }
+    };
+    let bytes = serde_json::to_vec(&result)
+        .map_err(|e| ToolError::new(ToolErrorClass::Internal, e.to_string()))?;
+    if bytes.len() > MAX_RESULT_BYTES {
+        return Err(ToolError::new(
+            ToolErrorClass::TooLarge,
+            format!("the result is larger than {MAX_RESULT_BYTES} bytes"),
+        ));
+    }
+    Ok(bytes.into())
+}
+
+/// A message fit for a header value: one line, printable, bounded.
+fn header_safe(message: &str) -> String {
+    let line: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    shared::tools::clip(&line, MAX_ERROR_CHARS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_results_and_classed_errors() {
+        let out = answer("calculator", br#"{"expression": "2 + 2"}"#).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&out).unwrap()["result"], 4);
+        let e = answer("calculator", b"{not json").unwrap_err();
+        assert_eq!(e.class, ToolErrorClass::InvalidArguments);
+        let e = answer("calculator", &vec![b' '; MAX_ARGUMENT_BYTES + 1]).unwrap_err();
+        assert_eq!(e.class, ToolErrorClass::InvalidArguments);
+        let e = answer("calculator", b"").unwrap_err();
+        assert!(e.message.contains("missing field"), "{}", e.message);
+        let e = answer("shell", b"{}").unwrap_err();
+        assert_eq!(e.class, ToolErrorClass::Denied);
+    }
+
+    #[test]
+    fn header_values_are_one_bounded_line() {
+        let safe = header_safe(&format!("a\r\nb{}", "x".repeat(1000)));
+        assert!(!safe.contains('\n') && !safe.contains('\r'));
+        assert!(safe.chars().count() <= MAX_ERROR_CHARS);
+    }
+}

@@ -1,0 +1,303 @@
+//! The server-side tool loop, around the failover loop: when the model's answer asks for
+//! built-in tools, call them (in parallel, each over NATS with a timeout), append the
+//! assistant message and one tool message per call, and ask the model again, until it
+//! answers without tools. Bounded by `[tools] max_iterations` (rounds of tool calls), the
+//! task's deadline and `[tools] max_loop_tokens`; hitting the rounds or tokens bound fails
+//! the task with `tool_limit`. A failing tool (bad arguments, timeout, nothing serving it,
+//! not allowed) becomes a tool message with its class, never a failed task. Every call is
+//! recorded (`shared::tools::ToolCall`). An answer that calls one of the client's own tools
+//! goes back to the client as it is. `offer.rs` says which tools a task may use; `call.rs`
+//! makes one call.
+
+mod call;
+mod offer;
+
+use std::time::Instant;
+
+use futures::future::join_all;
+use serde_json::{Map, Value, json};
+use shared::config::ToolsConfig;
+use shared::task::now_ms;
+use shared::tools::{
+    RECORDED_ARGUMENT_CHARS, ToolCall, ToolError, ToolErrorClass, ToolOutcome, clip,
+};
+use shared::{FailureClass, Task};
+use tracing::debug;
+
+pub(crate) use call::{NatsTools, ToolCaller};
+pub(crate) use offer::{Offer, offer};
+
+use crate::failover::Outcome;
+use crate::provider::ProviderError;
+
+/// Most tool calls one model answer may ask for; more fail the task with `tool_limit`
+/// rather than fan out without bound.
+const MAX_CALLS_PER_ANSWER: usize = 32;
+/// Calls of one answer in flight at once (results keep the answer's order).
+const PARALLEL_CALLS: usize = 8;
+
+/// How a task's tool loop ended: the last round's outcome (its answer carrying the usage of
+/// every round), the attempts of every round, and the tool calls made.
+#[derive(Debug)]
+pub(crate) struct LoopOutcome {
+    pub outcome: Outcome,
+    pub tool_calls: Vec<ToolCall>,
+}
+
+impl From<Outcome> for LoopOutcome {
+    /// A run without tools.
+    fn from(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            tool_calls: Vec::new(),
+        }
+    }
+}
+
+/// One tool call the model asked for.
+#[derive(Debug, Clone, PartialEq)]
+struct Requested {
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+/// What to do with a model's answer.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// It is the answer to return.
+    Done,
+    /// Run these calls and ask again.
+    Call(Vec<Requested>),
+}
+
+/// What an answer asks for: nothing more (no tool calls, or a call to one of the client's
+/// own tools), or the calls to run here.
+fn next(answer: &Value, offer: &Offer) -> Next {
+    let Some(calls) = answer["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .filter(|c| !c.is_empty())
+    else {
+        return Next::Done;
+    };
+    let requested: Vec<Requested> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Requested {
+            id: c["id"]
+                .as_str()
+                .map_or_else(|| format!("call_{i}"), str::to_owned),
+            name: c["function"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            arguments: match &c["function"]["arguments"] {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            },
+        })
+        .collect();
+    if requested.iter().any(|r| offer.client.contains(&r.name)) {
+        return Next::Done;
+    }
+    Next::Call(requested)
+}
+
+/// What the loop needs from its surroundings.
+pub(crate) struct Loop<'a, C> {
+    pub task: &'a Task,
+    pub offer: Offer,
+    pub config: &'a ToolsConfig,
+    pub tools: &'a C,
+}
+
+impl<C: ToolCaller> Loop<'_, C> {
+    /// Runs the loop; `round` asks the model (the failover loop) with a request.
+    pub(crate) async fn run<F, Fut>(self, round: F) -> LoopOutcome
+    where
+        F: Fn(Map<String, Value>) -> Fut,
+        Fut: Future<Output = Outcome>,
+    {
+        let mut request = self.offer.request.clone();
+        let mut attempts = Vec::new();
+        let mut tool_calls = Vec::new();
+        let mut usage = Usage::default();
+        let mut served: u32 = 0;
+        loop {
+            let outcome = round(request.clone()).await;
+            attempts.extend(outcome.attempts);
+            let stop = |answer: Result<Value, ProviderError>, attempts, tool_calls| LoopOutcome {
+                outcome: Outcome {
+                    answer,
+                    attempts,
+                    answered_by: outcome.answered_by.clone(),
+                    fallback_depth: outcome.fallback_depth,
+                },
+                tool_calls,
+            };
+            let mut answer = match outcome.answer {
+                Ok(answer) => answer,
+                Err(e) => return stop(Err(e), attempts, tool_calls),
+            };
+            usage.add(&answer["usage"]);
+            let calls = match next(&answer, &self.offer) {
+                Next::Done => {
+                    usage.write(&mut answer);
+                    return stop(Ok(answer), attempts, tool_calls);
+                }
+                Next::Call(calls) => calls,
+            };
+            let limit = if calls.len() > MAX_CALLS_PER_ANSWER {
+                Some(format!(
+                    "the model asked for {} tool calls in one answer (at most {MAX_CALLS_PER_ANSWER})",
+                    calls.len()
+                ))
+            } else if served >= self.config.max_iterations {
+                Some(format!(
+                    "the model still asked for tools after {served} rounds of tool calls ([tools] max_iterations)"
+                ))
+            } else if usage.total() >= self.config.max_loop_tokens {
+                Some(format!(
+                    "the tool loop used {} tokens, reaching its budget of {} ([tools] max_loop_tokens)",
+                    usage.total(),
+                    self.config.max_loop_tokens
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = limit {
+                return stop(
+                    Err(ProviderError::new(FailureClass::ToolLimit, message)),
+                    attempts,
+                    tool_calls,
+                );
+            }
+            if self.task.remaining().is_zero() {
+                return stop(
+                    Err(ProviderError::new(
+                        FailureClass::DeadlineExceeded,
+                        "the task's deadline passed during its tool loop",
+                    )),
+                    attempts,
+                    tool_calls,
+                );
+            }
+            served += 1;
+            let slots = tokio::sync::Semaphore::new(PARALLEL_CALLS);
+            let results = join_all(calls.iter().map(|c| async {
+                // Never closed, so a permit always comes.
+                let _slot = slots.acquire().await.ok();
+                self.call(c, served).await
+            }))
+            .await;
+            let mut messages = match request.remove("messages") {
+                Some(Value::Array(messages)) => messages,
+                _ => Vec::new(),
+            };
+            let mut assistant = answer["choices"][0]["message"].clone();
+            if assistant.get("role").is_none() {
+                assistant["role"] = json!("assistant");
+            }
+            messages.push(assistant);
+            for (requested, (content, record)) in calls.iter().zip(results) {
+                messages.push(json!({
+                    "role": "tool",
+                    "tool_call_id": requested.id,
+                    "content": content,
+                }));
+                tool_calls.push(record);
+            }
+            request.insert("messages".into(), Value::Array(messages));
+        }
+    }
+
+    /// Runs one call (or refuses it): the tool message's content and the call's record.
+    async fn call(&self, requested: &Requested, round: u32) -> (String, ToolCall) {
+        let started_ms = now_ms();
+        let clock = Instant::now();
+        let result = if self.offer.allowed.contains(&requested.name) {
+            let timeout = self.config.call_timeout().min(self.task.remaining());
+            if timeout.is_zero() {
+                Err(ToolError::new(
+                    ToolErrorClass::Timeout,
+                    "no time was left before the task's deadline",
+                ))
+            } else {
+                self.tools
+                    .call(&requested.name, &requested.arguments, timeout)
+                    .await
+            }
+        } else {
+            Err(ToolError::new(
+                ToolErrorClass::Denied,
+                format!("tool `{}` is not allowed here", requested.name),
+            ))
+        };
+        let duration_ms = u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (content, outcome, error) = match result {
+            Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
+                Ok(text) => (text, ToolOutcome::Ok, None),
+                Err(_) => {
+                    let e =
+                        ToolError::new(ToolErrorClass::Internal, "the tool's answer is not text");
+                    (e.to_json().to_string(), ToolOutcome::Error, Some(e))
+                }
+            },
+            Err(e) => (e.to_json().to_string(), ToolOutcome::Error, Some(e)),
+        };
+        debug!(tool = %requested.name, round, ?outcome, duration_ms, "tool call");
+        let record = ToolCall {
+            id: clip(&requested.id, 64),
+            name: clip(&requested.name, 64),
+            arguments: clip(&requested.arguments, RECORDED_ARGUMENT_CHARS),
+            round,
+            started_ms,
+            duration_ms,
+            outcome,
+            class: error.as_ref().map(|e| e.class),
+            message: error.map(|e| e.message),
+            result_bytes: content.len(),
+        };
+        (content, record)
+    }
+}
+
+/// Token usage over every round.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    prompt: u64,
+    completion: u64,
+}
+
+impl Usage {
+    fn add(&mut self, usage: &Value) {
+        self.prompt = self
+            .prompt
+            .saturating_add(usage["prompt_tokens"].as_u64().unwrap_or(0));
+        self.completion = self
+            .completion
+            .saturating_add(usage["completion_tokens"].as_u64().unwrap_or(0));
+    }
+
+    fn total(&self) -> u64 {
+        self.prompt.saturating_add(self.completion)
+    }
+
+    /// Puts the sums in the final answer, so what the caller (and a workflow's budget)
+    /// sees is what the whole loop cost.
+    fn write(&self, answer: &mut Value) {
+        if let Some(object) = answer.as_object_mut() {
+            let usage = object.entry("usage").or_insert_with(|| json!({}));
+            if !usage.is_object() {
+                *usage = json!({});
+            }
+            usage["prompt_tokens"] = json!(self.prompt);
+            usage["completion_tokens"] = json!(self.completion);
+            usage["total_tokens"] = json!(self.total());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
