@@ -55,29 +55,38 @@ impl Records {
         self.lock().get(agent).map(|(_, p)| *p).unwrap_or_default()
     }
 
-    /// Applies `change` to `agent`'s stored record. Best effort: a record that could not
-    /// be written is logged, never a reason to fail the step.
+    /// Applies `change` to `agent`'s stored record. The first try writes over the local
+    /// copy's revision without reading the bucket (the copy is usually current: this worker
+    /// or the watch wrote it); a conflict reads the bucket and tries again. Best effort: a
+    /// record that could not be written is logged, never a reason to fail the step.
     pub async fn update(&self, agent: &str, change: impl Fn(&mut Performance)) {
+        let mut known = self.lock().get(agent).copied();
         for _ in 0..CAS_TRIES {
-            let entry = match self.store.entry(agent).await {
-                Ok(entry) => entry.filter(|e| e.operation == kv::Operation::Put),
-                Err(e) => {
-                    debug!(error = %e, agent, "could not read an agent's record");
-                    return;
-                }
+            let (revision, mut record) = match known.take() {
+                Some((revision, record)) => (Some(revision), record),
+                None => match self.store.entry(agent).await {
+                    Ok(entry) => {
+                        let entry = entry.filter(|e| e.operation == kv::Operation::Put);
+                        let record = entry
+                            .as_ref()
+                            .and_then(|e| serde_json::from_slice(&e.value).ok())
+                            .unwrap_or_default();
+                        (entry.map(|e| e.revision), record)
+                    }
+                    Err(e) => {
+                        debug!(error = %e, agent, "could not read an agent's record");
+                        return;
+                    }
+                },
             };
-            let mut record: Performance = entry
-                .as_ref()
-                .and_then(|e| serde_json::from_slice(&e.value).ok())
-                .unwrap_or_default();
             change(&mut record);
             let Ok(bytes) = serde_json::to_vec(&record) else {
                 return;
             };
-            let written = match &entry {
-                Some(e) => self
+            let written = match revision {
+                Some(revision) => self
                     .store
-                    .update(agent, bytes.into(), e.revision)
+                    .update(agent, bytes.into(), revision)
                     .await
                     .map_err(|e| e.to_string()),
                 None => self
@@ -87,11 +96,22 @@ impl Records {
                     .map_err(|e| e.to_string()),
             };
             match written {
-                Ok(_) => return,
+                Ok(revision) => {
+                    self.remember(agent, revision, record);
+                    return;
+                }
                 Err(e) => debug!(error = %e, agent, "an agent's record changed meanwhile; again"),
             }
         }
         debug!(agent, "gave up updating an agent's record");
+    }
+
+    /// Keeps `record` at `revision` as `agent`'s, unless a newer one is in.
+    fn remember(&self, agent: &str, revision: u64, record: Performance) {
+        let mut cache = self.lock();
+        if cache.get(agent).is_none_or(|(seen, _)| *seen < revision) {
+            cache.insert(agent.to_owned(), (revision, record));
+        }
     }
 
     fn take_in(&self, entry: &kv::Entry) {
