@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::{Stack, eventually};
+use crate::workflows::{run_task, step};
 
 const AGENTS_ROUTE: &str = "\n[routes.agents]\nprovider = \"simulated\"\nmodel = \"simulated-1\"\n";
 
@@ -51,29 +52,6 @@ async fn agent(stack: &Stack, name: &str) -> reqwest::Response {
     call(stack, reqwest::Method::GET, name, None).await
 }
 
-/// Posts a task and returns its final state.
-async fn run_task(stack: &Stack, body: Value) -> Value {
-    let response = stack
-        .http
-        .post(format!("{}/v1/tasks", stack.base))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
-    let id = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    eventually(Duration::from_secs(60), || async {
-        let task: Value = stack.task(&id).await.json().await.unwrap();
-        ["completed", "failed", "cancelled"]
-            .contains(&task["status"].as_str().unwrap_or(""))
-            .then_some(task)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn an_agent_added_at_runtime_takes_steps_and_can_be_removed() {
     let stack = Stack::start_with(1, &[], AGENTS_ROUTE).await;
@@ -95,12 +73,7 @@ async fn an_agent_added_at_runtime_takes_steps_and_can_be_removed() {
     )
     .await;
     assert_eq!(task["status"], "completed", "{task:#}");
-    let poem = task["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == "poem")
-        .unwrap();
+    let poem = step(&task, "poem");
     assert_eq!(poem["agent"], "poet");
     assert!(
         poem["output"].as_str().unwrap().contains("Poet"),
@@ -266,13 +239,7 @@ async fn routing_prefers_the_agent_with_the_better_record() {
             }),
         )
         .await;
-        let poem = task["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["id"] == "poem")
-            .unwrap()
-            .clone();
+        let poem = step(&task, "poem").clone();
         (poem["agent"] == "zzz-steady").then_some(poem)
     })
     .await;

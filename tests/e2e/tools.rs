@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::{Nats, Stack, content, eventually, task_id, wait_for_tools};
-use crate::workflows::{AGENTS_ROUTE, ended, post_task, step, task_until};
+use crate::workflows::{AGENTS_ROUTE, run_task, step};
 
 /// Chat requests may use the calculator.
 const CHAT_CALCULATOR: &str = "\n[tools]\nchat_allowed = [\"calculator\"]\n";
@@ -335,18 +335,12 @@ async fn a_step_calling_a_tool_its_agent_may_not_use_is_refused_and_recorded() {
         "Your step (@review",
         r#"{"verdict": "approve", "score": 0.9, "feedback": "Ready."}"#,
     );
-    let response = post_task(
+    let task = run_task(
         &stack,
         json!({"goal": "Count to four", "agents": ["counter", "writer", "reviewer"], "steps": [
             {"id": "count", "capability": "counting", "instruction": "Count"}]}),
     )
     .await;
-    assert_eq!(response.status(), 202);
-    let id = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let task = task_until(&stack, &id, ended).await;
     assert_eq!(task["status"], "completed", "{task:#}");
     let count = step(&task, "count");
     assert_eq!(count["agent"], "counter");
@@ -372,18 +366,12 @@ async fn a_step_calling_a_tool_its_agent_may_not_use_is_refused_and_recorded() {
 async fn offline_the_analyst_uses_the_calculator_in_a_workflow_step() {
     let mut stack = Stack::start_with(1, &[], AGENTS_ROUTE).await;
     stack.start_tools().await;
-    let response = post_task(
+    let task = run_task(
         &stack,
         json!({"goal": "What is 12 * (3 + 4)?", "team": "research", "steps": [
             {"id": "figure", "capability": "analysis", "instruction": "Work out the figure"}]}),
     )
     .await;
-    assert_eq!(response.status(), 202);
-    let id = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let task = task_until(&stack, &id, ended).await;
     assert_eq!(task["status"], "completed", "{task:#}");
     let figure = step(&task, "figure");
     assert_eq!(figure["agent"], "analyst");

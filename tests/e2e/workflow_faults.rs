@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::harness::{Stack, eventually};
-use crate::workflows::{AGENTS_ROUTE, ended, post_task, state_until, step, task_until};
+use crate::workflows::{AGENTS_ROUTE, ended, state_until, step, submit, task_until};
 
 /// The shipped agents' route, on the fake provider: every step is an HTTP call whose answer
 /// a test can script by a marker in its prompt.
@@ -59,13 +59,6 @@ fn user_text(request: &Value) -> &str {
 }
 
 /// `POST /v1/tasks` with `body`; the new task's id.
-async fn submit(stack: &Stack, body: Value) -> String {
-    let response = post_task(stack, body).await;
-    assert_eq!(response.status(), 202);
-    let accepted: Value = response.json().await.unwrap();
-    accepted["id"].as_str().unwrap().to_owned()
-}
-
 fn step_ids(task: &Value) -> Vec<&str> {
     task["steps"]
         .as_array()

@@ -163,6 +163,20 @@ pub(crate) async fn task_until(stack: &Stack, id: &str, done: impl Fn(&Value) ->
     .await
 }
 
+/// `POST /v1/tasks` with `body`, which must be accepted (202); returns the task id.
+pub(crate) async fn submit(stack: &Stack, body: Value) -> String {
+    let response = post_task(stack, body).await;
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    accepted["id"].as_str().unwrap().to_owned()
+}
+
+/// Submits `body` and returns the task once it has ended.
+pub(crate) async fn run_task(stack: &Stack, body: Value) -> Value {
+    let id = submit(stack, body).await;
+    task_until(stack, &id, ended).await
+}
+
 pub(crate) fn ended(task: &Value) -> bool {
     ["completed", "failed", "cancelled"].contains(&task["status"].as_str().unwrap_or_default())
 }
