@@ -88,6 +88,22 @@ impl Up {
         }
     }
 
+    /// Runs `switchyard <args> --url <this up's gateway>`, which must succeed; its stdout.
+    async fn run_cli(&self, args: &[&str]) -> String {
+        let mut cmd = switchyard();
+        cmd.args(args).args(["--url", &self.url]);
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
     fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.child.id().try_into().unwrap()), signal).unwrap();
     }
@@ -405,26 +421,9 @@ async fn up_then_run_takes_a_goal_through_the_default_team_offline() {
     let data = tempfile::TempDir::new().unwrap();
     let mut up = Up::spawn(data.path());
     up.banner().await;
-    let url = up.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        switchyard()
-            .args([
-                "run",
-                "Write a market analysis of electric bikes",
-                "--url",
-                &url,
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = up
+        .run_cli(&["run", "Write a market analysis of electric bikes"])
+        .await;
     // Not a terminal: a plain line per step change, then the deliverable.
     for line in [
         "✓ @plan",
@@ -454,28 +453,13 @@ async fn up_runs_the_tools_an_analyst_uses_offline() {
     let data = tempfile::TempDir::new().unwrap();
     let mut up = Up::spawn(data.path());
     up.banner().await;
-    let url = up.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        switchyard()
-            .args([
-                "run",
-                "Should we buy 12 * (3 + 4) e-bikes?",
-                "--team",
-                "decision",
-                "--url",
-                &url,
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    up.run_cli(&[
+        "run",
+        "Should we buy 12 * (3 + 4) e-bikes?",
+        "--team",
+        "decision",
+    ])
+    .await;
     let http = reqwest::Client::new();
     let list: Value = http
         .get(format!("{}/v1/tasks?limit=1", up.url))
