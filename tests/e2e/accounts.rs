@@ -25,7 +25,8 @@ async fn per_role_users_can_do_their_jobs() {
             .replace("http: 0.0.0.0:8222", "")
             .replace(
                 "store_dir: /data/jetstream",
-                &format!("store_dir: {store:?}"),
+                // As in every test server: see `harness::nats_conf`.
+                &format!("store_dir: {store:?}\n  max_file_store: 16GB"),
             )
             .replace("$GATEWAY_PASSWORD", &format!("{GATEWAY_PASSWORD:?}"))
             .replace("$WORKER_PASSWORD", &format!("{WORKER_PASSWORD:?}"))

@@ -392,7 +392,7 @@ async fn a_worker_started_before_nats_waits_for_it() {
     );
 
     let nats = crate::harness::Nats::start_with(|store| {
-        format!("listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: {store:?}\n}}\n")
+        crate::harness::nats_conf(&format!("127.0.0.1:{port}"), store)
     });
     // Connected and provisioned: the task queue exists.
     let client = shared::nats::connect(&nats.url, "test").await.unwrap();

@@ -31,6 +31,16 @@ pub fn nats_server_binary() -> &'static Path {
     })
 }
 
+/// A test server's configuration: listening on `listen`, storing in `store`. Its storage
+/// limit is explicit: by default nats-server offers 75% of the free disk, and streams
+/// reserve their whole `max_bytes` (2.3 GiB with the defaults), so on a nearly full disk
+/// every test would fail at provisioning while writing only kilobytes.
+pub fn nats_conf(listen: &str, store: &str) -> String {
+    format!(
+        "listen: {listen:?}\nmax_payload: 8MB\njetstream {{\n  store_dir: {store:?}\n  max_file_store: 16GB\n}}\n"
+    )
+}
+
 /// A `nats-server -js` on a random port with a temporary store.
 pub struct Nats {
     child: Child,
@@ -41,11 +51,7 @@ pub struct Nats {
 
 impl Nats {
     pub fn start() -> Self {
-        Self::start_with(|store| {
-            format!(
-                "listen: \"127.0.0.1:-1\"\nmax_payload: 8MB\njetstream {{\n  store_dir: {store:?}\n}}\n"
-            )
-        })
+        Self::start_with(|store| nats_conf("127.0.0.1:-1", store))
     }
 
     /// Starts a server whose configuration `conf` writes, given the store directory. It must

@@ -211,3 +211,26 @@ async fn an_agent_queue_has_one_consumer_capped_at_its_concurrency() {
         "{names:?}"
     );
 }
+
+/// A server with less JetStream storage than the queue reserves refuses the stream; the
+/// error names the setting that asked for it instead of only echoing the server's code.
+#[tokio::test]
+async fn a_server_short_of_storage_is_told_which_setting_reserves_it() {
+    let nats = Nats::start_with(|store| {
+        format!(
+            "listen: \"127.0.0.1:-1\"\njetstream {{\n  store_dir: {store:?}\n  max_file_store: 64MB\n}}\n"
+        )
+    });
+    let config = Config::load(
+        Source::Toml(&config_toml(&nats.url, "http://127.0.0.1:9")),
+        &stack_env(&[]),
+    )
+    .unwrap();
+    let js = jetstream::new(shared::nats::connect(&nats.url, "test").await.unwrap());
+    let error = provision(&js, &config).await.unwrap_err().to_string();
+    assert!(
+        error.contains("stream TASKS") && error.contains("queue.max_bytes = 1073741824"),
+        "{error}"
+    );
+    assert!(error.contains("max_file_store"), "{error}");
+}

@@ -42,6 +42,17 @@ pub enum ProvisionError {
         name: &'static str,
         source: async_nats::jetstream::context::CreateStreamError,
     },
+    #[error(
+        "creating or updating stream {name}: it reserves {setting} = {max_bytes} bytes, more \
+         than JetStream has left to reserve (nats-server's max_file_store, by default 75% of the \
+         free disk, minus what other streams reserve): free disk space, raise max_file_store, \
+         or lower {setting}"
+    )]
+    Storage {
+        name: &'static str,
+        setting: &'static str,
+        max_bytes: i64,
+    },
     #[error("looking up stream {name}: {source}")]
     Lookup {
         name: &'static str,
@@ -162,9 +173,13 @@ async fn provision_once(
         ..Default::default()
     })
     .await
-    .map_err(|source| ProvisionError::Stream {
-        name: EVENTS_STREAM,
-        source,
+    .map_err(|source| {
+        stream_error(
+            EVENTS_STREAM,
+            "events.max_bytes",
+            config.events.max_bytes,
+            source,
+        )
     })?;
     let results = bucket(
         js,
@@ -181,9 +196,8 @@ async fn provision_once(
     };
     js.create_or_update_stream(crate::dlq::stream_config(bounds, replicas))
         .await
-        .map_err(|source| ProvisionError::Stream {
-            name: DLQ_STREAM,
-            source,
+        .map_err(|source| {
+            stream_error(DLQ_STREAM, "dlq.max_bytes", config.dlq.max_bytes, source)
         })?;
     let providers = bucket(
         js,
@@ -282,9 +296,13 @@ async fn tasks_stream(
     let info = js
         .create_or_update_stream(tasks_stream_config(config, subjects))
         .await
-        .map_err(|source| ProvisionError::Stream {
-            name: TASKS_STREAM,
-            source,
+        .map_err(|source| {
+            stream_error(
+                TASKS_STREAM,
+                "queue.max_bytes",
+                config.queue.max_bytes,
+                source,
+            )
         })?;
     let missing: Vec<String> = wanted
         .into_iter()
@@ -383,6 +401,28 @@ fn is_queue_subject(s: &str) -> bool {
             .is_some_and(|c| c.parse::<Capability>().is_ok())
         && tokens.next().is_some_and(|p| p.parse::<Priority>().is_ok())
         && tokens.next().is_none()
+}
+
+/// A stream that could not be created or updated; when JetStream refused it for want of
+/// storage to reserve (10047), the error says which setting asked for how much.
+fn stream_error(
+    name: &'static str,
+    setting: &'static str,
+    max_bytes: i64,
+    source: jetstream::context::CreateStreamError,
+) -> ProvisionError {
+    match source.kind() {
+        jetstream::context::CreateStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED =>
+        {
+            ProvisionError::Storage {
+                name,
+                setting,
+                max_bytes,
+            }
+        }
+        _ => ProvisionError::Stream { name, source },
+    }
 }
 
 fn tasks_stream_config(config: &Config, subjects: Vec<String>) -> stream::Config {
