@@ -270,7 +270,7 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
             let Some(client) = serve::wait_for_nats(&config, "tools", &shutdown).await? else {
                 return Ok(());
             };
-            tools::serve(client.clone(), shutdown).await?;
+            tools::serve(client.clone(), config.clone(), shutdown).await?;
             if let Err(e) = client.flush().await {
                 warn!(error = %e, "could not flush the NATS connection");
             }

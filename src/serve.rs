@@ -121,7 +121,11 @@ pub async fn gateway_and_worker(
 ) -> anyhow::Result<()> {
     let worker_stop = CancellationToken::new();
     let tools_stop = CancellationToken::new();
-    let mut tools = tokio::spawn(tools::serve(client.clone(), tools_stop.clone()));
+    let mut tools = tokio::spawn(tools::serve(
+        client.clone(),
+        config.clone(),
+        tools_stop.clone(),
+    ));
     let mut worker = tokio::spawn(worker::run(
         config.clone(),
         client.clone(),

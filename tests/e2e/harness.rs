@@ -244,8 +244,8 @@ impl Stack {
     pub async fn start_tools(&mut self) {
         let token = CancellationToken::new();
         let handle = tokio::spawn({
-            let (client, token) = (self.client.clone(), token.clone());
-            async move { tools::serve(client, token).await.unwrap() }
+            let (client, config, token) = (self.client.clone(), self.config.clone(), token.clone());
+            async move { tools::serve(client, config, token).await.unwrap() }
         });
         self.tools = Some((token, handle));
         wait_for_tools(&self.client).await;

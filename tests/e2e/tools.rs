@@ -42,7 +42,17 @@ async fn the_tools_service_is_discovered_and_answers_over_nats() {
     let nats = Nats::start();
     let client = shared::nats::connect(&nats.url, "test").await.unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let served = tokio::spawn(tools::serve(client.clone(), stop.clone()));
+    let config = std::sync::Arc::new(
+        shared::config::Config::load(
+            shared::config::Source::Toml(&crate::harness::config_toml(
+                &nats.url,
+                "http://127.0.0.1:9",
+            )),
+            &crate::harness::stack_env(&[]),
+        )
+        .unwrap(),
+    );
+    let served = tokio::spawn(tools::serve(client.clone(), config, stop.clone()));
     wait_for_tools(&client).await;
 
     let info = client

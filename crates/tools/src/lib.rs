@@ -9,4 +9,4 @@
 pub mod calculator;
 mod service;
 
-pub use service::{ToolsError, answer, serve};
+pub use service::{Toolbox, ToolsError, serve};

@@ -10,6 +10,7 @@ use async_nats::service::{self, ServiceExt};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
+use shared::config::{Config, ToolsConfig};
 use shared::tools::{
     BUILTIN, ERROR_CLASS_HEADER, MAX_ARGUMENT_BYTES, MAX_ERROR_CHARS, MAX_RESULT_BYTES,
     QUEUE_GROUP, SERVICE_NAME, SUBJECT_PREFIX, ToolError, ToolErrorClass,
@@ -36,8 +37,10 @@ pub enum ToolsError {
 /// Serves every built-in tool on `client` until `shutdown`; calls in hand are finished.
 pub async fn serve(
     client: async_nats::Client,
+    config: Arc<Config>,
     shutdown: CancellationToken,
 ) -> Result<(), ToolsError> {
+    let toolbox = Arc::new(Toolbox::new(config.tools.clone()));
     let names: Vec<&str> = BUILTIN.iter().map(|t| t.name).collect();
     let service = client
         .service_builder()
@@ -81,8 +84,9 @@ pub async fn serve(
             ended = true;
             break;
         };
+        let toolbox = toolbox.clone();
         handlers.spawn(async move {
-            respond(name, &request).await;
+            respond(&toolbox, name, &request).await;
             drop(permit);
         });
     }
@@ -101,8 +105,14 @@ pub async fn serve(
     }
 }
 
-async fn respond(name: &str, request: &service::Request) {
-    let outcome = answer(name, &request.message.payload);
+async fn respond(toolbox: &Toolbox, name: &str, request: &service::Request) {
+    let outcome = toolbox
+        .answer(
+            name,
+            &request.message.payload,
+            request.message.headers.as_ref(),
+        )
+        .await;
     let sent = match outcome {
         Ok(bytes) => request.respond(Ok(bytes)).await,
         Err(e) => {
@@ -121,42 +131,69 @@ async fn respond(name: &str, request: &service::Request) {
     }
 }
 
-/// The answer of tool `name` to `payload`: the result's JSON bytes, or the error.
-pub fn answer(name: &str, payload: &[u8]) -> Result<Bytes, ToolError> {
+/// Every built-in tool with what it needs to run: `[tools]` (upstreams, limits).
+#[derive(Debug)]
+pub struct Toolbox {
+    #[expect(
+        dead_code,
+        reason = "read by the tools with upstreams, next in issue 11"
+    )]
+    config: ToolsConfig,
+}
+
+impl Toolbox {
+    pub fn new(config: ToolsConfig) -> Self {
+        Self { config }
+    }
+
+    /// The answer of tool `name` to `payload` (the call's arguments; `headers` say who
+    /// calls, for tools that care): the result's JSON bytes, or the error.
+    pub async fn answer(
+        &self,
+        name: &str,
+        payload: &[u8],
+        _headers: Option<&HeaderMap>,
+    ) -> Result<Bytes, ToolError> {
+        let arguments = arguments(payload)?;
+        let result = match name {
+            "calculator" => calculator::call(&arguments)?,
+            other => {
+                return Err(ToolError::new(
+                    ToolErrorClass::Denied,
+                    format!("no built-in tool `{other}`"),
+                ));
+            }
+        };
+        let bytes = serde_json::to_vec(&result)
+            .map_err(|e| ToolError::new(ToolErrorClass::Internal, e.to_string()))?;
+        if bytes.len() > MAX_RESULT_BYTES {
+            return Err(ToolError::new(
+                ToolErrorClass::TooLarge,
+                format!("the result is larger than {MAX_RESULT_BYTES} bytes"),
+            ));
+        }
+        Ok(bytes.into())
+    }
+}
+
+/// A call's arguments: a JSON value at most [`MAX_ARGUMENT_BYTES`] long (an empty body is
+/// `{}`).
+fn arguments(payload: &[u8]) -> Result<Value, ToolError> {
     if payload.len() > MAX_ARGUMENT_BYTES {
         return Err(ToolError::new(
             ToolErrorClass::InvalidArguments,
             format!("arguments are larger than {MAX_ARGUMENT_BYTES} bytes"),
         ));
     }
-    let arguments: Value = if payload.iter().all(u8::is_ascii_whitespace) {
-        Value::Object(serde_json::Map::new())
-    } else {
-        serde_json::from_slice(payload).map_err(|e| {
-            ToolError::new(
-                ToolErrorClass::InvalidArguments,
-                format!("arguments are not JSON: {e}"),
-            )
-        })?
-    };
-    let result = match name {
-        "calculator" => calculator::call(&arguments)?,
-        other => {
-            return Err(ToolError::new(
-                ToolErrorClass::Denied,
-                format!("no built-in tool `{other}`"),
-            ));
-        }
-    };
-    let bytes = serde_json::to_vec(&result)
-        .map_err(|e| ToolError::new(ToolErrorClass::Internal, e.to_string()))?;
-    if bytes.len() > MAX_RESULT_BYTES {
-        return Err(ToolError::new(
-            ToolErrorClass::TooLarge,
-            format!("the result is larger than {MAX_RESULT_BYTES} bytes"),
-        ));
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(serde_json::Map::new()));
     }
-    Ok(bytes.into())
+    serde_json::from_slice(payload).map_err(|e| {
+        ToolError::new(
+            ToolErrorClass::InvalidArguments,
+            format!("arguments are not JSON: {e}"),
+        )
+    })
 }
 
 /// A message fit for a header value: one line, printable, bounded.
@@ -172,17 +209,28 @@ fn header_safe(message: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn answers_results_and_classed_errors() {
-        let out = answer("calculator", br#"{"expression": "2 + 2"}"#).unwrap();
+    #[tokio::test]
+    async fn answers_results_and_classed_errors() {
+        let toolbox = Toolbox::new(ToolsConfig::default());
+        let answer = |name: &'static str, payload: Vec<u8>| {
+            let toolbox = &toolbox;
+            async move { toolbox.answer(name, &payload, None).await }
+        };
+        let out = answer("calculator", br#"{"expression": "2 + 2"}"#.to_vec())
+            .await
+            .unwrap();
         assert_eq!(serde_json::from_slice::<Value>(&out).unwrap()["result"], 4);
-        let e = answer("calculator", b"{not json").unwrap_err();
+        let e = answer("calculator", b"{not json".to_vec())
+            .await
+            .unwrap_err();
         assert_eq!(e.class, ToolErrorClass::InvalidArguments);
-        let e = answer("calculator", &vec![b' '; MAX_ARGUMENT_BYTES + 1]).unwrap_err();
+        let e = answer("calculator", vec![b' '; MAX_ARGUMENT_BYTES + 1])
+            .await
+            .unwrap_err();
         assert_eq!(e.class, ToolErrorClass::InvalidArguments);
-        let e = answer("calculator", b"").unwrap_err();
+        let e = answer("calculator", Vec::new()).await.unwrap_err();
         assert!(e.message.contains("missing field"), "{}", e.message);
-        let e = answer("shell", b"{}").unwrap_err();
+        let e = answer("shell", b"{}".to_vec()).await.unwrap_err();
         assert_eq!(e.class, ToolErrorClass::Denied);
     }
 

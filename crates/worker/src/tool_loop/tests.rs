@@ -15,11 +15,11 @@ use super::{Loop, LoopOutcome, Offer, ToolCaller};
 use crate::failover::Outcome;
 
 /// The real tools, called without NATS.
-struct InMemory;
+struct InMemory(tools::Toolbox);
 
 impl ToolCaller for InMemory {
     async fn call(&self, name: &str, arguments: &str, _: Duration) -> Result<Bytes, ToolError> {
-        tools::answer(name, arguments.as_bytes())
+        self.0.answer(name, arguments.as_bytes(), None).await
     }
 }
 
@@ -77,11 +77,12 @@ async fn run(
 ) -> (LoopOutcome, Vec<Map<String, Value>>) {
     let task = task();
     let sent = Mutex::new(Vec::new());
+    let tools = InMemory(tools::Toolbox::new(config.clone()));
     let outcome = Loop {
         task: &task,
         offer,
         config: &config,
-        tools: &InMemory,
+        tools: &tools,
     }
     .run(|request| {
         let mut sent = sent.lock().unwrap();
