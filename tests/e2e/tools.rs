@@ -402,3 +402,67 @@ async fn offline_the_analyst_uses_the_calculator_in_a_workflow_step() {
     assert_eq!(result["tool_calls"][0]["name"], "calculator");
     stack.stop().await;
 }
+
+/// A quota is shared by every worker: two workers running eight calls against a quota of
+/// five let exactly five through, and the rest are told it is used up and when it resets.
+#[tokio::test]
+async fn a_quota_shared_by_two_workers_lets_no_more_calls_through_than_it_allows() {
+    // A week-long window (the longest), so the test does not straddle a reset.
+    let quota = format!(
+        "{CHAT_CALCULATOR}\n[tools.quotas.calculator]\nwindow_secs = {}\ncalls = 5\n",
+        shared::config::MAX_QUOTA_WINDOW_SECS
+    );
+    let mut stack = Stack::start_with(2, &[("SWITCHYARD__WORKER__CONCURRENCY", "2")], &quota).await;
+    stack.start_tools().await;
+    // Slow answers keep both workers busy, so both take calls from the quota.
+    stack.provider.set_latency(Duration::from_millis(300));
+    let markers: Vec<String> = (0..8).map(|i| format!("QUOTA-{i}")).collect();
+    for (i, marker) in markers.iter().enumerate() {
+        stack
+            .provider
+            .push_tool_calls(marker, &[("calculator", &expression(&format!("{i} + 1")))]);
+        stack.provider.push_reply(marker, "Done.");
+    }
+    let responses = futures::future::join_all(
+        markers
+            .iter()
+            .map(|m| stack.chat(calculator_chat(&format!("{m}: add"), &[]))),
+    )
+    .await;
+    let mut outcomes = Vec::new();
+    let mut workers = std::collections::BTreeSet::new();
+    for response in responses {
+        assert_eq!(response.status(), 200);
+        let stored = stack.stored(task_id(&response)).await;
+        workers.insert(stored["worker"].as_str().unwrap().to_owned());
+        let call = stored["tool_calls"][0].clone();
+        outcomes.push(call);
+    }
+    assert_eq!(workers.len(), 2, "both workers ran calls: {workers:?}");
+    let ok = outcomes.iter().filter(|c| c["outcome"] == "ok").count();
+    assert_eq!(ok, 5, "{outcomes:#?}");
+    for refused in outcomes.iter().filter(|c| c["outcome"] != "ok") {
+        assert_eq!(refused["class"], "quota_exceeded", "{refused:#}");
+        let message = refused["message"].as_str().unwrap();
+        assert!(
+            message.contains("5 calculator calls per 604800 s for all callers together")
+                && message.contains("resets at"),
+            "{message}"
+        );
+    }
+    // The tools service saw only the calls the quota let through.
+    let stats = stack
+        .client
+        .request("$SRV.STATS.switchyard-tools", "".into())
+        .await
+        .unwrap();
+    let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
+    let served = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "calculator")
+        .map(|e| e["num_requests"].clone());
+    assert_eq!(served, Some(json!(5)));
+    stack.stop().await;
+}

@@ -27,6 +27,9 @@ pub const PROVIDERS_BUCKET: &str = "providers";
 pub const AGENTS_BUCKET: &str = "agents";
 /// Key-value bucket of each agent's record (steps, success, latency, review score).
 pub const PERFORMANCE_BUCKET: &str = "performance";
+/// Key-value bucket counting tool calls per quota window (`[tools.quotas]`), shared by
+/// every worker.
+pub const TOOL_QUOTAS_BUCKET: &str = "tool_quotas";
 /// Key-value bucket holding each workflow's state (updated by compare-and-set).
 pub const WORKFLOWS_BUCKET: &str = "workflows";
 /// The queue of workflow control messages (start, approve, reject, cancel):

@@ -19,7 +19,8 @@ use crate::agents::{AgentProfile, LiveCatalog};
 use crate::config::Config;
 use crate::names::{
     AGENTS_BUCKET, ATTEMPTS_BUCKET, DLQ_STREAM, EVENTS_STREAM, EVENTS_SUBJECTS, PERFORMANCE_BUCKET,
-    PROVIDERS_BUCKET, RESULTS_BUCKET, TASKS_STREAM, WORKFLOWS_BUCKET, task_subject,
+    PROVIDERS_BUCKET, RESULTS_BUCKET, TASKS_STREAM, TOOL_QUOTAS_BUCKET, WORKFLOWS_BUCKET,
+    task_subject,
 };
 use tracing::warn;
 
@@ -93,6 +94,8 @@ pub struct Provisioned {
     pub providers: kv::Store,
     pub attempts: kv::Store,
     pub workflows: kv::Store,
+    /// Tool calls counted per quota window, by `<tool>.<scope>.<window>`.
+    pub tool_quotas: kv::Store,
 }
 
 /// Creates or updates every stream, consumer and bucket `config` calls for.
@@ -234,8 +237,18 @@ async fn provision_once(
         replicas,
     )
     .await?;
+    let tool_quotas = bucket(
+        js,
+        TOOL_QUOTAS_BUCKET,
+        "Switchyard tool calls per quota window, shared by every worker",
+        // A count outlives its window; a later window has keys of its own.
+        Duration::from_secs(crate::config::MAX_QUOTA_WINDOW_SECS),
+        replicas,
+    )
+    .await?;
     Ok(Provisioned {
         tasks,
+        tool_quotas,
         performance,
         agents,
         agents_bucket,

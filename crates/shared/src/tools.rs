@@ -52,18 +52,22 @@ pub enum ToolErrorClass {
     Unavailable,
     /// The result is larger than [`MAX_RESULT_BYTES`].
     TooLarge,
+    /// A quota on the tool (`[tools.quotas]`) is used up for this window; the message says
+    /// when it resets.
+    QuotaExceeded,
     /// A fault inside the tool or Switchyard.
     Internal,
 }
 
 impl ToolErrorClass {
-    pub const ALL: [ToolErrorClass; 7] = [
+    pub const ALL: [ToolErrorClass; 8] = [
         ToolErrorClass::InvalidArguments,
         ToolErrorClass::Denied,
         ToolErrorClass::Upstream,
         ToolErrorClass::Timeout,
         ToolErrorClass::Unavailable,
         ToolErrorClass::TooLarge,
+        ToolErrorClass::QuotaExceeded,
         ToolErrorClass::Internal,
     ];
 
@@ -75,6 +79,7 @@ impl ToolErrorClass {
             ToolErrorClass::Timeout => "timeout",
             ToolErrorClass::Unavailable => "unavailable",
             ToolErrorClass::TooLarge => "too_large",
+            ToolErrorClass::QuotaExceeded => "quota_exceeded",
             ToolErrorClass::Internal => "internal",
         }
     }
@@ -89,6 +94,7 @@ impl ToolErrorClass {
             ToolErrorClass::InvalidArguments => 400,
             ToolErrorClass::Denied => 403,
             ToolErrorClass::TooLarge => 413,
+            ToolErrorClass::QuotaExceeded => 429,
             ToolErrorClass::Internal => 500,
             ToolErrorClass::Upstream => 502,
             ToolErrorClass::Unavailable => 503,
@@ -103,6 +109,7 @@ impl ToolErrorClass {
             400 | 422 => ToolErrorClass::InvalidArguments,
             401 | 403 => ToolErrorClass::Denied,
             413 => ToolErrorClass::TooLarge,
+            429 => ToolErrorClass::QuotaExceeded,
             503 => ToolErrorClass::Unavailable,
             408 | 504 => ToolErrorClass::Timeout,
             500 => ToolErrorClass::Internal,

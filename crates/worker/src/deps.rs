@@ -82,6 +82,8 @@ pub(crate) struct Deps {
     pub config: Arc<Config>,
     /// Agents' records, for routing and to update as steps finish.
     pub performance: Arc<crate::performance::Records>,
+    /// Tool calls counted per quota window (`[tools.quotas]`).
+    pub tool_quotas: kv::Store,
     /// `queue.reply_prefixes`: where a task's result may be sent.
     pub reply_prefixes: Vec<String>,
 }

@@ -240,6 +240,7 @@ pub async fn run(
         max_deliver,
         reply_prefixes: config.queue.reply_prefixes.clone(),
         workflows: provisioned.workflows,
+        tool_quotas: provisioned.tool_quotas,
         agents: provisioned.agents.clone(),
         config: config.clone(),
         performance: performance::Records::start(

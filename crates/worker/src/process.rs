@@ -212,6 +212,10 @@ async fn run(task: &Task, delivery: i64, history: &[Attempt], deps: &Deps) -> Lo
         offer,
         config: &deps.config.tools,
         tools: &tools,
+        quotas: Some(tool_loop::Quotas {
+            store: &deps.tool_quotas,
+            config: &deps.config.tools.quotas,
+        }),
     };
     let chunks = &chunks;
     tool_loop

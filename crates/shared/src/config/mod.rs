@@ -22,7 +22,7 @@ mod tools;
 pub use prices::{Price, TOKENS_PER_PRICE_UNIT, price_key};
 pub use providers::{Adapter, ApiKey, ProviderConfig, ProviderKind};
 pub use routes::{MAX_FALLBACK_HOPS, RouteConfig, Strategy, TargetConfig, split_direct};
-pub use tools::{ToolsConfig, known_tools};
+pub use tools::{MAX_QUOTA_WINDOW_SECS, ToolQuota, ToolsConfig, known_tools};
 
 /// The configuration `switchyard up` uses when no file is given: the simulated provider only.
 pub const DEFAULT_TOML: &str = include_str!("../../../../switchyard.toml");
@@ -1030,6 +1030,28 @@ mod tests {
             assert!(err.contains(key), "{key} missing from {err}");
         }
         assert!(!err.contains("tools.chat_allowed[0]"), "{err}");
+    }
+
+    #[test]
+    fn tool_quotas_are_checked() {
+        let toml =
+            format!("{DEFAULT_TOML}\n[tools.quotas.calculator]\nwindow_secs = 60\nper_agent = 5\n");
+        let cfg = Config::load(Source::Toml(&toml), &env(&[])).unwrap();
+        assert_eq!(cfg.tools.quotas["calculator"].per_agent, Some(5));
+        let toml = format!(
+            "{DEFAULT_TOML}\n[tools.quotas.shell]\nwindow_secs = 60\ncalls = 1\n\
+             [tools.quotas.calculator]\nwindow_secs = 0\n"
+        );
+        let err = Config::load(Source::Toml(&toml), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        for problem in [
+            "tools.quotas.shell: `shell` is not a built-in tool",
+            "tools.quotas.calculator.window_secs",
+            "tools.quotas.calculator: sets neither",
+        ] {
+            assert!(err.contains(problem), "{problem} missing from {err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `[tools]`: the server-side tool loop's bounds and which built-in tools direct chat
 //! requests may use. Agents' steps use the tools their profile lists; see `docs/tools.md`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -19,6 +20,9 @@ const DEFAULT_CALL_TIMEOUT_MS: u64 = 10_000;
 const DEFAULT_MAX_LOOP_TOKENS: u64 = 200_000;
 /// Highest `max_iterations` allowed.
 const MAX_ITERATIONS_CAP: u32 = 32;
+/// Longest quota window: the quota bucket forgets counts older than this, so a longer
+/// window would reset early.
+pub const MAX_QUOTA_WINDOW_SECS: u64 = 7 * 86_400;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +37,23 @@ pub struct ToolsConfig {
     pub call_timeout_ms: u64,
     #[serde(default = "default_max_loop_tokens")]
     pub max_loop_tokens: u64,
+    /// Quotas per built-in tool (`[tools.quotas.<tool>]`), counted in the `tool_quotas`
+    /// bucket so every worker shares them.
+    #[serde(default)]
+    pub quotas: BTreeMap<String, ToolQuota>,
+}
+
+/// How often one tool may be called in a window: by everyone together (`calls`) and by
+/// each agent (`per_agent`; direct chat requests count only against `calls`). Windows are
+/// fixed (aligned to the Unix epoch), so every replica agrees when one resets.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolQuota {
+    pub window_secs: u64,
+    #[serde(default)]
+    pub calls: Option<u64>,
+    #[serde(default)]
+    pub per_agent: Option<u64>,
 }
 
 impl Default for ToolsConfig {
@@ -42,6 +63,7 @@ impl Default for ToolsConfig {
             max_iterations: DEFAULT_MAX_ITERATIONS,
             call_timeout_ms: DEFAULT_CALL_TIMEOUT_MS,
             max_loop_tokens: DEFAULT_MAX_LOOP_TOKENS,
+            quotas: BTreeMap::new(),
         }
     }
 }
@@ -88,6 +110,24 @@ impl ToolsConfig {
         }
         if self.max_loop_tokens == 0 {
             p.add("tools.max_loop_tokens", "must be greater than 0");
+        }
+        for (name, quota) in &self.quotas {
+            let at = format!("tools.quotas.{name}");
+            if !crate::tools::is_builtin(name) {
+                p.add(
+                    &at,
+                    format!("`{name}` is not a built-in tool ({})", known_tools()),
+                );
+            }
+            if !(1..=MAX_QUOTA_WINDOW_SECS).contains(&quota.window_secs) {
+                p.add(
+                    &format!("{at}.window_secs"),
+                    format!("must be from 1 to {MAX_QUOTA_WINDOW_SECS}"),
+                );
+            }
+            if quota.calls.is_none() && quota.per_agent.is_none() {
+                p.add(&at, "sets neither `calls` nor `per_agent`");
+            }
         }
     }
 }

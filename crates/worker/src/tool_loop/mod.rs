@@ -11,11 +11,13 @@
 
 mod call;
 mod offer;
+mod quota;
 
 use std::time::Instant;
 
 use futures::future::join_all;
 use serde_json::{Map, Value, json};
+use shared::agents::QUEUE_PREFIX;
 use shared::config::ToolsConfig;
 use shared::task::now_ms;
 use shared::tools::{
@@ -26,6 +28,7 @@ use tracing::debug;
 
 pub(crate) use call::{NatsTools, ToolCaller};
 pub(crate) use offer::{Offer, offer};
+pub(crate) use quota::Quotas;
 
 use crate::failover::Outcome;
 use crate::provider::ProviderError;
@@ -110,6 +113,8 @@ pub(crate) struct Loop<'a, C> {
     pub offer: Offer,
     pub config: &'a ToolsConfig,
     pub tools: &'a C,
+    /// Where quotas are counted; `None` counts nothing (unit tests).
+    pub quotas: Option<Quotas<'a>>,
 }
 
 impl<C: ToolCaller> Loop<'_, C> {
@@ -212,6 +217,19 @@ impl<C: ToolCaller> Loop<'_, C> {
         }
     }
 
+    /// Takes the call from the tool's quotas: the step's agent's and everyone's.
+    async fn take_quota(&self, tool: &str) -> Result<(), ToolError> {
+        let Some(quotas) = &self.quotas else {
+            return Ok(());
+        };
+        let agent = self
+            .task
+            .step
+            .as_ref()
+            .and_then(|_| self.task.capability.as_str().strip_prefix(QUEUE_PREFIX));
+        quotas.take(tool, agent).await
+    }
+
     /// Runs one call (or refuses it): the tool message's content and the call's record.
     async fn call(&self, requested: &Requested, round: u32) -> (String, ToolCall) {
         let started_ms = now_ms();
@@ -224,9 +242,14 @@ impl<C: ToolCaller> Loop<'_, C> {
                     "no time was left before the task's deadline",
                 ))
             } else {
-                self.tools
-                    .call(&requested.name, &requested.arguments, timeout)
-                    .await
+                match self.take_quota(&requested.name).await {
+                    Ok(()) => {
+                        self.tools
+                            .call(&requested.name, &requested.arguments, timeout)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
             }
         } else {
             Err(ToolError::new(

@@ -83,6 +83,7 @@ async fn run(
         offer,
         config: &config,
         tools: &tools,
+        quotas: None,
     }
     .run(|request| {
         let mut sent = sent.lock().unwrap();
