@@ -265,6 +265,7 @@ fn letter(capability: &str) -> DeadLetter {
             created_ms: now,
             replay_of: None,
             step: None,
+            asked_by: Vec::new(),
         },
         error: TaskError {
             class: FailureClass::DeadlineExceeded,

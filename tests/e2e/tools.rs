@@ -466,3 +466,159 @@ async fn a_quota_shared_by_two_workers_lets_no_more_calls_through_than_it_allows
     assert_eq!(served, Some(json!(5)));
     stack.stop().await;
 }
+
+/// Two agents on the fake provider that may ask each other.
+const ASKING_AGENTS: &str = r#"
+[routes.agents]
+provider = "fake"
+model = "fake-model"
+
+[agents.asker]
+role = "Asker"
+capabilities = ["asking"]
+route = "agents"
+system_prompt = "You are the Asker."
+tools = ["ask_agent"]
+
+[agents.expert]
+role = "Expert"
+capabilities = ["expertise"]
+route = "agents"
+system_prompt = "You are the Expert."
+tools = ["ask_agent"]
+"#;
+
+fn ask(agent: &str, question: &str) -> String {
+    json!({"agent": agent, "question": question}).to_string()
+}
+
+/// Runs a one-step workflow whose `ask` step the asker does; returns the task.
+async fn asking_workflow(stack: &Stack) -> Value {
+    stack.provider.set_reply(
+        "Your step (@review",
+        r#"{"verdict": "approve", "score": 0.9, "feedback": "Ready."}"#,
+    );
+    run_task(
+        stack,
+        json!({"goal": "Find out", "agents": ["asker", "expert", "writer", "reviewer"], "steps": [
+            {"id": "ask", "capability": "asking", "instruction": "Ask the expert"}]}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_agent_asks_another_and_the_answer_comes_back_over_the_task_path() {
+    let mut stack = Stack::start_with(1, &[], ASKING_AGENTS).await;
+    stack.start_tools().await;
+    let step_marker = "Your step (ask)";
+    stack.provider.push_tool_calls(
+        step_marker,
+        &[(
+            "ask_agent",
+            &ask("expert", "ASK-EXPERT: when does water boil?"),
+        )],
+    );
+    stack
+        .provider
+        .push_reply("ASK-EXPERT", "At 100 °C at sea level.");
+    stack
+        .provider
+        .push_reply(step_marker, "The expert says 100 °C.");
+    let task = asking_workflow(&stack).await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let asked = step(&task, "ask");
+    assert_eq!(asked["agent"], "asker");
+    assert_eq!(asked["output"], "The expert says 100 °C.");
+    let call = &asked["tool_calls"][0];
+    assert_eq!(call["name"], "ask_agent");
+    assert_eq!(call["outcome"], "ok", "{call:#}");
+
+    // The expert's answer reached the asker as the tool result.
+    let requests: Vec<Value> = stack
+        .provider
+        .requests()
+        .into_iter()
+        .map(|r| r.body)
+        .collect();
+    let expert = requests
+        .iter()
+        .find(|r| r["messages"][0]["content"] == "You are the Expert.")
+        .unwrap();
+    assert!(
+        expert["messages"][1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Agent `asker` asks you")
+    );
+    let second = requests
+        .iter()
+        .filter(|r| r.to_string().contains(step_marker))
+        .nth(1)
+        .unwrap();
+    let result = &tool_messages(second)[0];
+    assert_eq!(result["agent"], "expert");
+    assert_eq!(result["answer"], "At 100 °C at sea level.");
+    // It was a task of its own, on the expert's queue, stored like any result.
+    let question = stack.stored(result["task_id"].as_str().unwrap()).await;
+    assert_eq!(question["status"], "completed");
+    assert_eq!(
+        question["response"]["choices"][0]["message"]["content"],
+        "At 100 °C at sea level."
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn an_ask_that_would_close_a_cycle_is_refused_and_the_asked_agent_answers_anyway() {
+    let mut stack = Stack::start_with(1, &[], ASKING_AGENTS).await;
+    stack.start_tools().await;
+    let step_marker = "Your step (ask)";
+    stack.provider.push_tool_calls(
+        step_marker,
+        &[("ask_agent", &ask("expert", "CYCLE-Q: is this right?"))],
+    );
+    // The expert asks back.
+    stack.provider.push_tool_calls(
+        "CYCLE-Q",
+        &[("ask_agent", &ask("asker", "BACK-Q: what do you think?"))],
+    );
+    stack
+        .provider
+        .push_reply("CYCLE-Q", "I could not ask back; yes, it is right.");
+    stack.provider.push_reply(step_marker, "The expert agrees.");
+    let task = asking_workflow(&stack).await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let asked = step(&task, "ask");
+    assert_eq!(asked["output"], "The expert agrees.");
+    assert_eq!(asked["tool_calls"][0]["outcome"], "ok");
+    // The expert's own ask was refused, naming the cycle; nothing asked the asker.
+    let requests: Vec<Value> = stack
+        .provider
+        .requests()
+        .into_iter()
+        .map(|r| r.body)
+        .collect();
+    assert!(!requests.iter().any(|r| {
+        r["messages"][1]["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("BACK-Q") && c.contains("# Question"))
+    }));
+    let second = requests
+        .iter()
+        .filter(|r| r.to_string().contains(step_marker))
+        .nth(1)
+        .unwrap();
+    let question = stack
+        .stored(tool_messages(second)[0]["task_id"].as_str().unwrap())
+        .await;
+    let refused = &question["tool_calls"][0];
+    assert_eq!(refused["class"], "denied", "{question:#}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("cycle of asks: asker → expert → asker"),
+        "{refused:#}"
+    );
+    stack.stop().await;
+}

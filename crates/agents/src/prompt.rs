@@ -77,8 +77,37 @@ pub fn request(
     if let Some(format) = response_format {
         body.insert("response_format".into(), format);
     }
-    // The built-in tools the agent may use, offered as functions; the worker's tool loop
-    // runs the calls (and refuses any other).
+    offer_tools(agent, &mut body);
+    body
+}
+
+/// The chat request that puts `question` from `asker` (an agent, or `None` for a direct
+/// chat request) to `agent` (`ask_agent`): its system prompt, then the question.
+pub fn question(agent: &AgentProfile, asker: Option<&str>, question: &str) -> Map<String, Value> {
+    let from = asker.map_or_else(
+        || "A caller asks you a question".to_owned(),
+        |a| format!("Agent `{a}` asks you a question during its own work"),
+    );
+    let user = format!(
+        "# Question\n{from}. Answer it directly and completely; it sees only your answer.\n\n{}\n",
+        clip(question)
+    );
+    let mut body = Map::new();
+    body.insert("model".into(), json!(agent.route));
+    body.insert(
+        "messages".into(),
+        json!([
+            {"role": "system", "content": agent.system_prompt},
+            {"role": "user", "content": user},
+        ]),
+    );
+    offer_tools(agent, &mut body);
+    body
+}
+
+/// Offers the built-in tools `agent` may use as functions; the worker's tool loop runs the
+/// calls (and refuses any other).
+fn offer_tools(agent: &AgentProfile, body: &mut Map<String, Value>) {
     let tools: Vec<Value> = agent
         .tools
         .iter()
@@ -88,7 +117,6 @@ pub fn request(
     if !tools.is_empty() {
         body.insert("tools".into(), Value::Array(tools));
     }
-    body
 }
 
 fn clip(text: &str) -> String {

@@ -88,6 +88,7 @@ pub fn build_task(
         created_ms: now,
         replay_of: None,
         step: None,
+        asked_by: Vec::new(),
     })
 }
 

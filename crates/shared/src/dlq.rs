@@ -209,6 +209,7 @@ pub async fn replay(js: &jetstream::Context, task_id: TaskId) -> Result<TaskId, 
         reply_to: None,
         replay_of: Some(old.id),
         step: None,
+        asked_by: Vec::new(),
         ..old
     };
     if let Err(e) = queue(js, &task).await {

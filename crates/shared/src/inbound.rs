@@ -739,6 +739,7 @@ mod tests {
                                 None => None,
                             },
                             step: None,
+                            asked_by: Vec::new(),
                         })
                     },
                 )

@@ -33,6 +33,11 @@ pub struct Task {
     /// that workflow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<StepRef>,
+    /// For a question one agent put to another (`ask_agent`): the agents that asked, the
+    /// first asker first, so a further ask can be bounded in depth and refused when it would
+    /// close a cycle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub asked_by: Vec<String>,
 }
 
 /// Which step of which workflow a task is. Its task id must be the step's own

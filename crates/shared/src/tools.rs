@@ -179,12 +179,52 @@ fn calculator_parameters() -> Value {
     })
 }
 
+/// `ask_agent`'s arguments.
+fn ask_agent_parameters() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["question"],
+        "properties": {
+            "agent": {"type": "string", "description": "The agent to ask, by name (give this or `capability`)."},
+            "capability": {"type": "string", "description": "A capability the agent to ask must have, e.g. `research` (give this or `agent`)."},
+            "question": {"type": "string", "description": "The question, self-contained: the other agent sees nothing else of your work.", "maxLength": 8192}
+        }
+    })
+}
+
+/// The name of the tool that asks another agent.
+pub const ASK_AGENT: &str = "ask_agent";
+
 /// Every built-in tool, by name.
-pub const BUILTIN: &[ToolSpec] = &[ToolSpec {
-    name: "calculator",
-    description: "Evaluates an arithmetic expression exactly as written and returns its value. Use it for any arithmetic instead of computing in your head.",
-    parameters: calculator_parameters,
-}];
+pub const BUILTIN: &[ToolSpec] = &[
+    ToolSpec {
+        name: "calculator",
+        description: "Evaluates an arithmetic expression exactly as written and returns its value. Use it for any arithmetic instead of computing in your head.",
+        parameters: calculator_parameters,
+    },
+    ToolSpec {
+        name: ASK_AGENT,
+        description: "Asks another agent of this deployment a question and returns its answer. Use it when the question needs another agent's expertise; the answer can take a while.",
+        parameters: ask_agent_parameters,
+    },
+];
+
+/// Headers the worker puts on a tool call, saying who calls: tools that act on the task
+/// path (`ask_agent`) read them; others ignore them.
+pub mod context {
+    /// The id of the task making the call.
+    pub const TASK_ID: &str = "Switchyard-Task-Id";
+    /// The call's id, as the model gave it.
+    pub const CALL_ID: &str = "Switchyard-Tool-Call-Id";
+    /// The agents that asked so far, the calling agent last, comma-separated (empty for a
+    /// direct chat request).
+    pub const ASKED_BY: &str = "Switchyard-Asked-By";
+    /// Unix time in milliseconds by which the call's answer is needed.
+    pub const DEADLINE_MS: &str = "Switchyard-Deadline-Ms";
+    /// The calling task's priority.
+    pub const PRIORITY: &str = "Switchyard-Priority";
+}
 
 /// The built-in tool `name`, if there is one.
 pub fn builtin(name: &str) -> Option<&'static ToolSpec> {

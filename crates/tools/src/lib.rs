@@ -6,7 +6,9 @@
 //! The contract (names, schemas, classes, limits) is `shared::tools`; `docs/tools.md` has
 //! the protocol.
 
+mod ask;
 pub mod calculator;
 mod service;
 
+pub use ask::Asker;
 pub use service::{Toolbox, ToolsError, serve};

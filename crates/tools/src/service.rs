@@ -12,7 +12,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use shared::config::{Config, ToolsConfig};
 use shared::tools::{
-    BUILTIN, ERROR_CLASS_HEADER, MAX_ARGUMENT_BYTES, MAX_ERROR_CHARS, MAX_RESULT_BYTES,
+    ASK_AGENT, BUILTIN, ERROR_CLASS_HEADER, MAX_ARGUMENT_BYTES, MAX_ERROR_CHARS, MAX_RESULT_BYTES,
     QUEUE_GROUP, SERVICE_NAME, SUBJECT_PREFIX, ToolError, ToolErrorClass,
 };
 use tokio::sync::Semaphore;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::ask::Asker;
 use crate::calculator;
 
 /// Calls one process handles at once: beyond it, requests wait in the subscription (and a
@@ -40,7 +41,8 @@ pub async fn serve(
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) -> Result<(), ToolsError> {
-    let toolbox = Arc::new(Toolbox::new(config.tools.clone()));
+    let asker = Asker::new(client.clone(), config.clone(), shutdown.child_token());
+    let toolbox = Arc::new(Toolbox::new(config.tools.clone()).with_asker(asker));
     let names: Vec<&str> = BUILTIN.iter().map(|t| t.name).collect();
     let service = client
         .service_builder()
@@ -139,11 +141,24 @@ pub struct Toolbox {
         reason = "read by the tools with upstreams, next in issue 11"
     )]
     config: ToolsConfig,
+    /// Puts `ask_agent` questions on the task path; without NATS (unit tests) there is none.
+    asker: Option<Asker>,
 }
 
 impl Toolbox {
     pub fn new(config: ToolsConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            asker: None,
+        }
+    }
+
+    /// The toolbox with `ask_agent` served by `asker`.
+    pub fn with_asker(self, asker: Asker) -> Self {
+        Self {
+            asker: Some(asker),
+            ..self
+        }
     }
 
     /// The answer of tool `name` to `payload` (the call's arguments; `headers` say who
@@ -152,11 +167,20 @@ impl Toolbox {
         &self,
         name: &str,
         payload: &[u8],
-        _headers: Option<&HeaderMap>,
+        headers: Option<&HeaderMap>,
     ) -> Result<Bytes, ToolError> {
         let arguments = arguments(payload)?;
         let result = match name {
             "calculator" => calculator::call(&arguments)?,
+            ASK_AGENT => match &self.asker {
+                Some(asker) => asker.call(&arguments, headers).await?,
+                None => {
+                    return Err(ToolError::new(
+                        ToolErrorClass::Unavailable,
+                        "asking agents needs NATS",
+                    ));
+                }
+            },
             other => {
                 return Err(ToolError::new(
                     ToolErrorClass::Denied,

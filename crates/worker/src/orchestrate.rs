@@ -304,6 +304,7 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
             workflow: wf.id,
             step: step.id.clone(),
         }),
+        asked_by: Vec::new(),
     };
     let payload = serde_json::to_vec(&task).map_err(|e| OrchestrateError::Decode(e.to_string()))?;
     let mut headers = HeaderMap::new();

@@ -18,6 +18,13 @@ const DEFAULT_CALL_TIMEOUT_MS: u64 = 10_000;
 /// Tokens (prompt and completion, every round together) one task's tool loop may use: each
 /// round resends the whole conversation, so a long loop grows quadratically.
 const DEFAULT_MAX_LOOP_TOKENS: u64 = 200_000;
+/// Time an `ask_agent` call may take: the other agent's whole answer, tool loop included.
+const DEFAULT_ASK_TIMEOUT_MS: u64 = 120_000;
+/// Asks that may nest (A asks B, B asks C, …): deep enough for a consultation, shallow
+/// enough that a chain of agents passing a question along is stopped.
+const DEFAULT_ASK_MAX_DEPTH: usize = 3;
+/// Highest `ask_max_depth` allowed.
+const ASK_MAX_DEPTH_CAP: usize = 16;
 /// Highest `max_iterations` allowed.
 const MAX_ITERATIONS_CAP: u32 = 32;
 /// Longest quota window: the quota bucket forgets counts older than this, so a longer
@@ -37,6 +44,12 @@ pub struct ToolsConfig {
     pub call_timeout_ms: u64,
     #[serde(default = "default_max_loop_tokens")]
     pub max_loop_tokens: u64,
+    /// Time one `ask_agent` call may take (instead of `call_timeout_ms`).
+    #[serde(default = "default_ask_timeout_ms")]
+    pub ask_timeout_ms: u64,
+    /// Asks one question may lead to in a chain (the first ask is depth 1).
+    #[serde(default = "default_ask_max_depth")]
+    pub ask_max_depth: usize,
     /// Quotas per built-in tool (`[tools.quotas.<tool>]`), counted in the `tool_quotas`
     /// bucket so every worker shares them.
     #[serde(default)]
@@ -63,6 +76,8 @@ impl Default for ToolsConfig {
             max_iterations: DEFAULT_MAX_ITERATIONS,
             call_timeout_ms: DEFAULT_CALL_TIMEOUT_MS,
             max_loop_tokens: DEFAULT_MAX_LOOP_TOKENS,
+            ask_timeout_ms: DEFAULT_ASK_TIMEOUT_MS,
+            ask_max_depth: DEFAULT_ASK_MAX_DEPTH,
             quotas: BTreeMap::new(),
         }
     }
@@ -80,9 +95,22 @@ fn default_max_loop_tokens() -> u64 {
     DEFAULT_MAX_LOOP_TOKENS
 }
 
+fn default_ask_timeout_ms() -> u64 {
+    DEFAULT_ASK_TIMEOUT_MS
+}
+
+fn default_ask_max_depth() -> usize {
+    DEFAULT_ASK_MAX_DEPTH
+}
+
 impl ToolsConfig {
-    pub fn call_timeout(&self) -> Duration {
-        Duration::from_millis(self.call_timeout_ms)
+    /// Time a call of tool `name` may take.
+    pub fn call_timeout(&self, name: &str) -> Duration {
+        if name == crate::tools::ASK_AGENT {
+            Duration::from_millis(self.ask_timeout_ms)
+        } else {
+            Duration::from_millis(self.call_timeout_ms)
+        }
     }
 
     /// Whether a direct chat request may use built-in tool `name`.
@@ -110,6 +138,15 @@ impl ToolsConfig {
         }
         if self.max_loop_tokens == 0 {
             p.add("tools.max_loop_tokens", "must be greater than 0");
+        }
+        if self.ask_timeout_ms == 0 {
+            p.add("tools.ask_timeout_ms", "must be greater than 0");
+        }
+        if !(1..=ASK_MAX_DEPTH_CAP).contains(&self.ask_max_depth) {
+            p.add(
+                "tools.ask_max_depth",
+                format!("must be from 1 to {ASK_MAX_DEPTH_CAP}"),
+            );
         }
         for (name, quota) in &self.quotas {
             let at = format!("tools.quotas.{name}");

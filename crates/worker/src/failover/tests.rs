@@ -226,6 +226,7 @@ fn task(route: &str, deadline: Duration) -> Task {
         created_ms: now_ms(),
         replay_of: None,
         step: None,
+        asked_by: Vec::new(),
     }
 }
 

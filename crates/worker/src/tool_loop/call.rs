@@ -4,12 +4,54 @@
 
 use std::time::Duration;
 
-use async_nats::RequestErrorKind;
 use async_nats::service::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
+use async_nats::{HeaderMap, RequestErrorKind};
 use bytes::Bytes;
+use shared::Task;
+use shared::task::now_ms;
 use shared::tools::{
-    ERROR_CLASS_HEADER, MAX_ARGUMENT_BYTES, MAX_RESULT_BYTES, ToolError, ToolErrorClass, subject,
+    ERROR_CLASS_HEADER, MAX_ARGUMENT_BYTES, MAX_RESULT_BYTES, ToolError, ToolErrorClass, context,
+    subject,
 };
+
+/// Who makes a call: sent along as headers (`shared::tools::context`) for the tools that
+/// act on the task path (`ask_agent`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallContext<'a> {
+    pub task: &'a Task,
+    /// The call's id as the model gave it.
+    pub call_id: &'a str,
+    /// The agent whose work this is, if any.
+    pub agent: Option<&'a str>,
+}
+
+impl CallContext<'_> {
+    /// The headers for a call that must be answered within `timeout`.
+    fn headers(&self, timeout: Duration) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(context::TASK_ID, self.task.id.to_string().as_str());
+        // The model chose the id: only a bounded, header-safe form of it travels.
+        let call_id: String = self
+            .call_id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .take(64)
+            .collect();
+        headers.insert(context::CALL_ID, call_id.as_str());
+        let chain: Vec<&str> = self
+            .task
+            .asked_by
+            .iter()
+            .map(String::as_str)
+            .chain(self.agent)
+            .collect();
+        headers.insert(context::ASKED_BY, chain.join(",").as_str());
+        let deadline = now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(0));
+        headers.insert(context::DEADLINE_MS, deadline.to_string().as_str());
+        headers.insert(context::PRIORITY, self.task.priority.to_string().as_str());
+        headers
+    }
+}
 
 /// Runs a tool call somewhere: over NATS in the worker, in memory in unit tests.
 pub(crate) trait ToolCaller: Sync {
@@ -18,6 +60,7 @@ pub(crate) trait ToolCaller: Sync {
         name: &str,
         arguments: &str,
         timeout: Duration,
+        context: CallContext<'_>,
     ) -> impl Future<Output = Result<Bytes, ToolError>> + Send;
 }
 
@@ -33,6 +76,7 @@ impl ToolCaller for NatsTools<'_> {
         name: &str,
         arguments: &str,
         timeout: Duration,
+        context: CallContext<'_>,
     ) -> Result<Bytes, ToolError> {
         if arguments.len() > MAX_ARGUMENT_BYTES {
             return Err(ToolError::new(
@@ -42,6 +86,7 @@ impl ToolCaller for NatsTools<'_> {
         }
         let request = async_nats::Request::new()
             .payload(Bytes::copy_from_slice(arguments.as_bytes()))
+            .headers(context.headers(timeout))
             .timeout(Some(timeout));
         let answer = match self.client.send_request(subject(name), request).await {
             Ok(answer) => answer,

@@ -26,7 +26,7 @@ use shared::tools::{
 use shared::{FailureClass, Task};
 use tracing::debug;
 
-pub(crate) use call::{NatsTools, ToolCaller};
+pub(crate) use call::{CallContext, NatsTools, ToolCaller};
 pub(crate) use offer::{Offer, offer};
 pub(crate) use quota::Quotas;
 
@@ -217,17 +217,17 @@ impl<C: ToolCaller> Loop<'_, C> {
         }
     }
 
-    /// Takes the call from the tool's quotas: the step's agent's and everyone's.
+    /// The agent whose work the task is (a step, or a question put to it), if any.
+    fn agent(&self) -> Option<&str> {
+        self.task.capability.as_str().strip_prefix(QUEUE_PREFIX)
+    }
+
+    /// Takes the call from the tool's quotas: its agent's and everyone's.
     async fn take_quota(&self, tool: &str) -> Result<(), ToolError> {
         let Some(quotas) = &self.quotas else {
             return Ok(());
         };
-        let agent = self
-            .task
-            .step
-            .as_ref()
-            .and_then(|_| self.task.capability.as_str().strip_prefix(QUEUE_PREFIX));
-        quotas.take(tool, agent).await
+        quotas.take(tool, self.agent()).await
     }
 
     /// Runs one call (or refuses it): the tool message's content and the call's record.
@@ -235,7 +235,10 @@ impl<C: ToolCaller> Loop<'_, C> {
         let started_ms = now_ms();
         let clock = Instant::now();
         let result = if self.offer.allowed.contains(&requested.name) {
-            let timeout = self.config.call_timeout().min(self.task.remaining());
+            let timeout = self
+                .config
+                .call_timeout(&requested.name)
+                .min(self.task.remaining());
             if timeout.is_zero() {
                 Err(ToolError::new(
                     ToolErrorClass::Timeout,
@@ -244,8 +247,13 @@ impl<C: ToolCaller> Loop<'_, C> {
             } else {
                 match self.take_quota(&requested.name).await {
                     Ok(()) => {
+                        let context = CallContext {
+                            task: self.task,
+                            call_id: &requested.id,
+                            agent: self.agent(),
+                        };
                         self.tools
-                            .call(&requested.name, &requested.arguments, timeout)
+                            .call(&requested.name, &requested.arguments, timeout, context)
                             .await
                     }
                     Err(e) => Err(e),

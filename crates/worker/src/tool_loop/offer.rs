@@ -36,7 +36,10 @@ pub(crate) fn offer(
     catalog: &Catalog,
     config: &ToolsConfig,
 ) -> Result<Option<Offer>, ProviderError> {
-    if task.step.is_some() {
+    // An agent's work (a step, or a question another agent put to it): agent queues are
+    // Switchyard's own (configuration refuses `agent-` capabilities), so only steps and
+    // asks arrive there.
+    if task.step.is_some() || task.capability.as_str().starts_with(QUEUE_PREFIX) {
         return Ok(step_offer(task, catalog));
     }
     chat_offer(task, config)
@@ -152,6 +155,7 @@ mod tests {
                 workflow: id,
                 step: "s".into(),
             }),
+            asked_by: Vec::new(),
         }
     }
 

@@ -18,7 +18,13 @@ use crate::failover::Outcome;
 struct InMemory(tools::Toolbox);
 
 impl ToolCaller for InMemory {
-    async fn call(&self, name: &str, arguments: &str, _: Duration) -> Result<Bytes, ToolError> {
+    async fn call(
+        &self,
+        name: &str,
+        arguments: &str,
+        _: Duration,
+        _: super::CallContext<'_>,
+    ) -> Result<Bytes, ToolError> {
         self.0.answer(name, arguments.as_bytes(), None).await
     }
 }
@@ -35,6 +41,7 @@ fn task() -> Task {
         created_ms: 0,
         replay_of: None,
         step: None,
+        asked_by: Vec::new(),
     }
 }
 
