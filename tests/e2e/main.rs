@@ -15,6 +15,7 @@ mod accounts;
 mod bad_input;
 mod chat;
 mod cli;
+mod client_tools;
 mod clients;
 mod direct_publish;
 mod exactly_once;

@@ -6,7 +6,8 @@
 //! a `system` role inside `messages`. It honours `stop_sequences` and `max_tokens` (one
 //! token per streamed word) so finish reasons can be tested. It calls a tool when the
 //! request forces one (`tool_choice` `any` or `tool`) or offers tools and the last user
-//! text contains "use tool"; the call's input is `{"answer": <the answer text>}`.
+//! text contains "use tool"; the call's input is `{"answer": <the answer text>}`. Asked to
+//! "use every tool", it calls each offered tool in one answer (parallel tool use).
 
 use std::sync::Arc;
 
@@ -128,8 +129,8 @@ async fn messages(
 struct Answer {
     /// Streamed pieces of the text, or of the tool call's input JSON.
     pieces: Vec<String>,
-    /// The tool called, if the answer is a call.
-    tool: Option<String>,
+    /// The tools called (each with the same input), if the answer is a call.
+    tools: Vec<String>,
     stop_reason: &'static str,
     stop_sequence: Option<String>,
 }
@@ -139,7 +140,7 @@ impl Answer {
     fn refused() -> Self {
         Self {
             pieces: Vec::new(),
-            tool: None,
+            tools: Vec::new(),
             stop_reason: "refusal",
             stop_sequence: None,
         }
@@ -149,11 +150,12 @@ impl Answer {
     fn to(model: &str, body: &Value, reply: Option<String>) -> Self {
         let last = last_user_text(body);
         let text = reply.unwrap_or_else(|| answer_text(model, &last));
-        if let Some(tool) = tool_to_call(body, &last) {
+        let tools = tools_to_call(body, &last);
+        if !tools.is_empty() {
             let input = json!({"answer": text}).to_string();
             return Self {
                 pieces: pieces(&input),
-                tool: Some(tool),
+                tools,
                 stop_reason: "tool_use",
                 stop_sequence: None,
             };
@@ -181,7 +183,7 @@ impl Answer {
         };
         Self {
             pieces,
-            tool: None,
+            tools: Vec::new(),
             stop_reason,
             stop_sequence,
         }
@@ -198,15 +200,21 @@ impl Answer {
 
     fn content(&self) -> Vec<Value> {
         let joined = self.pieces.concat();
-        match &self.tool {
-            Some(name) => {
-                let input = serde_json::from_str::<Value>(&joined).unwrap_or_default();
-                vec![
-                    json!({"type": "tool_use", "id": "toolu_fake_0", "name": name, "input": input}),
-                ]
-            }
-            None if joined.is_empty() => Vec::new(),
-            None => vec![json!({"type": "text", "text": joined})],
+        if !self.tools.is_empty() {
+            let input = serde_json::from_str::<Value>(&joined).unwrap_or_default();
+            return self
+                .tools
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    json!({"type": "tool_use", "id": format!("toolu_fake_{i}"), "name": name, "input": input})
+                })
+                .collect();
+        }
+        if joined.is_empty() {
+            Vec::new()
+        } else {
+            vec![json!({"type": "text", "text": joined})]
         }
     }
 
@@ -239,28 +247,38 @@ impl Answer {
             event(json!({"type": "message_start", "message": start})),
             event(json!({"type": "ping"})),
         ];
-        let block = match &self.tool {
-            Some(name) => Some((
-                json!({"type": "tool_use", "id": "toolu_fake_0", "name": name, "input": {}}),
-                "input_json_delta",
-                "partial_json",
-            )),
-            None if self.pieces.is_empty() => None,
-            None => Some((json!({"type": "text", "text": ""}), "text_delta", "text")),
+        let blocks: Vec<(Value, &str, &str)> = if self.tools.is_empty() {
+            if self.pieces.is_empty() {
+                Vec::new()
+            } else {
+                vec![(json!({"type": "text", "text": ""}), "text_delta", "text")]
+            }
+        } else {
+            self.tools
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    (
+                        json!({"type": "tool_use", "id": format!("toolu_fake_{i}"), "name": name, "input": {}}),
+                        "input_json_delta",
+                        "partial_json",
+                    )
+                })
+                .collect()
         };
-        if let Some((content_block, delta_type, field)) = block {
+        for (index, (content_block, delta_type, field)) in blocks.into_iter().enumerate() {
             events.push(event(json!({
-                "type": "content_block_start", "index": 0, "content_block": content_block,
+                "type": "content_block_start", "index": index, "content_block": content_block,
             })));
             // The real API opens a tool call's input with an empty piece.
-            let empty_first = self.tool.as_ref().map(|_| String::new());
+            let empty_first = (!self.tools.is_empty()).then(String::new);
             for piece in empty_first.iter().chain(&self.pieces) {
                 events.push(event(json!({
-                    "type": "content_block_delta", "index": 0,
+                    "type": "content_block_delta", "index": index,
                     "delta": {"type": delta_type, field: piece},
                 })));
             }
-            events.push(event(json!({"type": "content_block_stop", "index": 0})));
+            events.push(event(json!({"type": "content_block_stop", "index": index})));
         }
         events.push(event(json!({
             "type": "message_delta",
@@ -272,18 +290,32 @@ impl Answer {
     }
 }
 
-/// The tool the answer calls: the one `tool_choice` names, else the first tool when a call
+/// The tools the answer calls: the one `tool_choice` names; else every tool when asked to
+/// "use every tool" (unless parallel tool use is disabled); else the first tool when a call
 /// is forced or asked for.
-fn tool_to_call(body: &Value, last_user_text: &str) -> Option<String> {
-    let first = body["tools"].as_array()?.first()?["name"]
-        .as_str()?
-        .to_owned();
+fn tools_to_call(body: &Value, last_user_text: &str) -> Vec<String> {
+    let names: Vec<String> = body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["name"].as_str().map(str::to_owned))
+        .collect();
+    let Some(first) = names.first().cloned() else {
+        return Vec::new();
+    };
     let choice = &body["tool_choice"];
+    let parallel = choice["disable_parallel_tool_use"] != true;
     match choice["type"].as_str() {
-        Some("tool") => choice["name"].as_str().map(str::to_owned),
-        Some("any") => Some(first),
-        Some("none") => None,
-        _ => last_user_text.contains("use tool").then_some(first),
+        Some("tool") => choice["name"]
+            .as_str()
+            .map(str::to_owned)
+            .into_iter()
+            .collect(),
+        Some("none") => Vec::new(),
+        _ if parallel && last_user_text.contains("use every tool") => names,
+        Some("any") => vec![first],
+        _ if last_user_text.contains("use tool") => vec![first],
+        _ => Vec::new(),
     }
 }
 

@@ -169,10 +169,11 @@ fn blocked_prompt() -> Value {
 }
 
 /// What the fake says: text echoing the last user turn, or a call of the first declared
-/// function when that turn asks to "use tool".
+/// function when that turn asks to "use tool" (of every declared function, in one answer,
+/// when it asks to "use every tool").
 enum Answer {
     Text(String),
-    Call { name: String, args: Value },
+    Calls { names: Vec<String>, args: Value },
 }
 
 impl Answer {
@@ -183,28 +184,46 @@ impl Answer {
             return Answer::Text(text);
         }
         let last = last_user_text(body);
-        if last.contains("use tool")
-            && let Some(name) = first_function(body)
-        {
-            return Answer::Call {
-                name,
+        let functions = functions(body);
+        let names = if last.contains("use every tool") {
+            functions
+        } else if last.contains("use tool") {
+            functions.into_iter().take(1).collect()
+        } else {
+            Vec::new()
+        };
+        if !names.is_empty() {
+            return Answer::Calls {
+                names,
                 args: json!({"text": last}),
             };
         }
         Answer::Text(answer_text(model, &last))
     }
 
-    fn call_part(name: &str, args: &Value) -> Value {
-        json!({"functionCall": {"name": name, "args": args}, "thoughtSignature": FAKE_THOUGHT_SIGNATURE})
+    /// The parts calling `names`; as Gemini does, only the first of a parallel batch
+    /// carries the thought signature.
+    fn call_parts(names: &[String], args: &Value) -> Vec<Value> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let mut part = json!({"functionCall": {"name": name, "args": args}});
+                if i == 0 {
+                    part["thoughtSignature"] = json!(FAKE_THOUGHT_SIGNATURE);
+                }
+                part
+            })
+            .collect()
     }
 
     /// The whole answer, as `generateContent` returns it.
     fn whole(&self, model: &str) -> Value {
-        let part = match self {
-            Answer::Text(text) => json!({"text": text}),
-            Answer::Call { name, args } => Self::call_part(name, args),
+        let parts = match self {
+            Answer::Text(text) => vec![json!({"text": text})],
+            Answer::Calls { names, args } => Self::call_parts(names, args),
         };
-        fragment(model, vec![part], Some("STOP"))
+        fragment(model, parts, Some("STOP"))
     }
 
     /// The answer as `streamGenerateContent` sends it, at least three fragments long so a
@@ -227,8 +246,8 @@ impl Answer {
                     .collect()
             }
             // Gemini sends a function call whole, then (as observed) empty text fragments.
-            Answer::Call { name, args } => vec![
-                fragment(model, vec![Self::call_part(name, args)], None),
+            Answer::Calls { names, args } => vec![
+                fragment(model, Self::call_parts(names, args), None),
                 fragment(model, vec![json!({"text": ""})], None),
                 fragment(model, vec![json!({"text": ""})], Some("STOP")),
             ],
@@ -258,15 +277,17 @@ fn fragment(model: &str, parts: Vec<Value>, finish: Option<&str>) -> Value {
     })
 }
 
-/// The name of the first declared function, if the request declares any.
-fn first_function(body: &Value) -> Option<String> {
+/// The names of the declared functions, in order.
+fn functions(body: &Value) -> Vec<String> {
     body["tools"]
-        .as_array()?
-        .iter()
+        .as_array()
+        .into_iter()
+        .flatten()
         .filter_map(|tool| tool["functionDeclarations"].as_array())
         .flatten()
-        .find_map(|declaration| declaration["name"].as_str())
+        .filter_map(|declaration| declaration["name"].as_str())
         .map(str::to_owned)
+        .collect()
 }
 
 /// The text of the last user turn (a turn without a role is a user turn); for a turn that
