@@ -622,3 +622,57 @@ async fn an_ask_that_would_close_a_cycle_is_refused_and_the_asked_agent_answers_
     );
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_streamed_answer_runs_the_loop_and_streams_only_the_final_answer() {
+    let mut stack = Stack::start_with(1, &[], CHAT_CALCULATOR).await;
+    stack.start_tools().await;
+    let marker = "STREAMED-LOOP";
+    stack
+        .provider
+        .push_tool_calls(marker, &[("calculator", &expression("6 * 7"))]);
+    stack
+        .provider
+        .push_reply(marker, "The calculator says the answer is 42.");
+    let mut request = calculator_chat(&format!("{marker}: what is 6 * 7?"), &[]);
+    request["stream"] = json!(true);
+    let response = stack.chat(request).await;
+    assert_eq!(response.status(), 200);
+    let id = task_id(&response);
+    let body = response.text().await.unwrap();
+    let data = crate::harness::sse_data(&body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{body}");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    // The caller reads the final answer, streamed; the tool round stays inside.
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "The calculator says the answer is 42.");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()),
+        "{body}"
+    );
+    let finishes: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+        .collect();
+    assert_eq!(finishes, ["stop"], "{body}");
+    // Both rounds were streamed from the provider; the call ran and was recorded.
+    let requests = stack.provider.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests.iter().all(|r| r.body["stream"] == true));
+    assert_eq!(tool_messages(&requests[1].body)[0]["result"], 42);
+    let stored = stack.stored(&id).await;
+    assert_eq!(stored["tool_calls"][0]["outcome"], "ok");
+    assert_eq!(
+        stored["response"]["choices"][0]["message"]["content"],
+        "The calculator says the answer is 42."
+    );
+    stack.stop().await;
+}

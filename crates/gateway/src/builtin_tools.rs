@@ -1,8 +1,8 @@
 //! Checking a chat request's built-in tools before it is queued: each `{"type": "builtin",
 //! "name": …}` entry of `tools` must name a built-in tool that `[tools] chat_allowed`
 //! lets chat requests use (403 otherwise: deny by default), not beside a function of the
-//! same name, and not in a streamed request (not supported yet). The worker checks again
-//! when it runs the task, so a task published around the gateway gets no more.
+//! same name. The worker checks again when it runs the task, so a task published around
+//! the gateway gets no more.
 
 use serde_json::Value;
 use shared::config::{ToolsConfig, known_tools};
@@ -45,12 +45,6 @@ pub fn check(body: &ChatBody, config: &ToolsConfig) -> Result<(), ApiError> {
     }
     if named.is_empty() {
         return Ok(());
-    }
-    if body.stream {
-        return Err(ApiError::invalid(
-            "stream",
-            "built-in tools are not available with streamed answers yet; send the request without `stream`",
-        ));
     }
     let functions = tools.iter().filter_map(|t| t["function"]["name"].as_str());
     for function in functions {
@@ -100,26 +94,22 @@ mod tests {
         let plain = json!({"model": "m", "messages": messages,
             "tools": [{"type": "function", "function": {"name": "calculator"}}]});
         assert!(check(&body(plain), &ToolsConfig::default()).is_ok());
-        for (tools, stream, param) in [
-            (json!([{"type": "builtin"}]), false, "tools[0].name"),
+        // Streamed answers may use built-in tools too.
+        let streamed = json!({"model": "m", "messages": messages, "stream": true,
+            "tools": [{"type": "builtin", "name": "calculator"}]});
+        assert!(check(&body(streamed), &allowed()).is_ok());
+        for (tools, param) in [
+            (json!([{"type": "builtin"}]), "tools[0].name"),
             (
                 json!([{"type": "builtin", "name": "shell"}]),
-                false,
                 "tools[0].name",
             ),
             (
-                json!([{"type": "builtin", "name": "calculator"}]),
-                true,
-                "stream",
-            ),
-            (
                 json!([{"type": "builtin", "name": "calculator"}, {"type": "function", "function": {"name": "calculator"}}]),
-                false,
                 "tools",
             ),
         ] {
-            let request =
-                json!({"model": "m", "messages": messages, "tools": tools, "stream": stream});
+            let request = json!({"model": "m", "messages": messages, "tools": tools});
             match refused(request, &allowed()) {
                 ApiError::InvalidRequest { param: p, .. } => assert_eq!(p, param),
                 other => panic!("{other:?}"),

@@ -207,17 +207,19 @@ async fn run(task: &Task, delivery: i64, history: &[Attempt], deps: &Deps) -> Lo
     let tools = NatsTools {
         client: &deps.client,
     };
+    // A streamed answer's rounds reach the caller as one stream.
+    let chunks = &tool_loop::LoopStream::new(&chunks);
     let tool_loop = Loop {
         task,
         offer,
         config: &deps.config.tools,
         tools: &tools,
+        rounds: chunks,
         quotas: Some(tool_loop::Quotas {
             store: &deps.tool_quotas,
             config: &deps.config.tools.quotas,
         }),
     };
-    let chunks = &chunks;
     tool_loop
         .run(|request| {
             let round = Task {

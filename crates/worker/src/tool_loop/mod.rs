@@ -12,6 +12,7 @@
 mod call;
 mod offer;
 mod quota;
+mod stream;
 
 use std::time::Instant;
 
@@ -29,6 +30,7 @@ use tracing::debug;
 pub(crate) use call::{CallContext, NatsTools, ToolCaller};
 pub(crate) use offer::{Offer, offer};
 pub(crate) use quota::Quotas;
+pub(crate) use stream::{LoopStream, Rounds};
 
 use crate::failover::Outcome;
 use crate::provider::ProviderError;
@@ -108,16 +110,18 @@ fn next(answer: &Value, offer: &Offer) -> Next {
 }
 
 /// What the loop needs from its surroundings.
-pub(crate) struct Loop<'a, C> {
+pub(crate) struct Loop<'a, C, R> {
     pub task: &'a Task,
     pub offer: Offer,
     pub config: &'a ToolsConfig,
     pub tools: &'a C,
     /// Where quotas are counted; `None` counts nothing (unit tests).
     pub quotas: Option<Quotas<'a>>,
+    /// Told when each round ends, to relay a streamed answer (`()` when not streamed).
+    pub rounds: &'a R,
 }
 
-impl<C: ToolCaller> Loop<'_, C> {
+impl<C: ToolCaller, R: Rounds> Loop<'_, C, R> {
     /// Runs the loop; `round` asks the model (the failover loop) with a request.
     pub(crate) async fn run<F, Fut>(self, round: F) -> LoopOutcome
     where
@@ -148,10 +152,17 @@ impl<C: ToolCaller> Loop<'_, C> {
             usage.add(&answer["usage"]);
             let calls = match next(&answer, &self.offer) {
                 Next::Done => {
+                    let earlier = self.rounds.end_round(true).await;
+                    if !earlier.is_empty() {
+                        prepend(&mut answer, &earlier);
+                    }
                     usage.write(&mut answer);
                     return stop(Ok(answer), attempts, tool_calls);
                 }
-                Next::Call(calls) => calls,
+                Next::Call(calls) => {
+                    self.rounds.end_round(false).await;
+                    calls
+                }
             };
             let limit = if calls.len() > MAX_CALLS_PER_ANSWER {
                 Some(format!(
@@ -292,6 +303,14 @@ impl<C: ToolCaller> Loop<'_, C> {
         };
         (content, record)
     }
+}
+
+/// Puts the text a streamed loop relayed in earlier rounds before the answer's own, so the
+/// stored answer is what the caller read.
+fn prepend(answer: &mut Value, earlier: &str) {
+    let message = &mut answer["choices"][0]["message"];
+    let own = message["content"].as_str().unwrap_or_default();
+    message["content"] = json!(format!("{earlier}{own}"));
 }
 
 /// Token usage over every round.

@@ -78,11 +78,6 @@ fn chat_offer(task: &Task, config: &ToolsConfig) -> Result<Option<Offer>, Provid
         return Ok(None);
     }
     let refuse = |message: String| ProviderError::new(FailureClass::BadRequest, message);
-    if task.is_streaming() {
-        return Err(refuse(
-            "`stream`: built-in tools are not available with streamed answers yet; send the request without `stream`".to_owned(),
-        ));
-    }
     let mut allowed = BTreeSet::new();
     let mut client = BTreeSet::new();
     let mut expanded = Vec::with_capacity(tools.len());
@@ -265,7 +260,9 @@ mod tests {
             json!({"messages": [], "stream": true, "tools": [{"type": "builtin", "name": "calculator"}]}),
             false,
         );
-        let e = offer(&streamed, &Catalog::default(), &config).unwrap_err();
-        assert!(e.message.starts_with("`stream`"), "{}", e.message);
+        let streamed = offer(&streamed, &Catalog::default(), &config)
+            .unwrap()
+            .unwrap();
+        assert!(streamed.allowed.contains("calculator"));
     }
 }

@@ -91,6 +91,7 @@ async fn run(
         config: &config,
         tools: &tools,
         quotas: None,
+        rounds: &(),
     }
     .run(|request| {
         let mut sent = sent.lock().unwrap();
