@@ -172,12 +172,43 @@ fn calculator_parameters() -> Value {
     })
 }
 
+/// `run_code`'s arguments.
+fn run_code_parameters() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["language", "code"],
+        "properties": {
+            "language": {
+                "type": "string",
+                "enum": ["python", "shell"],
+                "description": "`python` (Python 3, standard library only) or `shell` (POSIX sh)."
+            },
+            "code": {
+                "type": "string",
+                "description": "The whole program. Print what you want to see: the result has its stdout, stderr and exit code."
+            },
+            "stdin": {
+                "type": "string",
+                "description": "Text fed to the program's standard input (optional)."
+            }
+        }
+    })
+}
+
 /// Every built-in tool, by name.
-pub const BUILTIN: &[ToolSpec] = &[ToolSpec {
-    name: "calculator",
-    description: "Evaluates an arithmetic expression exactly as written and returns its value. Use it for any arithmetic instead of computing in your head.",
-    parameters: calculator_parameters,
-}];
+pub const BUILTIN: &[ToolSpec] = &[
+    ToolSpec {
+        name: "calculator",
+        description: "Evaluates an arithmetic expression exactly as written and returns its value. Use it for any arithmetic instead of computing in your head.",
+        parameters: calculator_parameters,
+    },
+    ToolSpec {
+        name: "run_code",
+        description: "Runs a short Python or shell program in an isolated sandbox (no network, no files but its own temporary directory, limited time, memory and output) and returns its exit code, stdout and stderr. Use it to check that code works: run it with tests that assert what it must do.",
+        parameters: run_code_parameters,
+    },
+];
 
 /// The built-in tool `name`, if there is one.
 pub fn builtin(name: &str) -> Option<&'static ToolSpec> {

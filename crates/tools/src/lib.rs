@@ -7,6 +7,7 @@
 //! the protocol.
 
 pub mod calculator;
+pub mod run_code;
 mod service;
 
 pub use service::{Toolbox, ToolsError, serve};

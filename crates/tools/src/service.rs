@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::calculator;
+use crate::run_code::RunCode;
 
 /// Calls one process handles at once: beyond it, requests wait in the subscription (and a
 /// caller's timeout passes) instead of piling up tasks.
@@ -139,11 +140,15 @@ pub struct Toolbox {
         reason = "read by the tools with upstreams, next in issue 11"
     )]
     config: ToolsConfig,
+    run_code: RunCode,
 }
 
 impl Toolbox {
     pub fn new(config: ToolsConfig) -> Self {
-        Self { config }
+        Self {
+            run_code: RunCode::new(config.run_code.clone()),
+            config,
+        }
     }
 
     /// The answer of tool `name` to `payload` (the call's arguments; `headers` say who
@@ -157,6 +162,7 @@ impl Toolbox {
         let arguments = arguments(payload)?;
         let result = match name {
             "calculator" => calculator::call(&arguments)?,
+            "run_code" => self.run_code.call(&arguments).await?,
             other => {
                 return Err(ToolError::new(
                     ToolErrorClass::Denied,

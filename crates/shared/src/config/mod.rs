@@ -22,7 +22,7 @@ mod tools;
 pub use prices::{Price, TOKENS_PER_PRICE_UNIT, price_key};
 pub use providers::{Adapter, ApiKey, ProviderConfig, ProviderKind};
 pub use routes::{MAX_FALLBACK_HOPS, RouteConfig, Strategy, TargetConfig, split_direct};
-pub use tools::{ToolsConfig, known_tools};
+pub use tools::{RunCodeConfig, ToolsConfig, known_tools};
 
 /// The configuration `switchyard up` uses when no file is given: the simulated provider only.
 pub const DEFAULT_TOML: &str = include_str!("../../../../switchyard.toml");
