@@ -218,6 +218,13 @@ print(sorted(os.listdir("/")))
     assert!(root.contains("'usr'") && root.contains("'tmp'"), "{root}");
     // The host's files are untouched.
     assert!(!std::path::Path::new("/usr/evil").exists());
+    // Nor can it make namespaces of its own (the kernel surface escapes start from).
+    let nested = tools
+        .call(json!({"language": "shell",
+            "code": "unshare --user true; echo user $?; unshare --net true; echo net $?"}))
+        .await
+        .unwrap();
+    assert_eq!(stdout(&nested), "user 1\nnet 1\n", "{nested:#}");
 }
 
 #[tokio::test]
