@@ -39,10 +39,16 @@ impl Up {
     }
 
     fn spawn_on(data: &Path, nats_port: u16) -> Self {
+        Self::spawn_with(data, nats_port, &[])
+    }
+
+    /// With `env` added to its environment.
+    fn spawn_with(data: &Path, nats_port: u16, env: &[(&str, &str)]) -> Self {
         let http_port = free_port();
         let log_path = data.join(format!("up-{}.log", free_port()));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = switchyard()
+            .envs(env.iter().copied())
             .arg("up")
             .arg("--data-dir")
             .arg(data)
@@ -496,6 +502,83 @@ async fn up_runs_the_tools_an_analyst_uses_offline() {
             .unwrap()
             .contains("The calculator says 12 * (3 + 4) = 84."),
         "{analysis:#}"
+    );
+    up.signal(Signal::SIGINT);
+    let (status, log) = up.wait().await;
+    assert!(status.success(), "{status:?}\n{log}");
+}
+
+#[tokio::test]
+async fn up_runs_the_software_teams_code_in_the_sandbox_offline() {
+    let data = tempfile::TempDir::new().unwrap();
+    // Sandbox uids of its own: other tests' sandboxes run at the same time.
+    let mut up = Up::spawn_with(
+        data.path(),
+        free_port(),
+        &[("SWITCHYARD__TOOLS__RUN_CODE__UID_BASE", "992000")],
+    );
+    up.banner().await;
+    up.run_cli(&[
+        "run",
+        "Write a Python function that turns titles into URL slugs",
+        "--team",
+        "software",
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    let list: Value = http
+        .get(format!("{}/v1/tasks?limit=1", up.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = list["data"][0]["id"].as_str().unwrap();
+    let task: Value = http
+        .get(format!("{}/v1/tasks/{id}", up.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(task["status"], "completed", "{task:#}");
+    // The coder's (and tester's) steps ran the simulated model's program in the sandbox that
+    // `up` serves, and answered with what it printed there.
+    let ran: Vec<&Value> = task["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["tool_calls"].as_array().is_some_and(|c| !c.is_empty()))
+        .collect();
+    assert!(!ran.is_empty(), "no step called a tool: {task:#}");
+    for step in &ran {
+        assert!(
+            ["coder", "tester"].contains(&step["agent"].as_str().unwrap()),
+            "{step:#}"
+        );
+        let call = &step["tool_calls"][0];
+        assert_eq!(call["name"], "run_code", "{step:#}");
+        assert_eq!(call["outcome"], "ok", "{step:#}");
+        assert!(
+            call["arguments"]
+                .as_str()
+                .unwrap()
+                .contains("def key_terms"),
+            "{step:#}"
+        );
+        let output = step["output"].as_str().unwrap();
+        assert!(
+            output.contains(
+                "The code ran in the sandbox: exit code 0, stdout: tests passed: 3 / key terms of the step: "
+            ),
+            "{step:#}"
+        );
+    }
+    assert!(
+        ran.iter().any(|s| s["agent"] == "coder"),
+        "the coder ran no code: {task:#}"
     );
     up.signal(Signal::SIGINT);
     let (status, log) = up.wait().await;

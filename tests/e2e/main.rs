@@ -30,6 +30,7 @@ mod priorities;
 mod protocol;
 mod provisioning;
 mod runtime_agents;
+mod sandbox;
 mod task_list;
 mod tools;
 mod workers;

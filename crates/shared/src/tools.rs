@@ -193,6 +193,30 @@ fn ask_agent_parameters() -> Value {
     })
 }
 
+/// `run_code`'s arguments.
+fn run_code_parameters() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["language", "code"],
+        "properties": {
+            "language": {
+                "type": "string",
+                "enum": ["python", "shell"],
+                "description": "`python` (Python 3, standard library only) or `shell` (POSIX sh)."
+            },
+            "code": {
+                "type": "string",
+                "description": "The whole program. Print what you want to see: the result has its stdout, stderr and exit code."
+            },
+            "stdin": {
+                "type": "string",
+                "description": "Text fed to the program's standard input (optional)."
+            }
+        }
+    })
+}
+
 /// The name of the tool that asks another agent.
 pub const ASK_AGENT: &str = "ask_agent";
 
@@ -207,6 +231,11 @@ pub const BUILTIN: &[ToolSpec] = &[
         name: ASK_AGENT,
         description: "Asks another agent of this deployment a question and returns its answer. Use it when the question needs another agent's expertise; the answer can take a while.",
         parameters: ask_agent_parameters,
+    },
+    ToolSpec {
+        name: "run_code",
+        description: "Runs a short Python or shell program in an isolated sandbox (no network, no files but its own temporary directory, limited time, memory and output) and returns its exit code, stdout and stderr. Use it to check that code works: run it with tests that assert what it must do.",
+        parameters: run_code_parameters,
     },
 ];
 

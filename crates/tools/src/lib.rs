@@ -8,6 +8,7 @@
 
 mod ask;
 pub mod calculator;
+pub mod run_code;
 mod service;
 
 pub use ask::Asker;

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::ask::Asker;
 use crate::calculator;
+use crate::run_code::RunCode;
 
 /// Calls one process handles at once: beyond it, requests wait in the subscription (and a
 /// caller's timeout passes) instead of piling up tasks.
@@ -143,11 +144,13 @@ pub struct Toolbox {
     config: ToolsConfig,
     /// Puts `ask_agent` questions on the task path; without NATS (unit tests) there is none.
     asker: Option<Asker>,
+    run_code: RunCode,
 }
 
 impl Toolbox {
     pub fn new(config: ToolsConfig) -> Self {
         Self {
+            run_code: RunCode::new(config.run_code.clone()),
             config,
             asker: None,
         }
@@ -181,6 +184,7 @@ impl Toolbox {
                     ));
                 }
             },
+            "run_code" => self.run_code.call(&arguments).await?,
             other => {
                 return Err(ToolError::new(
                     ToolErrorClass::Denied,

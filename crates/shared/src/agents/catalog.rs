@@ -193,6 +193,14 @@ mod tests {
             assert!(catalog.has_capability(capability), "{capability}");
         }
         assert_eq!(catalog.agents["planner"].name, "planner");
+        // The coder and the tester run code; the analyst calculates.
+        for (agent, tools) in [
+            ("coder", ["run_code"]),
+            ("tester", ["run_code"]),
+            ("analyst", ["calculator"]),
+        ] {
+            assert_eq!(catalog.agents[agent].tools, tools, "{agent}");
+        }
         // Real briefs, not placeholders.
         assert!(catalog.agents.values().all(|a| a.system_prompt.len() > 300));
     }

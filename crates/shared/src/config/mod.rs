@@ -22,7 +22,7 @@ mod tools;
 pub use prices::{Price, TOKENS_PER_PRICE_UNIT, price_key};
 pub use providers::{Adapter, ApiKey, ProviderConfig, ProviderKind};
 pub use routes::{MAX_FALLBACK_HOPS, RouteConfig, Strategy, TargetConfig, split_direct};
-pub use tools::{MAX_QUOTA_WINDOW_SECS, ToolQuota, ToolsConfig, known_tools};
+pub use tools::{MAX_QUOTA_WINDOW_SECS, RunCodeConfig, ToolQuota, ToolsConfig, known_tools};
 
 /// The configuration `switchyard up` uses when no file is given: the simulated provider only.
 pub const DEFAULT_TOML: &str = include_str!("../../../../switchyard.toml");
@@ -1052,6 +1052,50 @@ mod tests {
         ] {
             assert!(err.contains(problem), "{problem} missing from {err}");
         }
+    }
+
+    #[test]
+    fn run_code_settings_have_defaults_and_are_checked() {
+        let cfg = Config::load(Source::Toml(DEFAULT_TOML), &env(&[])).unwrap();
+        let run_code = &cfg.tools.run_code;
+        assert_eq!(run_code.bwrap, std::path::Path::new("/usr/bin/bwrap"));
+        assert_eq!(run_code.python, std::path::Path::new("/usr/bin/python3"));
+        assert!(run_code.wall_time_ms < cfg.tools.call_timeout_ms);
+        let cfg = Config::load(
+            Source::Toml(DEFAULT_TOML),
+            &env(&[("SWITCHYARD__TOOLS__RUN_CODE__MEMORY_MB", "64")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.tools.run_code.memory_mb, 64);
+        let err = Config::load(
+            Source::Toml(DEFAULT_TOML),
+            &env(&[
+                ("SWITCHYARD__TOOLS__RUN_CODE__BWRAP", "bwrap"),
+                ("SWITCHYARD__TOOLS__RUN_CODE__WALL_TIME_MS", "10000"),
+                ("SWITCHYARD__TOOLS__RUN_CODE__MAX_PROCESSES", "0"),
+                ("SWITCHYARD__TOOLS__RUN_CODE__MAX_OUTPUT_BYTES", "1000000"),
+                ("SWITCHYARD__TOOLS__RUN_CODE__MAX_CONCURRENT", "0"),
+                ("SWITCHYARD__TOOLS__RUN_CODE__UID_BASE", "5"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "tools.run_code.bwrap",
+            "tools.run_code.wall_time_ms",
+            "tools.run_code.max_processes",
+            "tools.run_code.max_output_bytes",
+            "tools.run_code.max_concurrent",
+            "tools.run_code.uid_base",
+        ] {
+            assert!(err.contains(key), "{key} missing from {err}");
+        }
+        assert!(!err.contains("tools.run_code.python"), "{err}");
+        let unknown = Config::load(
+            Source::Toml(DEFAULT_TOML),
+            &env(&[("SWITCHYARD__TOOLS__RUN_CODE__NETWORK", "true")]),
+        );
+        assert!(unknown.unwrap_err().to_string().contains("network"));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `[tools]`: the server-side tool loop's bounds and which built-in tools direct chat
-//! requests may use. Agents' steps use the tools their profile lists; see `docs/tools.md`.
+//! requests may use, and `[tools.run_code]`, the code sandbox's programs and limits. Agents'
+//! steps use the tools their profile lists; see `docs/tools.md`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -54,6 +56,9 @@ pub struct ToolsConfig {
     /// bucket so every worker shares them.
     #[serde(default)]
     pub quotas: BTreeMap<String, ToolQuota>,
+    /// `[tools.run_code]`: the code sandbox.
+    #[serde(default)]
+    pub run_code: RunCodeConfig,
 }
 
 /// How often one tool may be called in a window: by everyone together (`calls`) and by
@@ -79,6 +84,7 @@ impl Default for ToolsConfig {
             ask_timeout_ms: DEFAULT_ASK_TIMEOUT_MS,
             ask_max_depth: DEFAULT_ASK_MAX_DEPTH,
             quotas: BTreeMap::new(),
+            run_code: RunCodeConfig::default(),
         }
     }
 }
@@ -166,6 +172,7 @@ impl ToolsConfig {
                 p.add(&at, "sets neither `calls` nor `per_agent`");
             }
         }
+        self.run_code.validate(self.call_timeout_ms, p);
     }
 }
 
@@ -173,4 +180,146 @@ impl ToolsConfig {
 pub fn known_tools() -> String {
     let names: Vec<&str> = crate::tools::BUILTIN.iter().map(|t| t.name).collect();
     format!("known: {}", names.join(", "))
+}
+
+/// Where the sandbox's programs live: the Debian paths (`bubblewrap`, `util-linux`,
+/// `python3`). Absolute, so a `PATH` cannot swap them.
+const DEFAULT_BWRAP: &str = "/usr/bin/bwrap";
+const DEFAULT_PRLIMIT: &str = "/usr/bin/prlimit";
+const DEFAULT_SETPRIV: &str = "/usr/bin/setpriv";
+/// The system's Python, not whichever one is first on the tools process's `PATH` (a pyenv
+/// shim or a virtualenv lives under `/root` or `/home`, which the sandbox does not show).
+const DEFAULT_PYTHON: &str = "/usr/bin/python3";
+const DEFAULT_SHELL: &str = "/bin/sh";
+/// Wall time of one run: a snippet and its tests take well under a second; the margin
+/// leaves room for a slow machine while staying below `call_timeout_ms`.
+const DEFAULT_WALL_TIME_MS: u64 = 5_000;
+/// CPU seconds of one process in the sandbox (RLIMIT_CPU): the wall time bounds the run,
+/// this bounds a process that would hog a core for all of it.
+const DEFAULT_CPU_SECONDS: u64 = 5;
+/// Address space of one process (RLIMIT_AS): Python starts in about 30 MiB and a test's
+/// data fits in tens more; a program that wants more is refused the allocation.
+const DEFAULT_MEMORY_MB: u64 = 256;
+/// Processes (and threads) in one sandbox (RLIMIT_NPROC of its own uid): a program may
+/// start a few helpers; a fork bomb stops here.
+const DEFAULT_MAX_PROCESSES: u64 = 32;
+/// Bytes kept of stdout, and of stderr: enough for test output and a traceback, small
+/// enough that both fit one tool result (64 KiB) with room for escaping.
+const DEFAULT_MAX_OUTPUT_BYTES: usize = 16 * 1024;
+/// Size of the private writable `/tmp` (the working directory), which also bounds any one
+/// file (RLIMIT_FSIZE).
+const DEFAULT_TMPFS_MB: u64 = 16;
+/// Sandboxes running at once in one tools process: each takes a core while it runs.
+const DEFAULT_MAX_CONCURRENT: usize = 2;
+/// First uid a sandbox runs as when the tools process is root (sandbox `i` runs as
+/// `uid_base + i`): a uid no account uses, so the process limit counts that sandbox alone.
+const DEFAULT_UID_BASE: u32 = 990_000;
+/// Largest `max_output_bytes`: two streams of it, JSON-escaped, must fit 64 KiB.
+const MAX_OUTPUT_BYTES_CAP: usize = 24 * 1024;
+/// Most sandboxes at once.
+const MAX_CONCURRENT_CAP: usize = 64;
+
+/// `[tools.run_code]`: the `run_code` sandbox (bubblewrap) and its limits. See
+/// `docs/tools.md`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunCodeConfig {
+    /// The bubblewrap binary.
+    pub bwrap: PathBuf,
+    /// util-linux's `prlimit`, which sets the resource limits the sandbox starts with.
+    pub prlimit: PathBuf,
+    /// util-linux's `setpriv`, which drops root to the sandbox's own uid.
+    pub setpriv: PathBuf,
+    /// The interpreter of `language: "python"` (inside the sandbox: under `/usr` or `/bin`).
+    pub python: PathBuf,
+    /// The interpreter of `language: "shell"`.
+    pub shell: PathBuf,
+    pub wall_time_ms: u64,
+    pub cpu_seconds: u64,
+    pub memory_mb: u64,
+    pub max_processes: u64,
+    pub max_output_bytes: usize,
+    pub tmpfs_mb: u64,
+    pub max_concurrent: usize,
+    pub uid_base: u32,
+}
+
+impl Default for RunCodeConfig {
+    fn default() -> Self {
+        Self {
+            bwrap: DEFAULT_BWRAP.into(),
+            prlimit: DEFAULT_PRLIMIT.into(),
+            setpriv: DEFAULT_SETPRIV.into(),
+            python: DEFAULT_PYTHON.into(),
+            shell: DEFAULT_SHELL.into(),
+            wall_time_ms: DEFAULT_WALL_TIME_MS,
+            cpu_seconds: DEFAULT_CPU_SECONDS,
+            memory_mb: DEFAULT_MEMORY_MB,
+            max_processes: DEFAULT_MAX_PROCESSES,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            tmpfs_mb: DEFAULT_TMPFS_MB,
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
+            uid_base: DEFAULT_UID_BASE,
+        }
+    }
+}
+
+impl RunCodeConfig {
+    pub fn wall_time(&self) -> Duration {
+        Duration::from_millis(self.wall_time_ms)
+    }
+
+    fn validate(&self, call_timeout_ms: u64, p: &mut Problems) {
+        for (field, path) in [
+            ("bwrap", &self.bwrap),
+            ("prlimit", &self.prlimit),
+            ("setpriv", &self.setpriv),
+            ("python", &self.python),
+            ("shell", &self.shell),
+        ] {
+            if !path.is_absolute() {
+                p.add(
+                    &format!("tools.run_code.{field}"),
+                    "must be an absolute path",
+                );
+            }
+        }
+        for (field, value) in [
+            ("cpu_seconds", self.cpu_seconds),
+            ("memory_mb", self.memory_mb),
+            ("max_processes", self.max_processes),
+            ("tmpfs_mb", self.tmpfs_mb),
+        ] {
+            if value == 0 {
+                p.add(&format!("tools.run_code.{field}"), "must be greater than 0");
+            }
+        }
+        if self.wall_time_ms == 0 || self.wall_time_ms >= call_timeout_ms {
+            p.add(
+                "tools.run_code.wall_time_ms",
+                format!(
+                    "must be greater than 0 and less than tools.call_timeout_ms ({call_timeout_ms}), so a run is reported before its caller gives up"
+                ),
+            );
+        }
+        if !(1..=MAX_OUTPUT_BYTES_CAP).contains(&self.max_output_bytes) {
+            p.add(
+                "tools.run_code.max_output_bytes",
+                format!("must be from 1 to {MAX_OUTPUT_BYTES_CAP}"),
+            );
+        }
+        if !(1..=MAX_CONCURRENT_CAP).contains(&self.max_concurrent) {
+            p.add(
+                "tools.run_code.max_concurrent",
+                format!("must be from 1 to {MAX_CONCURRENT_CAP}"),
+            );
+        }
+        let last = u64::from(self.uid_base) + self.max_concurrent as u64;
+        if self.uid_base < 1_000 || last > u64::from(u32::MAX - 1) {
+            p.add(
+                "tools.run_code.uid_base",
+                "must be at least 1000 (not a system account), with room for max_concurrent uids",
+            );
+        }
+    }
 }

@@ -1,8 +1,9 @@
 //! The built-in `simulated` provider: in-process, deterministic, configurable latency, no
 //! network. Every answer says it is simulated, so nobody mistakes it for a model. Offered
 //! function tools and no tool result yet, it calls one (the calculator with an expression
-//! found in the prompt, else the first tool with arguments that follow its schema); with a
-//! tool result in the conversation, it answers using it, so the tool loop runs offline.
+//! found in the prompt; `run_code` with a small Python program about the step and its
+//! tests; else the first tool with arguments that follow its schema); with a tool result in
+//! the conversation, it answers using it, so the tool loop runs offline.
 
 use std::time::Duration;
 
@@ -154,17 +155,21 @@ fn reply(model: &str, request: &Map<String, Value>) -> Reply {
         && request.get("tool_choice").is_none_or(|c| c != "none")
         && let Some((name, parameters)) = tool_to_call(request)
     {
-        let arguments = if name == "calculator" {
-            let prompt = messages
+        let prompt = || {
+            messages
                 .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
                 .and_then(|m| m.get("content"))
                 .map(content_text)
-                .unwrap_or_default();
-            let expression =
-                find_expression(&prompt).unwrap_or_else(|| FALLBACK_EXPRESSION.to_owned());
-            json!({"expression": expression})
-        } else {
-            schema::example(&parameters, 0, &STYLE)
+                .unwrap_or_default()
+        };
+        let arguments = match name.as_str() {
+            "calculator" => {
+                let expression =
+                    find_expression(&prompt()).unwrap_or_else(|| FALLBACK_EXPRESSION.to_owned());
+                json!({"expression": expression})
+            }
+            "run_code" => json!({"language": "python", "code": program(&prompt())}),
+            _ => schema::example(&parameters, 0, &STYLE),
         };
         return Reply::Call {
             name,
@@ -174,7 +179,8 @@ fn reply(model: &str, request: &Map<String, Value>) -> Reply {
     Reply::Text(answer(model, request))
 }
 
-/// The offered function tool to call: the calculator if offered, else the first.
+/// The offered function tool to call: the calculator if offered, else `run_code`, else the
+/// first.
 fn tool_to_call(request: &Map<String, Value>) -> Option<(String, Value)> {
     let functions: Vec<&Value> = request
         .get("tools")?
@@ -184,14 +190,46 @@ fn tool_to_call(request: &Map<String, Value>) -> Option<(String, Value)> {
         .map(|t| &t["function"])
         .filter(|f| f["name"].is_string())
         .collect();
-    let chosen = functions
+    let chosen = ["calculator", "run_code"]
         .iter()
-        .find(|f| f["name"] == "calculator")
+        .find_map(|name| functions.iter().find(|f| f["name"] == *name))
         .or_else(|| functions.first())?;
     Some((
         chosen["name"].as_str().unwrap_or_default().to_owned(),
         chosen["parameters"].clone(),
     ))
+}
+
+/// Characters of the step's text the simulated program works on.
+const PROGRAM_TEXT_CHARS: usize = 1_000;
+
+/// The Python program the simulated model runs with `run_code`: a small function about the
+/// step's own text (its key terms), the tests that show it works, and what it finds.
+fn program(step: &str) -> String {
+    let text: String = step.chars().take(PROGRAM_TEXT_CHARS).collect();
+    // A JSON string is a Python string literal (the same escapes).
+    let literal = serde_json::to_string(&text).unwrap_or_else(|_| "\"\"".to_owned());
+    format!(
+        r##"# [simulated] A function for this step, and the tests that show it works.
+from collections import Counter
+
+
+def key_terms(text, n=3):
+    """The n most frequent words of text (four letters or more, any case), most frequent first."""
+    words = [w.strip(".,:;!?()[]`'\"#*").lower() for w in text.split()]
+    counts = Counter(w for w in words if len(w) >= 4 and w.isalpha())
+    return [w for w, _ in counts.most_common(n)]
+
+
+assert key_terms("") == []
+assert key_terms("Bikes, bikes and more BIKES; cars.", 1) == ["bikes"]
+assert key_terms("a an the") == []
+print("tests passed: 3")
+
+STEP = {literal}
+print("key terms of the step:", ", ".join(key_terms(STEP)) or "(none)")
+"##
+    )
 }
 
 /// The longest run of arithmetic in `text` (digits, operators, parentheses) with at least
@@ -229,7 +267,20 @@ fn tool_results(messages: &[Value]) -> Option<String> {
     for message in messages.iter().filter(|m| m["role"] == "tool") {
         let content = message.get("content").map(content_text).unwrap_or_default();
         let value: Value = serde_json::from_str(&content).unwrap_or(Value::Null);
-        said.push(if let Some(result) = value.get("result") {
+        said.push(if let Some(exit) = value.get("exit_code") {
+            let stdout: String = value["stdout"]
+                .as_str()
+                .unwrap_or_default()
+                .trim()
+                .replace('\n', " / ")
+                .chars()
+                .take(ECHO_CHARS)
+                .collect();
+            let killed = value["killed"]
+                .as_str()
+                .map_or_else(String::new, |k| format!(", killed ({k})"));
+            format!("The code ran in the sandbox: exit code {exit}{killed}, stdout: {stdout}")
+        } else if let Some(result) = value.get("result") {
             match value["expression"].as_str() {
                 Some(expression) => format!("The calculator says {expression} = {result}."),
                 None => format!("The tool answered {result}."),
@@ -456,6 +507,53 @@ mod tests {
         none.insert("tool_choice".into(), json!("none"));
         let answer = provider().complete(call(&none)).await.unwrap();
         assert!(answer["choices"][0]["message"]["content"].is_string());
+    }
+
+    #[tokio::test]
+    async fn offered_run_code_it_writes_a_tested_program_then_reports_its_run() {
+        let run_code = json!({"type": "function", "function": {"name": "run_code",
+            "parameters": {"type": "object", "properties": {"code": {"type": "string"}}}}});
+        let step = "# Goal\nA \"slug\" function for titles\n# Your step (code)\nWrite the slug function for titles";
+        let request = json!({"messages": [
+            {"role": "system", "content": "You are the Coder of a team."},
+            {"role": "user", "content": step}],
+            "tools": [run_code]});
+        let request = request.as_object().unwrap();
+        let answer = provider().complete(call(request)).await.unwrap();
+        let tool_call = &answer["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(tool_call["function"]["name"], "run_code");
+        let arguments: Value =
+            serde_json::from_str(tool_call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(arguments["language"], "python");
+        // The program is real Python: it runs, its tests pass, and it works on the step.
+        let ran = std::process::Command::new("python3")
+            .args(["-I", "-c", arguments["code"].as_str().unwrap()])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(ran.stdout).unwrap();
+        assert!(
+            ran.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+        assert_eq!(
+            stdout,
+            "tests passed: 3\nkey terms of the step: slug, function, titles\n"
+        );
+
+        let mut messages = request["messages"].as_array().unwrap().clone();
+        messages.push(answer["choices"][0]["message"].clone());
+        messages.push(json!({"role": "tool", "tool_call_id": tool_call["id"],
+            "content": json!({"language": "python", "exit_code": 0, "stdout": stdout,
+                "stderr": "", "duration_ms": 30, "truncated": false}).to_string()}));
+        let mut followup = request.clone();
+        followup.insert("messages".into(), json!(messages));
+        let answer = provider().complete(call(&followup)).await.unwrap();
+        let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(
+            text.contains("The code ran in the sandbox: exit code 0, stdout: tests passed: 3 / key terms of the step: slug, function, titles"),
+            "{text}"
+        );
     }
 
     #[test]
