@@ -7,6 +7,14 @@
 //! the protocol.
 
 pub mod calculator;
+mod fit;
+pub mod http_fetch;
+mod news;
 mod service;
+pub mod ssrf;
+mod stock_quote;
+mod upstream;
+mod weather;
+mod web_search;
 
 pub use service::{Toolbox, ToolsError, serve};

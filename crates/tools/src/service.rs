@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::calculator;
+use crate::http_fetch::Fetcher;
+use crate::ssrf::{Lookup, SystemLookup};
+use crate::{calculator, news, stock_quote, upstream, weather, web_search};
 
 /// Calls one process handles at once: beyond it, requests wait in the subscription (and a
 /// caller's timeout passes) instead of piling up tasks.
@@ -41,6 +43,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ToolsError> {
     let toolbox = Arc::new(Toolbox::new(config.tools.clone()));
+    if let Err(e) = &toolbox.web {
+        warn!(error = %e, "the web tools cannot run");
+    }
     let names: Vec<&str> = BUILTIN.iter().map(|t| t.name).collect();
     let service = client
         .service_builder()
@@ -131,19 +136,38 @@ async fn respond(toolbox: &Toolbox, name: &str, request: &service::Request) {
     }
 }
 
-/// Every built-in tool with what it needs to run: `[tools]` (upstreams, limits).
+/// Every built-in tool with what it needs to run: `[tools]` (upstreams, limits) and the
+/// HTTP clients of the tools that go on the web.
 #[derive(Debug)]
 pub struct Toolbox {
-    #[expect(
-        dead_code,
-        reason = "read by the tools with upstreams, next in issue 11"
-    )]
     config: ToolsConfig,
+    /// The web tools' clients, or why they could not be built (then those tools answer
+    /// `internal`).
+    web: Result<Web, String>,
+}
+
+#[derive(Debug)]
+struct Web {
+    /// For the operator's upstreams (weather, quotes, news, search).
+    upstream: reqwest::Client,
+    /// For URLs a model gives, behind the SSRF guard.
+    fetcher: Fetcher,
 }
 
 impl Toolbox {
     pub fn new(config: ToolsConfig) -> Self {
-        Self { config }
+        Self::with_lookup(config, Arc::new(SystemLookup))
+    }
+
+    /// A toolbox whose guarded fetches resolve names with `lookup` (tests script it).
+    pub fn with_lookup(config: ToolsConfig, lookup: Arc<dyn Lookup>) -> Self {
+        let web = upstream::client()
+            .and_then(|upstream| {
+                let fetcher = Fetcher::new(&config.http_fetch, &config.ssrf, lookup)?;
+                Ok(Web { upstream, fetcher })
+            })
+            .map_err(|e| format!("building the HTTP clients: {e}"));
+        Self { config, web }
     }
 
     /// The answer of tool `name` to `payload` (the call's arguments; `headers` say who
@@ -155,8 +179,18 @@ impl Toolbox {
         _headers: Option<&HeaderMap>,
     ) -> Result<Bytes, ToolError> {
         let arguments = arguments(payload)?;
+        let config = &self.config;
         let result = match name {
             "calculator" => calculator::call(&arguments)?,
+            "weather" => weather::call(&self.web()?.upstream, &config.weather, &arguments).await?,
+            "stock_quote" => {
+                stock_quote::call(&self.web()?.upstream, &config.stock_quote, &arguments).await?
+            }
+            "news" => news::call(&self.web()?.upstream, &config.news, &arguments).await?,
+            "web_search" => {
+                web_search::call(&self.web()?.upstream, &config.web_search, &arguments).await?
+            }
+            "http_fetch" => self.web()?.fetcher.call(&arguments).await?,
             other => {
                 return Err(ToolError::new(
                     ToolErrorClass::Denied,
@@ -173,6 +207,12 @@ impl Toolbox {
             ));
         }
         Ok(bytes.into())
+    }
+
+    fn web(&self) -> Result<&Web, ToolError> {
+        self.web
+            .as_ref()
+            .map_err(|e| ToolError::new(ToolErrorClass::Internal, e.clone()))
     }
 }
 

@@ -6,6 +6,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Problems;
+use super::web_tools::{
+    HttpFetchConfig, NewsApi, SearchApi, SsrfConfig, StockApi, Upstream, WeatherConfig,
+    default_news_upstream, default_stock_upstream,
+};
 
 /// Model answers one task may spend asking for tools before the loop gives up
 /// (`tool_limit`): enough for a few dependent calculations, few enough that a model stuck
@@ -33,6 +37,25 @@ pub struct ToolsConfig {
     pub call_timeout_ms: u64,
     #[serde(default = "default_max_loop_tokens")]
     pub max_loop_tokens: u64,
+    /// `weather`'s upstream (Open-Meteo).
+    #[serde(default)]
+    pub weather: WeatherConfig,
+    /// `stock_quote`'s upstream (Alpha Vantage unless configured).
+    #[serde(default = "default_stock_upstream")]
+    pub stock_quote: Upstream<StockApi>,
+    /// `news`'s upstream (GDELT unless configured).
+    #[serde(default = "default_news_upstream")]
+    pub news: Upstream<NewsApi>,
+    /// `web_search`'s upstream: none unless configured (a search API needs an instance or
+    /// a key).
+    #[serde(default)]
+    pub web_search: Upstream<SearchApi>,
+    /// `http_fetch`'s limits.
+    #[serde(default)]
+    pub http_fetch: HttpFetchConfig,
+    /// What URLs a model gives may reach besides the public internet.
+    #[serde(default)]
+    pub ssrf: SsrfConfig,
 }
 
 impl Default for ToolsConfig {
@@ -42,6 +65,12 @@ impl Default for ToolsConfig {
             max_iterations: DEFAULT_MAX_ITERATIONS,
             call_timeout_ms: DEFAULT_CALL_TIMEOUT_MS,
             max_loop_tokens: DEFAULT_MAX_LOOP_TOKENS,
+            weather: WeatherConfig::default(),
+            stock_quote: default_stock_upstream(),
+            news: default_news_upstream(),
+            web_search: Upstream::default(),
+            http_fetch: HttpFetchConfig::default(),
+            ssrf: SsrfConfig::default(),
         }
     }
 }
@@ -89,6 +118,7 @@ impl ToolsConfig {
         if self.max_loop_tokens == 0 {
             p.add("tools.max_loop_tokens", "must be greater than 0");
         }
+        self.validate_web_tools(p);
     }
 }
 
