@@ -31,6 +31,7 @@ mod provisioning;
 mod runtime_agents;
 mod task_list;
 mod tools;
+mod web_tools;
 mod workers;
 mod workflow_faults;
 mod workflows;

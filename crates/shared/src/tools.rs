@@ -205,7 +205,7 @@ fn search_parameters() -> Value {
         "required": ["query"],
         "properties": {
             "query": {"type": "string", "description": "What to search for, in a few words.", "maxLength": 400},
-            "max_results": {"type": "integer", "minimum": 1, "maximum": 50, "description": "How many results at most (the configured number by default)."}
+            "max_results": {"type": "integer", "minimum": 1, "maximum": 50, "description": "How many results at most (the configured number by default, and never more)."}
         }
     })
 }

@@ -23,7 +23,8 @@ struct Arguments {
     max_results: Option<usize>,
 }
 
-/// The query and how many results to ask for (at most the configured `max_results`).
+/// The query and how many results to ask for: `max_results` if given, at most the
+/// configured number.
 pub(crate) fn query_and_count(
     tool: &str,
     arguments: &Value,
@@ -36,14 +37,12 @@ pub(crate) fn query_and_count(
             "`query` must be 1 to {MAX_QUERY_CHARS} characters"
         )));
     }
+    // More than configured is not an error: a model asks for "many", the operator's
+    // bound decides how many.
     let count = match args.max_results {
         None => configured,
-        Some(n) if (1..=configured).contains(&n) => n,
-        Some(_) => {
-            return Err(invalid(format!(
-                "`max_results` must be from 1 to {configured}"
-            )));
-        }
+        Some(0) => return Err(invalid("`max_results` must be at least 1")),
+        Some(n) => n.min(configured),
     };
     Ok((query, count))
 }
@@ -205,12 +204,16 @@ mod tests {
             query_and_count("news", &json!({"query": "x", "max_results": 3}), 8).unwrap(),
             ("x".to_owned(), 3)
         );
+        assert_eq!(
+            query_and_count("news", &json!({"query": "x", "max_results": 50}), 8).unwrap(),
+            ("x".to_owned(), 8)
+        );
         for bad in [
             json!({}),
             json!({"query": "  "}),
             json!({"query": "x".repeat(401)}),
             json!({"query": "x", "max_results": 0}),
-            json!({"query": "x", "max_results": 9}),
+            json!({"query": "x", "max_results": -1}),
             json!({"query": "x", "page": 2}),
         ] {
             assert_eq!(

@@ -433,3 +433,145 @@ pub(crate) fn default_news_upstream() -> Upstream<NewsApi> {
         ..Upstream::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::super::{Config, DEFAULT_TOML, Source};
+    use super::*;
+
+    fn load(extra: &str, env: &[(&str, &str)]) -> Result<Config, super::super::ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::load(Source::Toml(&format!("{DEFAULT_TOML}\n{extra}")), &env)
+    }
+
+    #[test]
+    fn defaults_are_keyless_public_apis_and_no_search() {
+        let tools = load("", &[]).unwrap().tools;
+        assert_eq!(tools.weather.geocoding_url, DEFAULT_GEOCODING_URL);
+        assert_eq!(tools.stock_quote.provider, Some(StockApi::AlphaVantage));
+        assert_eq!(
+            tools.stock_quote.base_url(),
+            Some("https://www.alphavantage.co")
+        );
+        assert_eq!(
+            tools.stock_quote.key_env().as_deref(),
+            Some("ALPHA_VANTAGE_API_KEY")
+        );
+        // No key in the environment: no problem, no key; the tool says what is missing.
+        assert!(tools.stock_quote.key.is_none());
+        assert_eq!(tools.news.provider, Some(NewsApi::Gdelt));
+        assert_eq!(tools.news.key_env(), None);
+        assert_eq!(tools.web_search.provider, None);
+        assert_eq!(tools.web_search.base_url(), None);
+        assert!(tools.ssrf.networks().is_empty());
+        assert_eq!(tools.http_fetch.max_redirects, DEFAULT_MAX_REDIRECTS);
+    }
+
+    #[test]
+    fn keys_come_from_the_variables_named() {
+        let tools = load(
+            "[tools.stock_quote]\nprovider = \"finnhub\"\n[tools.web_search]\nprovider = \"brave\"\napi_key_env = \"MY_BRAVE\"\n",
+            &[("FINNHUB_API_KEY", " fh-key \n"), ("MY_BRAVE", "brave-key")],
+        )
+        .unwrap()
+        .tools;
+        let stock = tools.stock_quote.key.as_ref().unwrap();
+        assert_eq!(stock.label, "FINNHUB_API_KEY");
+        assert_eq!(stock.secret.expose(), "fh-key");
+        assert_eq!(
+            format!("{:?}", tools.stock_quote).matches("fh-key").count(),
+            0
+        );
+        assert_eq!(
+            tools.web_search.key.as_ref().unwrap().secret.expose(),
+            "brave-key"
+        );
+        assert_eq!(
+            tools.web_search.base_url(),
+            Some("https://api.search.brave.com/res/v1")
+        );
+        // A section without `provider` keeps the tool's default API.
+        let tools = load("[tools.news]\nmax_results = 3\n", &[]).unwrap().tools;
+        assert_eq!(tools.news.provider, Some(NewsApi::Gdelt));
+        assert_eq!(tools.news.max_results, 3);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let err = load(
+            r#"
+[tools.weather]
+forecast_url = "ftp://example.com"
+timeout_ms = 0
+
+[tools.stock_quote]
+base_url = "example.com"
+api_key_env = " "
+
+[tools.news]
+max_results = 0
+
+[tools.web_search]
+provider = "searxng"
+
+[tools.http_fetch]
+max_bytes = 0
+max_redirects = 21
+timeout_ms = 0
+
+[tools.ssrf]
+allow_networks = ["10.0.0.0/8", "10.0.0.0/33", "nonsense"]
+allow_hosts = ["ok.example", "http://bad.example/"]
+"#,
+            &[],
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "tools.weather.forecast_url",
+                "tools.weather.timeout_ms",
+                "tools.stock_quote.base_url",
+                "tools.stock_quote.api_key_env",
+                "tools.news.max_results",
+                "tools.web_search.base_url",
+                "tools.http_fetch.timeout_ms",
+                "tools.http_fetch.max_bytes",
+                "tools.http_fetch.max_redirects",
+                "tools.ssrf.allow_networks[1]",
+                "tools.ssrf.allow_networks[2]",
+                "tools.ssrf.allow_hosts[1]",
+            ],
+            "{err}"
+        );
+        assert!(err.to_string().contains("is required for searxng"), "{err}");
+        // Unknown keys are refused.
+        assert!(load("[tools.weather]\nkey = \"x\"\n", &[]).is_err());
+    }
+
+    #[test]
+    fn allowed_networks_take_addresses_and_come_from_the_environment() {
+        let tools = load(
+            "",
+            &[(
+                "SWITCHYARD__TOOLS__SSRF__ALLOW_NETWORKS",
+                "127.0.0.1,fd00::/8",
+            )],
+        )
+        .unwrap()
+        .tools;
+        let networks: Vec<String> = tools
+            .ssrf
+            .networks()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(networks, ["127.0.0.1/32", "fd00::/8"]);
+    }
+}
