@@ -428,6 +428,16 @@ async fn http_fetch_reads_pages_as_text_within_its_limits() {
         .unwrap();
     assert_eq!(big["truncated"], true);
     assert!(big.to_string().len() <= shared::tools::MAX_RESULT_BYTES);
+    // A page nested deeper than any real one is refused before it is parsed (the parser's
+    // work grows with the square of the depth).
+    let (class, message) = tools
+        .error("http_fetch", json!({"url": u.page("deep.html")}))
+        .await;
+    assert_eq!(class, "upstream");
+    assert!(
+        message.contains("nests elements more than 512 deep"),
+        "{message}"
+    );
     // Slow pages time out; errors upstream carry the status; redirect loops end.
     let (class, _) = tools
         .error("http_fetch", json!({"url": u.page("slow")}))

@@ -404,6 +404,7 @@ async fn page(name: &str, query: &HashMap<String, String>) -> Response {
                 )),
             )
         }
+        "deep.html" => typed("text/html", Body::from("<div>".repeat(5000) + "deep")),
         "slow" => {
             tokio::time::sleep(Duration::from_secs(30)).await;
             typed("text/plain", Body::from("too late"))

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use shared::config::{HttpFetchConfig, SsrfConfig};
 use shared::tools::{ToolError, ToolErrorClass};
+use tokio_util::task::TaskTracker;
 use url::Url;
 
 use crate::fit;
@@ -30,6 +31,73 @@ const SNIFF_BYTES: usize = 1024;
 const TITLE_SEARCH_BYTES: usize = 64 * 1024;
 /// Characters of a title kept.
 const TITLE_CHARS: usize = 300;
+/// Deepest element nesting converted: real pages nest a few dozen levels, rarely a few
+/// hundred; the HTML parser's work grows with the square of the depth (5,000 nested `<div>`s,
+/// 25 KB, take it seconds), so a deeper page is refused rather than parsed.
+const MAX_NESTING: usize = 512;
+/// Elements that never have content (no end tag).
+const VOID: &[&str] = &[
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track",
+    "wbr", "param", "keygen", "basefont", "bgsound", "frame",
+];
+/// Elements whose content is text, not markup, up to their end tag.
+const RAW_TEXT: &[&str] = &[
+    "script", "style", "textarea", "title", "xmp", "iframe", "noembed", "noframes",
+];
+/// HTML elements that, met inside SVG or MathML, end the foreign content (the parser closes
+/// it and goes on in HTML).
+const BREAKOUT: &[&str] = &[
+    "b",
+    "big",
+    "blockquote",
+    "body",
+    "br",
+    "center",
+    "code",
+    "dd",
+    "div",
+    "dl",
+    "dt",
+    "em",
+    "embed",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "head",
+    "hr",
+    "i",
+    "img",
+    "li",
+    "listing",
+    "menu",
+    "meta",
+    "nobr",
+    "ol",
+    "p",
+    "pre",
+    "ruby",
+    "s",
+    "small",
+    "span",
+    "strong",
+    "strike",
+    "sub",
+    "sup",
+    "table",
+    "tt",
+    "u",
+    "ul",
+    "var",
+];
+/// Elements the parser closes when a sibling opens (`<p>a<p>b`, `<li>`, cells, `<a>`), or
+/// never nests (`<form>`): they do not nest by repetition, so they are not counted.
+const AUTO_CLOSED: &[&str] = &[
+    "a", "button", "form", "nobr", "p", "li", "dt", "dd", "tr", "td", "th", "option", "optgroup",
+    "tbody", "thead", "tfoot", "colgroup", "rb", "rt", "rp", "rtc",
+];
 const ACCEPT: &str = "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.1";
 const USER_AGENT: &str = concat!(
     "Mozilla/5.0 (compatible; Switchyard-http_fetch/",
@@ -59,6 +127,8 @@ pub struct Fetcher {
     client: reqwest::Client,
     guard: Arc<Guard>,
     config: HttpFetchConfig,
+    /// Where HTML is converted.
+    blocking: TaskTracker,
 }
 
 impl Fetcher {
@@ -79,6 +149,7 @@ impl Fetcher {
             client,
             guard,
             config: config.clone(),
+            blocking: TaskTracker::new(),
         })
     }
 
@@ -156,8 +227,22 @@ impl Fetcher {
         if kind == Kind::Binary {
             return Err(binary(&url, content_type.as_deref().unwrap_or("binary")));
         }
+        let body = body.freeze();
         let (title, text) = match kind {
-            Kind::Html => (title(&body), html_text(&body)),
+            Kind::Html => {
+                if nests_deeper_than(&body, MAX_NESTING) {
+                    return Err(ToolError::new(
+                        ToolErrorClass::Upstream,
+                        format!("{url} nests elements more than {MAX_NESTING} deep: not converted"),
+                    ));
+                }
+                // Parsing a large page is CPU work: off the runtime's threads.
+                let html = body.clone();
+                self.blocking
+                    .spawn_blocking(move || (title(&html), html_text(&html)))
+                    .await
+                    .map_err(|e| ToolError::new(ToolErrorClass::Internal, e.to_string()))?
+            }
             Kind::Text | Kind::Binary => (None, String::from_utf8_lossy(&body).into_owned()),
         };
         let mut result = Map::new();
@@ -300,6 +385,71 @@ fn html_text(body: &[u8]) -> String {
     }
 }
 
+/// Whether `html` nests elements deeper than `limit`, as the parser would build them: start
+/// tags open, but void and [`AUTO_CLOSED`] elements (and, inside SVG or MathML, self-closed
+/// ones: in HTML `<div/>` opens a `div`); an end tag closes back to the element it names
+/// when one is open (an end tag nothing matches closes nothing, as in the parser); comments
+/// and the text of [`RAW_TEXT`] elements are skipped. Linear: the scan stops once the limit
+/// is passed.
+fn nests_deeper_than(html: &[u8], limit: usize) -> bool {
+    let lower = html.to_ascii_lowercase();
+    let mut open: Vec<&[u8]> = Vec::new();
+    let mut at = 0;
+    while let Some(offset) = lower[at..].iter().position(|&b| b == b'<') {
+        at += offset + 1;
+        let rest = &lower[at..];
+        if rest.starts_with(b"!--") {
+            at += find(rest, b"-->").map_or(rest.len(), |end| end + 3);
+            continue;
+        }
+        let closing = rest.first() == Some(&b'/');
+        let name_at = usize::from(closing);
+        let name_len = rest[name_at..]
+            .iter()
+            .position(|b| !b.is_ascii_alphanumeric() && *b != b'-')
+            .unwrap_or(rest.len() - name_at);
+        let name = &rest[name_at..name_at + name_len];
+        if name.is_empty() || !name[0].is_ascii_alphabetic() {
+            continue;
+        }
+        let tag_end = rest.iter().position(|&b| b == b'>').unwrap_or(rest.len());
+        let self_closed = tag_end > 0 && rest[tag_end - 1] == b'/';
+        at += tag_end;
+        let is = |list: &[&str]| list.iter().any(|t| t.as_bytes() == name);
+        let foreign = open.iter().position(|n| *n == b"svg" || *n == b"math");
+        if closing {
+            if let Some(i) = open.iter().rposition(|n| *n == name) {
+                open.truncate(i);
+            }
+            continue;
+        }
+        if let Some(i) = foreign {
+            if is(BREAKOUT) {
+                open.truncate(i);
+            } else if self_closed {
+                continue;
+            }
+        } else if self_closed && (name == b"svg" || name == b"math") {
+            continue;
+        }
+        if is(RAW_TEXT) {
+            let mut end_tag = b"</".to_vec();
+            end_tag.extend_from_slice(name);
+            at += find(&lower[at..], &end_tag).unwrap_or(lower.len() - at);
+        } else if !(is(VOID) || is(AUTO_CLOSED)) {
+            open.push(name);
+            if open.len() > limit {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 /// The document's `<title>`, entities decoded and whitespace collapsed. A title holds only
 /// text (no elements), so finding its tags is enough; its text is decoded by rendering it
 /// as HTML.
@@ -367,5 +517,34 @@ mod tests {
         );
         assert_eq!(title(b"<html><body>no title</body></html>"), None);
         assert_eq!(title(b"<title></title>"), None);
+    }
+
+    #[test]
+    fn pages_nested_too_deep_are_caught_before_parsing() {
+        assert!(nests_deeper_than("<div>".repeat(600).as_bytes(), 512));
+        assert!(!nests_deeper_than("<div>".repeat(500).as_bytes(), 512));
+        // End tags that close nothing do not hide the nesting.
+        assert!(nests_deeper_than("<b></x>".repeat(600).as_bytes(), 512));
+        assert!(nests_deeper_than("<ul><li>".repeat(600).as_bytes(), 512));
+        // In HTML a self-closed `<div/>` opens a div; in SVG a `<path/>` opens nothing, but
+        // an HTML element there leaves the SVG.
+        assert!(nests_deeper_than("<div/>".repeat(600).as_bytes(), 512));
+        let icons = format!("<svg>{}</svg>", "<path d='M0 0'/>".repeat(2000)).repeat(3);
+        assert!(!nests_deeper_than(icons.as_bytes(), 512));
+        assert!(nests_deeper_than(
+            format!("<svg>{}", "<div/>".repeat(600)).as_bytes(),
+            512
+        ));
+        // Closed, void and auto-closed elements, comments and script text do not count.
+        let flat = "<div><p>a<p>b<br><img src=x><br/><li>c</div><!-- <div><div> -->".repeat(2000)
+            + &format!("<script>{}</script>", "<div>".repeat(2000))
+            + &format!("<style>{}</style>", "<div>".repeat(2000));
+        assert!(!nests_deeper_than(flat.as_bytes(), 512));
+        // Unterminated bits end the scan.
+        assert!(!nests_deeper_than(b"<div><!-- open", 512));
+        assert!(!nests_deeper_than(b"<script><div><div>", 1));
+        assert!(!nests_deeper_than(b"<", 1));
+        assert!(!nests_deeper_than(b"</", 1));
+        assert!(!nests_deeper_than("<é>".as_bytes(), 0));
     }
 }

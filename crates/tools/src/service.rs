@@ -46,6 +46,9 @@ pub async fn serve(
     if let Err(e) = &toolbox.web {
         warn!(error = %e, "the web tools cannot run");
     }
+    for (tool, missing) in unconfigured(&config.tools) {
+        info!(tool, missing, "tool not configured: it answers unavailable");
+    }
     let names: Vec<&str> = BUILTIN.iter().map(|t| t.name).collect();
     let service = client
         .service_builder()
@@ -216,6 +219,25 @@ impl Toolbox {
     }
 }
 
+/// The web tools that will answer `unavailable`, and what they miss (a setting, or the
+/// variable of a key; never a key).
+fn unconfigured(config: &ToolsConfig) -> Vec<(&'static str, String)> {
+    let unset = |var: Option<String>| format!("{} is not set", var.unwrap_or_default());
+    let mut out = Vec::new();
+    if config.stock_quote.key.is_none() {
+        out.push(("stock_quote", unset(config.stock_quote.key_env())));
+    }
+    if config.news.key.is_none() && config.news.key_env().is_some() {
+        out.push(("news", unset(config.news.key_env())));
+    }
+    if config.web_search.provider.is_none() {
+        out.push(("web_search", "tools.web_search.provider".to_owned()));
+    } else if config.web_search.key.is_none() && config.web_search.key_env().is_some() {
+        out.push(("web_search", unset(config.web_search.key_env())));
+    }
+    out
+}
+
 /// A call's arguments: a JSON value at most [`MAX_ARGUMENT_BYTES`] long (an empty body is
 /// `{}`).
 fn arguments(payload: &[u8]) -> Result<Value, ToolError> {
@@ -272,6 +294,18 @@ mod tests {
         assert!(e.message.contains("missing field"), "{}", e.message);
         let e = answer("shell", b"{}".to_vec()).await.unwrap_err();
         assert_eq!(e.class, ToolErrorClass::Denied);
+    }
+
+    #[test]
+    fn unconfigured_tools_are_named_with_what_they_miss() {
+        let missing = unconfigured(&ToolsConfig::default());
+        assert_eq!(
+            missing,
+            [
+                ("stock_quote", "ALPHA_VANTAGE_API_KEY is not set".to_owned()),
+                ("web_search", "tools.web_search.provider".to_owned()),
+            ]
+        );
     }
 
     #[test]
