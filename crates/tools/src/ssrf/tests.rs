@@ -352,3 +352,37 @@ async fn a_name_that_rebinds_to_a_forbidden_address_never_reaches_it() {
     assert_eq!(private.hits(), 0);
     assert_eq!(public.hits(), 1);
 }
+
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// An IPv6 form that carries an IPv4 address is refused exactly when that address
+        /// is: wrapping a loopback or metadata address in IPv6 gains nothing.
+        #[test]
+        fn ipv6_wrappers_are_judged_by_the_ipv4_inside(bits: u32) {
+            let v4 = Ipv4Addr::from(bits);
+            let refused = forbidden(IpAddr::V4(v4)).is_some();
+            let mapped = IpAddr::V6(v4.to_ipv6_mapped());
+            let nat64 = IpAddr::V6(Ipv6Addr::from((0x64_ff9b_u128 << 96) | u128::from(bits)));
+            let six_to_four =
+                IpAddr::V6(Ipv6Addr::from((0x2002_u128 << 112) | (u128::from(bits) << 80) | 1));
+            prop_assert_eq!(forbidden(mapped).is_some(), refused);
+            prop_assert_eq!(forbidden(nat64).is_some(), refused);
+            prop_assert_eq!(forbidden(six_to_four).is_some(), refused);
+            // The compatible form is refused whatever it carries.
+            prop_assert!(forbidden(IpAddr::V6(v4.to_ipv6_compatible())).is_some());
+        }
+
+        /// Nothing outside global unicast (2000::/3) passes.
+        #[test]
+        fn only_global_unicast_ipv6_passes(bits: u128) {
+            let ip = Ipv6Addr::from(bits);
+            if forbidden(IpAddr::V6(ip)).is_none() {
+                prop_assert!(GLOBAL_UNICAST.contains(&ip) || ip.to_ipv4_mapped().is_some());
+            }
+        }
+    }
+}
