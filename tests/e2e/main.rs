@@ -33,6 +33,7 @@ mod runtime_agents;
 mod sandbox;
 mod task_list;
 mod tools;
+mod web_tools;
 mod workers;
 mod workflow_faults;
 mod workflows;

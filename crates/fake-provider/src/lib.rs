@@ -5,13 +5,14 @@
 //! mid-stream, cut streams, malformed JSON and SSE, context-length and content-filter
 //! refusals. Answers can be scripted too: a request whose body contains a marker gets the
 //! text given for it (a planner's plan, a reviewer's verdict). Tests drive them in-process;
-//! the benchmark runs the binary.
+//! the benchmark runs the binary. [`upstreams`] fakes the web tools' upstreams the same way.
 
 mod anthropic;
 mod gemini;
 mod openai;
 mod replicate;
 mod structured;
+pub mod upstreams;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

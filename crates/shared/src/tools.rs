@@ -193,6 +193,21 @@ fn ask_agent_parameters() -> Value {
     })
 }
 
+/// `weather`'s arguments.
+fn weather_parameters() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "location": {"type": "string", "description": "A place name, e.g. `Lisbon` or `Springfield, Illinois`. Give this, or latitude and longitude.", "maxLength": 200},
+            "latitude": {"type": "number", "minimum": -90, "maximum": 90},
+            "longitude": {"type": "number", "minimum": -180, "maximum": 180},
+            "days": {"type": "integer", "minimum": 1, "maximum": 7, "description": "Days of daily forecast, today first (default 3)."},
+            "units": {"type": "string", "enum": ["metric", "imperial"], "description": "metric (°C, km/h, mm; the default) or imperial (°F, mph, inch)."}
+        }
+    })
+}
+
 /// `run_code`'s arguments.
 fn run_code_parameters() -> Value {
     json!({
@@ -217,8 +232,41 @@ fn run_code_parameters() -> Value {
     })
 }
 
+/// `stock_quote`'s arguments.
+fn stock_quote_parameters() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["symbol"],
+        "properties": {"symbol": {"type": "string", "description": "A ticker symbol, e.g. `AAPL`, `MSFT` or `BRK.B`.", "maxLength": 20}}
+    })
+}
+
+/// The arguments of the tools that search (`news`, `web_search`).
+fn search_parameters() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["query"],
+        "properties": {
+            "query": {"type": "string", "description": "What to search for, in a few words.", "maxLength": 400},
+            "max_results": {"type": "integer", "minimum": 1, "maximum": 50, "description": "How many results at most (the configured number by default, and never more)."}
+        }
+    })
+}
+
 /// The name of the tool that asks another agent.
 pub const ASK_AGENT: &str = "ask_agent";
+
+/// `http_fetch`'s arguments.
+fn http_fetch_parameters() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["url"],
+        "properties": {"url": {"type": "string", "description": "An http or https URL on the public internet.", "maxLength": 4096}}
+    })
+}
 
 /// Every built-in tool, by name.
 pub const BUILTIN: &[ToolSpec] = &[
@@ -236,6 +284,31 @@ pub const BUILTIN: &[ToolSpec] = &[
         name: "run_code",
         description: "Runs a short Python or shell program in an isolated sandbox (no network, no files but its own temporary directory, limited time, memory and output) and returns its exit code, stdout and stderr. Use it to check that code works: run it with tests that assert what it must do.",
         parameters: run_code_parameters,
+    },
+    ToolSpec {
+        name: "weather",
+        description: "Current weather and a short daily forecast for a place (by name, or latitude and longitude): temperature, wind, precipitation and conditions in words, with units.",
+        parameters: weather_parameters,
+    },
+    ToolSpec {
+        name: "stock_quote",
+        description: "The latest quote of a stock by ticker symbol: price, change, day range, previous close and the trading day.",
+        parameters: stock_quote_parameters,
+    },
+    ToolSpec {
+        name: "news",
+        description: "Recent news articles about a query, newest first: title, URL, source and date.",
+        parameters: search_parameters,
+    },
+    ToolSpec {
+        name: "web_search",
+        description: "Searches the web and returns results with title, URL and a snippet. Fetch a result's page with http_fetch to read it.",
+        parameters: search_parameters,
+    },
+    ToolSpec {
+        name: "http_fetch",
+        description: "Fetches a public web page or text file by URL and returns its readable text, title, final URL and content type. Binary files are refused; long pages are cut.",
+        parameters: http_fetch_parameters,
     },
 ];
 

@@ -8,8 +8,16 @@
 
 mod ask;
 pub mod calculator;
+mod fit;
+pub mod http_fetch;
+mod news;
 pub mod run_code;
 mod service;
+pub mod ssrf;
+mod stock_quote;
+mod upstream;
+mod weather;
+mod web_search;
 
 pub use ask::Asker;
 pub use service::{Toolbox, ToolsError, serve};

@@ -22,7 +22,10 @@ use tracing::{debug, info, warn};
 
 use crate::ask::Asker;
 use crate::calculator;
+use crate::http_fetch::Fetcher;
 use crate::run_code::RunCode;
+use crate::ssrf::{Lookup, SystemLookup};
+use crate::{news, stock_quote, upstream, weather, web_search};
 
 /// Calls one process handles at once: beyond it, requests wait in the subscription (and a
 /// caller's timeout passes) instead of piling up tasks.
@@ -44,6 +47,12 @@ pub async fn serve(
 ) -> Result<(), ToolsError> {
     let asker = Asker::new(client.clone(), config.clone(), shutdown.child_token());
     let toolbox = Arc::new(Toolbox::new(config.tools.clone()).with_asker(asker));
+    if let Err(e) = &toolbox.web {
+        warn!(error = %e, "the web tools cannot run");
+    }
+    for (tool, missing) in unconfigured(&config.tools) {
+        info!(tool, missing, "tool not configured: it answers unavailable");
+    }
     let names: Vec<&str> = BUILTIN.iter().map(|t| t.name).collect();
     let service = client
         .service_builder()
@@ -134,24 +143,44 @@ async fn respond(toolbox: &Toolbox, name: &str, request: &service::Request) {
     }
 }
 
-/// Every built-in tool with what it needs to run: `[tools]` (upstreams, limits).
+/// Every built-in tool with what it needs to run: `[tools]` (upstreams, limits) and the
+/// HTTP clients of the tools that go on the web.
 #[derive(Debug)]
 pub struct Toolbox {
-    #[expect(
-        dead_code,
-        reason = "read by the tools with upstreams, next in issue 11"
-    )]
     config: ToolsConfig,
     /// Puts `ask_agent` questions on the task path; without NATS (unit tests) there is none.
     asker: Option<Asker>,
     run_code: RunCode,
+    /// The web tools' clients, or why they could not be built (then those tools answer
+    /// `internal`).
+    web: Result<Web, String>,
+}
+
+#[derive(Debug)]
+struct Web {
+    /// For the operator's upstreams (weather, quotes, news, search).
+    upstream: reqwest::Client,
+    /// For URLs a model gives, behind the SSRF guard.
+    fetcher: Fetcher,
 }
 
 impl Toolbox {
     pub fn new(config: ToolsConfig) -> Self {
+        Self::with_lookup(config, Arc::new(SystemLookup))
+    }
+
+    /// A toolbox whose guarded fetches resolve names with `lookup` (tests script it).
+    pub fn with_lookup(config: ToolsConfig, lookup: Arc<dyn Lookup>) -> Self {
+        let web = upstream::client()
+            .and_then(|upstream| {
+                let fetcher = Fetcher::new(&config.http_fetch, &config.ssrf, lookup)?;
+                Ok(Web { upstream, fetcher })
+            })
+            .map_err(|e| format!("building the HTTP clients: {e}"));
         Self {
             run_code: RunCode::new(config.run_code.clone()),
             config,
+            web,
             asker: None,
         }
     }
@@ -173,6 +202,7 @@ impl Toolbox {
         headers: Option<&HeaderMap>,
     ) -> Result<Bytes, ToolError> {
         let arguments = arguments(payload)?;
+        let config = &self.config;
         let result = match name {
             "calculator" => calculator::call(&arguments)?,
             ASK_AGENT => match &self.asker {
@@ -185,6 +215,15 @@ impl Toolbox {
                 }
             },
             "run_code" => self.run_code.call(&arguments).await?,
+            "weather" => weather::call(&self.web()?.upstream, &config.weather, &arguments).await?,
+            "stock_quote" => {
+                stock_quote::call(&self.web()?.upstream, &config.stock_quote, &arguments).await?
+            }
+            "news" => news::call(&self.web()?.upstream, &config.news, &arguments).await?,
+            "web_search" => {
+                web_search::call(&self.web()?.upstream, &config.web_search, &arguments).await?
+            }
+            "http_fetch" => self.web()?.fetcher.call(&arguments).await?,
             other => {
                 return Err(ToolError::new(
                     ToolErrorClass::Denied,
@@ -202,6 +241,31 @@ impl Toolbox {
         }
         Ok(bytes.into())
     }
+
+    fn web(&self) -> Result<&Web, ToolError> {
+        self.web
+            .as_ref()
+            .map_err(|e| ToolError::new(ToolErrorClass::Internal, e.clone()))
+    }
+}
+
+/// The web tools that will answer `unavailable`, and what they miss (a setting, or the
+/// variable of a key; never a key).
+fn unconfigured(config: &ToolsConfig) -> Vec<(&'static str, String)> {
+    let unset = |var: Option<String>| format!("{} is not set", var.unwrap_or_default());
+    let mut out = Vec::new();
+    if config.stock_quote.key.is_none() {
+        out.push(("stock_quote", unset(config.stock_quote.key_env())));
+    }
+    if config.news.key.is_none() && config.news.key_env().is_some() {
+        out.push(("news", unset(config.news.key_env())));
+    }
+    if config.web_search.provider.is_none() {
+        out.push(("web_search", "tools.web_search.provider".to_owned()));
+    } else if config.web_search.key.is_none() && config.web_search.key_env().is_some() {
+        out.push(("web_search", unset(config.web_search.key_env())));
+    }
+    out
 }
 
 /// A call's arguments: a JSON value at most [`MAX_ARGUMENT_BYTES`] long (an empty body is
@@ -260,6 +324,18 @@ mod tests {
         assert!(e.message.contains("missing field"), "{}", e.message);
         let e = answer("shell", b"{}".to_vec()).await.unwrap_err();
         assert_eq!(e.class, ToolErrorClass::Denied);
+    }
+
+    #[test]
+    fn unconfigured_tools_are_named_with_what_they_miss() {
+        let missing = unconfigured(&ToolsConfig::default());
+        assert_eq!(
+            missing,
+            [
+                ("stock_quote", "ALPHA_VANTAGE_API_KEY is not set".to_owned()),
+                ("web_search", "tools.web_search.provider".to_owned()),
+            ]
+        );
     }
 
     #[test]

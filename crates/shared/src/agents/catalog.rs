@@ -193,11 +193,13 @@ mod tests {
             assert!(catalog.has_capability(capability), "{capability}");
         }
         assert_eq!(catalog.agents["planner"].name, "planner");
-        // The coder and the tester run code; the analyst calculates.
+        // The coder and the tester run code; the analyst calculates and reads quotes; the
+        // researcher searches and reads the web.
         for (agent, tools) in [
-            ("coder", ["run_code"]),
-            ("tester", ["run_code"]),
-            ("analyst", ["calculator"]),
+            ("coder", &["run_code"][..]),
+            ("tester", &["run_code"]),
+            ("analyst", &["calculator", "stock_quote"]),
+            ("researcher", &["web_search", "http_fetch"]),
         ] {
             assert_eq!(catalog.agents[agent].tools, tools, "{agent}");
         }

@@ -18,11 +18,15 @@ mod prices;
 mod providers;
 mod routes;
 mod tools;
+mod web_tools;
 
 pub use prices::{Price, TOKENS_PER_PRICE_UNIT, price_key};
 pub use providers::{Adapter, ApiKey, ProviderConfig, ProviderKind};
 pub use routes::{MAX_FALLBACK_HOPS, RouteConfig, Strategy, TargetConfig, split_direct};
 pub use tools::{MAX_QUOTA_WINDOW_SECS, RunCodeConfig, ToolQuota, ToolsConfig, known_tools};
+pub use web_tools::{
+    HttpFetchConfig, NewsApi, SearchApi, SsrfConfig, StockApi, Upstream, UpstreamApi, WeatherConfig,
+};
 
 /// The configuration `switchyard up` uses when no file is given: the simulated provider only.
 pub const DEFAULT_TOML: &str = include_str!("../../../../switchyard.toml");
@@ -484,6 +488,8 @@ impl Config {
             .with_list_parse_key("gateway.cors_allowed_origins")
             .with_list_parse_key("queue.reply_prefixes")
             .with_list_parse_key("tools.chat_allowed")
+            .with_list_parse_key("tools.ssrf.allow_networks")
+            .with_list_parse_key("tools.ssrf.allow_hosts")
             .source(Some(overrides));
         let builder = config::Config::builder();
         let builder = match source {
@@ -511,6 +517,7 @@ impl Config {
                     .map(|var| (format!("providers.{name}.api_key_env"), var)),
             );
         }
+        cfg.tools.resolve_keys(env);
         let providers = cfg.providers.clone();
         for (name, route) in &mut cfg.routes {
             missing.extend(routes::resolve_route(name, route, &providers, env));

@@ -9,6 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Problems;
+use super::web_tools::{
+    HttpFetchConfig, NewsApi, SearchApi, SsrfConfig, StockApi, Upstream, WeatherConfig,
+    default_news_upstream, default_stock_upstream,
+};
 
 /// Model answers one task may spend asking for tools before the loop gives up
 /// (`tool_limit`): enough for a few dependent calculations, few enough that a model stuck
@@ -59,6 +63,25 @@ pub struct ToolsConfig {
     /// `[tools.run_code]`: the code sandbox.
     #[serde(default)]
     pub run_code: RunCodeConfig,
+    /// `weather`'s upstream (Open-Meteo).
+    #[serde(default)]
+    pub weather: WeatherConfig,
+    /// `stock_quote`'s upstream (Alpha Vantage unless configured).
+    #[serde(default = "default_stock_upstream")]
+    pub stock_quote: Upstream<StockApi>,
+    /// `news`'s upstream (GDELT unless configured).
+    #[serde(default = "default_news_upstream")]
+    pub news: Upstream<NewsApi>,
+    /// `web_search`'s upstream: none unless configured (a search API needs an instance or
+    /// a key).
+    #[serde(default)]
+    pub web_search: Upstream<SearchApi>,
+    /// `http_fetch`'s limits.
+    #[serde(default)]
+    pub http_fetch: HttpFetchConfig,
+    /// What URLs a model gives may reach besides the public internet.
+    #[serde(default)]
+    pub ssrf: SsrfConfig,
 }
 
 /// How often one tool may be called in a window: by everyone together (`calls`) and by
@@ -85,6 +108,12 @@ impl Default for ToolsConfig {
             ask_max_depth: DEFAULT_ASK_MAX_DEPTH,
             quotas: BTreeMap::new(),
             run_code: RunCodeConfig::default(),
+            weather: WeatherConfig::default(),
+            stock_quote: default_stock_upstream(),
+            news: default_news_upstream(),
+            web_search: Upstream::default(),
+            http_fetch: HttpFetchConfig::default(),
+            ssrf: SsrfConfig::default(),
         }
     }
 }
@@ -173,6 +202,7 @@ impl ToolsConfig {
             }
         }
         self.run_code.validate(self.call_timeout_ms, p);
+        self.validate_web_tools(p);
     }
 }
 
