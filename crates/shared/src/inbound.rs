@@ -288,7 +288,37 @@ fn check_fields(fields: &Map<String, Value>) -> Result<(), Problem> {
         Some(v) if v.as_str().and_then(|s| s.parse::<TaskId>().ok()).is_some() => {}
         Some(_) => return Err(Problem::Invalid("replay_of", UUID_RULE.to_owned())),
     }
-    check_step(fields)
+    check_step(fields)?;
+    check_asked_by(fields)
+}
+
+/// Most agents an `asked_by` chain may name (`[tools] ask_max_depth` is at most 16).
+const MAX_ASKED_BY: usize = 16;
+
+/// `asked_by`, if present, lists agent names (subject-safe tokens): they travel on as a
+/// header of the task's tool calls, where a line break would not be refused but panic.
+fn check_asked_by(fields: &Map<String, Value>) -> Result<(), Problem> {
+    let valid = match fields.get("asked_by") {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(chain)) => {
+            chain.len() <= MAX_ASKED_BY
+                && chain.iter().all(|a| {
+                    a.as_str()
+                        .is_some_and(|a| a.parse::<crate::Capability>().is_ok())
+                })
+        }
+        Some(_) => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(Problem::Invalid(
+            "asked_by",
+            format!(
+                "must list at most {MAX_ASKED_BY} agent names (lowercase letters, digits, - and _)"
+            ),
+        ))
+    }
 }
 
 /// Longest workflow step id a task may carry.
@@ -498,6 +528,9 @@ mod tests {
                 json!("stream.01935c5e-7b7a-7cc0-9f43-000000000000"),
             ),
             ("replay_of", json!("x")),
+            ("asked_by", json!("planner")),
+            ("asked_by", json!(["planner", "a\nb"])),
+            ("asked_by", Value::Array(vec![json!("x"); 17])),
         ] {
             let mut task = valid();
             task[field] = bad.clone();

@@ -150,16 +150,7 @@ impl Asker {
             .map_err(|e| ToolError::new(ToolErrorClass::InvalidArguments, e.to_string()))?;
         let caller = Caller::read(headers);
         let limits = &self.config.tools;
-        if caller.chain.len() >= limits.ask_max_depth {
-            return Err(ToolError::new(
-                ToolErrorClass::Denied,
-                format!(
-                    "asks nest at most {} deep ([tools] ask_max_depth); this one would follow {}",
-                    limits.ask_max_depth,
-                    caller.chain.join(" → ")
-                ),
-            ));
-        }
+        too_deep(&caller.chain, limits.ask_max_depth)?;
         let ready = self.ready().await?;
         let catalog = ready.agents.current();
         let agent = target(&catalog, &args, &caller.chain)?;
@@ -206,6 +197,13 @@ impl Asker {
             .watch_with_history(&key)
             .await
             .map_err(|e| unavailable(format!("cannot watch for the answer: {e}")))?;
+        // Asked before (the asking step runs again after its worker died): the answer is
+        // stored, and publishing again past JetStream's duplicate window would run it again.
+        if let Ok(Some(stored)) = ready.results.get(&key).await
+            && let Ok(result) = serde_json::from_slice::<TaskResult>(&stored)
+        {
+            return Ok(result);
+        }
         let payload = serde_json::to_vec(task)
             .map_err(|e| ToolError::new(ToolErrorClass::Internal, e.to_string()))?;
         let mut headers = HeaderMap::new();
@@ -245,6 +243,22 @@ impl Asker {
             )),
         }
     }
+}
+
+/// Refuses an ask that would nest deeper than `max`. The chain ends with the asking agent,
+/// so its length is the ask's depth: an agent working on a step asks at depth 1 (as does a
+/// direct chat request, with no chain), the agent it asks at depth 2, and so on.
+fn too_deep(chain: &[String], max: usize) -> Result<(), ToolError> {
+    if chain.len().max(1) <= max {
+        return Ok(());
+    }
+    Err(ToolError::new(
+        ToolErrorClass::Denied,
+        format!(
+            "asks nest at most {max} deep ([tools] ask_max_depth); this one would follow {}",
+            chain.join(" → ")
+        ),
+    ))
 }
 
 /// The agent to ask: the one named, or the first by name with the capability that is not
@@ -359,6 +373,28 @@ mod tests {
             capability: capability.map(str::to_owned),
             question: "q".into(),
         }
+    }
+
+    #[test]
+    fn the_caller_is_read_from_headers_and_asks_nest_only_so_deep() {
+        let mut headers = HeaderMap::new();
+        headers.insert(context::ASKED_BY, "planner,,researcher");
+        headers.insert(context::PRIORITY, "high");
+        headers.insert(context::DEADLINE_MS, "nonsense");
+        let caller = Caller::read(Some(&headers));
+        assert_eq!(caller.chain, ["planner", "researcher"]);
+        assert_eq!(caller.priority, Priority::High);
+        assert_eq!(caller.deadline_ms, None);
+        assert!(caller.task.is_none() && caller.call_id.is_none());
+        // The researcher, asked by the planner, asks at depth 2.
+        assert!(too_deep(&caller.chain, 2).is_ok());
+        assert!(too_deep(&["planner".to_owned()], 1).is_ok());
+        assert!(too_deep(&[], 1).is_ok());
+        let e = too_deep(&caller.chain, 1).unwrap_err();
+        assert_eq!(e.class, ToolErrorClass::Denied);
+        assert!(e.message.contains("planner → researcher"), "{}", e.message);
+        // A direct chat request asks with no chain at all.
+        assert!(Caller::read(None).chain.is_empty());
     }
 
     #[test]
