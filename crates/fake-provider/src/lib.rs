@@ -5,10 +5,12 @@
 //! mid-stream, cut streams, malformed JSON and SSE, context-length and content-filter
 //! refusals. Answers can be scripted too: a request whose body contains a marker gets the
 //! text given for it (a planner's plan, a reviewer's verdict). Tests drive them in-process;
-//! the benchmark runs the binary.
+//! the benchmark runs the binary. `mcp` is a fake MCP server (the `switchyard-fake-mcp`
+//! binary serves it over stdio).
 
 mod anthropic;
 mod gemini;
+pub mod mcp;
 mod openai;
 mod replicate;
 mod structured;

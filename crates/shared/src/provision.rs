@@ -93,6 +93,8 @@ pub struct Provisioned {
     pub providers: kv::Store,
     pub attempts: kv::Store,
     pub workflows: kv::Store,
+    /// The MCP tools being served (`crate::mcp`), written by the tools processes.
+    pub mcp_tools: kv::Store,
 }
 
 /// Creates or updates every stream, consumer and bucket `config` calls for.
@@ -136,6 +138,7 @@ async fn provision_once(
         &agents_bucket,
         config.catalog.clone(),
         config.routes.keys().cloned().collect(),
+        config.mcp.keys().cloned().collect(),
     )
     .await
     .map_err(|e| ProvisionError::Agents(e.to_string()))?;
@@ -234,8 +237,10 @@ async fn provision_once(
         replicas,
     )
     .await?;
+    let mcp_tools = mcp_tools_bucket(js, replicas).await?;
     Ok(Provisioned {
         tasks,
+        mcp_tools,
         performance,
         agents,
         agents_bucket,
@@ -244,6 +249,23 @@ async fn provision_once(
         attempts,
         workflows,
     })
+}
+
+/// The catalogue of MCP tools being served (`crate::mcp::MCP_TOOLS_BUCKET`). Entries
+/// outlive their last refresh a little, so a reader sees them go stale
+/// (`McpTool::is_fresh`) before they vanish.
+pub async fn mcp_tools_bucket(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<kv::Store, ProvisionError> {
+    bucket(
+        js,
+        crate::mcp::MCP_TOOLS_BUCKET,
+        "Switchyard MCP tools being served: name, description, input schema",
+        crate::mcp::STALE_AFTER * 2,
+        replicas,
+    )
+    .await
 }
 
 async fn bucket(

@@ -3,10 +3,15 @@
 //! the queue group `tools`, so any number of `switchyard tools` processes share the calls
 //! and a dead one is simply not asked. A request is the tool call's arguments (JSON); the
 //! answer is the result (JSON), or an error with a class (`shared::tools::ToolErrorClass`).
-//! The contract (names, schemas, classes, limits) is `shared::tools`; `docs/tools.md` has
-//! the protocol.
+//! The tools of configured MCP servers are served the same way, on
+//! `tools.mcp.<server>.<tool>` (`mcp`), and the built-in tools are offered to MCP clients by
+//! `switchyard mcp` (`mcp_server`). The contract (names, schemas, classes, limits) is
+//! `shared::tools` and `shared::mcp`; `docs/tools.md` has the protocol.
 
 pub mod calculator;
+mod mcp;
+pub mod mcp_server;
 mod service;
 
+pub use mcp_server::{BuiltinTools, McpServeError};
 pub use service::{Toolbox, ToolsError, serve};

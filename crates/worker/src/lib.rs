@@ -241,6 +241,7 @@ pub async fn run(
         reply_prefixes: config.queue.reply_prefixes.clone(),
         workflows: provisioned.workflows,
         agents: provisioned.agents.clone(),
+        mcp_tools: shared::mcp::LiveMcpTools::default(),
         config: config.clone(),
         performance: performance::Records::start(
             provisioned.performance.clone(),
@@ -273,6 +274,11 @@ pub async fn run(
             .agents
             .clone()
             .follow(provisioned.agents_bucket.clone(), health_stop.clone()),
+    );
+    background.spawn(
+        deps.mcp_tools
+            .clone()
+            .follow(provisioned.mcp_tools.clone(), health_stop.clone()),
     );
     // Agents added at runtime get fetchers of their own, on a worker that serves every
     // capability (one with a list serves what it lists).

@@ -25,7 +25,7 @@ use shared::{FailureClass, Task};
 use tracing::debug;
 
 pub(crate) use call::{NatsTools, ToolCaller};
-pub(crate) use offer::{Offer, offer};
+pub(crate) use offer::{Mcp, Offer, offer};
 
 use crate::failover::Outcome;
 use crate::provider::ProviderError;
@@ -216,7 +216,9 @@ impl<C: ToolCaller> Loop<'_, C> {
     async fn call(&self, requested: &Requested, round: u32) -> (String, ToolCall) {
         let started_ms = now_ms();
         let clock = Instant::now();
-        let result = if self.offer.allowed.contains(&requested.name) {
+        // The tool called: an MCP tool's function `mcp__<server>__<tool>` is `mcp.<server>.<tool>`.
+        let target = self.offer.allowed.get(&requested.name);
+        let result = if let Some(target) = target {
             let timeout = self.config.call_timeout().min(self.task.remaining());
             if timeout.is_zero() {
                 Err(ToolError::new(
@@ -224,9 +226,7 @@ impl<C: ToolCaller> Loop<'_, C> {
                     "no time was left before the task's deadline",
                 ))
             } else {
-                self.tools
-                    .call(&requested.name, &requested.arguments, timeout)
-                    .await
+                self.tools.call(target, &requested.arguments, timeout).await
             }
         } else {
             Err(ToolError::new(
@@ -249,7 +249,7 @@ impl<C: ToolCaller> Loop<'_, C> {
         debug!(tool = %requested.name, round, ?outcome, duration_ms, "tool call");
         let record = ToolCall {
             id: clip(&requested.id, 64),
-            name: clip(&requested.name, 64),
+            name: clip(target.unwrap_or(&requested.name), 128),
             arguments: clip(&requested.arguments, RECORDED_ARGUMENT_CHARS),
             round,
             started_ms,
