@@ -1,5 +1,6 @@
 //! MCP end to end, against a real MCP server process (`switchyard-fake-mcp`, built with the
-//! official SDK): the tools service connects it over stdio, serves its tools on
+//! official SDK): the tools service connects it over stdio (and an in-process one over
+//! streamable HTTP, with a bearer key), serves its tools on
 //! `tools.mcp.<server>.<tool>` and lists them in the `mcp_tools` catalogue, starts it again
 //! when it dies; the worker's tool loop offers and calls a permitted MCP tool (chat and an
 //! agent's step), refuses one not permitted, and feeds an MCP error back with its class; and
@@ -163,6 +164,38 @@ async fn a_stdio_mcp_server_s_tools_are_served_catalogued_and_restarted() {
             .filter(|v| *v == json!({"text": "back"}))
     })
     .await;
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_streamable_http_mcp_server_is_reached_with_its_bearer_key() {
+    let server = fake_provider::mcp::FakeMcpHttp::start(Some("http-s3cret"))
+        .await
+        .unwrap();
+    let extra = format!(
+        "\n[mcp.web]\nurl = {:?}\nbearer_env = \"MCP_HTTP_KEY\"\n",
+        server.url()
+    );
+    let mut stack = Stack::start_with(0, &[("MCP_HTTP_KEY", "http-s3cret")], &extra).await;
+    stack.start_tools().await;
+    let echo = catalogued(&stack, "mcp.web.echo").await;
+    assert_eq!(echo["function"], "mcp__web__echo");
+    assert_eq!(
+        call(&stack, "mcp.web.echo", json!({"text": "over http"})).await,
+        Ok(json!({"text": "over http"}))
+    );
+    assert_eq!(
+        call(&stack, "mcp.web.add", json!({"a": 1, "b": 1})).await,
+        Ok(json!({"sum": 2.0}))
+    );
+    assert_eq!(
+        call(&stack, "mcp.web.fail", json!({"message": "down the line"})).await,
+        Err("upstream".to_owned())
+    );
+    // The server goes away: calls fail as unavailable, not as a fault of the tool.
+    drop(server);
+    let gone = call(&stack, "mcp.web.echo", json!({"text": "anyone?"})).await;
+    assert_eq!(gone, Err("unavailable".to_owned()));
     stack.stop().await;
 }
 

@@ -2,10 +2,19 @@
 //! `add` (structured content), `fail` (an error result), `env` (a variable of its own
 //! environment, to show what a started server is given) and, in its own process, `crash`
 //! (exits, to show that a dead stdio server is started again). `switchyard-fake-mcp` serves
-//! it over stdio; tests may also serve it in-process over streamable HTTP.
+//! it over stdio; [`FakeMcpHttp`] serves it in-process over streamable HTTP on loopback,
+//! optionally refusing requests without the right bearer key.
 
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -96,4 +105,65 @@ impl ServerHandler for FakeMcp {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_instructions("A fake MCP server for Switchyard's tests")
     }
+}
+
+/// The fake MCP server over streamable HTTP on a loopback port, until dropped.
+#[derive(Debug)]
+pub struct FakeMcpHttp {
+    url: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl FakeMcpHttp {
+    /// Serves on `127.0.0.1:<free port>/mcp`; with `bearer`, a request without
+    /// `Authorization: Bearer <bearer>` gets 401.
+    pub async fn start(bearer: Option<&str>) -> std::io::Result<Self> {
+        let service: StreamableHttpService<FakeMcp, LocalSessionManager> =
+            StreamableHttpService::new(
+                || Ok(FakeMcp::new(false)),
+                Arc::default(),
+                StreamableHttpServerConfig::default(),
+            );
+        let expected = Arc::new(bearer.map(|key| format!("Bearer {key}")));
+        let router = axum::Router::new()
+            .nest_service("/mcp", service)
+            .layer(axum::middleware::from_fn_with_state(expected, check_bearer));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/mcp", listener.local_addr()?);
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a test server: it lives until dropped, which aborts it"
+        )]
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Ok(Self { url, server })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for FakeMcpHttp {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn check_bearer(
+    State(expected): State<Arc<Option<String>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(expected) = expected.as_ref() {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if given != Some(expected.as_str()) {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+    }
+    next.run(request).await
 }

@@ -116,10 +116,6 @@ pub(crate) fn validate(p: &mut Problems, servers: &BTreeMap<String, McpServerCon
                         format!("{url:?} is not an http:// or https:// URL"),
                     );
                 }
-                p.add(
-                    &format!("{key}.url"),
-                    "streamable HTTP MCP servers are not supported yet; give `command` (stdio)",
-                );
                 if !server.args.is_empty() || !server.env.is_empty() {
                     p.add(&key, "`args` and `env` are for `command` servers only");
                 }
@@ -176,6 +172,18 @@ mod tests {
         assert_eq!(
             problems("[mcp.e]\ncommand = \" \"\nenv = { \"1X\" = \"y\" }\n"),
             ["mcp.e.command", "mcp.e.env"]
+        );
+        assert!(
+            problems("[mcp.w]\nurl = \"https://mcp.example.com/mcp\"\nbearer_env = \"K\"\n")
+                .is_empty()
+        );
+        assert_eq!(
+            problems("[mcp.w]\nurl = \"ftp://example.com\"\n"),
+            ["mcp.w.url"]
+        );
+        assert_eq!(
+            problems("[mcp.w]\nurl = \"http://example.com\"\nargs = [\"x\"]\n"),
+            ["mcp.w"]
         );
         assert_eq!(
             problems("[mcp.b]\ncommand = \"srv\"\nbearer_env = \"K\"\n"),

@@ -1,10 +1,12 @@
 //! Connecting one configured MCP server: starting its process (stdio) with only the
-//! environment configured for it, and running the MCP handshake.
+//! environment configured for it, or reaching its URL (streamable HTTP, with its bearer key),
+//! and running the MCP handshake.
 
 use std::process::Stdio;
 
 use rmcp::service::RunningService;
-use rmcp::transport::TokioChildProcess;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
 use shared::config::McpServerConfig;
 
@@ -31,6 +33,18 @@ pub(crate) async fn connect(config: &McpServerConfig) -> Result<Client, String> 
         .map_err(|e| format!("the MCP handshake failed: {e}"))
 }
 
-async fn connect_http(_config: &McpServerConfig) -> Result<Client, String> {
-    Err("streamable HTTP MCP servers are not supported by this build".to_owned())
+async fn connect_http(config: &McpServerConfig) -> Result<Client, String> {
+    let Some(url) = &config.url else {
+        return Err("neither `command` nor `url` is configured".to_owned());
+    };
+    // rmcp's HTTP client is built without a TLS crypto provider: use ring, as reqwest does
+    // elsewhere here. Installing twice fails harmlessly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut transport = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+    if let Some(key) = &config.bearer {
+        transport = transport.auth_header(key.expose());
+    }
+    ().serve(StreamableHttpClientTransport::from_config(transport))
+        .await
+        .map_err(|e| format!("the MCP handshake with {url} failed: {e}"))
 }
