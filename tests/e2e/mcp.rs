@@ -4,7 +4,8 @@
 //! `tools.mcp.<server>.<tool>` and lists them in the `mcp_tools` catalogue, starts it again
 //! when it dies; the worker's tool loop offers and calls a permitted MCP tool (chat and an
 //! agent's step), refuses one not permitted, and feeds an MCP error back with its class; and
-//! an MCP client (rmcp, in the test) uses Switchyard's built-in tools through `switchyard mcp`.
+//! an MCP client (rmcp, in the test) uses Switchyard's built-in tools through `switchyard mcp`
+//! and the gateway's `/mcp`.
 
 use std::path::PathBuf;
 use std::process::Command as StdCommand;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
-use rmcp::transport::TokioChildProcess;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use serde_json::{Value, json};
 
 use crate::harness::{Stack, content, eventually, task_id};
@@ -382,5 +383,50 @@ async fn an_mcp_client_uses_the_built_in_tools_through_switchyard_mcp() {
         .await;
     assert!(unknown.is_err(), "{unknown:?}");
     client.cancel().await.unwrap();
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn an_mcp_client_uses_the_chat_allowed_built_in_tools_on_the_gateway_s_mcp_endpoint() {
+    let mut stack = Stack::start_with(0, &[], "\n[tools]\nchat_allowed = [\"calculator\"]\n").await;
+    stack.start_tools().await;
+    // rmcp's HTTP client needs a TLS provider even for plain http.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let transport = StreamableHttpClientTransport::from_uri(format!("{}/mcp", stack.base));
+    let client = ().serve(transport).await.unwrap();
+    let names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert_eq!(names, ["calculator"]);
+    let args = json!({"expression": "2 ^ 10"})
+        .as_object()
+        .cloned()
+        .unwrap();
+    let result = client
+        .call_tool(CallToolRequestParams::new("calculator").with_arguments(args))
+        .await
+        .unwrap();
+    assert_eq!(
+        result.structured_content,
+        Some(json!({"expression": "2 ^ 10", "result": 1024}))
+    );
+    client.cancel().await.unwrap();
+
+    // Without chat_allowed the gateway offers no tool, and refuses a call.
+    let closed = Stack::start(0, &[]).await;
+    let transport = StreamableHttpClientTransport::from_uri(format!("{}/mcp", closed.base));
+    let client = ().serve(transport).await.unwrap();
+    assert!(client.list_all_tools().await.unwrap().is_empty());
+    let args = json!({"expression": "1 + 1"}).as_object().cloned().unwrap();
+    let refused = client
+        .call_tool(CallToolRequestParams::new("calculator").with_arguments(args))
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    client.cancel().await.unwrap();
+    closed.stop().await;
     stack.stop().await;
 }

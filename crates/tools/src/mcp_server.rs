@@ -1,10 +1,15 @@
-//! Switchyard's built-in tools served to MCP clients (`switchyard mcp`): `tools/list` is the
-//! catalogue of `shared::tools::BUILTIN` (name, description, input schema), and each
+//! Switchyard's built-in tools served to MCP clients (`switchyard mcp` over stdio, the
+//! gateway's `/mcp` over streamable HTTP): `tools/list` is the catalogue of
+//! `shared::tools::BUILTIN` (name, description, input schema) — on the gateway only the
+//! tools `[tools] chat_allowed` lists, as its callers are not trusted more than a chat
+//! request — and each
 //! `tools/call` is forwarded over NATS to `tools.<name>`, so the running tools service answers
 //! it (with its limits). A result comes back as structured content (and its JSON as text); a
 //! failed call as an error result (`isError`) whose text is `{"error": {"class", "message"}}`.
 //! An unknown tool is a protocol error (invalid params), as the MCP specification asks.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::model::{
@@ -23,6 +28,8 @@ pub struct BuiltinTools {
     client: async_nats::Client,
     /// How long one call may take (`[tools] call_timeout_ms`).
     timeout: Duration,
+    /// The tools offered, when not every built-in one.
+    only: Option<Arc<BTreeSet<String>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +41,24 @@ pub enum McpServeError {
 }
 
 impl BuiltinTools {
+    /// Every built-in tool.
     pub fn new(client: async_nats::Client, timeout: Duration) -> Self {
-        Self { client, timeout }
+        Self {
+            client,
+            timeout,
+            only: None,
+        }
+    }
+
+    /// Only the built-in tools named in `names` (others are unknown here).
+    #[must_use]
+    pub fn only(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.only = Some(Arc::new(names.into_iter().collect()));
+        self
+    }
+
+    fn offers(&self, name: &str) -> bool {
+        builtin(name).is_some() && self.only.as_ref().is_none_or(|only| only.contains(name))
     }
 
     /// Serves MCP on standard input and output until the client closes it or `shutdown`.
@@ -82,16 +105,17 @@ fn to_result(outcome: Result<bytes::Bytes, ToolError>) -> CallToolResult {
     }
 }
 
-/// The MCP description of every built-in tool.
-pub fn catalogue() -> Vec<Tool> {
+/// The MCP description of every built-in tool `offered`.
+fn catalogue(offered: impl Fn(&str) -> bool) -> Vec<Tool> {
     BUILTIN
         .iter()
+        .filter(|spec| offered(spec.name))
         .map(|spec| {
             let schema = match spec.parameters() {
                 Value::Object(schema) => schema,
                 _ => serde_json::Map::new(),
             };
-            Tool::new(spec.name, spec.description, std::sync::Arc::new(schema))
+            Tool::new(spec.name, spec.description, Arc::new(schema))
         })
         .collect()
 }
@@ -110,7 +134,9 @@ impl ServerHandler for BuiltinTools {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(catalogue()))
+        Ok(ListToolsResult::with_all_items(catalogue(|name| {
+            self.offers(name)
+        })))
     }
 
     async fn call_tool(
@@ -118,13 +144,9 @@ impl ServerHandler for BuiltinTools {
         request: CallToolRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if builtin(&request.name).is_none() {
+        if !self.offers(&request.name) {
             return Err(ErrorData::invalid_params(
-                format!(
-                    "no built-in tool `{}` ({})",
-                    request.name,
-                    shared::config::known_tools()
-                ),
+                format!("no tool `{}` is offered here", request.name),
                 None,
             ));
         }
@@ -149,7 +171,11 @@ mod tests {
             serde_json::from_str::<Value>(text).unwrap(),
             json!({"error": {"class": "timeout", "message": "slow"}})
         );
-        let names: Vec<String> = catalogue().iter().map(|t| t.name.to_string()).collect();
+        let names: Vec<String> = catalogue(|_| true)
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect();
         assert!(names.contains(&"calculator".to_owned()));
+        assert!(catalogue(|_| false).is_empty());
     }
 }
