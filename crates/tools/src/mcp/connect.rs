@@ -46,5 +46,37 @@ async fn connect_http(config: &McpServerConfig) -> Result<Client, String> {
     }
     ().serve(StreamableHttpClientTransport::from_config(transport))
         .await
-        .map_err(|e| format!("the MCP handshake with {url} failed: {e}"))
+        .map_err(|e| format!("the MCP handshake with {} failed: {e}", redacted(url)))
+}
+
+/// `url` for a log: without user information, query or fragment, which may carry keys.
+fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let rest = match rest.split_once('/') {
+        Some((authority, path)) => format!("{}/{path}", host(authority)),
+        None => host(rest).to_owned(),
+    };
+    format!("{scheme}://{rest}")
+}
+
+fn host(authority: &str) -> &str {
+    authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_urls_lose_what_may_be_a_key() {
+        assert_eq!(
+            redacted("https://user:pw@mcp.example.com/mcp?key=s3cret#x"),
+            "https://mcp.example.com/mcp"
+        );
+        assert_eq!(redacted("http://127.0.0.1:9/mcp"), "http://127.0.0.1:9/mcp");
+        assert_eq!(redacted("http://k@host"), "http://host");
+    }
 }

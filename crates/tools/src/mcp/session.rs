@@ -16,7 +16,7 @@ use serde_json::Value;
 use shared::config::McpServerConfig;
 use shared::mcp::{self, McpTool};
 use shared::task::now_ms;
-use shared::tools::{ToolError, ToolErrorClass};
+use shared::tools::{ToolError, ToolErrorClass, clip};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,6 +35,14 @@ const RECONNECT_BASE: Duration = Duration::from_millis(500);
 const RECONNECT_CAP: Duration = Duration::from_secs(30);
 /// Calls to one server in flight at once from this process; more wait in the subscription.
 const MAX_IN_FLIGHT: usize = 64;
+/// Tools served from one server: a server listing more is a mistake or an attack, and each
+/// is an endpoint here and a catalogue entry every worker keeps.
+const MAX_TOOLS_PER_SERVER: usize = 128;
+/// Largest input schema offered to a model: a tool call is a few fields; a larger schema
+/// would fill every prompt it is offered in.
+const MAX_SCHEMA_BYTES: usize = 16 * 1024;
+/// Characters of a tool's description kept.
+const MAX_DESCRIPTION_CHARS: usize = 1024;
 
 /// One configured MCP server and where its tools are served.
 pub(crate) struct Server {
@@ -216,6 +224,15 @@ impl Server {
 fn served(server: &str, tools: Vec<Tool>) -> Vec<Served> {
     let mut by_token: BTreeMap<String, Served> = BTreeMap::new();
     for tool in tools {
+        if by_token.len() == MAX_TOOLS_PER_SERVER {
+            warn!(mcp_server = server, tool = %tool.name, "MCP tool skipped: the server lists more than {MAX_TOOLS_PER_SERVER} tools");
+            continue;
+        }
+        let schema = Value::Object((*tool.input_schema).clone());
+        if schema.to_string().len() > MAX_SCHEMA_BYTES {
+            warn!(mcp_server = server, tool = %tool.name, "MCP tool skipped: its input schema is larger than {MAX_SCHEMA_BYTES} bytes");
+            continue;
+        }
         let Some(token) = mcp::tool_token(server, &tool.name) else {
             warn!(mcp_server = server, tool = %tool.name, "MCP tool skipped: its name cannot be made a subject token (letters, digits, '-', '_', '.', '/', ':' and spaces, at most 64 characters as mcp__<server>__<tool>)");
             continue;
@@ -229,8 +246,11 @@ fn served(server: &str, tools: Vec<Tool>) -> Vec<Served> {
             function: mcp::function_name(server, &token),
             server: server.to_owned(),
             mcp_name: tool.name.to_string(),
-            description: tool.description.as_deref().unwrap_or_default().to_owned(),
-            input_schema: Value::Object((*tool.input_schema).clone()),
+            description: clip(
+                tool.description.as_deref().unwrap_or_default(),
+                MAX_DESCRIPTION_CHARS,
+            ),
+            input_schema: schema,
             refreshed_ms: 0,
         };
         by_token.insert(token.clone(), Served { token, entry });
@@ -296,5 +316,29 @@ mod tests {
         assert_eq!(served[0].entry.function, "mcp__files__git_status");
         assert_eq!(served[1].token, "read_file");
         assert_eq!(served[1].entry.input_schema, json!({"type": "object"}));
+    }
+
+    #[test]
+    fn what_a_server_lists_is_bounded() {
+        let huge = Tool::new(
+            "huge",
+            "big schema",
+            Arc::new(
+                json!({"type": "object", "description": "x".repeat(MAX_SCHEMA_BYTES)})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        );
+        let mut wordy = tool("wordy");
+        wordy.description = Some("w".repeat(5000).into());
+        let served = served("s", vec![huge, wordy]);
+        assert_eq!(served.len(), 1);
+        assert_eq!(
+            served[0].entry.description.chars().count(),
+            MAX_DESCRIPTION_CHARS
+        );
+        let many: Vec<Tool> = (0..200).map(|i| tool(&format!("t{i}"))).collect();
+        assert_eq!(super::served("s", many).len(), MAX_TOOLS_PER_SERVER);
     }
 }
