@@ -204,12 +204,12 @@ async fn a_streamable_http_mcp_server_is_reached_with_its_bearer_key() {
 async fn a_chat_request_calls_a_permitted_mcp_tool_and_is_refused_another() {
     let extra = fake_server_toml()
         + "\n[tools]\nchat_allowed = [\"calculator\", \"mcp.fake.echo\", \"mcp.fake.fail\"]\n";
-    let mut stack = Stack::start_with(1, &[GREETING], &extra).await;
+    let mut stack = Stack::start_with(0, &[GREETING], &extra).await;
     stack.start_tools().await;
     catalogued(&stack, "mcp.fake.fail").await;
     let echo = catalogued(&stack, "mcp.fake.echo").await;
-    // The worker reads the catalogue from its watch: wait until it has the entry too.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A worker loads the catalogue before it takes a task.
+    stack.start_worker().await;
 
     let marker = "MCP-CHAT";
     stack.provider.push_tool_calls(
@@ -298,10 +298,10 @@ route = "agents"
 system_prompt = "You are the Adder."
 tools = ["mcp.fake.add"]
 "#;
-    let mut stack = Stack::start_with(1, &[GREETING], &extra).await;
+    let mut stack = Stack::start_with(0, &[GREETING], &extra).await;
     stack.start_tools().await;
     catalogued(&stack, "mcp.fake.add").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.start_worker().await;
 
     let marker = "Your step (add)";
     stack.provider.push_tool_calls(

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -157,6 +158,18 @@ impl Default for LiveMcpTools {
 }
 
 impl LiveMcpTools {
+    /// The bucket's entries as they are now; [`LiveMcpTools::follow`] keeps them current.
+    pub async fn load(store: &kv::Store) -> Result<Self, async_nats::Error> {
+        let live = Self::default();
+        let keys: Vec<String> = store.keys().await?.try_collect().await?;
+        for key in keys {
+            if let Some(entry) = store.entry(&key).await? {
+                live.apply(&entry);
+            }
+        }
+        Ok(live)
+    }
+
     /// The tools as last written (fresh or not: see [`McpTool::is_fresh`]).
     pub fn current(&self) -> Arc<McpCatalog> {
         self.current.borrow().clone()

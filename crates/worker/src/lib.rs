@@ -56,6 +56,8 @@ pub enum WorkerError {
     Http(#[from] reqwest::Error),
     #[error("a fetch loop stopped unexpectedly")]
     FetcherDied,
+    #[error("loading the MCP tools catalogue: {0}")]
+    McpTools(String),
 }
 
 /// A fresh worker id: short, unique, and safe in logs and results.
@@ -228,6 +230,10 @@ pub async fn run(
         .filter(|m| *m > 0)
         .min()
         .unwrap_or(config.queue.max_deliver);
+    // Loaded before any task is pulled, so a task naming an MCP tool finds it at once.
+    let mcp_tools = shared::mcp::LiveMcpTools::load(&provisioned.mcp_tools)
+        .await
+        .map_err(|e| WorkerError::McpTools(e.to_string()))?;
     let deps = Arc::new(Deps {
         client: client.clone(),
         js: js.clone(),
@@ -241,7 +247,7 @@ pub async fn run(
         reply_prefixes: config.queue.reply_prefixes.clone(),
         workflows: provisioned.workflows,
         agents: provisioned.agents.clone(),
-        mcp_tools: shared::mcp::LiveMcpTools::default(),
+        mcp_tools,
         config: config.clone(),
         performance: performance::Records::start(
             provisioned.performance.clone(),
