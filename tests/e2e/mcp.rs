@@ -95,7 +95,7 @@ fn tool_messages(request: &Value) -> Vec<Value> {
 }
 
 #[tokio::test]
-async fn a_stdio_mcp_server_s_tools_are_served_catalogued_and_restarted() {
+async fn a_stdio_mcp_server_s_tools_are_served_catalogued_relisted_and_restarted() {
     let mut stack = Stack::start_with(0, &[GREETING], &fake_server_toml()).await;
     stack.start_tools().await;
 
@@ -153,6 +153,22 @@ async fn a_stdio_mcp_server_s_tools_are_served_catalogued_and_restarted() {
     assert_eq!(
         call(&stack, "mcp.fake.env", env("FAKE_PROVIDER_KEY")).await,
         Ok(json!({"text": "unset"}))
+    );
+
+    // The server's tool list changes: the new tool is listed and served without a restart.
+    assert_eq!(
+        call(&stack, "mcp.fake.grow", json!({})).await,
+        Ok(json!({"text": "grown"}))
+    );
+    let late = catalogued(&stack, "mcp.fake.late").await;
+    assert_eq!(late["description"], "Listed only after `grow`.");
+    assert_eq!(
+        call(&stack, "mcp.fake.late", json!({})).await,
+        Ok(json!({"text": "late but here"}))
+    );
+    assert_eq!(
+        call(&stack, "mcp.fake.echo", json!({"text": "still"})).await,
+        Ok(json!({"text": "still"}))
     );
 
     // The server dies: it is started again and serves as before.

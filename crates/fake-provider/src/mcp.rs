@@ -1,28 +1,37 @@
 //! A small MCP server for tests, built with the official SDK (`rmcp`): `echo` (text back),
 //! `add` (structured content), `fail` (an error result), `env` (a variable of its own
 //! environment, to show what a started server is given) and, in its own process, `crash`
-//! (exits, to show that a dead stdio server is started again). `switchyard-fake-mcp` serves
+//! (exits, to show that a dead stdio server is started again) and `grow` (adds `late` to its
+//! list and sends `notifications/tools/list_changed`). `switchyard-fake-mcp` serves
 //! it over stdio; [`FakeMcpHttp`] serves it in-process over streamable HTTP on loopback,
 //! optionally refusing requests without the right bearer key.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::wrapper::{Json, Parameters};
-use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
+use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The fake server; `may_exit` lets `crash` end the process (never in-process).
+/// The fake server; `may_exit` lets `crash` end the process (never in-process). After
+/// `grow` it also lists `late` and tells the client its tool list changed.
 #[derive(Debug, Clone)]
 pub struct FakeMcp {
     may_exit: bool,
+    grown: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -57,7 +66,10 @@ pub struct EnvArgs {
 #[tool_router]
 impl FakeMcp {
     pub fn new(may_exit: bool) -> Self {
-        Self { may_exit }
+        Self {
+            may_exit,
+            grown: Arc::default(),
+        }
     }
 
     #[tool(description = "Echoes the text back.")]
@@ -88,6 +100,15 @@ impl FakeMcp {
         value.unwrap_or_else(|_| "unset".to_owned())
     }
 
+    #[tool(description = "Adds the tool `late` and tells the client its tool list changed.")]
+    async fn grow(&self, peer: Peer<RoleServer>) -> String {
+        self.grown.store(true, Ordering::SeqCst);
+        match peer.notify_tool_list_changed().await {
+            Ok(()) => "grown".to_owned(),
+            Err(e) => format!("grown, but the client was not told: {e}"),
+        }
+    }
+
     #[tool(description = "Ends the server's process (when it runs as its own process).")]
     async fn crash(&self) -> Result<CallToolResult, ErrorData> {
         if self.may_exit {
@@ -99,11 +120,53 @@ impl FakeMcp {
     }
 }
 
+/// The tool `grow` adds.
+fn late_tool() -> Tool {
+    Tool::new(
+        "late",
+        "Listed only after `grow`.",
+        Arc::new(serde_json::Map::from_iter([(
+            "type".to_owned(),
+            serde_json::Value::String("object".to_owned()),
+        )])),
+    )
+}
+
 #[tool_handler]
 impl ServerHandler for FakeMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_instructions("A fake MCP server for Switchyard's tests")
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_instructions("A fake MCP server for Switchyard's tests")
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let mut tools = Self::tool_router().list_all();
+        if self.grown.load(Ordering::SeqCst) {
+            tools.push(late_tool());
+        }
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if request.name == "late" && self.grown.load(Ordering::SeqCst) {
+            return Ok(CallToolResult::success(vec![ContentBlock::text("late but here")]).into());
+        }
+        Self::tool_router()
+            .call(ToolCallContext::new(self, request, context))
+            .await
     }
 }
 

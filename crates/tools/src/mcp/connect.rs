@@ -3,21 +3,39 @@
 //! and running the MCP handshake.
 
 use std::process::Stdio;
+use std::sync::Arc;
 
-use rmcp::service::RunningService;
+use rmcp::ClientHandler;
+use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
 use shared::config::McpServerConfig;
+use tokio::sync::Notify;
 
 /// A connected MCP server.
-pub(crate) type Client = RunningService<RoleClient, ()>;
+pub(crate) type Client = RunningService<RoleClient, Listener>;
+
+/// Our side of the connection: it only hears that the server's tool list changed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Listener {
+    pub changed: Arc<Notify>,
+}
+
+impl ClientHandler for Listener {
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.changed.notify_one();
+    }
+}
 
 /// Starts and initializes the server. Errors are worded for the log: they never carry the
 /// environment's values.
-pub(crate) async fn connect(config: &McpServerConfig) -> Result<Client, String> {
+pub(crate) async fn connect(
+    config: &McpServerConfig,
+    listener: Listener,
+) -> Result<Client, String> {
     let Some(command) = &config.command else {
-        return connect_http(config).await;
+        return connect_http(config, listener).await;
     };
     let mut cmd = tokio::process::Command::new(command);
     cmd.args(&config.args)
@@ -28,12 +46,13 @@ pub(crate) async fn connect(config: &McpServerConfig) -> Result<Client, String> 
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("could not start `{command}`: {e}"))?;
-    ().serve(transport)
+    listener
+        .serve(transport)
         .await
         .map_err(|e| format!("the MCP handshake failed: {e}"))
 }
 
-async fn connect_http(config: &McpServerConfig) -> Result<Client, String> {
+async fn connect_http(config: &McpServerConfig, listener: Listener) -> Result<Client, String> {
     let Some(url) = &config.url else {
         return Err("neither `command` nor `url` is configured".to_owned());
     };
@@ -44,7 +63,8 @@ async fn connect_http(config: &McpServerConfig) -> Result<Client, String> {
     if let Some(key) = &config.bearer {
         transport = transport.auth_header(key.expose());
     }
-    ().serve(StreamableHttpClientTransport::from_config(transport))
+    listener
+        .serve(StreamableHttpClientTransport::from_config(transport))
         .await
         .map_err(|e| format!("the MCP handshake with {} failed: {e}", redacted(url)))
 }

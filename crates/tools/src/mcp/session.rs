@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use async_nats::service::Group;
+use async_nats::service::{Group, Request};
 use bytes::Bytes;
 use futures::StreamExt;
 use rmcp::model::{CallToolRequestParams, Tool};
@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::answer;
-use super::connect::{Client, connect};
+use super::connect::{Listener, connect};
 use crate::service::{arguments, encode, reply};
 
 /// Time to start a server, shake hands and list its tools: `npx` fetching a package on its
@@ -63,6 +63,21 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// How serving one tool list ended.
+#[derive(Debug)]
+enum Round {
+    Shutdown,
+    /// The connection ended by itself (the process exited, the session closed).
+    Gone,
+    /// The server said its tool list changed.
+    ListChanged,
+}
+
+/// One endpoint's requests, each with the MCP name of the tool it calls.
+type Tagged = std::pin::Pin<Box<dyn futures::Stream<Item = (Arc<str>, Request)> + Send>>;
+/// Every endpoint's requests.
+type Requests = futures::stream::SelectAll<Tagged>;
+
 /// A tool as served: its catalogue entry and the subject token.
 #[derive(Debug, Clone)]
 struct Served {
@@ -91,16 +106,91 @@ impl Server {
         }
     }
 
-    /// One connection: `Ok` when it was up and then ended (or shutdown came).
+    /// One connection: `Ok` when it was up and then ended (or shutdown came). When the server
+    /// says its tool list changed, the tools are listed and served again on the same
+    /// connection.
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), String> {
-        let started = tokio::select! {
+        let listener = Listener::default();
+        let changed = listener.changed.clone();
+        let client = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            started = tokio::time::timeout(START_TIMEOUT, self.start()) => started,
+            client = tokio::time::timeout(START_TIMEOUT, connect(&self.config, listener)) => client,
         };
-        let (client, served) =
-            started.map_err(|_| format!("not up within {} s", START_TIMEOUT.as_secs()))??;
+        let client =
+            client.map_err(|_| format!("not up within {} s", START_TIMEOUT.as_secs()))??;
+        let peer = client.peer().clone();
+        let stop = client.cancellation_token();
+        let ended = client.waiting();
+        tokio::pin!(ended);
+        let calls = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        // Ok(whether the connection is gone by itself).
+        let outcome: Result<bool, String> = loop {
+            let listed = tokio::time::timeout(START_TIMEOUT, peer.list_all_tools()).await;
+            let served = match listed {
+                Ok(Ok(tools)) => served(&self.name, tools),
+                Ok(Err(e)) => break Err(format!("listing its tools failed: {e}")),
+                Err(_) => break Err("listing its tools took too long".to_owned()),
+            };
+            let mut requests = match self.endpoints(&served).await {
+                Ok(requests) => requests,
+                Err(e) => break Err(e),
+            };
+            self.publish(&served).await;
+            self.forget_others(&served).await;
+            info!(mcp_server = %self.name, tools = served.len(), "MCP server's tools served");
+            let mut refresh = tokio::time::interval(mcp::REFRESH_EVERY);
+            refresh.reset();
+            let why = loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break Round::Shutdown,
+                    _ = &mut ended => break Round::Gone,
+                    () = changed.notified() => break Round::ListChanged,
+                    _ = refresh.tick() => self.publish(&served).await,
+                    next = requests.next() => {
+                        let Some((tool, request)) = next else { break Round::Shutdown };
+                        let Ok(permit) = slots.clone().acquire_owned().await else {
+                            break Round::Shutdown;
+                        };
+                        let peer = peer.clone();
+                        let timeout = self.call_timeout;
+                        calls.spawn(async move {
+                            let outcome =
+                                call(&peer, &tool, &request.message.payload, timeout).await;
+                            reply(&request, &tool, outcome).await;
+                            drop(permit);
+                        });
+                    }
+                }
+            };
+            // Unsubscribe: other tools processes take the calls from here on.
+            drop(requests);
+            match why {
+                Round::ListChanged => {
+                    info!(mcp_server = %self.name, "MCP server's tool list changed; listing it again");
+                }
+                Round::Shutdown => break Ok(false),
+                Round::Gone => {
+                    warn!(mcp_server = %self.name, "MCP server disconnected; connecting again");
+                    break Ok(true);
+                }
+            }
+        };
+        calls.close();
+        calls.wait().await;
+        if !matches!(outcome, Ok(true)) {
+            stop.cancel();
+            if let Err(e) = ended.await {
+                debug!(mcp_server = %self.name, error = %e, "closing the MCP connection");
+            }
+        }
+        outcome.map(|_| ())
+    }
+
+    /// One endpoint per served tool, as one stream of (MCP tool name, request).
+    async fn endpoints(&self, served: &[Served]) -> Result<Requests, String> {
         let mut endpoints = Vec::with_capacity(served.len());
-        for tool in &served {
+        for tool in served {
             let metadata = HashMap::from([
                 ("description".to_owned(), tool.entry.description.clone()),
                 ("mcp_server".to_owned(), self.name.clone()),
@@ -115,65 +205,10 @@ impl Server {
                 .await
                 .map_err(|e| format!("could not add the endpoint of {}: {e}", tool.entry.name))?;
             let mcp_name: Arc<str> = tool.entry.mcp_name.clone().into();
-            endpoints.push(endpoint.map(move |request| (mcp_name.clone(), request)));
+            let tagged: Tagged = Box::pin(endpoint.map(move |request| (mcp_name.clone(), request)));
+            endpoints.push(tagged);
         }
-        self.publish(&served).await;
-        self.forget_others(&served).await;
-        info!(mcp_server = %self.name, tools = served.len(), "MCP server connected");
-
-        let peer = client.peer().clone();
-        let stop = client.cancellation_token();
-        let ended = client.waiting();
-        tokio::pin!(ended);
-        let mut requests = futures::stream::select_all(endpoints);
-        let mut refresh = tokio::time::interval(mcp::REFRESH_EVERY);
-        refresh.reset();
-        let calls = TaskTracker::new();
-        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        let mut gone = false;
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = &mut ended => {
-                    warn!(mcp_server = %self.name, "MCP server disconnected; connecting again");
-                    gone = true;
-                    break;
-                }
-                _ = refresh.tick() => self.publish(&served).await,
-                next = requests.next() => {
-                    let Some((tool, request)) = next else { break };
-                    let Ok(permit) = slots.clone().acquire_owned().await else { break };
-                    let peer = peer.clone();
-                    let timeout = self.call_timeout;
-                    calls.spawn(async move {
-                        let outcome = call(&peer, &tool, &request.message.payload, timeout).await;
-                        reply(&request, &tool, outcome).await;
-                        drop(permit);
-                    });
-                }
-            }
-        }
-        // Unsubscribe first: other tools processes take the calls from here on.
-        drop(requests);
-        calls.close();
-        calls.wait().await;
-        if !gone {
-            stop.cancel();
-            if let Err(e) = ended.await {
-                debug!(mcp_server = %self.name, error = %e, "closing the MCP connection");
-            }
-        }
-        Ok(())
-    }
-
-    /// Connects and lists the tools it can serve.
-    async fn start(&self) -> Result<(Client, Vec<Served>), String> {
-        let client = connect(&self.config).await?;
-        let tools = client
-            .list_all_tools()
-            .await
-            .map_err(|e| format!("listing its tools failed: {e}"))?;
-        Ok((client, served(&self.name, tools)))
+        Ok(futures::stream::select_all(endpoints))
     }
 
     /// Writes (or refreshes) every served tool's catalogue entry.
