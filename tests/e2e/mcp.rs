@@ -193,7 +193,15 @@ async fn a_streamable_http_mcp_server_is_reached_with_its_bearer_key() {
         "\n[mcp.web]\nurl = {:?}\nbearer_env = \"MCP_HTTP_KEY\"\n",
         server.url()
     );
-    let mut stack = Stack::start_with(0, &[("MCP_HTTP_KEY", "http-s3cret")], &extra).await;
+    let mut stack = Stack::start_with(
+        0,
+        &[
+            ("MCP_HTTP_KEY", "http-s3cret"),
+            ("SWITCHYARD__TOOLS__CALL_TIMEOUT_MS", "1000"),
+        ],
+        &extra,
+    )
+    .await;
     stack.start_tools().await;
     let echo = catalogued(&stack, "mcp.web.echo").await;
     assert_eq!(echo["function"], "mcp__web__echo");
@@ -208,6 +216,11 @@ async fn a_streamable_http_mcp_server_is_reached_with_its_bearer_key() {
     assert_eq!(
         call(&stack, "mcp.web.fail", json!({"message": "down the line"})).await,
         Err("upstream".to_owned())
+    );
+    // Slower than `[tools] call_timeout_ms`: the tools process answers `timeout`.
+    assert_eq!(
+        call(&stack, "mcp.web.slow", json!({"ms": 5000})).await,
+        Err("timeout".to_owned())
     );
     // The server goes away: calls fail as unavailable, not as a fault of the tool.
     drop(server);

@@ -1,5 +1,5 @@
 //! A small MCP server for tests, built with the official SDK (`rmcp`): `echo` (text back),
-//! `add` (structured content), `fail` (an error result), `env` (a variable of its own
+//! `add` (structured content), `fail` (an error result), `slow` (answers late), `env` (a variable of its own
 //! environment, to show what a started server is given) and, in its own process, `crash`
 //! (exits, to show that a dead stdio server is started again) and `grow` (adds `late` to its
 //! list and sends `notifications/tools/list_changed`). `switchyard-fake-mcp` serves
@@ -58,6 +58,12 @@ pub struct FailArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+pub struct SlowArgs {
+    /// How long to take.
+    pub ms: u64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct EnvArgs {
     /// A variable name.
     pub name: String,
@@ -98,6 +104,12 @@ impl FakeMcp {
         )]
         let value = std::env::var(name);
         value.unwrap_or_else(|_| "unset".to_owned())
+    }
+
+    #[tool(description = "Answers after the given number of milliseconds.")]
+    async fn slow(&self, Parameters(SlowArgs { ms }): Parameters<SlowArgs>) -> String {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        format!("slept {ms} ms")
     }
 
     #[tool(description = "Adds the tool `late` and tells the client its tool list changed.")]

@@ -19,7 +19,10 @@ async fn the_fake_mcp_server_lists_and_answers_its_tools() {
         .map(|t| t.name.to_string())
         .collect();
     names.sort();
-    assert_eq!(names, ["add", "crash", "echo", "env", "fail", "grow"]);
+    assert_eq!(
+        names,
+        ["add", "crash", "echo", "env", "fail", "grow", "slow"]
+    );
     let args = json!({"a": 1, "b": 2}).as_object().cloned().unwrap();
     let sum = client
         .call_tool(CallToolRequestParams::new("add").with_arguments(args))
