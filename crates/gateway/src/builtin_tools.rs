@@ -51,7 +51,11 @@ pub fn check(
                 ),
             });
         }
-        named.push(name);
+        // What the model is offered: an MCP tool as its function `mcp__<server>__<tool>`.
+        match shared::mcp::split_name(name) {
+            Some((server, tool)) => named.push(shared::mcp::function_name(server, tool)),
+            None => named.push(name.to_owned()),
+        }
     }
     if named.is_empty() {
         return Ok(());
@@ -64,7 +68,7 @@ pub fn check(
     }
     let functions = tools.iter().filter_map(|t| t["function"]["name"].as_str());
     for function in functions {
-        if named.contains(&function) {
+        if named.iter().any(|n| n == function) {
             return Err(ApiError::invalid(
                 "tools",
                 format!(
@@ -109,6 +113,13 @@ mod tests {
             ..ToolsConfig::default()
         };
         assert!(check(&body(named("mcp.fake.echo")), &config, &|s| s == "fake").is_ok());
+        let clash = json!({"model": "m", "messages": messages, "tools": [
+            {"type": "builtin", "name": "mcp.fake.echo"},
+            {"type": "function", "function": {"name": "mcp__fake__echo"}}]});
+        match refused(clash, &config) {
+            ApiError::InvalidRequest { param, .. } => assert_eq!(param, "tools"),
+            other => panic!("{other:?}"),
+        }
         for bad in ["mcp.other.echo", "mcp.fake"] {
             match refused(named(bad), &config) {
                 ApiError::InvalidRequest { param, .. } => assert_eq!(param, "tools[0].name"),
