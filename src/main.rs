@@ -55,8 +55,12 @@ enum Command {
     Gateway,
     /// A worker that pulls tasks and calls providers.
     Worker,
-    /// The built-in tools, served as NATS micro services on `tools.<name>`.
+    /// The built-in tools, served as NATS micro services on `tools.<name>` (with the tools
+    /// of configured MCP servers on `tools.mcp.<server>.<tool>`).
     Tools,
+    /// The built-in tools for an MCP client (Claude Desktop, an IDE, any agent), over
+    /// standard input and output; each call goes over NATS to the running tools service.
+    Mcp,
     /// Create or update streams, consumers and buckets, then exit.
     Provision,
     /// Hand a goal to a team of agents, show its steps as they run, print the deliverable.
@@ -274,6 +278,16 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
             if let Err(e) = client.flush().await {
                 warn!(error = %e, "could not flush the NATS connection");
             }
+            Ok(())
+        }
+        Command::Mcp => {
+            serve::cancel_on_signal(shutdown.clone());
+            let Some(client) = serve::wait_for_nats(&config, "mcp", &shutdown).await? else {
+                return Ok(());
+            };
+            tools::BuiltinTools::new(client, &config.tools)
+                .serve_stdio(shutdown)
+                .await?;
             Ok(())
         }
         Command::Run { goal, team, url } => {

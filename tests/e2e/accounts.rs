@@ -1,5 +1,6 @@
-//! `nats/accounts.conf` as shipped: a gateway and a worker connected as their own users, with
-//! only the permissions that file grants, still serve JSON and streamed completions.
+//! `nats/accounts.conf` as shipped: a gateway, a worker and the tools service connected as
+//! their own users, with only the permissions that file grants, still serve JSON and streamed
+//! completions, a completion that calls a built-in tool under a quota, and a workflow.
 
 use std::sync::Arc;
 
@@ -13,6 +14,20 @@ use crate::harness::{
 
 const GATEWAY_PASSWORD: &str = "gateway-test-password";
 const WORKER_PASSWORD: &str = "worker-test-password";
+const TOOLS_PASSWORD: &str = "tools-test-password";
+/// The calculator for chat requests, under a quota; agents on the simulated provider.
+const EXTRA: &str = r#"
+[tools]
+chat_allowed = ["calculator"]
+
+[tools.quotas.calculator]
+window_secs = 60
+calls = 100
+
+[routes.agents]
+provider = "simulated"
+model = "simulated-1"
+"#;
 
 #[tokio::test]
 async fn per_role_users_can_do_their_jobs() {
@@ -30,6 +45,7 @@ async fn per_role_users_can_do_their_jobs() {
             )
             .replace("$GATEWAY_PASSWORD", &format!("{GATEWAY_PASSWORD:?}"))
             .replace("$WORKER_PASSWORD", &format!("{WORKER_PASSWORD:?}"))
+            .replace("$TOOLS_PASSWORD", &format!("{TOOLS_PASSWORD:?}"))
     });
     let provider = FakeProvider::start(Format::OpenAi).await.unwrap();
     let as_user = |user: &str, password: &str| {
@@ -38,7 +54,7 @@ async fn per_role_users_can_do_their_jobs() {
             .replacen("nats://", &format!("nats://{user}:{password}@"), 1);
         Arc::new(
             Config::load(
-                Source::Toml(&config_toml(&url, &provider.base_url())),
+                Source::Toml(&(config_toml(&url, &provider.base_url()) + EXTRA)),
                 &stack_env(&[]),
             )
             .unwrap(),
@@ -46,8 +62,16 @@ async fn per_role_users_can_do_their_jobs() {
     };
     let gateway_config = as_user("gateway", GATEWAY_PASSWORD);
     let worker_config = as_user("worker", WORKER_PASSWORD);
+    let tools_config = as_user("tools", TOOLS_PASSWORD);
 
     let shutdown = CancellationToken::new();
+    let tools_client = shared::nats::connect(&tools_config.nats.url, "tools")
+        .await
+        .unwrap();
+    let worker_probe = shared::nats::connect(&worker_config.nats.url, "probe")
+        .await
+        .unwrap();
+    let tools = tokio::spawn(tools::serve(tools_client, tools_config, shutdown.clone()));
     let worker_client = shared::nats::connect(&worker_config.nats.url, "worker")
         .await
         .unwrap();
@@ -100,10 +124,74 @@ async fn per_role_users_can_do_their_jobs() {
     let data = sse_data(&streamed.text().await.unwrap());
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
 
+    // A built-in tool, under a quota: the worker calls tools.calculator and counts the call
+    // in the tool_quotas bucket; the tools user serves it.
+    // (No role may ping $SRV: wait until the worker's user gets an answer from the tool.)
+    crate::harness::eventually(std::time::Duration::from_secs(20), || async {
+        let request = async_nats::Request::new()
+            .payload(r#"{"expression": "1 + 1"}"#.into())
+            .timeout(Some(std::time::Duration::from_millis(500)));
+        worker_probe
+            .send_request("tools.calculator", request)
+            .await
+            .ok()
+            .filter(|m| m.headers.is_none())
+    })
+    .await;
+    provider.push_tool_calls("TOOL-ACL", &[("calculator", r#"{"expression": "6 * 7"}"#)]);
+    provider.push_reply("TOOL-ACL", "42.");
+    let response = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(
+            &json!({"model": "fake", "messages": [{"role": "user", "content": "TOOL-ACL"}],
+            "tools": [{"type": "builtin", "name": "calculator"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let tool_task = crate::harness::task_id(&response);
+    let stored: Value = http
+        .get(format!("{base}/v1/tasks/{tool_task}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["tool_calls"][0]["outcome"], "ok", "{stored:#}");
+
+    // A workflow: the gateway stores its state, the worker dispatches steps onto agent
+    // queues and records agents' performance.
+    let accepted: Value = http
+        .post(format!("{base}/v1/tasks"))
+        .json(&json!({"goal": "Say hello", "team": "research"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let task = crate::harness::eventually(std::time::Duration::from_secs(60), || async {
+        let task: Value = http
+            .get(format!("{base}/v1/tasks/{id}"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        matches!(task["status"].as_str(), Some("completed" | "failed")).then_some(task)
+    })
+    .await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+
     let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 
     shutdown.cancel();
     gateway.await.unwrap().unwrap();
     worker.await.unwrap().unwrap();
+    tools.await.unwrap().unwrap();
 }

@@ -286,6 +286,7 @@ fn shipped_nats_configurations_are_valid() {
                 .arg(&path)
                 .env("GATEWAY_PASSWORD", "x")
                 .env("WORKER_PASSWORD", "y")
+                .env("TOOLS_PASSWORD", "z")
                 .output()
                 .unwrap();
             assert!(

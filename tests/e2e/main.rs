@@ -25,6 +25,7 @@ mod harness;
 mod hostile_http;
 mod hostile_input;
 mod isolation;
+mod mcp;
 mod overload;
 mod priorities;
 mod protocol;

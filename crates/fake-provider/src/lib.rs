@@ -6,9 +6,11 @@
 //! refusals. Answers can be scripted too: a request whose body contains a marker gets the
 //! text given for it (a planner's plan, a reviewer's verdict). Tests drive them in-process;
 //! the benchmark runs the binary. [`upstreams`] fakes the web tools' upstreams the same way.
+//! `mcp` is a fake MCP server (the `switchyard-fake-mcp` binary serves it over stdio).
 
 mod anthropic;
 mod gemini;
+pub mod mcp;
 mod openai;
 mod replicate;
 mod structured;

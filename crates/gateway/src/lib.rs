@@ -12,6 +12,7 @@ mod cors;
 mod error;
 mod headers;
 mod info;
+mod mcp;
 mod operate;
 mod path;
 mod replies;

@@ -61,7 +61,9 @@ pub async fn put(
     let mut profile: AgentProfile = body::decode(fields)?;
     profile.name.clone_from(&name);
     if let Some(problem) = profile
-        .problems(|route| st.config.routes.contains_key(route))
+        .problems(|route| st.config.routes.contains_key(route), &|server| {
+            st.config.mcp.contains_key(server)
+        })
         .into_iter()
         .next()
     {

@@ -19,6 +19,7 @@
 //! | GET    | `/v1/providers`        | [`operate::providers`]     |
 //! | GET    | `/v1/dlq`              | [`operate::list`]          |
 //! | POST   | `/v1/dlq/{id}/replay`  | [`operate::replay`]        |
+//! | POST   | `/mcp`                 | [`mcp::service`] (MCP, streamable HTTP) |
 //! | GET    | `/healthz`             | [`info::healthz`]          |
 //! | GET    | `/readyz`              | [`info::readyz`]           |
 //!
@@ -35,7 +36,7 @@ use shared::TaskId;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{chat, cors, headers, info, operate, roster, task_list, tasks};
+use crate::{chat, cors, headers, info, mcp, operate, roster, task_list, tasks};
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.gateway.max_body_bytes;
@@ -57,6 +58,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/providers", get(operate::providers))
         .route("/v1/dlq", get(operate::list))
         .route("/v1/dlq/{id}/replay", post(operate::replay))
+        .nest_service(mcp::PATH, mcp::service(&state.config, state.client.clone()))
         .route("/healthz", get(info::healthz))
         .route("/readyz", get(info::readyz))
         .fallback(not_found)

@@ -28,7 +28,7 @@ pub fn build_task(
     headers: &HttpHeaders,
     body: ChatBody,
 ) -> Result<Task, ApiError> {
-    crate::builtin_tools::check(&body, &st.config.tools)?;
+    crate::builtin_tools::check(&body, &st.config.tools, &|s| st.config.mcp.contains_key(s))?;
     let route_capability = match st.route_capabilities.get(&body.model) {
         Some(capability) => capability.clone(),
         // `provider/model` addresses one target directly, on the default capability.

@@ -10,12 +10,14 @@ pub mod failure;
 pub mod health;
 pub mod inbound;
 pub mod limits;
+pub mod mcp;
 pub mod names;
 pub mod nats;
 pub mod provision;
 pub mod reply;
 pub mod schema;
 pub mod task;
+pub mod tool_call;
 pub mod tools;
 
 pub use failure::FailureClass;

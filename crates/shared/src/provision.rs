@@ -96,6 +96,8 @@ pub struct Provisioned {
     pub workflows: kv::Store,
     /// Tool calls counted per quota window, by `<tool>.<scope>.<window>`.
     pub tool_quotas: kv::Store,
+    /// The MCP tools being served (`crate::mcp`), written by the tools processes.
+    pub mcp_tools: kv::Store,
 }
 
 /// Creates or updates every stream, consumer and bucket `config` calls for.
@@ -139,6 +141,7 @@ async fn provision_once(
         &agents_bucket,
         config.catalog.clone(),
         config.routes.keys().cloned().collect(),
+        config.mcp.keys().cloned().collect(),
     )
     .await
     .map_err(|e| ProvisionError::Agents(e.to_string()))?;
@@ -246,9 +249,11 @@ async fn provision_once(
         replicas,
     )
     .await?;
+    let mcp_tools = mcp_tools_bucket(js, replicas).await?;
     Ok(Provisioned {
         tasks,
         tool_quotas,
+        mcp_tools,
         performance,
         agents,
         agents_bucket,
@@ -257,6 +262,23 @@ async fn provision_once(
         attempts,
         workflows,
     })
+}
+
+/// The catalogue of MCP tools being served (`crate::mcp::MCP_TOOLS_BUCKET`). Entries
+/// outlive their last refresh a little, so a reader sees them go stale
+/// (`McpTool::is_fresh`) before they vanish.
+pub async fn mcp_tools_bucket(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<kv::Store, ProvisionError> {
+    bucket(
+        js,
+        crate::mcp::MCP_TOOLS_BUCKET,
+        "Switchyard MCP tools being served: name, description, input schema",
+        crate::mcp::STALE_AFTER * 2,
+        replicas,
+    )
+    .await
 }
 
 async fn bucket(

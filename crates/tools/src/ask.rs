@@ -1,8 +1,9 @@
 //! `ask_agent`: during its work an agent asks another agent (by name, or by a capability)
 //! a question. The question becomes a task on the asked agent's queue — the durable path,
 //! with failover, health, the DLQ and the agent's own tools — and the call waits for its
-//! result in the `results` bucket. Its id is derived from the asking task and the call, so
-//! an asking step run again after its worker died asks the same task, not a new one.
+//! result in the `results` bucket. Its id is derived from the asking task, the call's id,
+//! the agent and the question, so the same call made again asks the same task (and finds
+//! its stored answer), while another question never gets a stored answer meant for one.
 //! Bounded: at most `[tools] ask_max_depth` asks deep, within `[tools] ask_timeout_ms` and
 //! the asking task's deadline; an ask that would close a cycle (A asks B, B asks A) is
 //! refused, naming the chain.
@@ -130,6 +131,7 @@ impl Asker {
                     &bucket,
                     self.config.catalog.clone(),
                     self.config.routes.keys().cloned().collect(),
+                    self.config.mcp.keys().cloned().collect(),
                 )
                 .await
                 .map_err(|_| unavailable("the agents bucket could not be read"))?;
@@ -163,9 +165,12 @@ impl Asker {
         let capability: Capability = format!("{QUEUE_PREFIX}{}", agent.name)
             .parse()
             .map_err(|_| ToolError::new(ToolErrorClass::Internal, "the agent's queue name"))?;
-        // The same call of the same task asks the same task again.
+        // The same call (id, agent and question) of the same task asks the same task again;
+        // a model that reuses a call id for another question asks a new one.
         let id = match (&caller.task, &caller.call_id) {
-            (Some(task), Some(call)) => task.child(&format!("ask:{call}")),
+            (Some(task), Some(call)) => {
+                task.child(&format!("ask:{call}:{}:{}", agent.name, args.question))
+            }
             _ => TaskId::new(),
         };
         let mut chain = caller.chain.clone();

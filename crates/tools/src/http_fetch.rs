@@ -98,6 +98,97 @@ const AUTO_CLOSED: &[&str] = &[
     "a", "button", "form", "nobr", "p", "li", "dt", "dd", "tr", "td", "th", "option", "optgroup",
     "tbody", "thead", "tfoot", "colgroup", "rb", "rt", "rp", "rtc",
 ];
+/// The HTML parser's "special" elements: an ordinary end tag does not close past one.
+const SPECIAL: &[&str] = &[
+    "address",
+    "applet",
+    "area",
+    "article",
+    "aside",
+    "base",
+    "basefont",
+    "bgsound",
+    "blockquote",
+    "body",
+    "br",
+    "button",
+    "caption",
+    "center",
+    "col",
+    "colgroup",
+    "dd",
+    "details",
+    "dir",
+    "div",
+    "dl",
+    "dt",
+    "embed",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "footer",
+    "form",
+    "frame",
+    "frameset",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "head",
+    "header",
+    "hgroup",
+    "hr",
+    "html",
+    "iframe",
+    "img",
+    "input",
+    "keygen",
+    "li",
+    "link",
+    "listing",
+    "main",
+    "marquee",
+    "menu",
+    "meta",
+    "nav",
+    "noembed",
+    "noframes",
+    "noscript",
+    "object",
+    "ol",
+    "p",
+    "param",
+    "plaintext",
+    "pre",
+    "script",
+    "search",
+    "section",
+    "select",
+    "source",
+    "style",
+    "summary",
+    "table",
+    "tbody",
+    "td",
+    "template",
+    "textarea",
+    "tfoot",
+    "th",
+    "thead",
+    "title",
+    "tr",
+    "track",
+    "ul",
+    "wbr",
+    "xmp",
+];
+/// Elements that bound the parser's "in scope" search: a special end tag does not close past
+/// one.
+const SCOPE: &[&str] = &[
+    "applet", "caption", "html", "table", "td", "th", "marquee", "object", "template",
+];
 const ACCEPT: &str = "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.1";
 const USER_AGENT: &str = concat!(
     "Mozilla/5.0 (compatible; Switchyard-http_fetch/",
@@ -418,8 +509,19 @@ fn nests_deeper_than(html: &[u8], limit: usize) -> bool {
         let is = |list: &[&str]| list.iter().any(|t| t.as_bytes() == name);
         let foreign = open.iter().position(|n| *n == b"svg" || *n == b"math");
         if closing {
-            if let Some(i) = open.iter().rposition(|n| *n == name) {
-                open.truncate(i);
+            // As the parser does: an end tag closes back to the element it names, unless an
+            // element on the way stops it (any special element for an ordinary end tag, a
+            // scope boundary for a special one); then it closes nothing. Closing past those
+            // would count `<span><div></span>` as depth 1 while the parser nests it.
+            let stoppers = if is(SPECIAL) { SCOPE } else { SPECIAL };
+            for i in (0..open.len()).rev() {
+                if open[i] == name {
+                    open.truncate(i);
+                    break;
+                }
+                if stoppers.iter().any(|t| t.as_bytes() == open[i]) {
+                    break;
+                }
             }
             continue;
         }
@@ -526,6 +628,19 @@ mod tests {
         // End tags that close nothing do not hide the nesting.
         assert!(nests_deeper_than("<b></x>".repeat(600).as_bytes(), 512));
         assert!(nests_deeper_than("<ul><li>".repeat(600).as_bytes(), 512));
+        // An ordinary end tag does not close past a special element, nor a special end tag
+        // past a scope boundary, so these nest as the parser nests them.
+        assert!(nests_deeper_than(
+            "<span><div></span>".repeat(600).as_bytes(),
+            512
+        ));
+        assert!(nests_deeper_than(
+            "<div><table></div>".repeat(600).as_bytes(),
+            512
+        ));
+        // Sloppy but ordinary closing still closes.
+        let sloppy = "<div><span>x</div><span><b>y</span>".repeat(2000);
+        assert!(!nests_deeper_than(sloppy.as_bytes(), 512));
         // In HTML a self-closed `<div/>` opens a div; in SVG a `<path/>` opens nothing, but
         // an HTML element there leaves the SVG.
         assert!(nests_deeper_than("<div/>".repeat(600).as_bytes(), 512));

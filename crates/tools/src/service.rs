@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
 use shared::config::{Config, ToolsConfig};
+use shared::mcp::MCP_PREFIX;
 use shared::tools::{
     ASK_AGENT, BUILTIN, ERROR_CLASS_HEADER, MAX_ARGUMENT_BYTES, MAX_ERROR_CHARS, MAX_RESULT_BYTES,
     QUEUE_GROUP, SERVICE_NAME, SUBJECT_PREFIX, ToolError, ToolErrorClass,
@@ -39,7 +40,8 @@ pub enum ToolsError {
     Ended,
 }
 
-/// Serves every built-in tool on `client` until `shutdown`; calls in hand are finished.
+/// Serves every built-in tool, and the tools of every configured MCP server, on `client`
+/// until `shutdown`; calls in hand are finished.
 pub async fn serve(
     client: async_nats::Client,
     config: Arc<Config>,
@@ -76,6 +78,24 @@ pub async fn serve(
     }
     let mut requests = futures::stream::select_all(endpoints);
     info!(service = SERVICE_NAME, tools = ?names, "tools serving");
+    let mcp_servers = TaskTracker::new();
+    let mcp_stop = shutdown.child_token();
+    if !config.mcp.is_empty() {
+        let js = async_nats::jetstream::new(client.clone());
+        let catalogue = shared::provision::mcp_tools_bucket(&js, config.nats.replicas)
+            .await
+            .map_err(|e| ToolsError::Start(e.into()))?;
+        for (name, server) in &config.mcp {
+            let server = crate::mcp::Server {
+                name: name.clone(),
+                config: server.clone(),
+                group: service.group(format!("{SUBJECT_PREFIX}.{MCP_PREFIX}.{name}")),
+                catalogue: catalogue.clone(),
+                call_timeout: std::time::Duration::from_millis(config.tools.call_timeout_ms),
+            };
+            mcp_servers.spawn(server.run(mcp_stop.clone()));
+        }
+    }
     let handlers = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut ended = false;
@@ -105,7 +125,10 @@ pub async fn serve(
     // No new requests: another process in the queue group takes them.
     drop(requests);
     handlers.close();
+    mcp_stop.cancel();
+    mcp_servers.close();
     handlers.wait().await;
+    mcp_servers.wait().await;
     if let Err(e) = service.stop().await {
         debug!(error = %e, "stopping the tools service");
     }
@@ -125,6 +148,15 @@ async fn respond(toolbox: &Toolbox, name: &str, request: &service::Request) {
             request.message.headers.as_ref(),
         )
         .await;
+    reply(request, name, outcome).await;
+}
+
+/// Answers a call: the result, or an error with its class in the headers.
+pub(crate) async fn reply(
+    request: &service::Request,
+    name: &str,
+    outcome: Result<Bytes, ToolError>,
+) {
     let sent = match outcome {
         Ok(bytes) => request.respond(Ok(bytes)).await,
         Err(e) => {
@@ -231,15 +263,7 @@ impl Toolbox {
                 ));
             }
         };
-        let bytes = serde_json::to_vec(&result)
-            .map_err(|e| ToolError::new(ToolErrorClass::Internal, e.to_string()))?;
-        if bytes.len() > MAX_RESULT_BYTES {
-            return Err(ToolError::new(
-                ToolErrorClass::TooLarge,
-                format!("the result is larger than {MAX_RESULT_BYTES} bytes"),
-            ));
-        }
-        Ok(bytes.into())
+        encode(&result)
     }
 
     fn web(&self) -> Result<&Web, ToolError> {
@@ -268,9 +292,22 @@ fn unconfigured(config: &ToolsConfig) -> Vec<(&'static str, String)> {
     out
 }
 
+/// A result's JSON bytes, refused (`too_large`) beyond [`MAX_RESULT_BYTES`].
+pub(crate) fn encode(result: &Value) -> Result<Bytes, ToolError> {
+    let bytes = serde_json::to_vec(result)
+        .map_err(|e| ToolError::new(ToolErrorClass::Internal, e.to_string()))?;
+    if bytes.len() > MAX_RESULT_BYTES {
+        return Err(ToolError::new(
+            ToolErrorClass::TooLarge,
+            format!("the result is larger than {MAX_RESULT_BYTES} bytes"),
+        ));
+    }
+    Ok(bytes.into())
+}
+
 /// A call's arguments: a JSON value at most [`MAX_ARGUMENT_BYTES`] long (an empty body is
 /// `{}`).
-fn arguments(payload: &[u8]) -> Result<Value, ToolError> {
+pub(crate) fn arguments(payload: &[u8]) -> Result<Value, ToolError> {
     if payload.len() > MAX_ARGUMENT_BYTES {
         return Err(ToolError::new(
             ToolErrorClass::InvalidArguments,

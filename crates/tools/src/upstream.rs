@@ -18,7 +18,7 @@ use shared::tools::{ToolError, ToolErrorClass};
 const MAX_UPSTREAM_BYTES: usize = 4 << 20;
 /// Characters of an upstream's own error message kept in ours.
 const UPSTREAM_MESSAGE_CHARS: usize = 160;
-/// Redirects an upstream API may send us through (operator-configured, so trusted).
+/// Redirects an upstream API may send us through, on its own host.
 const MAX_UPSTREAM_REDIRECTS: usize = 3;
 
 /// The client for operator-configured upstreams. (URLs that come from a model use
@@ -26,7 +26,21 @@ const MAX_UPSTREAM_REDIRECTS: usize = 3;
 pub fn client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .user_agent(concat!("switchyard-tools/", env!("CARGO_PKG_VERSION")))
-        .redirect(reqwest::redirect::Policy::limited(MAX_UPSTREAM_REDIRECTS))
+        // Keys travel in headers reqwest does not strip on a redirect (`X-Api-Key`, …): a
+        // redirect to another host is not followed (the tool reports the 3xx).
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let same_host = attempt
+                .previous()
+                .first()
+                .is_some_and(|first| first.host_str() == attempt.url().host_str());
+            if attempt.previous().len() > MAX_UPSTREAM_REDIRECTS {
+                attempt.error("too many redirects")
+            } else if same_host {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        }))
         .build()
 }
 
@@ -76,10 +90,20 @@ pub async fn send(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(Answer {
-        status,
-        body: body.freeze(),
-    })
+    // Masked before anything reads it, so no clipping of an error message can cut a key
+    // in two and leave a part of it unmasked.
+    let body = match key {
+        Some(key) if !key.secret.expose().is_empty() => {
+            let text = String::from_utf8_lossy(&body);
+            if text.contains(key.secret.expose()) {
+                Bytes::from(mask(&text, Some(key)))
+            } else {
+                body.freeze()
+            }
+        }
+        _ => body.freeze(),
+    };
+    Ok(Answer { status, body })
 }
 
 /// Sends `request` and parses a successful answer's JSON; any other status is `upstream`

@@ -78,6 +78,8 @@ pub(crate) struct Deps {
     pub workflows: kv::Store,
     /// The agents as they are now (configuration and the `agents` bucket).
     pub agents: shared::agents::LiveCatalog,
+    /// The MCP tools being served (the `mcp_tools` bucket), for the tool loop's offers.
+    pub mcp_tools: shared::mcp::LiveMcpTools,
     /// Prices (for steps' costs), routing weights and the rest of the configuration.
     pub config: Arc<Config>,
     /// Agents' records, for routing and to update as steps finish.

@@ -56,6 +56,8 @@ pub enum WorkerError {
     Http(#[from] reqwest::Error),
     #[error("a fetch loop stopped unexpectedly")]
     FetcherDied,
+    #[error("loading the MCP tools catalogue: {0}")]
+    McpTools(String),
 }
 
 /// A fresh worker id: short, unique, and safe in logs and results.
@@ -228,6 +230,10 @@ pub async fn run(
         .filter(|m| *m > 0)
         .min()
         .unwrap_or(config.queue.max_deliver);
+    // Loaded before any task is pulled, so a task naming an MCP tool finds it at once.
+    let mcp_tools = shared::mcp::LiveMcpTools::load(&provisioned.mcp_tools)
+        .await
+        .map_err(|e| WorkerError::McpTools(e.to_string()))?;
     let deps = Arc::new(Deps {
         client: client.clone(),
         js: js.clone(),
@@ -242,6 +248,7 @@ pub async fn run(
         workflows: provisioned.workflows,
         tool_quotas: provisioned.tool_quotas,
         agents: provisioned.agents.clone(),
+        mcp_tools,
         config: config.clone(),
         performance: performance::Records::start(
             provisioned.performance.clone(),
@@ -274,6 +281,11 @@ pub async fn run(
             .agents
             .clone()
             .follow(provisioned.agents_bucket.clone(), health_stop.clone()),
+    );
+    background.spawn(
+        deps.mcp_tools
+            .clone()
+            .follow(provisioned.mcp_tools.clone(), health_stop.clone()),
     );
     // Agents added at runtime get fetchers of their own, on a worker that serves every
     // capability (one with a list serves what it lists).

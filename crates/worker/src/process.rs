@@ -181,7 +181,12 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
 /// may use built-in tools (each round of the loop is one run down the chain).
 async fn run(task: &Task, delivery: i64, history: &[Attempt], deps: &Deps) -> LoopOutcome {
     let chunks = NatsChunks::new(&deps.client, task.id, delivery);
-    let offer = match tool_loop::offer(task, &deps.agents.current(), &deps.config.tools) {
+    let mcp_tools = deps.mcp_tools.current();
+    let mcp = tool_loop::Mcp {
+        catalog: &mcp_tools,
+        now_ms: now_ms(),
+    };
+    let offer = match tool_loop::offer(task, &deps.agents.current(), &deps.config.tools, &mcp) {
         Ok(offer) => offer,
         Err(refused) => {
             return Outcome {

@@ -124,10 +124,15 @@ impl Catalog {
     }
 
     /// Every problem, with fields named `agents.<name>.<field>` and `teams.<name>.…`.
-    pub fn problems(&self, known_route: impl Fn(&str) -> bool) -> Vec<FieldError> {
+    /// `mcp_servers` says whether an MCP server is configured.
+    pub fn problems(
+        &self,
+        known_route: impl Fn(&str) -> bool,
+        mcp_servers: &dyn Fn(&str) -> bool,
+    ) -> Vec<FieldError> {
         let mut errors = Vec::new();
         for (name, agent) in &self.agents {
-            for e in agent.problems(&known_route) {
+            for e in agent.problems(&known_route, mcp_servers) {
                 errors.push(FieldError::new(
                     format!("agents.{name}.{}", e.field),
                     e.problem,
@@ -168,9 +173,9 @@ mod tests {
     fn the_shipped_catalog_is_whole_and_valid() {
         let catalog = Catalog::shipped().unwrap();
         assert!(
-            catalog.problems(|r| r == "agents").is_empty(),
+            catalog.problems(|r| r == "agents", &|_| false).is_empty(),
             "{:?}",
-            catalog.problems(|r| r == "agents")
+            catalog.problems(|r| r == "agents", &|_| false)
         );
         for team in ["default", "research", "software", "decision"] {
             assert!(catalog.teams.contains_key(team), "{team}");
@@ -225,7 +230,7 @@ mod tests {
         catalog.extend(own);
         assert_eq!(catalog.agents["writer"].role, "Copywriter");
         let fields: Vec<String> = catalog
-            .problems(|_| true)
+            .problems(|_| true, &|_| false)
             .into_iter()
             .map(|e| e.field)
             .collect();

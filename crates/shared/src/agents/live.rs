@@ -24,6 +24,8 @@ pub struct LiveCatalog {
     base: Arc<Catalog>,
     /// The routes this process has.
     routes: Arc<BTreeSet<String>>,
+    /// The MCP servers this process is configured with (their tools may be listed).
+    mcp_servers: Arc<BTreeSet<String>>,
     /// The bucket's profiles by name, with the revision that set them (`None`: deleted),
     /// so an older value arriving late does not undo a newer one.
     stored: Arc<Mutex<Stored>>,
@@ -38,11 +40,13 @@ impl LiveCatalog {
         store: &kv::Store,
         base: Catalog,
         routes: BTreeSet<String>,
+        mcp_servers: BTreeSet<String>,
     ) -> Result<Self, async_nats::Error> {
         let live = Self {
             current: watch::Sender::new(Arc::new(base.clone())),
             base: Arc::new(base),
             routes: Arc::new(routes),
+            mcp_servers: Arc::new(mcp_servers),
             stored: Arc::default(),
         };
         let keys: Vec<String> = store.keys().await?.try_collect().await?;
@@ -116,7 +120,9 @@ impl LiveCatalog {
             }
         };
         profile.name.clone_from(&entry.key);
-        let problems = profile.problems(|route| self.routes.contains(route));
+        let problems = profile.problems(|route| self.routes.contains(route), &|server| {
+            self.mcp_servers.contains(server)
+        });
         if let Some(problem) = problems.first() {
             warn!(agent = %entry.key, %problem, "a stored agent profile cannot run here; ignored");
             return None;

@@ -98,8 +98,13 @@ fn check_text(field: &str, value: &str, max: usize, required: bool, errors: &mut
 }
 
 impl AgentProfile {
-    /// Every problem with this profile; `known_route` says whether a route is configured.
-    pub fn problems(&self, known_route: impl Fn(&str) -> bool) -> Vec<FieldError> {
+    /// Every problem with this profile; `known_route` says whether a route is configured,
+    /// `mcp_servers` whether an MCP server is (its tools may be listed as `mcp.<server>.<tool>`).
+    pub fn problems(
+        &self,
+        known_route: impl Fn(&str) -> bool,
+        mcp_servers: &dyn Fn(&str) -> bool,
+    ) -> Vec<FieldError> {
         let mut errors = Vec::new();
         check_token("name", &self.name, MAX_NAME_LEN, &mut errors);
         check_text("role", &self.role, MAX_TEXT_LEN, true, &mut errors);
@@ -131,6 +136,10 @@ impl AgentProfile {
                 ));
             }
             for (i, item) in list.iter().enumerate() {
+                if field == "tools" && crate::mcp::is_mcp_name(item) {
+                    // Checked below, against the configured MCP servers.
+                    continue;
+                }
                 check_token(
                     &format!("{field}[{i}]"),
                     item,
@@ -141,7 +150,11 @@ impl AgentProfile {
         }
         // Deny by default: a tool nobody serves is a typo, refused rather than never offered.
         for (i, tool) in self.tools.iter().enumerate() {
-            if crate::Capability::from_str(tool).is_ok() && !crate::tools::is_builtin(tool) {
+            if crate::mcp::is_mcp_name(tool) {
+                if let Some(problem) = crate::mcp::name_problem(tool, mcp_servers) {
+                    errors.push(FieldError::new(format!("tools[{i}]"), problem));
+                }
+            } else if crate::Capability::from_str(tool).is_ok() && !crate::tools::is_builtin(tool) {
                 errors.push(FieldError::new(
                     format!("tools[{i}]"),
                     format!(
@@ -204,7 +217,7 @@ mod tests {
     #[test]
     fn a_good_profile_has_no_problems_and_a_queue() {
         let p = profile();
-        assert!(p.problems(|r| r == "simulated").is_empty());
+        assert!(p.problems(|r| r == "simulated", &|_| false).is_empty());
         assert_eq!(p.queue().unwrap().as_str(), "agent-researcher");
         assert!(p.has("research") && !p.has("code"));
     }
@@ -221,7 +234,11 @@ mod tests {
             max_concurrency: 0,
             description: "d".repeat(MAX_TEXT_LEN + 1),
         };
-        let fields: Vec<String> = p.problems(|_| false).into_iter().map(|e| e.field).collect();
+        let fields: Vec<String> = p
+            .problems(|_| false, &|_| false)
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
         assert_eq!(
             fields,
             [
@@ -243,10 +260,26 @@ mod tests {
             tools: vec!["calculator".into(), "shell".into()],
             ..profile()
         };
-        let problems = p.problems(|_| true);
+        let problems = p.problems(|_| true, &|_| false);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].field, "tools[1]");
         assert!(problems[0].problem.contains("not a built-in tool"));
+    }
+
+    #[test]
+    fn mcp_tools_of_configured_servers_may_be_listed() {
+        let p = AgentProfile {
+            tools: vec![
+                "mcp.files.read_file".into(),
+                "mcp.other.x".into(),
+                "mcp.files".into(),
+            ],
+            ..profile()
+        };
+        let problems = p.problems(|_| true, &|s| s == "files");
+        let fields: Vec<&str> = problems.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["tools[1]", "tools[2]"], "{problems:?}");
+        assert!(problems[0].problem.contains("no MCP server `other`"));
     }
 
     #[test]
@@ -267,6 +300,6 @@ mod tests {
             name: "a".repeat(MAX_NAME_LEN + 1),
             ..profile()
         };
-        assert_eq!(p.problems(|_| true)[0].field, "name");
+        assert_eq!(p.problems(|_| true, &|_| false)[0].field, "name");
     }
 }

@@ -14,12 +14,14 @@ use serde::Deserialize;
 use crate::Capability;
 use crate::agents::{AgentProfile, Catalog, Team, Weights};
 
+mod mcp;
 mod prices;
 mod providers;
 mod routes;
 mod tools;
 mod web_tools;
 
+pub use mcp::{INHERITED_ENV, McpServerConfig};
 pub use prices::{Price, TOKENS_PER_PRICE_UNIT, price_key};
 pub use providers::{Adapter, ApiKey, ProviderConfig, ProviderKind};
 pub use routes::{MAX_FALLBACK_HOPS, RouteConfig, Strategy, TargetConfig, split_direct};
@@ -187,6 +189,9 @@ pub struct Config {
     /// The tool loop's bounds and the built-in tools chat requests may use.
     #[serde(default)]
     pub tools: ToolsConfig,
+    /// MCP servers whose tools `switchyard tools` serves as `mcp.<server>.<tool>`.
+    #[serde(default)]
+    pub mcp: BTreeMap<String, McpServerConfig>,
     /// The shipped catalog with `agents` and `teams` added: the agents this deployment runs.
     #[serde(skip)]
     pub catalog: Catalog,
@@ -518,6 +523,9 @@ impl Config {
             );
         }
         cfg.tools.resolve_keys(env);
+        for (name, server) in &mut cfg.mcp {
+            missing.extend(server.resolve(name, env));
+        }
         let providers = cfg.providers.clone();
         for (name, route) in &mut cfg.routes {
             missing.extend(routes::resolve_route(name, route, &providers, env));
@@ -708,7 +716,8 @@ impl Config {
         }
         prices::validate_prices(&mut p, &self.prices, &self.routes, &self.providers);
         self.validate_health(&mut p);
-        self.tools.validate(&mut p);
+        self.tools.validate(&mut p, &|s| self.mcp.contains_key(s));
+        mcp::validate(&mut p, &self.mcp);
         if self.dlq.max_age_secs == 0 {
             p.add("dlq.max_age_secs", "must be greater than 0");
         }
@@ -716,7 +725,9 @@ impl Config {
         p.positive("dlq.max_bytes", self.dlq.max_bytes);
         for problem in self
             .catalog
-            .problems(|r| self.routes.contains_key(r))
+            .problems(|r| self.routes.contains_key(r), &|s| {
+                self.mcp.contains_key(s)
+            })
             .into_iter()
             .chain(self.agent_routing.problems())
         {

@@ -40,8 +40,8 @@ pub const MAX_QUOTA_WINDOW_SECS: u64 = 7 * 86_400;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToolsConfig {
-    /// Built-in tools a direct chat request may name (`{"type": "builtin", "name": …}`).
-    /// Empty (the default): none.
+    /// Built-in tools, and MCP tools (`mcp.<server>.<tool>` of a configured server), a direct
+    /// chat request may name (`{"type": "builtin", "name": …}`). Empty (the default): none.
     #[serde(default)]
     pub chat_allowed: Vec<String>,
     #[serde(default = "default_max_iterations")]
@@ -153,9 +153,13 @@ impl ToolsConfig {
         self.chat_allowed.iter().any(|t| t == name)
     }
 
-    pub(crate) fn validate(&self, p: &mut Problems) {
+    pub(crate) fn validate(&self, p: &mut Problems, mcp_servers: &dyn Fn(&str) -> bool) {
         for (i, name) in self.chat_allowed.iter().enumerate() {
-            if !crate::tools::is_builtin(name) {
+            if crate::mcp::is_mcp_name(name) {
+                if let Some(problem) = crate::mcp::name_problem(name, mcp_servers) {
+                    p.add(&format!("tools.chat_allowed[{i}]"), problem);
+                }
+            } else if !crate::tools::is_builtin(name) {
                 p.add(
                     &format!("tools.chat_allowed[{i}]"),
                     format!("`{name}` is not a built-in tool ({})", known_tools()),

@@ -22,13 +22,13 @@ use shared::agents::QUEUE_PREFIX;
 use shared::config::ToolsConfig;
 use shared::task::now_ms;
 use shared::tools::{
-    RECORDED_ARGUMENT_CHARS, ToolCall, ToolError, ToolErrorClass, ToolOutcome, clip,
+    ASK_AGENT, RECORDED_ARGUMENT_CHARS, ToolCall, ToolError, ToolErrorClass, ToolOutcome, clip,
 };
 use shared::{FailureClass, Task};
 use tracing::debug;
 
 pub(crate) use call::{CallContext, NatsTools, ToolCaller};
-pub(crate) use offer::{Offer, offer};
+pub(crate) use offer::{Mcp, Offer, offer};
 pub(crate) use quota::Quotas;
 pub(crate) use stream::{LoopStream, Rounds};
 
@@ -147,20 +147,25 @@ impl<C: ToolCaller, R: Rounds> Loop<'_, C, R> {
             };
             let mut answer = match outcome.answer {
                 Ok(answer) => answer,
-                Err(e) => return stop(Err(e), attempts, tool_calls),
+                Err(mut e) => {
+                    // Text of an earlier round reached a streaming caller: running the task
+                    // again would stream a second answer after it.
+                    e.partial |= self.rounds.relayed();
+                    return stop(Err(e), attempts, tool_calls);
+                }
             };
             usage.add(&answer["usage"]);
             let calls = match next(&answer, &self.offer) {
                 Next::Done => {
-                    let earlier = self.rounds.end_round(true).await;
+                    usage.write(&mut answer);
+                    let earlier = self.rounds.end_round(true, &answer["usage"]).await;
                     if !earlier.is_empty() {
                         prepend(&mut answer, &earlier);
                     }
-                    usage.write(&mut answer);
                     return stop(Ok(answer), attempts, tool_calls);
                 }
                 Next::Call(calls) => {
-                    self.rounds.end_round(false).await;
+                    self.rounds.end_round(false, &Value::Null).await;
                     calls
                 }
             };
@@ -217,6 +222,11 @@ impl<C: ToolCaller, R: Rounds> Loop<'_, C, R> {
             }
             messages.push(assistant);
             for (requested, (content, record)) in calls.iter().zip(results) {
+                // An asked agent's tokens are this task's too (its budget, the loop's bound).
+                if record.name == ASK_AGENT && record.outcome == ToolOutcome::Ok {
+                    let answer: Value = serde_json::from_str(&content).unwrap_or_default();
+                    usage.add(&answer["usage"]);
+                }
                 messages.push(json!({
                     "role": "tool",
                     "tool_call_id": requested.id,
@@ -245,18 +255,17 @@ impl<C: ToolCaller, R: Rounds> Loop<'_, C, R> {
     async fn call(&self, requested: &Requested, round: u32) -> (String, ToolCall) {
         let started_ms = now_ms();
         let clock = Instant::now();
-        let result = if self.offer.allowed.contains(&requested.name) {
-            let timeout = self
-                .config
-                .call_timeout(&requested.name)
-                .min(self.task.remaining());
+        // The tool called: an MCP tool's function `mcp__<server>__<tool>` is `mcp.<server>.<tool>`.
+        let target = self.offer.allowed.get(&requested.name);
+        let result = if let Some(target) = target {
+            let timeout = self.config.call_timeout(target).min(self.task.remaining());
             if timeout.is_zero() {
                 Err(ToolError::new(
                     ToolErrorClass::Timeout,
                     "no time was left before the task's deadline",
                 ))
             } else {
-                match self.take_quota(&requested.name).await {
+                match self.take_quota(target).await {
                     Ok(()) => {
                         let context = CallContext {
                             task: self.task,
@@ -264,7 +273,7 @@ impl<C: ToolCaller, R: Rounds> Loop<'_, C, R> {
                             agent: self.agent(),
                         };
                         self.tools
-                            .call(&requested.name, &requested.arguments, timeout, context)
+                            .call(target, &requested.arguments, timeout, context)
                             .await
                     }
                     Err(e) => Err(e),
@@ -291,7 +300,7 @@ impl<C: ToolCaller, R: Rounds> Loop<'_, C, R> {
         debug!(tool = %requested.name, round, ?outcome, duration_ms, "tool call");
         let record = ToolCall {
             id: clip(&requested.id, 64),
-            name: clip(&requested.name, 64),
+            name: clip(target.unwrap_or(&requested.name), 128),
             arguments: clip(&requested.arguments, RECORDED_ARGUMENT_CHARS),
             round,
             started_ms,
@@ -308,9 +317,18 @@ impl<C: ToolCaller, R: Rounds> Loop<'_, C, R> {
 /// Puts the text a streamed loop relayed in earlier rounds before the answer's own, so the
 /// stored answer is what the caller read.
 fn prepend(answer: &mut Value, earlier: &str) {
-    let message = &mut answer["choices"][0]["message"];
-    let own = message["content"].as_str().unwrap_or_default();
-    message["content"] = json!(format!("{earlier}{own}"));
+    let Some(message) = answer
+        .pointer_mut("/choices/0/message")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    let own = message
+        .get("content")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let joined = format!("{earlier}{own}");
+    message.insert("content".into(), Value::String(joined));
 }
 
 /// Token usage over every round.

@@ -15,15 +15,23 @@ use crate::relay::{ChunkSink, FirstChunk};
 
 /// What a tool loop tells whoever relays its rounds.
 pub(crate) trait Rounds: Sync {
-    /// The round that just ended was the `last` (its answer is the task's) or ran tools.
-    /// Returns the text relayed in earlier rounds, which the last answer starts with.
-    fn end_round(&self, last: bool) -> impl Future<Output = String> + Send;
+    /// The round that just ended was the `last` (its answer is the task's, with `usage` the
+    /// loop's totals) or ran tools. Returns the text relayed in earlier rounds, which the
+    /// last answer starts with.
+    fn end_round(&self, last: bool, usage: &Value) -> impl Future<Output = String> + Send;
+
+    /// Whether anything reached the caller yet.
+    fn relayed(&self) -> bool;
 }
 
 /// Not streamed: nothing to relay.
 impl Rounds for () {
-    async fn end_round(&self, _last: bool) -> String {
+    async fn end_round(&self, _last: bool, _usage: &Value) -> String {
         String::new()
+    }
+
+    fn relayed(&self) -> bool {
+        false
     }
 }
 
@@ -123,13 +131,19 @@ impl<S: ChunkSink> ChunkSink for LoopStream<'_, S> {
 }
 
 impl<S: ChunkSink> Rounds for LoopStream<'_, S> {
-    async fn end_round(&self, last: bool) -> String {
+    async fn end_round(&self, last: bool, usage: &Value) -> String {
         let (out, earlier) = {
             let mut state = self.state();
-            let held = std::mem::take(&mut state.held);
+            let mut held = std::mem::take(&mut state.held);
             state.blocked = false;
             let round = std::mem::take(&mut state.round_text);
             if last {
+                // A usage chunk tells what the whole loop used, as the stored answer does.
+                for chunk in &mut held {
+                    if let Some(u) = chunk.get_mut("usage").filter(|u| u.is_object()) {
+                        *u = usage.clone();
+                    }
+                }
                 (held, state.earlier_text.clone())
             } else {
                 state.earlier_text.push_str(&round);
@@ -138,6 +152,10 @@ impl<S: ChunkSink> Rounds for LoopStream<'_, S> {
         };
         self.relay(out).await;
         earlier
+    }
+
+    fn relayed(&self) -> bool {
+        self.state().next_seq > 0
     }
 }
 
@@ -210,21 +228,27 @@ mod tests {
         stream.chunk(1, &call(), None).await;
         stream.chunk(2, &text("(after the call)"), None).await;
         stream.chunk(3, &finish("tool_calls"), None).await;
-        assert_eq!(stream.end_round(false).await, "");
+        assert!(stream.relayed());
+        assert_eq!(stream.end_round(false, &Value::Null).await, "");
         // Round 2: the answer.
         stream.chunk(0, &text("It is 42."), Some(&first())).await;
         stream.chunk(1, &finish("stop"), None).await;
-        assert_eq!(stream.end_round(true).await, "Let me check. ");
+        let last_usage = json!({"choices": [], "usage": {"total_tokens": 7}});
+        stream.chunk(2, &last_usage, None).await;
+        let totals = json!({"prompt_tokens": 20, "completion_tokens": 4, "total_tokens": 24});
+        assert_eq!(stream.end_round(true, &totals).await, "Let me check. ");
 
         let seen = sink.0.lock().unwrap().clone();
         let seqs: Vec<u64> = seen.iter().map(|s| s.0).collect();
-        assert_eq!(seqs, [0, 1, 2]);
+        assert_eq!(seqs, [0, 1, 2, 3]);
+        // The usage the caller reads is the whole loop's.
+        assert_eq!(seen[3].1["usage"], totals);
         assert!(seen[0].2 && !seen[1].2, "only the first says who answers");
         assert_eq!(seen[0].1, text("Let me check. "));
         assert_eq!(seen[1].1, text("It is 42."));
         assert_eq!(seen[2].1, finish("stop"));
         assert!(
-            !seen
+            !seen[..3]
                 .iter()
                 .any(|s| ends_or_calls(&s.1) && s.1 != finish("stop"))
         );
@@ -238,7 +262,8 @@ mod tests {
         stream.chunk(0, &call(), Some(&first())).await;
         stream.chunk(1, &finish("tool_calls"), None).await;
         assert!(sink.0.lock().unwrap().is_empty());
-        stream.end_round(true).await;
+        assert!(!stream.relayed());
+        stream.end_round(true, &Value::Null).await;
         let seen = sink.0.lock().unwrap().clone();
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[0].1, call());

@@ -1,7 +1,7 @@
 //! The loop against scripted model answers and the real tools' answers (in memory; the
 //! end-to-end tests run it over NATS).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ fn task() -> Task {
 
 fn offer(client: &[&str]) -> Offer {
     Offer {
-        allowed: BTreeSet::from(["calculator".to_owned()]),
+        allowed: BTreeMap::from([("calculator".to_owned(), "calculator".to_owned())]),
         client: client.iter().map(|c| (*c).to_owned()).collect(),
         request: json!({"messages": [{"role": "user", "content": "sums"}]})
             .as_object()
