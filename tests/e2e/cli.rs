@@ -110,6 +110,26 @@ impl Up {
         stdout
     }
 
+    /// The newest task through this up's gateway, as `GET /v1/tasks/{id}` shows it.
+    async fn newest_task(&self) -> Value {
+        let http = reqwest::Client::new();
+        let get = |path: String| {
+            let http = http.clone();
+            async move {
+                http.get(path)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            }
+        };
+        let list = get(format!("{}/v1/tasks?limit=1", self.url)).await;
+        let id = list["data"][0]["id"].as_str().unwrap();
+        get(format!("{}/v1/tasks/{id}", self.url)).await
+    }
+
     fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.child.id().try_into().unwrap()), signal).unwrap();
     }
@@ -467,24 +487,7 @@ async fn up_runs_the_tools_an_analyst_uses_offline() {
         "decision",
     ])
     .await;
-    let http = reqwest::Client::new();
-    let list: Value = http
-        .get(format!("{}/v1/tasks?limit=1", up.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = list["data"][0]["id"].as_str().unwrap();
-    let task: Value = http
-        .get(format!("{}/v1/tasks/{id}", up.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let task = up.newest_task().await;
     // The analyst's step called the calculator that `up` serves, and used its answer.
     let analysis = task["steps"]
         .as_array()
@@ -526,24 +529,7 @@ async fn up_runs_the_software_teams_code_in_the_sandbox_offline() {
         "software",
     ])
     .await;
-    let http = reqwest::Client::new();
-    let list: Value = http
-        .get(format!("{}/v1/tasks?limit=1", up.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = list["data"][0]["id"].as_str().unwrap();
-    let task: Value = http
-        .get(format!("{}/v1/tasks/{id}", up.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let task = up.newest_task().await;
     assert_eq!(task["status"], "completed", "{task:#}");
     // The coder's (and tester's) steps ran the simulated model's program in the sandbox that
     // `up` serves, and answered with what it printed there.

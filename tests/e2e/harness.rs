@@ -508,12 +508,24 @@ impl Stack {
     }
 }
 
-/// Waits until the tools service answers `$SRV.PING`.
+/// Waits until the tools service lists every built-in tool in `$SRV.INFO`. (It answers
+/// `$SRV.PING` before its endpoints subscribe; an endpoint it lists has subscribed, since the
+/// answer leaves on the same connection after the subscription.)
 pub async fn wait_for_tools(client: &async_nats::Client) {
-    let subject = format!("$SRV.PING.{}", shared::tools::SERVICE_NAME);
+    let subject = format!("$SRV.INFO.{}", shared::tools::SERVICE_NAME);
     eventually(Duration::from_secs(20), || async {
         let request = async_nats::Request::new().timeout(Some(Duration::from_millis(500)));
-        client.send_request(subject.clone(), request).await.ok()
+        let answer = client.send_request(subject.clone(), request).await.ok()?;
+        let info: serde_json::Value = serde_json::from_slice(&answer.payload).ok()?;
+        let listed: Vec<&str> = info["endpoints"]
+            .as_array()?
+            .iter()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        shared::tools::BUILTIN
+            .iter()
+            .all(|t| listed.contains(&t.name))
+            .then_some(())
     })
     .await;
 }

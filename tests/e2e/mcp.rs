@@ -18,7 +18,7 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use serde_json::{Value, json};
 
 use crate::harness::{Stack, content, eventually, task_id};
-use crate::workflows::{run_task, step};
+use crate::workflows::{run_one_step, step};
 
 /// The fake MCP server's executable: built by `cargo test --workspace` (the fake-provider's
 /// own test needs it); built here when a narrower command did not build it.
@@ -341,14 +341,11 @@ tools = ["mcp.fake.add"]
         &[("mcp__fake__add", &json!({"a": 40, "b": 2}).to_string())],
     );
     stack.provider.push_reply(marker, "The sum is 42.");
-    stack.provider.set_reply(
-        "Your step (@review",
-        r#"{"verdict": "approve", "score": 0.9, "feedback": "Ready."}"#,
-    );
-    let task = run_task(
+    let task = run_one_step(
         &stack,
-        json!({"goal": "Add forty and two", "agents": ["adder", "writer", "reviewer"], "steps": [
-            {"id": "add", "capability": "adding", "instruction": "Add them"}]}),
+        "Add forty and two",
+        "adder",
+        ("add", "adding", "Add them"),
     )
     .await;
     assert_eq!(task["status"], "completed", "{task:#}");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::{Nats, Stack, content, eventually, task_id, wait_for_tools};
-use crate::workflows::{AGENTS_ROUTE, run_task, step};
+use crate::workflows::{AGENTS_ROUTE, run_one_step, run_task, step};
 
 /// Chat requests may use the calculator.
 const CHAT_CALCULATOR: &str = "\n[tools]\nchat_allowed = [\"calculator\"]\n";
@@ -214,17 +214,22 @@ async fn the_loop_runs_rounds_of_parallel_calls_until_the_answer() {
     stack.stop().await;
 }
 
-#[tokio::test]
-async fn a_failing_tool_is_a_tool_message_the_model_answers_after() {
+/// A stack whose chat requests may use the calculator, with the fake provider scripted to
+/// ask it for `expression` and then answer `reply`, for requests carrying `marker`.
+async fn calculator_round(marker: &str, expression_text: &str, reply: &str) -> Stack {
     let mut stack = Stack::start_with(1, &[], CHAT_CALCULATOR).await;
     stack.start_tools().await;
+    stack
+        .provider
+        .push_tool_calls(marker, &[("calculator", &expression(expression_text))]);
+    stack.provider.push_reply(marker, reply);
+    stack
+}
+
+#[tokio::test]
+async fn a_failing_tool_is_a_tool_message_the_model_answers_after() {
     let marker = "LOOP-FAILS";
-    stack
-        .provider
-        .push_tool_calls(marker, &[("calculator", &expression("1 / 0"))]);
-    stack
-        .provider
-        .push_reply(marker, "Division by zero has no answer.");
+    let stack = calculator_round(marker, "1 / 0", "Division by zero has no answer.").await;
     let response = stack.chat(calculator_chat(marker, &[])).await;
     assert_eq!(response.status(), 200);
     let id = task_id(&response);
@@ -341,14 +346,11 @@ async fn a_step_calling_a_tool_its_agent_may_not_use_is_refused_and_recorded() {
         .provider
         .push_tool_calls(marker, &[("calculator", &expression("2 + 2"))]);
     stack.provider.push_reply(marker, "Four, counted by hand.");
-    stack.provider.set_reply(
-        "Your step (@review",
-        r#"{"verdict": "approve", "score": 0.9, "feedback": "Ready."}"#,
-    );
-    let task = run_task(
+    let task = run_one_step(
         &stack,
-        json!({"goal": "Count to four", "agents": ["counter", "writer", "reviewer"], "steps": [
-            {"id": "count", "capability": "counting", "instruction": "Count"}]}),
+        "Count to four",
+        "counter",
+        ("count", "counting", "Count"),
     )
     .await;
     assert_eq!(task["status"], "completed", "{task:#}");
@@ -494,14 +496,11 @@ fn ask(agent: &str, question: &str) -> String {
 
 /// Runs a one-step workflow whose `ask` step the asker does; returns the task.
 async fn asking_workflow(stack: &Stack) -> Value {
-    stack.provider.set_reply(
-        "Your step (@review",
-        r#"{"verdict": "approve", "score": 0.9, "feedback": "Ready."}"#,
-    );
-    run_task(
+    run_one_step(
         stack,
-        json!({"goal": "Find out", "agents": ["asker", "expert", "writer", "reviewer"], "steps": [
-            {"id": "ask", "capability": "asking", "instruction": "Ask the expert"}]}),
+        "Find out",
+        "asker",
+        ("ask", "asking", "Ask the expert"),
     )
     .await
 }
@@ -625,15 +624,8 @@ async fn an_ask_that_would_close_a_cycle_is_refused_and_the_asked_agent_answers_
 
 #[tokio::test]
 async fn a_streamed_answer_runs_the_loop_and_streams_only_the_final_answer() {
-    let mut stack = Stack::start_with(1, &[], CHAT_CALCULATOR).await;
-    stack.start_tools().await;
     let marker = "STREAMED-LOOP";
-    stack
-        .provider
-        .push_tool_calls(marker, &[("calculator", &expression("6 * 7"))]);
-    stack
-        .provider
-        .push_reply(marker, "The calculator says the answer is 42.");
+    let stack = calculator_round(marker, "6 * 7", "The calculator says the answer is 42.").await;
     let mut request = calculator_chat(&format!("{marker}: what is 6 * 7?"), &[]);
     request["stream"] = json!(true);
     let response = stack.chat(request).await;

@@ -177,6 +177,26 @@ pub(crate) async fn run_task(stack: &Stack, body: Value) -> Value {
     task_until(stack, &id, ended).await
 }
 
+/// Runs a workflow of one given step, `(id, capability, instruction)`, by `agent` (with the
+/// shipped writer and a reviewer that approves), and returns the task once it has ended.
+pub(crate) async fn run_one_step(
+    stack: &Stack,
+    goal: &str,
+    agent: &str,
+    (id, capability, instruction): (&str, &str, &str),
+) -> Value {
+    stack.provider.set_reply(
+        "Your step (@review",
+        r#"{"verdict": "approve", "score": 0.9, "feedback": "Ready."}"#,
+    );
+    run_task(
+        stack,
+        json!({"goal": goal, "agents": [agent, "writer", "reviewer"], "steps": [
+            {"id": id, "capability": capability, "instruction": instruction}]}),
+    )
+    .await
+}
+
 pub(crate) fn ended(task: &Value) -> bool {
     ["completed", "failed", "cancelled"].contains(&task["status"].as_str().unwrap_or_default())
 }
