@@ -600,6 +600,17 @@ pub fn assert_refused(result: &serde_json::Value, id: shared::TaskId, field: &st
     assert!(message.contains(&format!("`{field}`")), "{message}");
 }
 
+/// The tool messages of a request the fake provider received, parsed.
+pub fn tool_messages(request: &serde_json::Value) -> Vec<serde_json::Value> {
+    request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| serde_json::from_str(m["content"].as_str().unwrap()).unwrap())
+        .collect()
+}
+
 /// Parses an SSE body into its `data:` payloads.
 pub fn sse_data(body: &str) -> Vec<String> {
     body.lines()

@@ -17,7 +17,7 @@ use rmcp::model::CallToolRequestParams;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use serde_json::{Value, json};
 
-use crate::harness::{Stack, content, eventually, task_id};
+use crate::harness::{Stack, content, eventually, task_id, tool_messages};
 use crate::workflows::{run_one_step, step};
 
 /// The fake MCP server's executable: built by `cargo test --workspace` (the fake-provider's
@@ -82,17 +82,6 @@ async fn call(stack: &Stack, name: &str, arguments: Value) -> Result<Value, Stri
     .await
     .map(|bytes| serde_json::from_slice(&bytes).unwrap())
     .map_err(|e| e.class.as_str().to_owned())
-}
-
-/// The tool messages of a request the fake received, parsed.
-fn tool_messages(request: &Value) -> Vec<Value> {
-    request["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "tool")
-        .map(|m| serde_json::from_str(m["content"].as_str().unwrap()).unwrap())
-        .collect()
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Nats, Stack, content, eventually, task_id, wait_for_tools};
+use crate::harness::{Nats, Stack, content, eventually, task_id, tool_messages, wait_for_tools};
 use crate::workflows::{AGENTS_ROUTE, run_one_step, run_task, step};
 
 /// Chat requests may use the calculator.
@@ -24,17 +24,6 @@ fn calculator_chat(text: &str, extra: &[Value]) -> Value {
 
 fn expression(e: &str) -> String {
     json!({"expression": e}).to_string()
-}
-
-/// The tool messages of a request the fake received, parsed.
-fn tool_messages(request: &Value) -> Vec<Value> {
-    request["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["role"] == "tool")
-        .map(|m| serde_json::from_str(m["content"].as_str().unwrap()).unwrap())
-        .collect()
 }
 
 #[tokio::test]

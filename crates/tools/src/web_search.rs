@@ -84,21 +84,20 @@ fn result(title: Option<&str>, url: Option<&str>, snippet: Option<&str>) -> Opti
     }))
 }
 
+/// Each result with a title and URL, its snippet in field `snippet`.
+fn listed(results: &[Value], snippet: &str) -> Vec<Value> {
+    results
+        .iter()
+        .filter_map(|r| result(r["title"].as_str(), r["url"].as_str(), r[snippet].as_str()))
+        .collect()
+}
+
 /// SearXNG's `{"results": [{"url", "title", "content", "engine", …}]}`.
 fn searxng(answer: &Value) -> Result<Vec<Value>, ToolError> {
     let results = answer["results"]
         .as_array()
         .ok_or_else(|| shape("SearXNG", "no `results`"))?;
-    Ok(results
-        .iter()
-        .filter_map(|r| {
-            result(
-                r["title"].as_str(),
-                r["url"].as_str(),
-                r["content"].as_str(),
-            )
-        })
-        .collect())
+    Ok(listed(results, "content"))
 }
 
 /// Brave's `{"web": {"results": [{"title", "url", "description"}]}}` (no `web` when nothing
@@ -110,16 +109,7 @@ fn brave(answer: &Value) -> Result<Vec<Value>, ToolError> {
     let results = web["results"]
         .as_array()
         .ok_or_else(|| shape("Brave Search", "`web` without `results`"))?;
-    Ok(results
-        .iter()
-        .filter_map(|r| {
-            result(
-                r["title"].as_str(),
-                r["url"].as_str(),
-                r["description"].as_str(),
-            )
-        })
-        .collect())
+    Ok(listed(results, "description"))
 }
 
 /// Tavily's `{"query", "results": [{"title", "url", "content", "score"}]}`.
@@ -127,16 +117,7 @@ fn tavily(answer: &Value) -> Result<Vec<Value>, ToolError> {
     let results = answer["results"]
         .as_array()
         .ok_or_else(|| shape("Tavily", "no `results`"))?;
-    Ok(results
-        .iter()
-        .filter_map(|r| {
-            result(
-                r["title"].as_str(),
-                r["url"].as_str(),
-                r["content"].as_str(),
-            )
-        })
-        .collect())
+    Ok(listed(results, "content"))
 }
 
 #[cfg(test)]
