@@ -65,19 +65,10 @@ pub fn request(
         }
         StepKind::Work | StepKind::Synthesize => None,
     };
-    let mut body = Map::new();
-    body.insert("model".into(), json!(agent.route));
-    body.insert(
-        "messages".into(),
-        json!([
-            {"role": "system", "content": agent.system_prompt},
-            {"role": "user", "content": user},
-        ]),
-    );
+    let mut body = agent_request(agent, &user);
     if let Some(format) = response_format {
         body.insert("response_format".into(), format);
     }
-    offer_tools(agent, &mut body);
     body
 }
 
@@ -92,6 +83,12 @@ pub fn question(agent: &AgentProfile, asker: Option<&str>, question: &str) -> Ma
         "# Question\n{from}. Answer it directly and completely; it sees only your answer.\n\n{}\n",
         clip(question)
     );
+    agent_request(agent, &user)
+}
+
+/// A request to `agent`'s route: its system prompt, then `user`, offering the built-in tools
+/// it may use.
+fn agent_request(agent: &AgentProfile, user: &str) -> Map<String, Value> {
     let mut body = Map::new();
     body.insert("model".into(), json!(agent.route));
     body.insert(
