@@ -546,3 +546,82 @@ async fn the_worker_interface_shares_the_bucket_with_the_api() {
     ));
     stack.stop().await;
 }
+
+/// `switchyard context <args> --url <gateway>`: its exit status, stdout and stderr.
+async fn cli(stack: &Stack, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.env_remove("NATS_URL")
+        .env_remove("SWITCHYARD_CONFIG")
+        .arg("context")
+        .args(args)
+        .args(["--url", &stack.base]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_writes_on_the_revision_it_read() {
+    let stack = Stack::start(0, &[]).await;
+    let (ok, out, err) = cli(&stack, &["put", "team-cli", "plan", r#"{"draft": 1}"#]).await;
+    assert!(ok, "{out}{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    let first = created["revision"].as_u64().unwrap();
+
+    let (ok, out, err) = cli(&stack, &["get", "team-cli", "plan"]).await;
+    assert!(ok, "{out}{err}");
+    let entry: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(entry["revision"], first);
+    assert_eq!(entry["by"], "api");
+    assert_eq!(entry["value"], json!({"draft": 1}));
+
+    let at = first.to_string();
+    let args = [
+        "put",
+        "team-cli",
+        "plan",
+        "[2]",
+        "--if-match",
+        &at,
+        "--writer",
+        "editor",
+    ];
+    let (ok, out, err) = cli(&stack, &args).await;
+    assert!(ok, "{out}{err}");
+    // The same revision again is stale: refused, showing the current entry.
+    let (ok, _, err) = cli(&stack, &args).await;
+    assert!(!ok);
+    assert!(err.contains("409") && err.contains("editor"), "{err}");
+
+    let (ok, out, err) = cli(&stack, &["list", "team-cli"]).await;
+    assert!(ok, "{out}{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["data"][0]["key"], "plan");
+    let (ok, out, err) = cli(
+        &stack,
+        &["delete", "team-cli", "plan", "--writer", "editor"],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = cli(&stack, &["history", "team-cli", "plan"]).await;
+    assert!(ok, "{out}{err}");
+    let history: Value = serde_json::from_str(&out).unwrap();
+    let ops: Vec<(&str, &str)> = history["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["operation"].as_str().unwrap(), r["by"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        ops,
+        [("put", "api"), ("put", "editor"), ("delete", "editor")]
+    );
+    let (ok, _, err) = cli(&stack, &["get", "team-cli", "plan"]).await;
+    assert!(!ok && err.contains("404"), "{err}");
+    stack.stop().await;
+}
