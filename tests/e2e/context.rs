@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use shared::context::{Context, ContextError, MAX_VALUE_BYTES};
 use tokio::sync::Barrier;
 
-use crate::harness::Stack;
+use crate::harness::{Stack, eventually};
 
 const WRITERS: usize = 8;
 
@@ -624,5 +624,34 @@ async fn the_cli_writes_on_the_revision_it_read() {
     );
     let (ok, _, err) = cli(&stack, &["get", "team-cli", "plan"]).await;
     assert!(!ok && err.contains("404"), "{err}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn while_nats_is_away_context_is_a_503_and_then_back() {
+    let mut stack = Stack::start(0, &[]).await;
+    let created = call(
+        &stack,
+        Method::PUT,
+        "team-x/fact",
+        None,
+        None,
+        Some(&json!(1)),
+    )
+    .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    stack.nats.stop();
+    let (status, body) =
+        error_of(call(&stack, Method::GET, "team-x/fact", None, None, None).await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "store_unavailable");
+    stack.nats.start_again();
+    let value = eventually(std::time::Duration::from_secs(20), || async {
+        let got = call(&stack, Method::GET, "team-x/fact", None, None, None).await;
+        (got.status() == StatusCode::OK).then_some(())?;
+        got.json::<Value>().await.ok()
+    })
+    .await;
+    assert_eq!(value, json!(1));
     stack.stop().await;
 }
