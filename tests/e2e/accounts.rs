@@ -1,6 +1,7 @@
 //! `nats/accounts.conf` as shipped: a gateway, a worker and the tools service connected as
 //! their own users, with only the permissions that file grants, still serve JSON and streamed
-//! completions, a completion that calls a built-in tool under a quota, and a workflow.
+//! completions, a completion that calls a built-in tool under a quota, a workflow, and shared
+//! context written by both.
 
 use std::sync::Arc;
 
@@ -186,6 +187,59 @@ async fn per_role_users_can_do_their_jobs() {
     })
     .await;
     assert_eq!(task["status"], "completed", "{task:#}");
+
+    // Shared context: the gateway's user writes, lists and deletes over HTTP; the worker's
+    // user writes through the steps' interface.
+    let put = http
+        .put(format!("{base}/v1/context/{id}/plan"))
+        .json(&json!({"draft": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let revision: u64 = put.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .trim_matches('"')
+        .parse()
+        .unwrap();
+    let js = async_nats::jetstream::new(worker_probe.clone());
+    let steps = shared::context::Context::new(
+        js.clone(),
+        js.get_key_value(shared::names::CONTEXT_BUCKET)
+            .await
+            .unwrap(),
+    );
+    let next = steps
+        .put_if(&id, "plan", &json!({"draft": 2}), "researcher", revision)
+        .await
+        .unwrap();
+    let listed: Value = http
+        .get(format!("{base}/v1/context/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["data"][0]["revision"], next, "{listed}");
+    let deleted = http
+        .delete(format!("{base}/v1/context/{id}/plan"))
+        .header("if-match", format!("\"{next}\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let history: Value = http
+        .get(format!("{base}/v1/context/{id}/plan/history"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["data"][1]["by"], "researcher", "{history}");
+    assert_eq!(history["data"][2]["operation"], "delete", "{history}");
 
     let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);

@@ -103,7 +103,9 @@ async fn listed_origins_pass_preflight_and_read_answers_and_headers() {
         Some(ORIGIN)
     );
     let methods = header(&response, "access-control-allow-methods").unwrap();
-    assert!(methods.contains("POST"), "{methods}");
+    for method in ["GET", "POST", "PUT", "DELETE"] {
+        assert!(methods.contains(method), "{method} not in {methods}");
+    }
     let allowed = header(&response, "access-control-allow-headers")
         .unwrap()
         .to_ascii_lowercase();
@@ -132,7 +134,9 @@ async fn listed_origins_pass_preflight_and_read_answers_and_headers() {
         "x-switchyard-attempts",
         "x-switchyard-fallback-depth",
         "x-switchyard-overhead-ms",
+        "x-switchyard-writer",
         "retry-after",
+        "etag",
     ] {
         assert!(exposed.contains(name), "{name} not in {exposed}");
     }

@@ -17,6 +17,7 @@ mod chat;
 mod cli;
 mod client_tools;
 mod clients;
+mod context;
 mod direct_publish;
 mod exactly_once;
 mod failover;

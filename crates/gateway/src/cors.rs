@@ -14,15 +14,18 @@ use crate::headers;
 /// rather than one per call; browsers cap it lower anyway (Chrome: 2 hours).
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(3_600);
 
-/// Answer headers a page may read: Switchyard's own, and `Retry-After` on 429/503.
-const EXPOSED: [HeaderName; 7] = [
+/// Answer headers a page may read: Switchyard's own, `Retry-After` on 429/503, and a
+/// context entry's revision (`ETag`), which its next write names.
+const EXPOSED: [HeaderName; 9] = [
     HeaderName::from_static(headers::TASK_ID),
     HeaderName::from_static(headers::PROVIDER),
     HeaderName::from_static(headers::MODEL),
     HeaderName::from_static(headers::ATTEMPTS),
     HeaderName::from_static(headers::FALLBACK_DEPTH),
     HeaderName::from_static(headers::OVERHEAD_MS),
+    HeaderName::from_static(headers::WRITER),
     header::RETRY_AFTER,
+    header::ETAG,
 ];
 
 /// The CORS layer for `origins`, or `None` when none is listed (no CORS headers at all).
@@ -47,7 +50,7 @@ pub fn layer(origins: &[String]) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
-            .allow_methods([Method::GET, Method::POST])
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
             .allow_headers(AllowHeaders::mirror_request())
             .expose_headers(EXPOSED)
             .max_age(PREFLIGHT_MAX_AGE),

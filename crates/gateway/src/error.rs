@@ -32,6 +32,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    ValueTooLarge(String),
     #[error("the task queue is full; retry later")]
     QueueFull,
     #[error(
@@ -39,6 +43,8 @@ pub enum ApiError {
          retry in {retry_after_secs} s or allow more time with x-switchyard-timeout-ms"
     )]
     Overloaded { retry_after_secs: u64 },
+    #[error("the context store is unavailable; retry later")]
+    StoreUnavailable,
     #[error("the task queue is unavailable; retry later")]
     Unavailable,
     #[error("no answer within the deadline; fetch GET /v1/tasks/{task_id} later")]
@@ -115,10 +121,28 @@ impl ApiError {
             ),
             ApiError::NotFound(_) => (S::NOT_FOUND, "invalid_request_error", "not_found", None),
             ApiError::Conflict { code, .. } => (S::CONFLICT, "invalid_request_error", code, None),
+            ApiError::PreconditionFailed(_) => (
+                S::PRECONDITION_FAILED,
+                "invalid_request_error",
+                "precondition_failed",
+                Some("if-match".to_owned()),
+            ),
+            ApiError::ValueTooLarge(_) => (
+                S::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "value_too_large",
+                Some("body".to_owned()),
+            ),
             ApiError::QueueFull => (S::TOO_MANY_REQUESTS, "rate_limit_error", "queue_full", None),
             ApiError::Overloaded { .. } => {
                 (S::TOO_MANY_REQUESTS, "rate_limit_error", "overloaded", None)
             }
+            ApiError::StoreUnavailable => (
+                S::SERVICE_UNAVAILABLE,
+                "service_unavailable_error",
+                "store_unavailable",
+                None,
+            ),
             ApiError::Unavailable => (
                 S::SERVICE_UNAVAILABLE,
                 "service_unavailable_error",

@@ -14,6 +14,9 @@ pub const PRIORITY: &str = "x-switchyard-priority";
 pub const CAPABILITY: &str = "x-switchyard-capability";
 /// Request: how long to wait for the answer, in milliseconds (bounded by configuration).
 pub const TIMEOUT_MS: &str = "x-switchyard-timeout-ms";
+/// Request: who writes a context entry (a name token; `api` when absent). Response (to a
+/// context `GET`): who wrote the entry.
+pub const WRITER: &str = "x-switchyard-writer";
 /// Response: provider and model of the target that answered.
 pub const PROVIDER: &str = "x-switchyard-provider";
 pub const MODEL: &str = "x-switchyard-model";

@@ -8,6 +8,7 @@ mod answer;
 mod body;
 mod builtin_tools;
 mod chat;
+mod context;
 mod cors;
 mod error;
 mod headers;
@@ -88,11 +89,13 @@ async fn state(
         capabilities.iter().cloned().collect(),
         shutdown.clone(),
     ));
+    let context = shared::context::Context::new(js.clone(), provisioned.context);
     Ok(Arc::new(Shared {
         config,
         client,
         js,
         results: provisioned.results,
+        context,
         agents: provisioned.agents,
         agents_bucket: provisioned.agents_bucket,
         agent_writes: tokio::sync::Mutex::default(),

@@ -16,6 +16,11 @@
 //! | GET    | `/v1/tasks/{id}/events`  | [`tasks::events`]        |
 //! | POST   | `/v1/tasks/{id}/approve` | [`tasks::approve`]       |
 //! | POST   | `/v1/tasks/{id}/reject`  | [`tasks::reject`]        |
+//! | GET    | `/v1/context/{scope}`  | [`context::list`]          |
+//! | GET    | `/v1/context/{scope}/{key}` | [`context::get`]      |
+//! | PUT    | `/v1/context/{scope}/{key}` | [`context::put`]      |
+//! | DELETE | `/v1/context/{scope}/{key}` | [`context::delete`]   |
+//! | GET    | `/v1/context/{scope}/{key}/history` | [`context::history`] |
 //! | GET    | `/v1/providers`        | [`operate::providers`]     |
 //! | GET    | `/v1/dlq`              | [`operate::list`]          |
 //! | POST   | `/v1/dlq/{id}/replay`  | [`operate::replay`]        |
@@ -36,7 +41,7 @@ use shared::TaskId;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{chat, cors, headers, info, mcp, operate, roster, task_list, tasks};
+use crate::{chat, context, cors, headers, info, mcp, operate, roster, task_list, tasks};
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.gateway.max_body_bytes;
@@ -55,6 +60,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tasks/{id}/events", get(tasks::events))
         .route("/v1/tasks/{id}/approve", post(tasks::approve))
         .route("/v1/tasks/{id}/reject", post(tasks::reject))
+        .route("/v1/context/{scope}", get(context::list))
+        .route(
+            "/v1/context/{scope}/{key}",
+            get(context::get).put(context::put).delete(context::delete),
+        )
+        .route("/v1/context/{scope}/{key}/history", get(context::history))
         .route("/v1/providers", get(operate::providers))
         .route("/v1/dlq", get(operate::list))
         .route("/v1/dlq/{id}/replay", post(operate::replay))

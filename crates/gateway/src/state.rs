@@ -21,6 +21,8 @@ pub struct Shared {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub results: kv::Store,
+    /// Shared context (`/v1/context`).
+    pub context: shared::context::Context,
     /// The agents as they are now (configuration and the `agents` bucket).
     pub agents: LiveCatalog,
     /// Where runtime agent profiles are stored.

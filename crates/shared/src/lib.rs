@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod backoff;
 pub mod config;
+pub mod context;
 pub mod dlq;
 pub mod failure;
 pub mod health;

@@ -35,6 +35,9 @@ pub const WORKFLOWS_BUCKET: &str = "workflows";
 /// The queue of workflow control messages (start, approve, reject, cancel):
 /// `tasks.workflow.<priority>`.
 pub const WORKFLOW_CAPABILITY: &str = "workflow";
+/// Key-value bucket of shared context: one entry per `<scope>.<key>`, with a bounded
+/// history, written by compare-and-set on the revision (`crate::context`).
+pub const CONTEXT_BUCKET: &str = "context";
 /// Key-value bucket holding the attempts of a task that went back to the queue, so the
 /// next delivery continues its history.
 pub const ATTEMPTS_BUCKET: &str = "attempts";
@@ -128,6 +131,13 @@ impl fmt::Display for Capability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Checks that `s` is one subject token of the kind every name here is: 1 to
+/// [`MAX_TOKEN_LEN`] lowercase ASCII letters, digits, `-` and `_`, starting with a letter or
+/// digit. For names that are not capabilities (context scopes and keys, writers).
+pub fn check_token(s: &str) -> Result<(), NameError> {
+    validate_token(s)
 }
 
 fn validate_token(s: &str) -> Result<(), NameError> {

@@ -18,9 +18,9 @@ use futures::TryStreamExt;
 use crate::agents::{AgentProfile, LiveCatalog};
 use crate::config::Config;
 use crate::names::{
-    AGENTS_BUCKET, ATTEMPTS_BUCKET, DLQ_STREAM, EVENTS_STREAM, EVENTS_SUBJECTS, PERFORMANCE_BUCKET,
-    PROVIDERS_BUCKET, RESULTS_BUCKET, TASKS_STREAM, TOOL_QUOTAS_BUCKET, WORKFLOWS_BUCKET,
-    task_subject,
+    AGENTS_BUCKET, ATTEMPTS_BUCKET, CONTEXT_BUCKET, DLQ_STREAM, EVENTS_STREAM, EVENTS_SUBJECTS,
+    PERFORMANCE_BUCKET, PROVIDERS_BUCKET, RESULTS_BUCKET, TASKS_STREAM, TOOL_QUOTAS_BUCKET,
+    WORKFLOWS_BUCKET, task_subject,
 };
 use tracing::warn;
 
@@ -98,6 +98,8 @@ pub struct Provisioned {
     pub tool_quotas: kv::Store,
     /// The MCP tools being served (`crate::mcp`), written by the tools processes.
     pub mcp_tools: kv::Store,
+    /// Shared context by `<scope>.<key>` (`crate::context`), with a bounded history.
+    pub context: kv::Store,
 }
 
 /// Creates or updates every stream, consumer and bucket `config` calls for.
@@ -250,7 +252,9 @@ async fn provision_once(
     )
     .await?;
     let mcp_tools = mcp_tools_bucket(js, replicas).await?;
+    let context = context_bucket(js, replicas).await?;
     Ok(Provisioned {
+        context,
         tasks,
         tool_quotas,
         mcp_tools,
@@ -279,6 +283,31 @@ pub async fn mcp_tools_bucket(
         replicas,
     )
     .await
+}
+
+/// The shared context bucket (`crate::context`): entries are kept until deleted, with
+/// [`crate::context::HISTORY`] revisions per key so their writers can be shown.
+pub async fn context_bucket(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<kv::Store, ProvisionError> {
+    js.create_or_update_key_value(kv::Config {
+        bucket: CONTEXT_BUCKET.to_owned(),
+        description: "Switchyard shared context by <scope>.<key>, changed by compare-and-set"
+            .to_owned(),
+        history: crate::context::HISTORY,
+        max_age: Duration::ZERO,
+        // A value is at most `MAX_VALUE_BYTES` of JSON; the envelope adds little.
+        max_value_size: i32::try_from(crate::context::MAX_VALUE_BYTES * 2).unwrap_or(i32::MAX),
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|source| ProvisionError::Bucket {
+        name: CONTEXT_BUCKET,
+        source,
+    })
 }
 
 async fn bucket(
