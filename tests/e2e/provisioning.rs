@@ -234,3 +234,25 @@ async fn a_server_short_of_storage_is_told_which_setting_reserves_it() {
     );
     assert!(error.contains("max_file_store"), "{error}");
 }
+
+/// `nats.url` may list several servers (as a cluster's clients do): with the first one
+/// down, a process connects to another and provisions there.
+#[tokio::test]
+async fn a_list_of_servers_with_one_down_still_connects_and_provisions() {
+    let nats = Nats::start();
+    let dead = fake_provider::refused_url()
+        .unwrap()
+        .replace("http://", "nats://");
+    let url = format!("{dead},{}", nats.url);
+    let config = Config::load(
+        Source::Toml(&config_toml(&url, "http://127.0.0.1:9")),
+        &stack_env(&[]),
+    )
+    .unwrap();
+    let client = shared::nats::connect(&config.nats.url, "test")
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+    provision(&js, &config).await.unwrap();
+    assert!(js.get_stream("TASKS").await.is_ok());
+}

@@ -12,10 +12,11 @@ const RECONNECT_BASE: Duration = Duration::from_millis(25);
 /// are one TCP connect each, so a few per second per process cost nothing.
 const RECONNECT_CAP: Duration = Duration::from_millis(500);
 
-/// Connects to `url`, naming the connection after the process role so `nats-server`
-/// monitoring shows who is who. Credentials in the URL (`nats://user:password@host` or
-/// `nats://token@host`) are used to authenticate: the client library does not read them
-/// from the URL itself.
+/// Connects to `url` — one server, or several separated by commas (a cluster's nodes: the
+/// client connects to any that answers and fails over between them) — naming the
+/// connection after the process role so `nats-server` monitoring shows who is who.
+/// Credentials in a URL (`nats://user:password@host` or `nats://token@host`) are used to
+/// authenticate: the client library does not read them from the URL itself.
 pub async fn connect(
     url: &str,
     role: &str,
@@ -24,7 +25,9 @@ pub async fn connect(
         .name(format!("switchyard-{role}"))
         .connection_timeout(CONNECT_TIMEOUT)
         .reconnect_delay_callback(reconnect_delay);
-    if let Ok(addr) = url.parse::<async_nats::ServerAddr>()
+    let servers: Vec<async_nats::ServerAddr> =
+        servers(url).filter_map(|s| s.parse().ok()).collect();
+    if let Some(addr) = servers.iter().find(|a| a.username().is_some())
         && let Some(user) = addr.username()
     {
         options = match addr.password() {
@@ -32,7 +35,16 @@ pub async fn connect(
             None => options.token(user.to_owned()),
         };
     }
-    options.connect(url).await
+    if servers.is_empty() {
+        // Let the client library say what is wrong with it.
+        return options.connect(url).await;
+    }
+    options.connect(servers.as_slice()).await
+}
+
+/// The servers a `nats.url` lists: comma-separated, blanks around them ignored.
+pub fn servers(url: &str) -> impl Iterator<Item = &str> {
+    url.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// The wait before reconnect attempt `attempts` (1 for the first).
@@ -41,8 +53,13 @@ fn reconnect_delay(attempts: usize) -> Duration {
     crate::backoff::full_jitter(RECONNECT_BASE, RECONNECT_CAP, attempt)
 }
 
-/// `url` with any `user:password@` replaced by `***@`, for logs and error messages.
+/// `url` with any `user:password@` replaced by `***@` (in each server of a list), for logs
+/// and error messages.
 pub fn redacted(url: &str) -> String {
+    servers(url).map(redacted_one).collect::<Vec<_>>().join(",")
+}
+
+fn redacted_one(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let rest = match rest.rsplit_once('@') {
         Some((_, host)) => format!("***@{host}"),
@@ -114,5 +131,9 @@ mod tests {
         assert_eq!(redacted("nats://token@host:4222"), "nats://***@host:4222");
         assert_eq!(redacted("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
         assert_eq!(redacted("host:4222"), "host:4222");
+        assert_eq!(
+            redacted("nats://u:p@a:4222, nats://u:p@b:4222"),
+            "nats://***@a:4222,nats://***@b:4222"
+        );
     }
 }

@@ -572,6 +572,18 @@ impl Config {
         if self.nats.url.trim().is_empty() {
             p.add("nats.url", "must not be empty");
         }
+        for (i, server) in crate::nats::servers(&self.nats.url).enumerate() {
+            if server.parse::<async_nats::ServerAddr>().is_err() {
+                p.add(
+                    "nats.url",
+                    format!(
+                        "server {} ({}) is not a NATS URL (nats://host:port, comma-separated for several)",
+                        i + 1,
+                        crate::nats::redacted(server)
+                    ),
+                );
+            }
+        }
         if !(1..=5).contains(&self.nats.replicas) {
             p.add("nats.replicas", "must be between 1 and 5");
         }
@@ -1048,6 +1060,30 @@ mod tests {
             assert!(err.contains(key), "{key} missing from {err}");
         }
         assert!(!err.contains("tools.chat_allowed[0]"), "{err}");
+    }
+
+    #[test]
+    fn nats_url_may_list_several_servers_each_checked() {
+        let cfg = Config::load(
+            Source::Toml(DEFAULT_TOML),
+            &env(&[(
+                "SWITCHYARD__NATS__URL",
+                "nats://a:4222, nats://b:4222,c:4222",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(crate::nats::servers(&cfg.nats.url).count(), 3);
+        let err = Config::load(
+            Source::Toml(DEFAULT_TOML),
+            &env(&[(
+                "SWITCHYARD__NATS__URL",
+                "nats://a:4222,nats://u:secret@b:notaport",
+            )]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("nats.url: server 2"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
     }
 
     #[test]
