@@ -152,14 +152,7 @@ async fn per_role_users_can_do_their_jobs() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let tool_task = crate::harness::task_id(&response);
-    let stored: Value = http
-        .get(format!("{base}/v1/tasks/{tool_task}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stored: Value = get_json(&http, format!("{base}/v1/tasks/{tool_task}")).await;
     assert_eq!(stored["tool_calls"][0]["outcome"], "ok", "{stored:#}");
 
     // A workflow: the gateway stores its state, the worker dispatches steps onto agent
@@ -214,14 +207,7 @@ async fn per_role_users_can_do_their_jobs() {
         .put_if(&id, "plan", &json!({"draft": 2}), "researcher", revision)
         .await
         .unwrap();
-    let listed: Value = http
-        .get(format!("{base}/v1/context/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(&http, format!("{base}/v1/context/{id}")).await;
     assert_eq!(listed["data"][0]["revision"], next, "{listed}");
     let deleted = http
         .delete(format!("{base}/v1/context/{id}/plan"))
@@ -230,14 +216,7 @@ async fn per_role_users_can_do_their_jobs() {
         .await
         .unwrap();
     assert_eq!(deleted.status(), 204);
-    let history: Value = http
-        .get(format!("{base}/v1/context/{id}/plan/history"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history: Value = get_json(&http, format!("{base}/v1/context/{id}/plan/history")).await;
     assert_eq!(history["data"][1]["by"], "researcher", "{history}");
     assert_eq!(history["data"][2]["operation"], "delete", "{history}");
 
@@ -248,4 +227,9 @@ async fn per_role_users_can_do_their_jobs() {
     gateway.await.unwrap().unwrap();
     worker.await.unwrap().unwrap();
     tools.await.unwrap().unwrap();
+}
+
+/// `GET url`, its JSON body.
+async fn get_json(http: &reqwest::Client, url: String) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::harness::{FAKE_KEY, Stack, chat_body, content, sse_data, task_id};
+use crate::harness::{FAKE_KEY, Stack, chat_body, content, done_chunks, sse_data, task_id};
 
 #[tokio::test]
 async fn chat_completion_round_trip() {
@@ -54,12 +54,7 @@ async fn streamed_completion_arrives_in_order_and_ends_with_done() {
             .starts_with("text/event-stream")
     );
     assert!(response.headers().contains_key("x-switchyard-task-id"));
-    let data = sse_data(&response.text().await.unwrap());
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks = done_chunks(&response.text().await.unwrap());
     assert!(
         chunks.len() > 3,
         "expected several chunks, got {}",
@@ -142,16 +137,6 @@ fn texts_by_choice(chunks: &[Value]) -> BTreeMap<u64, String> {
         texts.entry(index).or_default().push_str(text);
     }
     texts
-}
-
-/// The chunks of an SSE body that ended with `[DONE]`.
-fn done_chunks(body: &str) -> Vec<Value> {
-    let data = sse_data(body);
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
-    data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 use fake_provider::{FakeProvider, Format};
 use serde_json::{Value, json};
 
-use crate::harness::{Stack, content, sse_data};
+use crate::harness::{Stack, content, done_chunks};
 
 /// The two functions every request offers.
 fn functions() -> Value {
@@ -93,12 +93,9 @@ fn calls_of(message: &Value) -> Vec<(String, String, Value)> {
 /// Each call's (id, name, arguments) put back together from streamed deltas, by index, and
 /// the finish reason.
 fn reassembled(body: &str) -> (Vec<(String, String, Value)>, String) {
-    let data = sse_data(body);
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{body}");
     let mut calls: Vec<(String, String, String)> = Vec::new();
     let mut finish = String::new();
-    for chunk in &data[..data.len() - 1] {
-        let chunk: Value = serde_json::from_str(chunk).unwrap();
+    for chunk in done_chunks(body) {
         let Some(choice) = chunk["choices"].get(0) else {
             continue;
         };

@@ -600,6 +600,16 @@ pub fn assert_refused(result: &serde_json::Value, id: shared::TaskId, field: &st
     assert!(message.contains(&format!("`{field}`")), "{message}");
 }
 
+/// Every request the stack's fake provider received whose body contains `text`, as sent.
+pub fn requests_with(stack: &Stack, text: &str) -> Vec<serde_json::Value> {
+    stack
+        .provider
+        .bodies()
+        .into_iter()
+        .filter(|b| b.to_string().contains(text))
+        .collect()
+}
+
 /// The tool messages of a request the fake provider received, parsed.
 pub fn tool_messages(request: &serde_json::Value) -> Vec<serde_json::Value> {
     request["messages"]
@@ -609,6 +619,20 @@ pub fn tool_messages(request: &serde_json::Value) -> Vec<serde_json::Value> {
         .filter(|m| m["role"] == "tool")
         .map(|m| serde_json::from_str(m["content"].as_str().unwrap()).unwrap())
         .collect()
+}
+
+/// The chunks of SSE `data:` payloads that end with `[DONE]` (asserted), parsed.
+pub fn chunks_before_done(data: &[String]) -> Vec<serde_json::Value> {
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+/// The chunks of an SSE body that ended with `[DONE]`.
+pub fn done_chunks(body: &str) -> Vec<serde_json::Value> {
+    chunks_before_done(&sse_data(body))
 }
 
 /// Parses an SSE body into its `data:` payloads.

@@ -17,7 +17,7 @@ use rmcp::model::CallToolRequestParams;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use serde_json::{Value, json};
 
-use crate::harness::{Stack, content, eventually, task_id, tool_messages};
+use crate::harness::{Stack, content, eventually, requests_with, task_id, tool_messages};
 use crate::workflows::{run_one_step, step};
 
 /// The fake MCP server's executable: built by `cargo test --workspace` (the fake-provider's
@@ -253,12 +253,7 @@ async fn a_chat_request_calls_a_permitted_mcp_tool_and_is_refused_another() {
     let answer: Value = response.json().await.unwrap();
     assert_eq!(content(&answer), "Echoed ping.");
 
-    let requests: Vec<Value> = stack
-        .provider
-        .requests()
-        .into_iter()
-        .map(|r| r.body)
-        .collect();
+    let requests: Vec<Value> = stack.provider.bodies();
     assert_eq!(requests.len(), 2);
     // Offered as functions with the server's schemas.
     let offered = requests[0]["tools"].as_array().unwrap();
@@ -343,13 +338,7 @@ tools = ["mcp.fake.add"]
     assert_eq!(add["output"], "The sum is 42.");
     assert_eq!(add["tool_calls"][0]["name"], "mcp.fake.add");
     assert_eq!(add["tool_calls"][0]["outcome"], "ok");
-    let requests: Vec<Value> = stack
-        .provider
-        .requests()
-        .into_iter()
-        .map(|r| r.body)
-        .filter(|b| b.to_string().contains(marker))
-        .collect();
+    let requests: Vec<Value> = requests_with(&stack, marker);
     assert_eq!(
         requests[0]["tools"][0]["function"]["name"],
         "mcp__fake__add"

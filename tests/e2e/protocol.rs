@@ -177,11 +177,7 @@ async fn stream_with_a_missing_chunk_is_completed_from_the_stored_result() {
         }
     });
     let data = finish_by_hand(&stack, &msg, &task, &result, pending).await;
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks = crate::harness::chunks_before_done(&data);
     let text: String = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
@@ -224,11 +220,7 @@ async fn stream_of_several_choices_with_a_gap_completes_each_choice() {
         }
     });
     let data = finish_by_hand(&stack, &msg, &task, &result, pending).await;
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks = crate::harness::chunks_before_done(&data);
     assert_eq!(chunks.len(), 3, "two relayed, one closing: {data:?}");
     let mut texts = [String::new(), String::new()];
     for choice in chunks.iter().flat_map(|c| c["choices"].as_array().unwrap()) {

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Nats, Stack, content, eventually, task_id, tool_messages, wait_for_tools};
+use crate::harness::{
+    Nats, Stack, content, eventually, requests_with, task_id, tool_messages, wait_for_tools,
+};
 use crate::workflows::{AGENTS_ROUTE, run_one_step, run_task, step};
 
 /// Chat requests may use the calculator.
@@ -24,6 +26,22 @@ fn calculator_chat(text: &str, extra: &[Value]) -> Value {
 
 fn expression(e: &str) -> String {
     json!({"expression": e}).to_string()
+}
+
+/// The calculator endpoint's counts in the tools service's `$SRV.STATS`.
+async fn calculator_stats(client: &async_nats::Client) -> Value {
+    let stats = client
+        .request("$SRV.STATS.switchyard-tools", "".into())
+        .await
+        .unwrap();
+    let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
+    stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "calculator")
+        .cloned()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -96,18 +114,7 @@ async fn the_tools_service_is_discovered_and_answers_over_nats() {
 
     // Counted once each answer is sent (just after it leaves, so read until it shows).
     let calculator = eventually(Duration::from_secs(10), || async {
-        let stats = client
-            .request("$SRV.STATS.switchyard-tools", "".into())
-            .await
-            .unwrap();
-        let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
-        let calculator = stats["endpoints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == "calculator")
-            .cloned()
-            .unwrap();
+        let calculator = calculator_stats(&client).await;
         (calculator["num_requests"] == 2).then_some(calculator)
     })
     .await;
@@ -147,12 +154,7 @@ async fn the_loop_runs_rounds_of_parallel_calls_until_the_answer() {
     // Three model answers of 12 tokens each.
     assert_eq!(answer["usage"]["total_tokens"], 36);
 
-    let requests: Vec<Value> = stack
-        .provider
-        .requests()
-        .into_iter()
-        .map(|r| r.body)
-        .collect();
+    let requests: Vec<Value> = stack.provider.bodies();
     assert_eq!(requests.len(), 3);
     // The built-in entry became the calculator's schema; the client's own tool is untouched.
     let offered = requests[0]["tools"].as_array().unwrap();
@@ -351,13 +353,7 @@ async fn a_step_calling_a_tool_its_agent_may_not_use_is_refused_and_recorded() {
     assert_eq!(call["outcome"], "error");
     assert_eq!(call["class"], "denied");
     // The counter's step request offered no tool; the refusal reached the model.
-    let requests: Vec<Value> = stack
-        .provider
-        .requests()
-        .into_iter()
-        .map(|r| r.body)
-        .filter(|b| b.to_string().contains(marker))
-        .collect();
+    let requests: Vec<Value> = requests_with(&stack, marker);
     assert!(requests[0].get("tools").is_none());
     assert_eq!(tool_messages(&requests[1])[0]["error"]["class"], "denied");
     stack.stop().await;
@@ -442,19 +438,8 @@ async fn a_quota_shared_by_two_workers_lets_no_more_calls_through_than_it_allows
         );
     }
     // The tools service saw only the calls the quota let through.
-    let stats = stack
-        .client
-        .request("$SRV.STATS.switchyard-tools", "".into())
-        .await
-        .unwrap();
-    let stats: Value = serde_json::from_slice(&stats.payload).unwrap();
-    let served = stats["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "calculator")
-        .map(|e| e["num_requests"].clone());
-    assert_eq!(served, Some(json!(5)));
+    let calculator = calculator_stats(&stack.client).await;
+    assert_eq!(calculator["num_requests"], 5);
     stack.stop().await;
 }
 
@@ -522,12 +507,7 @@ async fn an_agent_asks_another_and_the_answer_comes_back_over_the_task_path() {
     assert_eq!(call["outcome"], "ok", "{call:#}");
 
     // The expert's answer reached the asker as the tool result.
-    let requests: Vec<Value> = stack
-        .provider
-        .requests()
-        .into_iter()
-        .map(|r| r.body)
-        .collect();
+    let requests: Vec<Value> = stack.provider.bodies();
     let expert = requests
         .iter()
         .find(|r| r["messages"][0]["content"] == "You are the Expert.")
@@ -580,12 +560,7 @@ async fn an_ask_that_would_close_a_cycle_is_refused_and_the_asked_agent_answers_
     assert_eq!(asked["output"], "The expert agrees.");
     assert_eq!(asked["tool_calls"][0]["outcome"], "ok");
     // The expert's own ask was refused, naming the cycle; nothing asked the asker.
-    let requests: Vec<Value> = stack
-        .provider
-        .requests()
-        .into_iter()
-        .map(|r| r.body)
-        .collect();
+    let requests: Vec<Value> = stack.provider.bodies();
     assert!(!requests.iter().any(|r| {
         r["messages"][1]["content"]
             .as_str()
@@ -621,12 +596,7 @@ async fn a_streamed_answer_runs_the_loop_and_streams_only_the_final_answer() {
     assert_eq!(response.status(), 200);
     let id = task_id(&response);
     let body = response.text().await.unwrap();
-    let data = crate::harness::sse_data(&body);
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{body}");
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks = crate::harness::done_chunks(&body);
     // The caller reads the final answer, streamed; the tool round stays inside.
     let text: String = chunks
         .iter()

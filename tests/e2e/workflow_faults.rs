@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::harness::{Stack, eventually};
+use crate::harness::{Stack, eventually, requests_with};
 use crate::workflows::{AGENTS_ROUTE, ended, state_until, step, submit, task_until};
 
 /// The shipped agents' route, on the fake provider: every step is an HTTP call whose answer
@@ -25,25 +25,13 @@ fn marker(id: &str) -> String {
     format!("Your step ({id})")
 }
 
-/// Every request the fake received whose body contains `text`, as sent.
-fn requests_with(stack: &Stack, text: &str) -> Vec<Value> {
-    stack
-        .provider
-        .requests()
-        .into_iter()
-        .map(|r| r.body)
-        .filter(|b| b.to_string().contains(text))
-        .collect()
-}
-
 /// Every request the fake received for step `id`. Its prompt names its step first: later
 /// mentions are inputs (the fake's answers echo their prompts, which name their steps).
 fn step_requests(stack: &Stack, id: &str) -> Vec<Value> {
     stack
         .provider
-        .requests()
+        .bodies()
         .into_iter()
-        .map(|r| r.body)
         .filter(|b| {
             let own = user_text(b)
                 .split_once("# Your step (")

@@ -358,6 +358,14 @@ impl FakeProvider {
     pub fn requests(&self) -> Vec<Recorded> {
         lock(&self.state.requests).clone()
     }
+
+    /// The body of every request received, in order.
+    pub fn bodies(&self) -> Vec<Value> {
+        lock(&self.state.requests)
+            .iter()
+            .map(|r| r.body.clone())
+            .collect()
+    }
 }
 
 /// Scripted calls as `[{"name", "arguments"}]`.

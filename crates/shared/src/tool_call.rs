@@ -14,7 +14,7 @@ use crate::tools::{
 };
 
 /// Calls tool `name` with `arguments` (JSON), `headers` saying who calls
-/// ([`crate::tools::context`]), and waits at most `timeout` for its answer.
+/// ([`crate::tools::caller`]), and waits at most `timeout` for its answer.
 pub async fn call(
     client: &async_nats::Client,
     name: &str,

@@ -314,7 +314,7 @@ pub const BUILTIN: &[ToolSpec] = &[
 
 /// Headers the worker puts on a tool call, saying who calls: tools that act on the task
 /// path (`ask_agent`) read them; others ignore them.
-pub mod context {
+pub mod caller {
     /// The id of the task making the call.
     pub const TASK_ID: &str = "Switchyard-Task-Id";
     /// The call's id, as the model gave it.

@@ -19,7 +19,7 @@ use shared::agents::{AgentProfile, Catalog, LiveCatalog, QUEUE_PREFIX};
 use shared::config::Config;
 use shared::names::{AGENTS_BUCKET, HEADER_MSG_ID, RESULTS_BUCKET, task_subject};
 use shared::task::{TaskResult, TaskStatus, now_ms};
-use shared::tools::{ToolError, ToolErrorClass, context};
+use shared::tools::{ToolError, ToolErrorClass, caller};
 use shared::{Capability, Priority, Task, TaskId};
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +36,7 @@ struct Arguments {
     question: String,
 }
 
-/// Who asks, read from the call's headers (`shared::tools::context`).
+/// Who asks, read from the call's headers (`shared::tools::caller`).
 #[derive(Debug, Default)]
 struct Caller {
     task: Option<TaskId>,
@@ -54,9 +54,9 @@ impl Caller {
         };
         let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
         Self {
-            task: get(context::TASK_ID).and_then(|t| t.parse().ok()),
-            call_id: get(context::CALL_ID).filter(|c| !c.is_empty()),
-            chain: get(context::ASKED_BY)
+            task: get(caller::TASK_ID).and_then(|t| t.parse().ok()),
+            call_id: get(caller::CALL_ID).filter(|c| !c.is_empty()),
+            chain: get(caller::ASKED_BY)
                 .map(|c| {
                     c.split(',')
                         .filter(|a| !a.is_empty())
@@ -64,8 +64,8 @@ impl Caller {
                         .collect()
                 })
                 .unwrap_or_default(),
-            deadline_ms: get(context::DEADLINE_MS).and_then(|d| d.parse().ok()),
-            priority: get(context::PRIORITY)
+            deadline_ms: get(caller::DEADLINE_MS).and_then(|d| d.parse().ok()),
+            priority: get(caller::PRIORITY)
                 .and_then(|p| p.parse().ok())
                 .unwrap_or_default(),
         }
@@ -383,9 +383,9 @@ mod tests {
     #[test]
     fn the_caller_is_read_from_headers_and_asks_nest_only_so_deep() {
         let mut headers = HeaderMap::new();
-        headers.insert(context::ASKED_BY, "planner,,researcher");
-        headers.insert(context::PRIORITY, "high");
-        headers.insert(context::DEADLINE_MS, "nonsense");
+        headers.insert(caller::ASKED_BY, "planner,,researcher");
+        headers.insert(caller::PRIORITY, "high");
+        headers.insert(caller::DEADLINE_MS, "nonsense");
         let caller = Caller::read(Some(&headers));
         assert_eq!(caller.chain, ["planner", "researcher"]);
         assert_eq!(caller.priority, Priority::High);

@@ -9,9 +9,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use shared::Task;
 use shared::task::now_ms;
-use shared::tools::{ToolError, context};
+use shared::tools::{ToolError, caller};
 
-/// Who makes a call: sent along as headers (`shared::tools::context`) for the tools that
+/// Who makes a call: sent along as headers (`shared::tools::caller`) for the tools that
 /// act on the task path (`ask_agent`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallContext<'a> {
@@ -26,7 +26,7 @@ impl CallContext<'_> {
     /// The headers for a call that must be answered within `timeout`.
     fn headers(&self, timeout: Duration) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(context::TASK_ID, self.task.id.to_string().as_str());
+        headers.insert(caller::TASK_ID, self.task.id.to_string().as_str());
         // The model chose the id: only a bounded, header-safe form of it travels.
         let call_id: String = self
             .call_id
@@ -34,7 +34,7 @@ impl CallContext<'_> {
             .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
             .take(64)
             .collect();
-        headers.insert(context::CALL_ID, call_id.as_str());
+        headers.insert(caller::CALL_ID, call_id.as_str());
         // Names only: the task decoder refuses anything else in `asked_by`, and a line break
         // in a header value would panic.
         let chain: Vec<&str> = self
@@ -45,10 +45,10 @@ impl CallContext<'_> {
             .chain(self.agent)
             .filter(|a| a.parse::<shared::Capability>().is_ok())
             .collect();
-        headers.insert(context::ASKED_BY, chain.join(",").as_str());
+        headers.insert(caller::ASKED_BY, chain.join(",").as_str());
         let deadline = now_ms().saturating_add(u64::try_from(timeout.as_millis()).unwrap_or(0));
-        headers.insert(context::DEADLINE_MS, deadline.to_string().as_str());
-        headers.insert(context::PRIORITY, self.task.priority.to_string().as_str());
+        headers.insert(caller::DEADLINE_MS, deadline.to_string().as_str());
+        headers.insert(caller::PRIORITY, self.task.priority.to_string().as_str());
         headers
     }
 }
