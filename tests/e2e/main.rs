@@ -17,6 +17,7 @@ mod chat;
 mod cli;
 mod client_tools;
 mod clients;
+mod conflicts;
 mod context;
 mod direct_publish;
 mod exactly_once;

@@ -15,19 +15,20 @@ use crate::workflows::{AGENTS_ROUTE, ended, state_until, step, submit, task_unti
 
 /// The shipped agents' route, on the fake provider: every step is an HTTP call whose answer
 /// a test can script by a marker in its prompt.
-const FAKE_AGENTS: &str = "\n[routes.agents]\nprovider = \"fake\"\nmodel = \"fake-model\"\n";
+pub(crate) const FAKE_AGENTS: &str =
+    "\n[routes.agents]\nprovider = \"fake\"\nmodel = \"fake-model\"\n";
 
 /// A reviewer's verdict that approves.
-const APPROVE: &str = r#"{"verdict": "approve", "score": 0.9, "feedback": "Ready."}"#;
+pub(crate) const APPROVE: &str = r#"{"verdict": "approve", "score": 0.9, "feedback": "Ready."}"#;
 
 /// The marker of step `id`'s prompt (`# Your step (<id>)`), for scripting its answer.
-fn marker(id: &str) -> String {
+pub(crate) fn marker(id: &str) -> String {
     format!("Your step ({id})")
 }
 
 /// Every request the fake received for step `id`. Its prompt names its step first: later
 /// mentions are inputs (the fake's answers echo their prompts, which name their steps).
-fn step_requests(stack: &Stack, id: &str) -> Vec<Value> {
+pub(crate) fn step_requests(stack: &Stack, id: &str) -> Vec<Value> {
     stack
         .provider
         .bodies()
@@ -42,7 +43,7 @@ fn step_requests(stack: &Stack, id: &str) -> Vec<Value> {
 }
 
 /// The user message of a step's request (the goal, the instruction, the inputs).
-fn user_text(request: &Value) -> &str {
+pub(crate) fn user_text(request: &Value) -> &str {
     request["messages"][1]["content"].as_str().unwrap()
 }
 

@@ -52,6 +52,11 @@ pub struct PlanStep {
     /// An agent to run it, if the plan names one (routing is skipped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// The key of the workflow's shared context its answer is written to (by
+    /// compare-and-set; the step's id when not given). Steps naming one key contribute to
+    /// one work product, and a lost write is a conflict settled by the workflow's policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +112,9 @@ impl Plan {
                     at("instruction"),
                     format!("must be at most {MAX_INSTRUCTION_LEN} bytes"),
                 ));
+            }
+            if let Some(key) = &step.writes {
+                check_token(&at("writes"), key, MAX_STEP_ID_LEN, &mut errors);
             }
             if let Some(agent) = &step.agent
                 && !known_agent(agent)
@@ -255,6 +263,7 @@ mod tests {
             instruction: format!("do {id}"),
             depends_on: deps.iter().map(|d| (*d).to_owned()).collect(),
             agent: None,
+            writes: None,
         }
     }
 

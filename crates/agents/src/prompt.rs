@@ -202,6 +202,9 @@ mod tests {
             error: None,
             usage: Usage::default(),
             tool_calls: Vec::new(),
+            writes: None,
+            attempt: 0,
+            written: None,
         }
     }
 
@@ -216,6 +219,7 @@ mod tests {
             priority: Priority::Normal,
             budget: Budget::default(),
             approval: false,
+            on_conflict: Default::default(),
         };
         let mut wf = Workflow::new(TaskId::new(), spec, 0, 1000);
         wf.steps = steps;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::config::Price;
 use shared::tools::ToolCall;
-use shared::{Priority, TaskId};
+use shared::{Priority, StepRef, TaskId};
 
 use crate::plan::{self, Plan, PlanLimits, PlanStep};
 use crate::routing::Decision;
@@ -29,6 +29,15 @@ pub const REVIEW: &str = "review";
 /// Ids of the steps the workflow adds itself start with this, which plan step ids (tokens)
 /// cannot, so the two never collide.
 const OWN_STEP: char = '@';
+
+/// Runs after the first that a step gets when its write to the shared context loses a
+/// conflict: two re-runs on fresh revisions settle an honest race; more means the key is
+/// fought over, and the workflow stops with the guard named.
+pub const MAX_RERUNS: u32 = 2;
+/// Conflicts one workflow may record before it stops: each costs a model call.
+pub const MAX_CONFLICTS: usize = 8;
+/// Ids of merge steps (a reviewer merging two versions of one context key) start with this.
+const MERGE_STEP: &str = "@merge-";
 
 /// A workflow's wall time when its budget sets none: a dozen model calls in sequence with
 /// retries fit; a run stuck for longer is stopped with the guard named.
@@ -53,6 +62,9 @@ pub struct Workflow {
     pub review: Option<Verdict>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Failure>,
+    /// Writes to the shared context that lost a compare-and-set, and how each was settled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<Conflict>,
     pub created_ms: u64,
     pub deadline_ms: u64,
     pub updated_ms: u64,
@@ -83,6 +95,42 @@ pub struct Spec {
     /// Pause for a person's approval before completing.
     #[serde(default)]
     pub approval: bool,
+    /// How a step's write to the shared context that lost a conflict is settled.
+    #[serde(default)]
+    pub on_conflict: ConflictPolicy,
+}
+
+/// How a conflict on a shared-context key is settled; never by keeping the last write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictPolicy {
+    /// First writer wins: the losing step runs again, seeing the winner's revision, and
+    /// writes on top of it.
+    #[default]
+    Rerun,
+    /// A reviewer-type agent merges the two versions into the next revision.
+    Merge,
+}
+
+/// One lost compare-and-set on a shared-context key, as recorded on the workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conflict {
+    pub key: String,
+    /// The step whose write lost, and which run of it.
+    pub step: String,
+    pub attempt: u32,
+    /// The revision the step had read (0: none), and the one it found instead.
+    pub base_revision: u64,
+    pub current_revision: u64,
+    /// Who wrote the revision it found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_by: Option<String>,
+    pub policy: ConflictPolicy,
+    /// The step that settles it: the same step's next run, or the merge step.
+    pub resolved_by: String,
+    /// The revision the settling step wrote, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_revision: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +226,20 @@ pub struct Step {
     /// The built-in tool calls its task made (its tool loop), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
+    /// The key of the workflow's shared context its answer is written to (work steps:
+    /// the plan's `writes`, else the step's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes: Option<String>,
+    /// Which run this is (see [`StepRef::attempt`]); `task_id` is this run's.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+    /// The context revision its answer was written at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written: Option<u64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Limits a caller sets on one workflow; each is a guard.
@@ -283,6 +345,8 @@ pub enum Guard {
     InvalidPlan,
     NoAgent,
     Rejected,
+    /// A shared-context key stayed contended past [`MAX_RERUNS`] or [`MAX_CONFLICTS`].
+    Conflicts,
 }
 
 /// Why a workflow failed: a guard, or a step's failure class.
@@ -313,9 +377,18 @@ pub struct Verdict {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Start,
-    StepFinished { step: String, outcome: StepOutcome },
+    StepFinished {
+        step: String,
+        /// Which run of the step finished ([`StepRef::attempt`]).
+        attempt: u32,
+        outcome: StepOutcome,
+        /// What became of its write to the shared context, when it made one.
+        write: Option<WriteOutcome>,
+    },
     Approve,
-    Reject { reason: String },
+    Reject {
+        reason: String,
+    },
     Cancel,
 }
 
@@ -324,7 +397,10 @@ impl Event {
     fn key(&self) -> String {
         match self {
             Event::Start => "start".to_owned(),
-            Event::StepFinished { step, .. } => format!("after:{step}"),
+            Event::StepFinished {
+                step, attempt: 0, ..
+            } => format!("after:{step}"),
+            Event::StepFinished { step, attempt, .. } => format!("after:{step}~{attempt}"),
             Event::Approve => "approve".to_owned(),
             Event::Reject { .. } => "reject".to_owned(),
             Event::Cancel => "cancel".to_owned(),
@@ -344,6 +420,20 @@ pub enum StepOutcome {
         class: String,
         message: String,
         tool_calls: Vec<ToolCall>,
+    },
+}
+
+/// What became of a step's compare-and-set write of its answer to the shared context.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOutcome {
+    /// Stored as `revision` (or found stored by this same run, after a crash).
+    Written { key: String, revision: u64 },
+    /// Another writer got there first: the key was at `current` (0: deleted), not `base`.
+    Conflict {
+        key: String,
+        base: u64,
+        current: u64,
+        by: Option<String>,
     },
 }
 
@@ -377,6 +467,8 @@ pub enum ProgressKind {
     Synthesized,
     Reviewed,
     ApprovalNeeded,
+    /// A step's write to the shared context lost a conflict; the detail says how it is settled.
+    Conflict,
     Done,
 }
 
@@ -438,6 +530,7 @@ impl Workflow {
             output: None,
             review: None,
             error: None,
+            conflicts: Vec::new(),
             created_ms: now_ms,
             deadline_ms: now_ms.saturating_add(wall),
             updated_ms: now_ms,
@@ -468,6 +561,7 @@ impl Workflow {
         agent: Option<String>,
     ) {
         let task_id = self.id.child(&id);
+        let writes = (kind == StepKind::Work).then(|| id.clone());
         self.steps.push(Step {
             id,
             kind,
@@ -483,6 +577,9 @@ impl Workflow {
             error: None,
             usage: Usage::default(),
             tool_calls: Vec::new(),
+            writes,
+            attempt: 0,
+            written: None,
         });
     }
 
@@ -531,7 +628,12 @@ pub fn advance(wf: &mut Workflow, event: &Event, env: &dyn Env) -> Vec<Effect> {
     wf.updated_ms = now;
     match event {
         Event::Start => start(wf, env, &mut effects),
-        Event::StepFinished { step, outcome } => finished(wf, step, outcome, env, &mut effects),
+        Event::StepFinished {
+            step,
+            outcome,
+            write,
+            ..
+        } => finished(wf, step, outcome, write.as_ref(), env, &mut effects),
         Event::Approve => {
             wf.status = Status::Completed;
             effects.push(Progress::effect(
@@ -568,11 +670,11 @@ pub fn advance(wf: &mut Workflow, event: &Event, env: &dyn Env) -> Vec<Effect> {
 fn replay(wf: &Workflow, event: &Event, key: &str) -> Option<Vec<Effect>> {
     let applies = match event {
         Event::Start => wf.status == Status::Queued,
-        Event::StepFinished { step, .. } => {
+        Event::StepFinished { step, attempt, .. } => {
             !wf.status.is_terminal()
                 && wf
                     .step(step)
-                    .is_some_and(|s| s.status == StepStatus::Dispatched)
+                    .is_some_and(|s| s.status == StepStatus::Dispatched && s.attempt == *attempt)
         }
         Event::Approve | Event::Reject { .. } => wf.status == Status::AwaitingApproval,
         Event::Cancel => !wf.status.is_terminal(),
@@ -659,6 +761,7 @@ fn ask_for_plan(wf: &mut Workflow, problems: Option<String>, env: &dyn Env) {
 
 fn add_plan(wf: &mut Workflow, steps: Vec<PlanStep>) {
     for step in steps {
+        let writes = step.writes;
         wf.add_step(
             step.id,
             StepKind::Work,
@@ -667,6 +770,11 @@ fn add_plan(wf: &mut Workflow, steps: Vec<PlanStep>) {
             step.depends_on,
             step.agent,
         );
+        if let Some(key) = writes
+            && let Some(added) = wf.steps.last_mut()
+        {
+            added.writes = Some(key);
+        }
     }
 }
 
@@ -674,9 +782,36 @@ fn finished(
     wf: &mut Workflow,
     id: &str,
     outcome: &StepOutcome,
+    write: Option<&WriteOutcome>,
     env: &dyn Env,
     effects: &mut Vec<Effect>,
 ) {
+    match (outcome, write) {
+        (
+            StepOutcome::Completed { .. },
+            Some(WriteOutcome::Conflict {
+                key,
+                base,
+                current,
+                by,
+            }),
+        ) => {
+            let conflict = Conflict {
+                key: key.clone(),
+                step: id.to_owned(),
+                attempt: wf.step(id).map_or(0, |s| s.attempt),
+                base_revision: *base,
+                current_revision: *current,
+                current_by: by.clone(),
+                policy: wf.spec.on_conflict,
+                resolved_by: String::new(),
+                resolved_revision: None,
+            };
+            return conflicted(wf, conflict, outcome, effects);
+        }
+        (_, Some(WriteOutcome::Written { revision, .. })) => written(wf, id, *revision),
+        _ => {}
+    }
     let Some(step) = wf.step_mut(id) else {
         return;
     };
@@ -690,7 +825,8 @@ fn finished(
             step.status = StepStatus::Completed;
             step.tool_calls.clone_from(tool_calls);
             step.output = Some(text.clone());
-            step.usage = *usage;
+            // Added, not set: a re-run's step keeps the tokens of the run that lost.
+            step.usage.add(*usage);
             wf.usage.add(*usage);
             text.clone()
         }
@@ -755,6 +891,123 @@ fn finished(
         }
         StepKind::Review => reviewed(wf, &text, env, effects),
     }
+}
+
+/// Records `revision` as the step's write, and as the settling of a conflict it resolves.
+fn written(wf: &mut Workflow, id: &str, revision: u64) {
+    if let Some(step) = wf.step_mut(id) {
+        step.written = Some(revision);
+    }
+    for conflict in &mut wf.conflicts {
+        if conflict.resolved_by == id && conflict.resolved_revision.is_none() {
+            conflict.resolved_revision = Some(revision);
+        }
+    }
+}
+
+/// A step answered, but its write to the shared context lost: records the conflict and
+/// settles it by the workflow's policy (a merge step's own conflict is always re-run).
+/// The losing answer's tokens count: they were spent.
+fn conflicted(
+    wf: &mut Workflow,
+    mut conflict: Conflict,
+    outcome: &StepOutcome,
+    effects: &mut Vec<Effect>,
+) {
+    let StepOutcome::Completed {
+        text,
+        usage,
+        tool_calls,
+    } = outcome
+    else {
+        return;
+    };
+    let id = conflict.step.clone();
+    wf.usage.add(*usage);
+    let merge_step = id.starts_with(MERGE_STEP);
+    if merge_step {
+        conflict.policy = ConflictPolicy::Rerun;
+    }
+    let exhausted = if wf.conflicts.len() >= MAX_CONFLICTS {
+        Some(format!("{MAX_CONFLICTS} conflicts on the shared context"))
+    } else if conflict.policy == ConflictPolicy::Rerun && conflict.attempt >= MAX_RERUNS {
+        Some(format!(
+            "step `{id}` lost the write to `{}` {} times",
+            conflict.key,
+            conflict.attempt + 1
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = exhausted {
+        wf.fail(guard(Guard::Conflicts, message), effects);
+        return;
+    }
+    let detail = match conflict.policy {
+        ConflictPolicy::Rerun => {
+            conflict.resolved_by.clone_from(&id);
+            format!(
+                "`{}` was at revision {}, not {}: step `{id}` runs again on it",
+                conflict.key, conflict.current_revision, conflict.base_revision
+            )
+        }
+        ConflictPolicy::Merge => {
+            conflict.resolved_by = format!("{MERGE_STEP}{id}");
+            format!(
+                "`{}` was at revision {}, not {}: `{}` merges the two versions",
+                conflict.key,
+                conflict.current_revision,
+                conflict.base_revision,
+                conflict.resolved_by
+            )
+        }
+    };
+    let wf_id = wf.id;
+    let Some(step) = wf.step_mut(&id) else {
+        return;
+    };
+    step.usage.add(*usage);
+    step.tool_calls.clone_from(tool_calls);
+    match conflict.policy {
+        ConflictPolicy::Rerun => {
+            step.attempt += 1;
+            step.task_id = StepRef::task_id_of(wf_id, &id, step.attempt);
+            step.status = StepStatus::Pending;
+            step.dispatched_by = None;
+        }
+        ConflictPolicy::Merge => {
+            step.status = StepStatus::Completed;
+            step.output = Some(text.clone());
+            let (key, merge) = (conflict.key.clone(), conflict.resolved_by.clone());
+            for dependent in &mut wf.steps {
+                if dependent.depends_on.contains(&id) {
+                    dependent.depends_on.push(merge.clone());
+                }
+            }
+            wf.add_step(
+                merge.clone(),
+                StepKind::Work,
+                REVIEW,
+                format!(
+                    "Two agents wrote the shared-context entry `{key}` at the same time. The current \
+                     entry is one version; the output of step `{id}` is the other. Merge them into \
+                     one version that keeps what is right in each and settles where they disagree; \
+                     answer with the merged version only."
+                ),
+                vec![id.clone()],
+                None,
+            );
+            if let Some(added) = wf.step_mut(&merge) {
+                added.writes = Some(key);
+            }
+        }
+    }
+    effects.push(Progress::effect(
+        ProgressKind::Conflict,
+        Some(&id),
+        Some(detail),
+    ));
+    wf.conflicts.push(conflict);
 }
 
 fn planned(wf: &mut Workflow, text: &str, env: &dyn Env, effects: &mut Vec<Effect>) {

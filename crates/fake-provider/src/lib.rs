@@ -146,6 +146,10 @@ pub(crate) struct State {
     latency: Mutex<Duration>,
     chunk_delay: Mutex<Duration>,
     calls: AtomicUsize,
+    /// Requests waiting before their first byte now, and the most there ever were: work
+    /// that overlapped in time shows as more than one.
+    waiting: AtomicUsize,
+    most_waiting: AtomicUsize,
     requests: Mutex<Vec<Recorded>>,
     /// Off in long benchmark runs, where keeping every request would only grow memory.
     forget_requests: std::sync::atomic::AtomicBool,
@@ -203,6 +207,7 @@ impl State {
     pub(crate) async fn before_answer(&self, fault: Option<&Fault>) {
         let latency = *lock(&self.latency);
         if !latency.is_zero() {
+            let _waiting = Waiting::new(self);
             tokio::time::sleep(latency).await;
         }
         if let Some(Fault::StallBeforeFirstByte(stall)) = fault {
@@ -212,6 +217,24 @@ impl State {
 
     pub(crate) fn chunk_delay(&self) -> Duration {
         *lock(&self.chunk_delay)
+    }
+}
+
+/// One request counted in [`State::waiting`] until dropped (also when its connection is
+/// dropped mid-wait).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(state: &'a State) -> Self {
+        let now = state.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+        state.most_waiting.fetch_max(now, Ordering::SeqCst);
+        Self(&state.waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -348,6 +371,11 @@ impl FakeProvider {
     /// Stops keeping requests (their count is still kept), for long benchmark runs.
     pub fn forget_requests(&self) {
         self.state.forget_requests.store(true, Ordering::Relaxed);
+    }
+
+    /// The most requests that were waiting out the latency at the same time.
+    pub fn most_at_once(&self) -> usize {
+        self.state.most_waiting.load(Ordering::SeqCst)
     }
 
     pub fn calls(&self) -> usize {

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::names::{NameError, check_token};
+use crate::names::{NameError, TaskId, check_token};
 
 /// Revisions kept per key: enough to show the last few writers of a contended key, few
 /// enough that a history answer stays small (16 × [`MAX_VALUE_BYTES`] at most).
@@ -50,6 +50,10 @@ pub struct Envelope {
     pub by: String,
     /// When, in milliseconds since the Unix epoch.
     pub at_ms: u64,
+    /// The task that wrote it, when a workflow step did: a step's write repeated after a
+    /// crash finds its own entry and is not taken for another writer's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskId>,
 }
 
 /// The current entry of a key, with its revision.
@@ -175,12 +179,38 @@ impl Context {
         by: &str,
         expect: Expect,
     ) -> Result<u64, ContextError> {
+        self.write(scope, key, value, (by, None), expect).await
+    }
+
+    /// [`Context::put`] by `by` for the workflow step whose task is `task` (recorded in the
+    /// entry, see [`Envelope::task`]).
+    pub async fn put_for_task(
+        &self,
+        scope: &str,
+        key: &str,
+        value: &Value,
+        (by, task): (&str, TaskId),
+        expect: Expect,
+    ) -> Result<u64, ContextError> {
+        self.write(scope, key, value, (by, Some(task)), expect)
+            .await
+    }
+
+    async fn write(
+        &self,
+        scope: &str,
+        key: &str,
+        value: &Value,
+        (by, task): (&str, Option<TaskId>),
+        expect: Expect,
+    ) -> Result<u64, ContextError> {
         let subject = entry_key(scope, key)?;
         check_name("by", by)?;
         let envelope = Envelope {
             value: value.clone(),
             by: by.to_owned(),
             at_ms: crate::task::now_ms(),
+            task,
         };
         let bytes = envelope_bytes(&envelope)?;
         match expect {

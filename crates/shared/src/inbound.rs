@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::limits::{MAX_JSON_DEPTH, MAX_SUBJECT_LEN, MAX_TASK_DEPTH, check_route, json_depth};
 use crate::names::task_subject;
-use crate::{Capability, Priority, Task, TaskId, reply};
+use crate::{Capability, Priority, StepRef, Task, TaskId, reply};
 
 /// Why a published task cannot be run, and what of it could still be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,13 +346,43 @@ fn check_step(fields: &Map<String, Value>) -> Result<(), Problem> {
     let name = step["step"]
         .as_str()
         .filter(|s| !s.is_empty() && s.len() <= MAX_STEP_LEN && !s.chars().any(char::is_control));
+    let attempt = match step.get("attempt") {
+        None | Some(Value::Null) => Some(0),
+        Some(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+    };
     let id = fields
         .get("id")
         .and_then(Value::as_str)
         .and_then(|s| s.parse::<TaskId>().ok());
-    match (workflow, name, id) {
-        (Some(workflow), Some(name), Some(id)) if workflow.child(name) == id => Ok(()),
+    match (workflow, name, attempt, id) {
+        (Some(workflow), Some(name), Some(attempt), Some(id))
+            if StepRef::task_id_of(workflow, name, attempt) == id =>
+        {
+            check_write(step)
+        }
         _ => Err(rule()),
+    }
+}
+
+/// A step's `write`, if present: its key and writer are context names (they become
+/// subject tokens), its base a revision.
+fn check_write(step: &Value) -> Result<(), Problem> {
+    let write = match step.get("write") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(write) => write,
+    };
+    let name = |field: &str| {
+        write[field]
+            .as_str()
+            .is_some_and(|s| crate::names::check_token(s).is_ok())
+    };
+    if name("key") && name("by") && write["base"].is_u64() {
+        Ok(())
+    } else {
+        Err(Problem::Invalid(
+            "step.write",
+            "must be {\"key\": <token>, \"base\": <revision>, \"by\": <token>}".to_owned(),
+        ))
     }
 }
 
@@ -469,6 +499,39 @@ mod tests {
             read("tasks.chat.high", &task).unwrap_err().problem.field(),
             Some("step")
         );
+    }
+
+    #[test]
+    fn a_step_rerun_has_its_own_id_and_a_checked_write() {
+        let workflow = TaskId::new();
+        let mut task = valid();
+        task["id"] = json!(StepRef::task_id_of(workflow, "facts", 2).to_string());
+        task["step"] = json!({
+            "workflow": workflow.to_string(), "step": "facts", "attempt": 2,
+            "write": {"key": "findings", "base": 7, "by": "researcher"}
+        });
+        let step = read("tasks.chat.high", &task).unwrap().step.unwrap();
+        assert_eq!((step.attempt, step.task_id()), (2, task_id_of(&task)));
+        assert_eq!(step.write.unwrap().base, 7);
+        // The first run's id does not pass for the second run.
+        task["step"]["attempt"] = json!(0);
+        assert_eq!(
+            read("tasks.chat.high", &task).unwrap_err().problem.field(),
+            Some("step")
+        );
+        task["step"]["attempt"] = json!(2);
+        // A write key that is not a token (it becomes a subject token) is refused.
+        for bad in [json!("a.b"), json!(""), json!(3)] {
+            task["step"]["write"]["key"] = bad;
+            assert_eq!(
+                read("tasks.chat.high", &task).unwrap_err().problem.field(),
+                Some("step.write")
+            );
+        }
+    }
+
+    fn task_id_of(task: &Value) -> TaskId {
+        task["id"].as_str().unwrap().parse().unwrap()
     }
 
     #[test]

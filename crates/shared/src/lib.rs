@@ -23,4 +23,4 @@ pub mod tools;
 
 pub use failure::FailureClass;
 pub use names::{Capability, NameError, Priority, TaskId};
-pub use task::{Attempt, StepRef, StreamEventKind, Task, TaskResult, TaskStatus};
+pub use task::{Attempt, ContextWrite, StepRef, StreamEventKind, Task, TaskResult, TaskStatus};

@@ -41,11 +41,48 @@ pub struct Task {
 }
 
 /// Which step of which workflow a task is. Its task id must be the step's own
-/// (`workflow.child(step)`), so a step cannot be run under another id.
+/// ([`StepRef::task_id`]), so a step cannot be run under another id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRef {
     pub workflow: TaskId,
     pub step: String,
+    /// Which run of the step: 0, or the re-run after its write to the shared context
+    /// lost a conflict.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+    /// The shared-context entry the step's answer is written to, in its workflow's scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<ContextWrite>,
+}
+
+/// Where a step writes its answer: `key` of its workflow's context scope, by compare-and-set
+/// on `base`, the revision the step saw when it was dispatched (0: none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextWrite {
+    pub key: String,
+    pub base: u64,
+    /// The writer recorded: the step's agent.
+    pub by: String,
+}
+
+impl StepRef {
+    /// The task id of `attempt` of `step` in `workflow`: each run of a step has its own.
+    pub fn task_id_of(workflow: TaskId, step: &str, attempt: u32) -> TaskId {
+        if attempt == 0 {
+            workflow.child(step)
+        } else {
+            workflow.child(&format!("{step}~{attempt}"))
+        }
+    }
+
+    /// This step run's own task id.
+    pub fn task_id(&self) -> TaskId {
+        Self::task_id_of(self.workflow, &self.step, self.attempt)
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Task {

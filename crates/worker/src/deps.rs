@@ -76,6 +76,8 @@ pub(crate) struct Deps {
     pub cancellations: Cancellations,
     /// Workflow states, advanced when a step's result is stored.
     pub workflows: kv::Store,
+    /// Shared context: steps write their answers to their workflow's scope.
+    pub context: shared::context::Context,
     /// The agents as they are now (configuration and the `agents` bucket).
     pub agents: shared::agents::LiveCatalog,
     /// The MCP tools being served (the `mcp_tools` bucket), for the tool loop's offers.

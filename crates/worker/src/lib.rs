@@ -246,6 +246,7 @@ pub async fn run(
         max_deliver,
         reply_prefixes: config.queue.reply_prefixes.clone(),
         workflows: provisioned.workflows,
+        context: shared::context::Context::new(js.clone(), provisioned.context),
         tool_quotas: provisioned.tool_quotas,
         agents: provisioned.agents.clone(),
         mcp_tools,

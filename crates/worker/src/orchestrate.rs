@@ -14,7 +14,7 @@ use agents::prompt;
 use agents::routing::{self, Decision, Load, Weights};
 use agents::workflow::{
     DEFAULT_WALL_MS, Effect, Env, Event, Limits, Progress, StepKind, StepOutcome, StepStatus,
-    Workflow, advance,
+    Workflow, WriteOutcome, advance,
 };
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::PublishAckFuture;
@@ -24,9 +24,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;
 use shared::agents::{Catalog, QUEUE_PREFIX};
+use shared::context::{self, ContextError, Expect};
 use shared::names::{HEADER_MSG_ID, TASKS_STREAM, cancel_subject, task_subject};
 use shared::task::now_ms;
-use shared::{StepRef, Task, TaskId, TaskResult, TaskStatus};
+use shared::{ContextWrite, StepRef, Task, TaskId, TaskResult, TaskStatus};
 use tracing::{debug, warn};
 
 use crate::answer::{STORE_RETRY_DELAY, ack};
@@ -100,14 +101,90 @@ pub(crate) async fn step_finished(
     step: &StepRef,
     result: &TaskResult,
 ) -> Result<(), OrchestrateError> {
+    let outcome = outcome(result, |provider, model| deps.config.price(provider, model));
+    let write = match (&step.write, &outcome) {
+        (Some(write), StepOutcome::Completed { text, .. }) => {
+            Some(write_answer(deps, step, write, text).await?)
+        }
+        _ => None,
+    };
     let event = Event::StepFinished {
         step: step.step.clone(),
-        outcome: outcome(result, |provider, model| deps.config.price(provider, model)),
+        attempt: step.attempt,
+        outcome,
+        write,
     };
     if let Some(wf) = apply(deps, step.workflow, &event).await? {
         record_performance(deps, &wf, &step.step, result).await;
     }
     Ok(())
+}
+
+/// Writes a step's answer to its key of the workflow's shared context, by compare-and-set on
+/// the revision the step saw when dispatched. A lost write is a conflict for the state
+/// machine to settle, unless the entry found is this same run's (written before a crash).
+async fn write_answer(
+    deps: &Deps,
+    step: &StepRef,
+    write: &ContextWrite,
+    text: &str,
+) -> Result<WriteOutcome, OrchestrateError> {
+    let scope = step.workflow.to_string();
+    let expect = match write.base {
+        0 => Expect::Absent,
+        base => Expect::Revision(base),
+    };
+    let written = deps
+        .context
+        .put_for_task(
+            &scope,
+            &write.key,
+            &context_value(text),
+            (&write.by, step.task_id()),
+            expect,
+        )
+        .await;
+    match written {
+        Ok(revision) => Ok(WriteOutcome::Written {
+            key: write.key.clone(),
+            revision,
+        }),
+        Err(ContextError::Conflict { current }) => Ok(match current {
+            Some(current) if current.envelope.task == Some(step.task_id()) => {
+                WriteOutcome::Written {
+                    key: write.key.clone(),
+                    revision: current.revision,
+                }
+            }
+            current => WriteOutcome::Conflict {
+                key: write.key.clone(),
+                base: write.base,
+                current: current.as_ref().map_or(0, |c| c.revision),
+                by: current.map(|c| c.envelope.by),
+            },
+        }),
+        Err(e) => Err(OrchestrateError::Store(e.to_string())),
+    }
+}
+
+/// A step's answer as a context value: the text, cut to the bucket's value limit (with a
+/// note saying so) when it is longer.
+fn context_value(text: &str) -> serde_json::Value {
+    // JSON escaping may grow the text; leave room for it and the note.
+    let room = context::MAX_VALUE_BYTES / 2;
+    if text.len() <= room {
+        return json!(text);
+    }
+    let cut = (0..=room)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    json!(format!(
+        "{}\n[… cut: {} of {} bytes kept; the step's full output is on its task]",
+        &text[..cut],
+        cut,
+        text.len()
+    ))
 }
 
 /// Adds a step that changed its workflow to its agent's record, and a review's score to
@@ -193,8 +270,11 @@ async fn apply(
         // A step whose agent was removed after it was chosen fails, with the reason, and
         // so does its workflow: waiting for an agent that is gone would never end.
         for (step, agent) in orphans {
+            let attempt = wf.step(&step).map_or(0, |s| s.attempt);
             let event = Event::StepFinished {
                 step,
+                attempt,
+                write: None,
                 outcome: StepOutcome::Failed {
                     class: "no_agent".to_owned(),
                     message: format!("agent `{agent}` was removed before its step could run"),
@@ -290,6 +370,23 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    // A work step writes its answer to its key of the workflow's context, on the revision
+    // it sees now (its prompt shows that revision's value).
+    let write = match &step.writes {
+        Some(key) => {
+            let current = deps
+                .context
+                .get(&wf.id.to_string(), key)
+                .await
+                .map_err(|e| OrchestrateError::Store(e.to_string()))?;
+            Some(ContextWrite {
+                key: key.clone(),
+                base: current.map_or(0, |c| c.revision),
+                by: agent.name.clone(),
+            })
+        }
+        None => None,
+    };
     let task = Task {
         id: step.task_id,
         capability: capability.clone(),
@@ -303,6 +400,8 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
         step: Some(StepRef {
             workflow: wf.id,
             step: step.id.clone(),
+            attempt: step.attempt,
+            write,
         }),
         asked_by: Vec::new(),
     };

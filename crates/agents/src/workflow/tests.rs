@@ -68,6 +68,7 @@ fn spec(goal: &str) -> Spec {
         priority: Priority::Normal,
         budget: Budget::default(),
         approval: false,
+        on_conflict: ConflictPolicy::default(),
     }
 }
 
@@ -88,6 +89,8 @@ fn dispatched(effects: &[Effect]) -> Vec<String> {
 fn done(step: &str, text: &str) -> Event {
     Event::StepFinished {
         step: step.into(),
+        attempt: 0,
+        write: None,
         outcome: StepOutcome::Completed {
             text: text.into(),
             usage: Usage {
@@ -104,6 +107,8 @@ fn done(step: &str, text: &str) -> Event {
 fn failed(step: &str, class: &str) -> Event {
     Event::StepFinished {
         step: step.into(),
+        attempt: 0,
+        write: None,
         outcome: StepOutcome::Failed {
             class: class.into(),
             message: "it broke".into(),
@@ -387,6 +392,7 @@ fn a_team_without_a_reviewer_borrows_one_but_work_stays_in_the_team() {
             instruction: "dig".into(),
             depends_on: vec![],
             agent: None,
+            writes: None,
         }]),
         ..spec("g")
     });
@@ -471,6 +477,8 @@ fn usage_sums_steps_costs_and_remembers_an_unpriced_one() {
     advance(&mut wf, &Event::Start, &world);
     let finished = |step: &str, text: &str, usage: Usage| Event::StepFinished {
         step: step.into(),
+        attempt: 0,
+        write: None,
         outcome: StepOutcome::Completed {
             text: text.into(),
             usage,
@@ -514,6 +522,7 @@ fn a_step_whose_named_agent_was_removed_fails_the_run_instead_of_waiting() {
         instruction: format!("do {id}"),
         depends_on: deps.iter().map(|d| (*d).to_owned()).collect(),
         agent: Some(agent.into()),
+        writes: None,
     };
     let mut world = World::new();
     let mut wf = workflow(Spec {
@@ -536,4 +545,145 @@ fn a_step_whose_named_agent_was_removed_fails_the_run_instead_of_waiting() {
         "{}",
         error.message
     );
+}
+
+/// Two parallel steps that write one context key, then one that needs both.
+fn contended(policy: ConflictPolicy) -> Workflow {
+    let step = |id: &str, deps: &[&str]| PlanStep {
+        id: id.into(),
+        capability: "research".into(),
+        instruction: format!("do {id}"),
+        depends_on: deps.iter().map(|d| (*d).to_owned()).collect(),
+        agent: None,
+        writes: (deps.is_empty()).then(|| "findings".to_owned()),
+    };
+    workflow(Spec {
+        steps: Some(vec![step("a", &[]), step("b", &[]), step("c", &["a", "b"])]),
+        on_conflict: policy,
+        ..spec("g")
+    })
+}
+
+fn wrote(step: &str, attempt: u32, write: WriteOutcome) -> Event {
+    let Event::StepFinished { outcome, .. } = done(step, &format!("{step} output")) else {
+        unreachable!()
+    };
+    Event::StepFinished {
+        step: step.into(),
+        attempt,
+        outcome,
+        write: Some(write),
+    }
+}
+
+fn stored(revision: u64) -> WriteOutcome {
+    WriteOutcome::Written {
+        key: "findings".into(),
+        revision,
+    }
+}
+
+fn lost(base: u64, current: u64) -> WriteOutcome {
+    WriteOutcome::Conflict {
+        key: "findings".into(),
+        base,
+        current,
+        by: Some("researcher".into()),
+    }
+}
+
+#[test]
+fn a_lost_write_reruns_the_step_on_the_winners_revision_and_records_it() {
+    let world = World::new();
+    let mut wf = contended(ConflictPolicy::Rerun);
+    advance(&mut wf, &Event::Start, &world);
+    assert_eq!(wf.step("a").unwrap().writes.as_deref(), Some("findings"));
+    assert_eq!(
+        wf.step("c").unwrap().writes.as_deref(),
+        Some("c"),
+        "the default key is the id"
+    );
+    advance(&mut wf, &wrote("a", 0, stored(1)), &world);
+    let first_b = wf.step("b").unwrap().task_id;
+    let effects = advance(&mut wf, &wrote("b", 0, lost(0, 1)), &world);
+    // b runs again under a new task id; c still waits for it.
+    assert_eq!(dispatched(&effects), ["b"]);
+    let b = wf.step("b").unwrap();
+    assert_eq!((b.attempt, b.status), (1, StepStatus::Dispatched));
+    assert_ne!(b.task_id, first_b);
+    assert_eq!(b.task_id, StepRef::task_id_of(wf.id, "b", 1));
+    assert_eq!(
+        b.output, None,
+        "the losing answer is not kept as the step's output"
+    );
+    assert_eq!(wf.conflicts.len(), 1);
+    let c = &wf.conflicts[0];
+    assert_eq!(
+        (
+            c.key.as_str(),
+            c.step.as_str(),
+            c.base_revision,
+            c.current_revision
+        ),
+        ("findings", "b", 0, 1)
+    );
+    assert_eq!(
+        (c.policy, c.resolved_by.as_str(), c.resolved_revision),
+        (ConflictPolicy::Rerun, "b", None)
+    );
+    // The first run's event again changes nothing, and re-yields the re-run.
+    let again = advance(&mut wf, &wrote("b", 0, lost(0, 1)), &world);
+    assert_eq!(dispatched(&again), ["b"]);
+    assert_eq!(wf.conflicts.len(), 1);
+    // The re-run writes on top: the conflict is settled at that revision, c goes.
+    let effects = advance(&mut wf, &wrote("b", 1, stored(2)), &world);
+    assert_eq!(dispatched(&effects), ["c"]);
+    assert_eq!(wf.conflicts[0].resolved_revision, Some(2));
+    assert_eq!(wf.step("b").unwrap().written, Some(2));
+    // Both runs' tokens count.
+    assert_eq!(wf.step("b").unwrap().usage.tokens(), 30);
+}
+
+#[test]
+fn a_lost_write_under_the_merge_policy_gets_a_reviewer_merge_before_dependents() {
+    let world = World::new();
+    let mut wf = contended(ConflictPolicy::Merge);
+    advance(&mut wf, &Event::Start, &world);
+    advance(&mut wf, &wrote("a", 0, stored(1)), &world);
+    let effects = advance(&mut wf, &wrote("b", 0, lost(0, 1)), &world);
+    assert_eq!(dispatched(&effects), ["@merge-b"]);
+    let merge = wf.step("@merge-b").unwrap();
+    assert_eq!(merge.capability, REVIEW);
+    assert_eq!(merge.writes.as_deref(), Some("findings"));
+    assert_eq!(merge.depends_on, ["b"]);
+    assert_eq!(wf.step("b").unwrap().output.as_deref(), Some("b output"));
+    assert!(
+        wf.step("c")
+            .unwrap()
+            .depends_on
+            .contains(&"@merge-b".to_owned())
+    );
+    assert_eq!(wf.conflicts[0].resolved_by, "@merge-b");
+    let effects = advance(&mut wf, &wrote("@merge-b", 0, stored(2)), &world);
+    assert_eq!(dispatched(&effects), ["c"]);
+    assert_eq!(wf.conflicts[0].resolved_revision, Some(2));
+}
+
+#[test]
+fn a_key_fought_over_past_the_rerun_bound_fails_with_the_guard() {
+    let world = World::new();
+    let mut wf = contended(ConflictPolicy::Rerun);
+    advance(&mut wf, &Event::Start, &world);
+    advance(&mut wf, &wrote("a", 0, stored(1)), &world);
+    for attempt in 0..MAX_RERUNS {
+        advance(
+            &mut wf,
+            &wrote("b", attempt, lost(attempt as u64, attempt as u64 + 1)),
+            &world,
+        );
+        assert_eq!(wf.status, Status::Running);
+    }
+    advance(&mut wf, &wrote("b", MAX_RERUNS, lost(5, 6)), &world);
+    assert_eq!(wf.status, Status::Failed);
+    assert_eq!(wf.error.as_ref().unwrap().guard, Some(Guard::Conflicts));
 }

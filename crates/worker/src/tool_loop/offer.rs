@@ -210,6 +210,8 @@ mod tests {
             step: step.then(|| StepRef {
                 workflow: id,
                 step: "s".into(),
+                attempt: 0,
+                write: None,
             }),
             asked_by: Vec::new(),
         }
