@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::config::Price;
+use shared::tokens::PromptRecord;
 use shared::tools::ToolCall;
 use shared::{Priority, TaskId};
 
@@ -178,6 +179,9 @@ pub struct Step {
     /// The built-in tool calls its task made (its tool loop), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
+    /// What its prompt was built from and how it was fitted to the window (`budget`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<PromptRecord>,
 }
 
 /// Limits a caller sets on one workflow; each is a guard.
@@ -313,9 +317,16 @@ pub struct Verdict {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Start,
-    StepFinished { step: String, outcome: StepOutcome },
+    StepFinished {
+        step: String,
+        outcome: StepOutcome,
+        /// How the step's prompt was fitted to its window, as its task carried it.
+        prompt: Option<PromptRecord>,
+    },
     Approve,
-    Reject { reason: String },
+    Reject {
+        reason: String,
+    },
     Cancel,
 }
 
@@ -483,6 +494,7 @@ impl Workflow {
             error: None,
             usage: Usage::default(),
             tool_calls: Vec::new(),
+            prompt: None,
         });
     }
 
@@ -531,7 +543,11 @@ pub fn advance(wf: &mut Workflow, event: &Event, env: &dyn Env) -> Vec<Effect> {
     wf.updated_ms = now;
     match event {
         Event::Start => start(wf, env, &mut effects),
-        Event::StepFinished { step, outcome } => finished(wf, step, outcome, env, &mut effects),
+        Event::StepFinished {
+            step,
+            outcome,
+            prompt,
+        } => finished(wf, step, outcome, prompt.as_ref(), env, &mut effects),
         Event::Approve => {
             wf.status = Status::Completed;
             effects.push(Progress::effect(
@@ -674,12 +690,14 @@ fn finished(
     wf: &mut Workflow,
     id: &str,
     outcome: &StepOutcome,
+    prompt: Option<&PromptRecord>,
     env: &dyn Env,
     effects: &mut Vec<Effect>,
 ) {
     let Some(step) = wf.step_mut(id) else {
         return;
     };
+    step.prompt = prompt.cloned();
     let kind = step.kind;
     let text = match outcome {
         StepOutcome::Completed {

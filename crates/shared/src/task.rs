@@ -46,6 +46,9 @@ pub struct Task {
 pub struct StepRef {
     pub workflow: TaskId,
     pub step: String,
+    /// How the step's prompt was fitted to its window: copied onto the step when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<crate::tokens::PromptRecord>,
 }
 
 impl Task {

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use agents::control::{Action, ControlMessage, outcome};
-use agents::prompt;
+use agents::prompt::{self, StepInputs};
 use agents::routing::{self, Decision, Load, Weights};
 use agents::workflow::{
     DEFAULT_WALL_MS, Effect, Env, Event, Limits, Progress, StepKind, StepOutcome, StepStatus,
@@ -24,8 +24,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;
 use shared::agents::{Catalog, QUEUE_PREFIX};
+use shared::config::{Config, TargetConfig, split_direct};
 use shared::names::{HEADER_MSG_ID, TASKS_STREAM, cancel_subject, task_subject};
 use shared::task::now_ms;
+use shared::tokens::Window;
 use shared::{StepRef, Task, TaskId, TaskResult, TaskStatus};
 use tracing::{debug, warn};
 
@@ -103,6 +105,7 @@ pub(crate) async fn step_finished(
     let event = Event::StepFinished {
         step: step.step.clone(),
         outcome: outcome(result, |provider, model| deps.config.price(provider, model)),
+        prompt: step.prompt.clone(),
     };
     if let Some(wf) = apply(deps, step.workflow, &event).await? {
         record_performance(deps, &wf, &step.step, result).await;
@@ -190,16 +193,18 @@ async fn apply(
             }
         }
         let orphans = carry_out(deps, &wf, effects).await?;
-        // A step whose agent was removed after it was chosen fails, with the reason, and
-        // so does its workflow: waiting for an agent that is gone would never end.
-        for (step, agent) in orphans {
+        // A step whose agent was removed after it was chosen, or whose prompt cannot fit
+        // its window, fails with the reason, and so does its workflow: waiting would never
+        // end.
+        for (step, class, message) in orphans {
             let event = Event::StepFinished {
                 step,
                 outcome: StepOutcome::Failed {
-                    class: "no_agent".to_owned(),
-                    message: format!("agent `{agent}` was removed before its step could run"),
+                    class,
+                    message,
                     tool_calls: Vec::new(),
                 },
+                prompt: None,
             };
             Box::pin(apply(deps, id, &event)).await?;
         }
@@ -220,12 +225,12 @@ async fn read(deps: &Deps, key: &str) -> Result<Option<kv::Entry>, OrchestrateEr
 enum Dispatched {
     /// Sent; the future resolves when JetStream has stored it.
     Sent(PublishAckFuture),
-    /// Not sent: the step's agent (named) is no longer in the catalog.
-    AgentGone(String),
+    /// Not sent, and never will be: the failure's class and message.
+    Refused(String, String),
 }
 
-/// Carries out `effects` in order; returns the steps it could not dispatch because their
-/// agent is gone, with that agent's name. Every message is sent before any acknowledgement
+/// Carries out `effects` in order; returns the steps it could not dispatch (their agent is
+/// gone, their prompt cannot fit), with the failure's class and message. Every message is sent before any acknowledgement
 /// is awaited, so they travel together instead of one round trip each (a step's end
 /// typically publishes three: its progress, the next step, that step's progress); the
 /// caller still acks its own message only once JetStream has stored all of them.
@@ -233,14 +238,14 @@ async fn carry_out(
     deps: &Deps,
     wf: &Workflow,
     effects: Vec<Effect>,
-) -> Result<Vec<(String, String)>, OrchestrateError> {
+) -> Result<Vec<(String, String, String)>, OrchestrateError> {
     let mut orphans = Vec::new();
     let mut stored = Vec::with_capacity(effects.len());
     for effect in effects {
         match effect {
             Effect::Dispatch { step } => match dispatch(deps, wf, &step).await? {
                 Dispatched::Sent(ack) => stored.push(ack),
-                Dispatched::AgentGone(agent) => orphans.push((step, agent)),
+                Dispatched::Refused(class, message) => orphans.push((step, class, message)),
             },
             Effect::Abort { task_id } => {
                 // Best effort by design (see cancel.rs): a missed notice means the step runs
@@ -275,7 +280,10 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
         .ok_or_else(|| OrchestrateError::Decode(format!("step `{id}` has no agent")))?;
     let Some(agent) = catalog.agents.get(name) else {
         warn!(workflow = %wf.id, step = id, agent = name, "the step's agent is gone; the step fails");
-        return Ok(Dispatched::AgentGone(name.to_owned()));
+        return Ok(Dispatched::Refused(
+            "no_agent".to_owned(),
+            format!("agent `{name}` was removed before its step could run"),
+        ));
     };
     let capability = agent
         .queue()
@@ -290,12 +298,31 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    let window = route_window(&deps.config, &agent.route);
+    let (request, record) = match prompt::request(
+        agent,
+        wf,
+        step,
+        &capabilities,
+        Limits::default().plan,
+        &StepInputs::default(),
+        window,
+    ) {
+        Ok(built) => built,
+        Err(e) => {
+            warn!(workflow = %wf.id, step = id, error = %e, "the step's prompt cannot fit its window; the step fails");
+            return Ok(Dispatched::Refused(
+                "context_length".to_owned(),
+                format!("route `{}`: {e}", agent.route),
+            ));
+        }
+    };
     let task = Task {
         id: step.task_id,
         capability: capability.clone(),
         priority: wf.spec.priority,
         route: agent.route.clone(),
-        request: prompt::request(agent, wf, step, &capabilities, Limits::default().plan),
+        request,
         deadline_ms: wf.deadline_ms,
         reply_to: None,
         created_ms: now_ms(),
@@ -303,6 +330,7 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
         step: Some(StepRef {
             workflow: wf.id,
             step: step.id.clone(),
+            prompt: Some(record),
         }),
         asked_by: Vec::new(),
     };
@@ -318,6 +346,22 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
         .await
         .map(Dispatched::Sent)
         .map_err(|e| OrchestrateError::Publish(e.to_string()))
+}
+
+/// The window a prompt for `route` must fit: the smallest of its targets' (failover may use
+/// any of them); a `provider/model` addressed directly, its model's; else its family's.
+fn route_window(config: &Config, route: &str) -> Window {
+    if let Some(window) = config.routes.get(route).and_then(|r| r.smallest_window()) {
+        return window;
+    }
+    match split_direct(route, &config.providers, &config.routes) {
+        Some((provider, model)) => config
+            .providers
+            .get(provider)
+            .map(|p| TargetConfig::direct(provider, model, p).budget())
+            .unwrap_or_else(|| Window::of_model(model)),
+        None => Window::of_model(route),
+    }
 }
 
 /// Records progress on `events.workflow.<id>`, the source of a workflow's event stream; the

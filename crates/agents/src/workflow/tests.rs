@@ -98,6 +98,7 @@ fn done(step: &str, text: &str) -> Event {
             },
             tool_calls: Vec::new(),
         },
+        prompt: None,
     }
 }
 
@@ -109,6 +110,7 @@ fn failed(step: &str, class: &str) -> Event {
             message: "it broke".into(),
             tool_calls: Vec::new(),
         },
+        prompt: None,
     }
 }
 
@@ -476,6 +478,7 @@ fn usage_sums_steps_costs_and_remembers_an_unpriced_one() {
             usage,
             tool_calls: Vec::new(),
         },
+        prompt: None,
     };
     advance(&mut wf, &finished("@plan", PLAN, priced), &world);
     advance(&mut wf, &finished("facts", "f", priced), &world);

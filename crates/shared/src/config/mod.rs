@@ -24,7 +24,10 @@ mod web_tools;
 pub use mcp::{INHERITED_ENV, McpServerConfig};
 pub use prices::{Price, TOKENS_PER_PRICE_UNIT, price_key};
 pub use providers::{Adapter, ApiKey, ProviderConfig, ProviderKind};
-pub use routes::{MAX_FALLBACK_HOPS, RouteConfig, Strategy, TargetConfig, split_direct};
+pub use routes::{
+    MAX_FALLBACK_HOPS, MIN_WINDOW, RouteConfig, SIMULATED_WINDOW, Strategy, TargetConfig,
+    split_direct,
+};
 pub use tools::{MAX_QUOTA_WINDOW_SECS, RunCodeConfig, ToolQuota, ToolsConfig, known_tools};
 pub use web_tools::{
     HttpFetchConfig, NewsApi, SearchApi, SsrfConfig, StockApi, Upstream, UpstreamApi, WeatherConfig,

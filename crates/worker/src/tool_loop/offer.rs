@@ -210,6 +210,7 @@ mod tests {
             step: step.then(|| StepRef {
                 workflow: id,
                 step: "s".into(),
+                prompt: None,
             }),
             asked_by: Vec::new(),
         }
