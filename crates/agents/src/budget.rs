@@ -9,7 +9,7 @@
 //! one token more than its text, for the seam where it is joined to the others.
 
 use serde::{Deserialize, Serialize};
-use shared::tokens::{Encoding, SectionRecord, SectionStatus, count};
+use shared::tokens::{Encoding, SectionRecord, SectionStatus, count, count_until, prefix_within};
 
 /// The fewest tokens of a section worth keeping when it must be cut; below this it is
 /// dropped instead.
@@ -107,7 +107,7 @@ pub struct Fitted {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the system prompt and the instruction alone take {needed} tokens; the window leaves {budget} for the prompt"
+    "the system prompt and the instruction alone take at least {needed} tokens; the window leaves {budget} for the prompt"
 )]
 pub struct TooLarge {
     pub needed: u64,
@@ -116,9 +116,11 @@ pub struct TooLarge {
 
 /// Fits `sections` into `budget` tokens counted in `encoding`. Deterministic.
 pub fn fit(sections: &[Section], budget: u64, encoding: Encoding) -> Result<Fitted, TooLarge> {
+    // Counting stops past the whole budget: a section that large cannot be included whole,
+    // and how much larger it is changes nothing.
     let tokens: Vec<u64> = sections
         .iter()
-        .map(|s| count(encoding, &s.text) + SEAM_TOKENS)
+        .map(|s| count_until(encoding, &s.text, budget) + SEAM_TOKENS)
         .collect();
     let needed: u64 = sections
         .iter()
@@ -144,9 +146,13 @@ pub fn fit(sections: &[Section], budget: u64, encoding: Encoding) -> Result<Fitt
             texts[i] = Some(section.text.clone());
             (kept[i], status[i]) = (tokens[i], SectionStatus::Included);
             left -= tokens[i];
-        } else if let Some((text, used)) =
-            trim(&section.text, tokens[i] - SEAM_TOKENS, left, encoding)
-        {
+        } else if let Some((text, used)) = trim(
+            &section.text,
+            tokens[i] - SEAM_TOKENS,
+            tokens[i] - SEAM_TOKENS <= budget,
+            left,
+            encoding,
+        ) {
             texts[i] = Some(text);
             (kept[i], status[i]) = (used, SectionStatus::Trimmed);
             left -= used;
@@ -171,61 +177,36 @@ pub fn fit(sections: &[Section], budget: u64, encoding: Encoding) -> Result<Fitt
     })
 }
 
-/// The longest start of `text` (`total` tokens) that, cut at whitespace and followed by a
-/// note saying how much was cut, takes at most `room` tokens with its seam; with the tokens
-/// it takes. `None` when less than [`MIN_TRIMMED_TOKENS`] would remain.
-fn trim(text: &str, total: u64, room: u64, encoding: Encoding) -> Option<(String, u64)> {
-    // The note's own length, with the largest figure it can hold.
-    let note_room = count(encoding, &note(total, total)) + SEAM_TOKENS;
+/// The longest start of `text` (`total` tokens, or more when `counted_whole` is false)
+/// that, cut at whitespace and followed by a note saying how much was cut, takes at most
+/// `room` tokens with its seam; with the tokens it takes. `None` when less than
+/// [`MIN_TRIMMED_TOKENS`] would remain.
+fn trim(
+    text: &str,
+    total: u64,
+    counted_whole: bool,
+    room: u64,
+    encoding: Encoding,
+) -> Option<(String, u64)> {
+    // The note's own length, with the largest figures it can hold.
+    let note_room = count(encoding, &note(total, total, counted_whole)) + SEAM_TOKENS;
     if room < note_room + MIN_TRIMMED_TOKENS {
         return None;
     }
-    let target = room - note_room;
-    let cuts = cut_points(text);
-    // The most cut points whose prefix fits `target` (prefix counts grow with the prefix).
-    let (mut lo, mut hi) = (0usize, cuts.len());
-    while lo < hi {
-        let mid = (lo + hi).div_ceil(2);
-        if count(encoding, &text[..cuts[mid - 1]]) <= target {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
+    let (end, _) = prefix_within(encoding, text, room - note_room);
+    let prefix = text[..end].trim_end();
+    let kept = count(encoding, prefix);
+    if kept < MIN_TRIMMED_TOKENS {
+        return None;
     }
-    // Counts are not strictly monotonic across every cut: step back until one really fits.
-    for n in (1..=lo).rev() {
-        let prefix = text[..cuts[n - 1]].trim_end();
-        let kept = count(encoding, prefix);
-        if kept < MIN_TRIMMED_TOKENS {
-            return None;
-        }
-        let trimmed = format!("{prefix}{}", note(total.saturating_sub(kept), total));
-        let used = count(encoding, &trimmed) + SEAM_TOKENS;
-        if used <= room {
-            return Some((trimmed, used));
-        }
-    }
-    None
+    let note = note(total.saturating_sub(kept), total, counted_whole);
+    let used = kept + count(encoding, &note) + SEAM_TOKENS;
+    (used <= room).then(|| (format!("{prefix}{note}"), used))
 }
 
-fn note(cut: u64, total: u64) -> String {
-    format!("\n[… trimmed to fit the context window: about {cut} of {total} tokens cut]")
-}
-
-/// Byte offsets where `text` may be cut: before each run of whitespace; every character
-/// boundary in a text without whitespace.
-fn cut_points(text: &str) -> Vec<usize> {
-    let mut cuts: Vec<usize> = text
-        .char_indices()
-        .zip(text.chars().skip(1))
-        .filter(|((_, c), next)| !c.is_whitespace() && next.is_whitespace())
-        .map(|((i, c), _)| i + c.len_utf8())
-        .collect();
-    if cuts.is_empty() {
-        cuts = text.char_indices().skip(1).map(|(i, _)| i).collect();
-    }
-    cuts.push(text.len());
-    cuts
+fn note(cut: u64, total: u64, counted_whole: bool) -> String {
+    let more = if counted_whole { "" } else { "more than " };
+    format!("\n[… trimmed to fit the context window: {more}{cut} of {more}{total} tokens cut]")
 }
 
 #[cfg(test)]

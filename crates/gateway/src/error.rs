@@ -37,7 +37,7 @@ pub enum ApiError {
     #[error("{0}")]
     ValueTooLarge(String),
     #[error(
-        "this request needs {} tokens ({prompt_tokens} for its messages and tools, \
+        "this request needs at least {} tokens ({prompt_tokens} for its messages and tools, \
          {answer_tokens} for the answer); the route's largest window is {window} tokens",
         prompt_tokens + answer_tokens
     )]

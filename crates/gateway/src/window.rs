@@ -8,48 +8,65 @@
 //! any of its targets. Counting is exact only when it matters: a bound from the texts'
 //! lengths (every token is at least one byte) settles almost every request in microseconds.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 use shared::Task;
 use shared::config::{Config, MAX_FALLBACK_HOPS, TargetConfig, split_direct};
-use shared::tokens::{Encoding, count_request, request_upper_bound};
+use shared::tokens::{Encoding, count_request_until, request_upper_bound};
 
 use crate::error::ApiError;
 
-/// Sends `task` to the first route of its fallback chain that it fits, or refuses it.
-pub fn fit(config: &Config, task: &mut Task) -> Result<(), ApiError> {
+/// Whether `task` fits its route by the length bound alone (no counting): true for almost
+/// every request, in well under a microsecond per kilobyte.
+pub fn fits_by_bound(config: &Config, task: &Task) -> bool {
     let answer = requested_answer(&task.request);
     let bound = request_upper_bound(&task.request);
-    let mut counts = Counts::new(&task.request);
-    let first = targets(config, &task.route);
-    // The cheap test first: within the bound, it fits whatever the encoding.
-    if first
+    targets(config, &task.route)
         .iter()
         .any(|t| bound + answer.unwrap_or(u64::from(t.reserve())) <= u64::from(t.window()))
-    {
-        return Ok(());
-    }
-    if fits(&first, answer, &mut counts) {
-        return Ok(());
-    }
-    let mut route = task.route.clone();
-    for _ in 0..MAX_FALLBACK_HOPS {
-        let Some(next) = config
-            .routes
-            .get(&route)
+}
+
+/// Sends `task` to the first route of its fallback chain that it fits, counting its tokens
+/// exactly (up to the largest window of the chain), or refuses it. Counting a large request
+/// in an OpenAI encoding takes milliseconds: run it off the async threads.
+pub fn fit(config: &Config, mut task: Task) -> Result<Task, ApiError> {
+    let answer = requested_answer(&task.request);
+    let bound = request_upper_bound(&task.request);
+    let first = targets(config, &task.route);
+    // The fallback chain, each with its targets; counting stops past the largest window
+    // of them all, which no prompt above it fits.
+    let mut chain = vec![(task.route.clone(), first)];
+    while chain.len() <= MAX_FALLBACK_HOPS {
+        let Some(next) = chain
+            .last()
+            .and_then(|(route, _)| config.routes.get(route))
             .and_then(|r| r.context_length_fallback.clone())
         else {
             break;
         };
-        if fits(&targets(config, &next), answer, &mut counts) {
-            task.route = next;
-            return Ok(());
-        }
-        route = next;
+        let targets = targets(config, &next);
+        chain.push((next, targets));
+    }
+    let limit = chain
+        .iter()
+        .flat_map(|(_, targets)| targets.iter().map(|t| u64::from(t.window())))
+        .max()
+        .unwrap_or(0);
+    let mut counts = Counts::new(&task.request, limit);
+    if let Some((route, _)) = chain
+        .iter()
+        .find(|(_, targets)| fits(targets, answer, &mut counts))
+    {
+        let route = route.clone();
+        task.route = route;
+        return Ok(task);
     }
     // Named by the largest window of the route asked for.
-    let largest = first.iter().max_by_key(|t| t.window());
+    let largest = chain
+        .first()
+        .and_then(|(_, first)| first.iter().max_by_key(|t| t.window()));
     let (tokens, window) = largest.map_or((bound, 0), |t| {
         (counts.get(Encoding::of(&t.model)), t.window())
     });
@@ -63,9 +80,9 @@ pub fn fit(config: &Config, task: &mut Task) -> Result<(), ApiError> {
 }
 
 /// The targets `route` may send to: its own, or the one it addresses directly.
-fn targets(config: &Config, route: &str) -> Vec<TargetConfig> {
+fn targets<'a>(config: &'a Config, route: &str) -> Cow<'a, [TargetConfig]> {
     if let Some(r) = config.routes.get(route) {
-        return r.targets.clone();
+        return Cow::Borrowed(&r.targets);
     }
     split_direct(route, &config.providers, &config.routes)
         .and_then(|(provider, model)| {
@@ -75,7 +92,8 @@ fn targets(config: &Config, route: &str) -> Vec<TargetConfig> {
                 .map(|p| TargetConfig::direct(provider, model, p))
         })
         .into_iter()
-        .collect()
+        .collect::<Vec<_>>()
+        .into()
 }
 
 fn fits(targets: &[TargetConfig], answer: Option<u64>, counts: &mut Counts<'_>) -> bool {
@@ -93,24 +111,27 @@ fn requested_answer(body: &Map<String, Value>) -> Option<u64> {
 }
 
 /// The request's prompt tokens per encoding, each counted once.
+/// Exact up to `limit`; past it, counting stops (the prompt fits no window then).
 struct Counts<'a> {
     body: &'a Map<String, Value>,
+    limit: u64,
     done: BTreeMap<Encoding, u64>,
 }
 
 impl<'a> Counts<'a> {
-    fn new(body: &'a Map<String, Value>) -> Self {
+    fn new(body: &'a Map<String, Value>, limit: u64) -> Self {
         Self {
             body,
+            limit,
             done: BTreeMap::new(),
         }
     }
 
     fn get(&mut self, encoding: Encoding) -> u64 {
-        let body = self.body;
+        let (body, limit) = (self.body, self.limit);
         *self
             .done
             .entry(encoding)
-            .or_insert_with(|| count_request(encoding, body))
+            .or_insert_with(|| count_request_until(encoding, body, limit))
     }
 }

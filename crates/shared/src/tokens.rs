@@ -29,6 +29,8 @@ pub const UNKNOWN_WINDOW: u32 = 32_768;
 pub const DEFAULT_OUTPUT_RESERVE: u32 = 4_096;
 /// Text longer than this is counted in pieces cut at whitespace (see [`count`]).
 const PIECE_BYTES: usize = 2_048;
+/// The longest run without whitespace counted in one piece (see [`count`]).
+const RUN_BYTES: usize = 128;
 
 /// How a model's tokens are counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -103,18 +105,76 @@ fn is_o_series(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
-/// The tokens of `text` in `encoding`. Exact for OpenAI's encodings, except that a text
-/// longer than 2 KiB is counted in pieces cut at whitespace (or, in a run without any, at a
-/// character boundary), which bounds the tokenizer's work on pathological input (BPE merges
-/// are quadratic in the length of one word); each cut may add a token, never remove one
-/// that a whitespace cut would not. An estimate otherwise: ⌈bytes / 3.5⌉.
+/// The tokens of `text` in `encoding`. Exact for OpenAI's encodings, except that text is
+/// counted in pieces: cut before whitespace every 2 KiB or so, and inside any run of more
+/// than 128 bytes without whitespace (at a character boundary). That bounds the tokenizer's
+/// work on pathological input (BPE merging is quadratic in the length of one word, so one
+/// 4 MiB word would take seconds); a cut inside a run may add a token. An estimate
+/// otherwise: ⌈bytes / 3.5⌉.
 pub fn count(encoding: Encoding, text: &str) -> u64 {
-    match encoding.bpe() {
-        None => estimate(text),
-        Some(bpe) => pieces(text)
-            .map(|piece| bpe.encode_ordinary(piece).len() as u64)
-            .sum(),
+    count_until(encoding, text, u64::MAX)
+}
+
+/// [`count`], stopping once the count passes `limit`: exact up to `limit`, and above it only
+/// a value above `limit`.
+pub fn count_until(encoding: Encoding, text: &str, limit: u64) -> u64 {
+    let Some(bpe) = encoding.bpe() else {
+        return estimate(text);
+    };
+    let mut total = 0u64;
+    for piece in pieces(text) {
+        total += bpe.encode_ordinary(piece).len() as u64;
+        if total > limit {
+            break;
+        }
     }
+    total
+}
+
+/// The longest start of `text` that takes at most `limit` tokens, cut before whitespace
+/// (or, in a long run without any, at a piece boundary): its length in bytes and its
+/// tokens. One pass over at most that start, however long `text` is.
+pub fn prefix_within(encoding: Encoding, text: &str, limit: u64) -> (usize, u64) {
+    let Some(bpe) = encoding.bpe() else {
+        // ⌈bytes / 3.5⌉ ≤ limit ⇔ bytes ≤ 3.5 × limit.
+        let mut end = usize::try_from(limit.saturating_mul(7) / 2)
+            .unwrap_or(usize::MAX)
+            .min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        if end < text.len()
+            && let Some(ws) = text[..end].rfind(char::is_whitespace)
+        {
+            end = ws;
+        }
+        return (end, estimate(&text[..end]));
+    };
+    let (mut end, mut total) = (0usize, 0u64);
+    for piece in pieces(text) {
+        let n = bpe.encode_ordinary(piece).len() as u64;
+        if total + n <= limit {
+            (end, total) = (end + piece.len(), total + n);
+            continue;
+        }
+        // The piece that overflows: word by word.
+        let mut word_start = 0;
+        for (i, c) in piece
+            .char_indices()
+            .chain(std::iter::once((piece.len(), ' ')))
+        {
+            if c.is_whitespace() && i > word_start {
+                let n = bpe.encode_ordinary(&piece[word_start..i]).len() as u64;
+                if total + n > limit {
+                    break;
+                }
+                (end, total) = (end + (i - word_start), total + n);
+                word_start = i;
+            }
+        }
+        break;
+    }
+    (end, total)
 }
 
 /// ⌈bytes / 3.5⌉: the estimate for families without an embedded tokenizer.
@@ -127,44 +187,62 @@ pub fn upper_bound(text: &str) -> u64 {
     text.len() as u64
 }
 
-/// `text` cut into pieces of about [`PIECE_BYTES`], each ending just before whitespace
-/// where there is some.
+/// `text` cut into pieces: before whitespace once a piece has [`PIECE_BYTES`], and inside
+/// a run without whitespace every [`RUN_BYTES`].
 fn pieces(text: &str) -> impl Iterator<Item = &str> {
-    let mut rest = text;
+    let mut chars = text.char_indices();
+    let (mut start, mut run) = (0usize, 0usize);
+    let mut done = text.is_empty();
     std::iter::from_fn(move || {
-        if rest.is_empty() {
+        if done {
             return None;
         }
-        if rest.len() <= PIECE_BYTES {
-            return Some(std::mem::take(&mut rest));
+        for (i, c) in chars.by_ref() {
+            let cut = if c.is_whitespace() {
+                run = 0;
+                i - start >= PIECE_BYTES
+            } else {
+                run += c.len_utf8();
+                run > RUN_BYTES
+            };
+            if cut && i > start {
+                if run > 0 {
+                    run = c.len_utf8();
+                }
+                let piece = &text[start..i];
+                start = i;
+                return Some(piece);
+            }
         }
-        let mut cut = PIECE_BYTES;
-        while !rest.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        // The last whitespace in the first half-piece or later, so pieces stay large.
-        if let Some(ws) = rest[..cut].rfind(char::is_whitespace)
-            && ws >= PIECE_BYTES / 2
-        {
-            cut = ws;
-        }
-        let (piece, tail) = rest.split_at(cut);
-        rest = tail;
-        Some(piece)
+        done = true;
+        Some(&text[start..])
     })
 }
 
 /// The tokens of a chat request's prompt: its messages by OpenAI's rule, and its tools.
 pub fn count_request(encoding: Encoding, body: &Map<String, Value>) -> u64 {
-    request_tokens(body, &|text| count(encoding, text))
+    count_request_until(encoding, body, u64::MAX)
+}
+
+/// [`count_request`], stopping once the count passes `limit` (see [`count_until`]).
+pub fn count_request_until(encoding: Encoding, body: &Map<String, Value>, limit: u64) -> u64 {
+    let mut total = 0u64;
+    request_tokens(body, &mut |text| {
+        if total > limit {
+            return 0;
+        }
+        let n = count_until(encoding, text, limit - total);
+        total = total.saturating_add(n);
+        n
+    })
 }
 
 /// A bound no encoding's [`count_request`] exceeds, computed from lengths alone (cheap).
 pub fn request_upper_bound(body: &Map<String, Value>) -> u64 {
-    request_tokens(body, &upper_bound)
+    request_tokens(body, &mut upper_bound)
 }
 
-fn request_tokens(body: &Map<String, Value>, text: &dyn Fn(&str) -> u64) -> u64 {
+fn request_tokens(body: &Map<String, Value>, text: &mut dyn FnMut(&str) -> u64) -> u64 {
     let mut total = 0u64;
     if let Some(messages) = body.get("messages").and_then(Value::as_array) {
         total += REPLY_PRIMER_TOKENS;
@@ -180,7 +258,7 @@ fn request_tokens(body: &Map<String, Value>, text: &dyn Fn(&str) -> u64) -> u64 
     total
 }
 
-fn message_tokens(message: &Value, text: &dyn Fn(&str) -> u64) -> u64 {
+fn message_tokens(message: &Value, text: &mut dyn FnMut(&str) -> u64) -> u64 {
     let Some(message) = message.as_object() else {
         return text(&message.to_string());
     };
@@ -198,7 +276,7 @@ fn message_tokens(message: &Value, text: &dyn Fn(&str) -> u64) -> u64 {
     total
 }
 
-fn content_tokens(content: &Value, text: &dyn Fn(&str) -> u64) -> u64 {
+fn content_tokens(content: &Value, text: &mut dyn FnMut(&str) -> u64) -> u64 {
     match content {
         Value::String(s) => text(s),
         Value::Null => 0,
@@ -324,7 +402,8 @@ pub struct SectionRecord {
     pub label: String,
     /// Its kind (`system`, `instruction`, `dependency`, `context`, `thread`, `memory`).
     pub kind: String,
-    /// Its tokens whole.
+    /// Its tokens whole; counting stops past the prompt's budget, so a section larger than
+    /// the whole budget shows a figure just above it.
     pub tokens: u64,
     pub status: SectionStatus,
     /// Its tokens in the prompt (0 when dropped).
@@ -385,17 +464,35 @@ mod tests {
             .encode_ordinary(&prose)
             .len() as u64;
         let pieced = count(Encoding::O200k, &prose);
-        let cuts = prose.len().div_ceil(PIECE_BYTES / 2) as u64;
-        assert!(
-            pieced >= whole && pieced <= whole + cuts,
-            "{pieced} vs {whole}"
-        );
+        // Cut before whitespace, which is where the tokenizer splits words anyway.
+        assert_eq!(pieced, whole);
         let joined: String = pieces(&prose).collect();
         assert_eq!(joined, prose);
-        // A long run without whitespace, with multi-byte characters, is cut on char boundaries.
-        let run = "ü".repeat(5_000);
+        assert!(pieces(&prose).all(|p| p.len() <= PIECE_BYTES + 64));
+        // A long run without whitespace, with multi-byte characters, is cut on char
+        // boundaries into short pieces, and counted in linear time.
+        let run = format!("{} {}", "ü".repeat(5_000), "x".repeat(1 << 20));
         assert_eq!(pieces(&run).collect::<String>(), run);
-        assert!(count(Encoding::O200k, &run) <= upper_bound(&run));
+        assert!(pieces(&run).all(|p| p.split_whitespace().all(|w| w.len() <= RUN_BYTES)));
+        let started = std::time::Instant::now();
+        let counted = count(Encoding::O200k, &run);
+        assert!(counted <= upper_bound(&run));
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
+        // The longest start within a limit, cut before whitespace.
+        for encoding in [Encoding::O200k, Encoding::Cl100k, Encoding::Estimate] {
+            let (end, tokens) = prefix_within(encoding, &prose, 300);
+            assert!(tokens <= 300 && tokens > 280, "{encoding:?}: {tokens}");
+            assert_eq!(count(encoding, &prose[..end]), tokens, "{encoding:?}");
+            assert!(prose[end..].starts_with(' '));
+            assert_eq!(
+                prefix_within(encoding, "short text", 300),
+                (10, count(encoding, "short text"))
+            );
+        }
+        // Counting can stop early: exact below the limit, above it past it.
+        assert_eq!(count_until(Encoding::O200k, &prose, u64::MAX), whole);
+        let partial = count_until(Encoding::O200k, &prose, 100);
+        assert!(partial > 100 && partial < whole);
     }
 
     #[test]
