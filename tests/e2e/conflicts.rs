@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::Stack;
-use crate::workflow_faults::{APPROVE, FAKE_AGENTS, marker, step_requests};
+use crate::workflow_faults::{APPROVE, FAKE_AGENTS, marker, step_requests, user_text};
 use crate::workflows::{run_task, step};
 
 /// Runs two parallel research steps that write `findings`, then one that needs both, under
@@ -90,7 +90,17 @@ async fn parallel_writers_of_one_key_one_wins_the_loser_reruns_on_its_revision()
     let lost = step(&task, &loser);
     assert_eq!(lost["attempt"], 1, "{lost:#}");
     assert_eq!(lost["written"], 2);
-    assert_eq!(step_requests(&stack, &loser).len(), 2);
+    let runs = step_requests(&stack, &loser);
+    assert_eq!(runs.len(), 2);
+    // The re-run saw the winner's revision as the entry its answer replaces; the first run
+    // saw none.
+    let seen = "`findings` (revision 1, by researcher; yours to write";
+    assert!(!user_text(&runs[0]).contains(seen));
+    assert!(
+        user_text(&runs[1]).contains(seen),
+        "{}",
+        user_text(&runs[1])
+    );
     // The two parallel steps' model calls overlapped in time.
     assert!(stack.provider.most_at_once() >= 2);
     assert_eq!(step_requests(&stack, other(&loser)).len(), 1);

@@ -37,6 +37,7 @@ mod sandbox;
 mod task_list;
 mod tools;
 mod web_tools;
+mod windows;
 mod workers;
 mod workflow_faults;
 mod workflows;

@@ -3,6 +3,7 @@
 //! configuration, in `shared::agents`. Nothing here talks
 //! to NATS or HTTP; the gateway and the worker sit at its edges and store what it decides.
 
+pub mod budget;
 pub mod control;
 pub mod plan;
 pub mod prompt;

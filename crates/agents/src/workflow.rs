@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::config::Price;
+use shared::tokens::PromptRecord;
 use shared::tools::ToolCall;
 use shared::{Priority, StepRef, TaskId};
 
@@ -236,6 +237,9 @@ pub struct Step {
     /// The context revision its answer was written at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written: Option<u64>,
+    /// What its prompt was built from and how it was fitted to the window (`budget`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<PromptRecord>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -384,6 +388,8 @@ pub enum Event {
         outcome: StepOutcome,
         /// What became of its write to the shared context, when it made one.
         write: Option<WriteOutcome>,
+        /// How the step's prompt was fitted to its window, as its task carried it.
+        prompt: Option<PromptRecord>,
     },
     Approve,
     Reject {
@@ -580,6 +586,7 @@ impl Workflow {
             writes,
             attempt: 0,
             written: None,
+            prompt: None,
         });
     }
 
@@ -632,8 +639,17 @@ pub fn advance(wf: &mut Workflow, event: &Event, env: &dyn Env) -> Vec<Effect> {
             step,
             outcome,
             write,
+            prompt,
             ..
-        } => finished(wf, step, outcome, write.as_ref(), env, &mut effects),
+        } => finished(
+            wf,
+            step,
+            outcome,
+            write.as_ref(),
+            prompt.as_ref(),
+            env,
+            &mut effects,
+        ),
         Event::Approve => {
             wf.status = Status::Completed;
             effects.push(Progress::effect(
@@ -783,6 +799,7 @@ fn finished(
     id: &str,
     outcome: &StepOutcome,
     write: Option<&WriteOutcome>,
+    prompt: Option<&PromptRecord>,
     env: &dyn Env,
     effects: &mut Vec<Effect>,
 ) {
@@ -815,6 +832,7 @@ fn finished(
     let Some(step) = wf.step_mut(id) else {
         return;
     };
+    step.prompt = prompt.cloned();
     let kind = step.kind;
     let text = match outcome {
         StepOutcome::Completed {

@@ -21,6 +21,7 @@ use crate::routes::RequestTask;
 use crate::state::AppState;
 use crate::stream;
 use crate::submit::{Published, build_task, publish};
+use crate::window;
 
 pub async fn chat_completions(
     State(st): State<AppState>,
@@ -31,6 +32,14 @@ pub async fn chat_completions(
     let started = Instant::now();
     let streaming = body.stream;
     let mut task = build_task(&st, request.id, &headers, body)?;
+    if !window::fits_by_bound(&st.config, &task) {
+        let config = st.config.clone();
+        task = st
+            .background
+            .spawn_blocking(move || window::fit(&config, task))
+            .await
+            .map_err(|_| ApiError::Internal)??;
+    }
     // A task the caller named may be finished already (a retry): its answer, nothing queued.
     let stored = if request.named_by_caller {
         stored_result(&st, task.id).await?

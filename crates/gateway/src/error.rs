@@ -36,6 +36,16 @@ pub enum ApiError {
     PreconditionFailed(String),
     #[error("{0}")]
     ValueTooLarge(String),
+    #[error(
+        "this request needs at least {} tokens ({prompt_tokens} for its messages and tools, \
+         {answer_tokens} for the answer); the route's largest window is {window} tokens",
+        prompt_tokens + answer_tokens
+    )]
+    ContextLengthExceeded {
+        prompt_tokens: u64,
+        answer_tokens: u64,
+        window: u32,
+    },
     #[error("the task queue is full; retry later")]
     QueueFull,
     #[error(
@@ -132,6 +142,12 @@ impl ApiError {
                 "invalid_request_error",
                 "value_too_large",
                 Some("body".to_owned()),
+            ),
+            ApiError::ContextLengthExceeded { .. } => (
+                S::BAD_REQUEST,
+                "invalid_request_error",
+                "context_length_exceeded",
+                Some("messages".to_owned()),
             ),
             ApiError::QueueFull => (S::TOO_MANY_REQUESTS, "rate_limit_error", "queue_full", None),
             ApiError::Overloaded { .. } => {

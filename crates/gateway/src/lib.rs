@@ -25,6 +25,7 @@ mod stream;
 mod submit;
 mod task_list;
 mod tasks;
+mod window;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

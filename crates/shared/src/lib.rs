@@ -18,6 +18,7 @@ pub mod provision;
 pub mod reply;
 pub mod schema;
 pub mod task;
+pub mod tokens;
 pub mod tool_call;
 pub mod tools;
 

@@ -53,6 +53,9 @@ pub struct StepRef {
     /// The shared-context entry the step's answer is written to, in its workflow's scope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write: Option<ContextWrite>,
+    /// How the step's prompt was fitted to its window: copied onto the step when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<crate::tokens::PromptRecord>,
 }
 
 /// Where a step writes its answer: `key` of its workflow's context scope, by compare-and-set

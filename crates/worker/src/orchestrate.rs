@@ -24,15 +24,18 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;
 use shared::agents::{Catalog, QUEUE_PREFIX};
+use shared::config::{Config, TargetConfig, split_direct};
 use shared::context::{self, ContextError, Expect};
 use shared::names::{HEADER_MSG_ID, TASKS_STREAM, cancel_subject, task_subject};
 use shared::task::now_ms;
+use shared::tokens::Window;
 use shared::{ContextWrite, StepRef, Task, TaskId, TaskResult, TaskStatus};
 use tracing::{debug, warn};
 
 use crate::answer::{STORE_RETRY_DELAY, ack};
 use crate::deps::Deps;
 use crate::performance::Records;
+use crate::step_inputs;
 
 /// Compare-and-set attempts before an event is handed back to the queue: a conflict is
 /// another step of the same workflow finishing at the same moment, so a few re-reads settle.
@@ -113,6 +116,7 @@ pub(crate) async fn step_finished(
         attempt: step.attempt,
         outcome,
         write,
+        prompt: step.prompt.clone(),
     };
     if let Some(wf) = apply(deps, step.workflow, &event).await? {
         record_performance(deps, &wf, &step.step, result).await;
@@ -267,19 +271,21 @@ async fn apply(
             }
         }
         let orphans = carry_out(deps, &wf, effects).await?;
-        // A step whose agent was removed after it was chosen fails, with the reason, and
-        // so does its workflow: waiting for an agent that is gone would never end.
-        for (step, agent) in orphans {
+        // A step whose agent was removed after it was chosen, or whose prompt cannot fit
+        // its window, fails with the reason, and so does its workflow: waiting would never
+        // end.
+        for (step, class, message) in orphans {
             let attempt = wf.step(&step).map_or(0, |s| s.attempt);
             let event = Event::StepFinished {
                 step,
                 attempt,
                 write: None,
                 outcome: StepOutcome::Failed {
-                    class: "no_agent".to_owned(),
-                    message: format!("agent `{agent}` was removed before its step could run"),
+                    class,
+                    message,
                     tool_calls: Vec::new(),
                 },
+                prompt: None,
             };
             Box::pin(apply(deps, id, &event)).await?;
         }
@@ -300,12 +306,12 @@ async fn read(deps: &Deps, key: &str) -> Result<Option<kv::Entry>, OrchestrateEr
 enum Dispatched {
     /// Sent; the future resolves when JetStream has stored it.
     Sent(PublishAckFuture),
-    /// Not sent: the step's agent (named) is no longer in the catalog.
-    AgentGone(String),
+    /// Not sent, and never will be: the failure's class and message.
+    Refused(String, String),
 }
 
-/// Carries out `effects` in order; returns the steps it could not dispatch because their
-/// agent is gone, with that agent's name. Every message is sent before any acknowledgement
+/// Carries out `effects` in order; returns the steps it could not dispatch (their agent is
+/// gone, their prompt cannot fit), with the failure's class and message. Every message is sent before any acknowledgement
 /// is awaited, so they travel together instead of one round trip each (a step's end
 /// typically publishes three: its progress, the next step, that step's progress); the
 /// caller still acks its own message only once JetStream has stored all of them.
@@ -313,14 +319,14 @@ async fn carry_out(
     deps: &Deps,
     wf: &Workflow,
     effects: Vec<Effect>,
-) -> Result<Vec<(String, String)>, OrchestrateError> {
+) -> Result<Vec<(String, String, String)>, OrchestrateError> {
     let mut orphans = Vec::new();
     let mut stored = Vec::with_capacity(effects.len());
     for effect in effects {
         match effect {
             Effect::Dispatch { step } => match dispatch(deps, wf, &step).await? {
                 Dispatched::Sent(ack) => stored.push(ack),
-                Dispatched::AgentGone(agent) => orphans.push((step, agent)),
+                Dispatched::Refused(class, message) => orphans.push((step, class, message)),
             },
             Effect::Abort { task_id } => {
                 // Best effort by design (see cancel.rs): a missed notice means the step runs
@@ -355,7 +361,10 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
         .ok_or_else(|| OrchestrateError::Decode(format!("step `{id}` has no agent")))?;
     let Some(agent) = catalog.agents.get(name) else {
         warn!(workflow = %wf.id, step = id, agent = name, "the step's agent is gone; the step fails");
-        return Ok(Dispatched::AgentGone(name.to_owned()));
+        return Ok(Dispatched::Refused(
+            "no_agent".to_owned(),
+            format!("agent `{name}` was removed before its step could run"),
+        ));
     };
     let capability = agent
         .queue()
@@ -372,27 +381,38 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
         .collect();
     // A work step writes its answer to its key of the workflow's context, on the revision
     // it sees now (its prompt shows that revision's value).
-    let write = match &step.writes {
-        Some(key) => {
-            let current = deps
-                .context
-                .get(&wf.id.to_string(), key)
-                .await
-                .map_err(|e| OrchestrateError::Store(e.to_string()))?;
-            Some(ContextWrite {
-                key: key.clone(),
-                base: current.map_or(0, |c| c.revision),
-                by: agent.name.clone(),
-            })
+    let own = step_inputs::own_entry(deps, wf, step).await?;
+    let write = step.writes.as_ref().map(|key| ContextWrite {
+        key: key.clone(),
+        base: own.as_ref().map_or(0, |c| c.revision),
+        by: agent.name.clone(),
+    });
+    let inputs = step_inputs::gather(deps, wf, step, own.as_ref()).await?;
+    let window = route_window(&deps.config, &agent.route);
+    let (request, record) = match prompt::request(
+        agent,
+        wf,
+        step,
+        &capabilities,
+        Limits::default().plan,
+        &inputs,
+        window,
+    ) {
+        Ok(built) => built,
+        Err(e) => {
+            warn!(workflow = %wf.id, step = id, error = %e, "the step's prompt cannot fit its window; the step fails");
+            return Ok(Dispatched::Refused(
+                "context_length".to_owned(),
+                format!("route `{}`: {e}", agent.route),
+            ));
         }
-        None => None,
     };
     let task = Task {
         id: step.task_id,
         capability: capability.clone(),
         priority: wf.spec.priority,
         route: agent.route.clone(),
-        request: prompt::request(agent, wf, step, &capabilities, Limits::default().plan),
+        request,
         deadline_ms: wf.deadline_ms,
         reply_to: None,
         created_ms: now_ms(),
@@ -402,6 +422,7 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
             step: step.id.clone(),
             attempt: step.attempt,
             write,
+            prompt: Some(record),
         }),
         asked_by: Vec::new(),
     };
@@ -417,6 +438,22 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
         .await
         .map(Dispatched::Sent)
         .map_err(|e| OrchestrateError::Publish(e.to_string()))
+}
+
+/// The window a prompt for `route` must fit: the smallest of its targets' (failover may use
+/// any of them); a `provider/model` addressed directly, its model's; else its family's.
+fn route_window(config: &Config, route: &str) -> Window {
+    if let Some(window) = config.routes.get(route).and_then(|r| r.smallest_window()) {
+        return window;
+    }
+    match split_direct(route, &config.providers, &config.routes) {
+        Some((provider, model)) => config
+            .providers
+            .get(provider)
+            .map(|p| TargetConfig::direct(provider, model, p).budget())
+            .unwrap_or_else(|| Window::of_model(model)),
+        None => Window::of_model(route),
+    }
 }
 
 /// Records progress on `events.workflow.<id>`, the source of a workflow's event stream; the

@@ -101,6 +101,7 @@ fn done(step: &str, text: &str) -> Event {
             },
             tool_calls: Vec::new(),
         },
+        prompt: None,
     }
 }
 
@@ -114,6 +115,7 @@ fn failed(step: &str, class: &str) -> Event {
             message: "it broke".into(),
             tool_calls: Vec::new(),
         },
+        prompt: None,
     }
 }
 
@@ -484,6 +486,7 @@ fn usage_sums_steps_costs_and_remembers_an_unpriced_one() {
             usage,
             tool_calls: Vec::new(),
         },
+        prompt: None,
     };
     advance(&mut wf, &finished("@plan", PLAN, priced), &world);
     advance(&mut wf, &finished("facts", "f", priced), &world);
@@ -573,6 +576,7 @@ fn wrote(step: &str, attempt: u32, write: WriteOutcome) -> Event {
         attempt,
         outcome,
         write: Some(write),
+        prompt: None,
     }
 }
 

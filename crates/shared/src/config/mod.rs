@@ -24,7 +24,10 @@ mod web_tools;
 pub use mcp::{INHERITED_ENV, McpServerConfig};
 pub use prices::{Price, TOKENS_PER_PRICE_UNIT, price_key};
 pub use providers::{Adapter, ApiKey, ProviderConfig, ProviderKind};
-pub use routes::{MAX_FALLBACK_HOPS, RouteConfig, Strategy, TargetConfig, split_direct};
+pub use routes::{
+    MAX_FALLBACK_HOPS, MIN_WINDOW, RouteConfig, SIMULATED_WINDOW, Strategy, TargetConfig,
+    split_direct,
+};
 pub use tools::{MAX_QUOTA_WINDOW_SECS, RunCodeConfig, ToolQuota, ToolsConfig, known_tools};
 pub use web_tools::{
     HttpFetchConfig, NewsApi, SearchApi, SsrfConfig, StockApi, Upstream, UpstreamApi, WeatherConfig,
@@ -1441,6 +1444,66 @@ mod tests {
             "routes.self.content_filter_fallback",
             "routes.a/b",
             "routes.a/b.context_length_fallback",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn windows_come_from_the_target_the_route_or_the_family() {
+        let toml = r#"
+            [providers.sim]
+            kind = "simulated"
+            [providers.oa]
+            kind = "openai"
+            base_url = "http://127.0.0.1:1/v1"
+            [routes.mixed]
+            context_window = 50000
+            output_reserve = 1000
+            targets = [
+                { provider = "oa", model = "gpt-4o", context_window = 20000, output_reserve = 500 },
+                { provider = "oa", model = "claude-sonnet-4" },
+            ]
+            [routes.family]
+            targets = [{ provider = "oa", model = "gpt-4o-mini" }, { provider = "oa", model = "gpt-4" }]
+            [routes.sim]
+            provider = "sim"
+            model = "anything"
+        "#;
+        let cfg = Config::load(Source::Toml(toml), &env(&[])).unwrap();
+        let mixed = &cfg.routes["mixed"];
+        assert_eq!(mixed.targets[0].window(), 20_000);
+        assert_eq!(mixed.targets[0].reserve(), 500);
+        assert_eq!(mixed.targets[1].window(), 50_000);
+        assert_eq!(mixed.targets[1].reserve(), 1_000);
+        let smallest = mixed.smallest_window().unwrap();
+        assert_eq!((smallest.tokens, smallest.reserve), (20_000, 500));
+        assert_eq!(smallest.encoding, crate::tokens::Encoding::O200k);
+        assert_eq!(mixed.largest_window(), Some(50_000));
+        let family = cfg.routes["family"].smallest_window().unwrap();
+        assert_eq!((family.tokens, family.reserve), (8_192, 2_048));
+        assert_eq!(family.encoding, crate::tokens::Encoding::Cl100k);
+        assert_eq!(cfg.routes["family"].largest_window(), Some(128_000));
+        assert_eq!(cfg.routes["sim"].targets[0].window(), SIMULATED_WINDOW);
+    }
+
+    #[test]
+    fn windows_and_reserves_are_checked() {
+        let toml = r#"
+            [providers.sim]
+            kind = "simulated"
+            [routes.tiny]
+            provider = "sim"
+            model = "a"
+            context_window = 100
+            [routes.greedy]
+            targets = [{ provider = "sim", model = "a", context_window = 1000, output_reserve = 600 }]
+        "#;
+        let err = Config::load(Source::Toml(toml), &env(&[])).unwrap_err();
+        let keys = keys(&err);
+        for expected in [
+            "routes.tiny.context_window",
+            "routes.greedy.targets[0].output_reserve",
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }

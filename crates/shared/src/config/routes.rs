@@ -8,12 +8,17 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 
 use super::prices::Price;
-use super::providers::{ApiKey, ProviderConfig, read_keys};
+use super::providers::{Adapter, ApiKey, ProviderConfig, read_keys};
 use super::{Problems, default_capability};
 use crate::Capability;
+use crate::tokens::{Encoding, Window};
 
 /// Longest chain of fallback routes followed for one task; guards against cycles.
 pub const MAX_FALLBACK_HOPS: usize = 4;
+/// The simulated provider's window: a modern model's, so `switchyard up` budgets like one.
+pub const SIMULATED_WINDOW: u32 = 128_000;
+/// The smallest window configurable: room for a system prompt, an instruction and an answer.
+pub const MIN_WINDOW: u32 = 256;
 
 /// How a route orders its targets for each task.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -51,6 +56,28 @@ pub struct RouteConfig {
     /// Route to try when a target refuses the content.
     #[serde(default)]
     pub content_filter_fallback: Option<String>,
+    /// Context window (tokens) of every target that gives none itself.
+    #[serde(default)]
+    pub context_window: Option<u32>,
+    /// Tokens kept back for the answer, for every target that gives none itself.
+    #[serde(default)]
+    pub output_reserve: Option<u32>,
+}
+
+impl RouteConfig {
+    /// The smallest window among the targets, with that target's output reserve and
+    /// encoding: what a prompt must fit when failover may send it to any of them.
+    pub fn smallest_window(&self) -> Option<Window> {
+        self.targets
+            .iter()
+            .map(TargetConfig::budget)
+            .min_by_key(|w| w.tokens)
+    }
+
+    /// The largest window among the targets: a prompt that does not fit it fits none.
+    pub fn largest_window(&self) -> Option<u32> {
+        self.targets.iter().map(TargetConfig::window).max()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +105,16 @@ pub struct TargetConfig {
     /// The model's price, from the target or `[prices]`, resolved at load time.
     #[serde(skip)]
     pub price: Option<Price>,
+    /// The model's context window in tokens, prompt and answer together; defaults to the
+    /// route's, else the model family's (`shared::tokens::default_window`), else 128000 on
+    /// the simulated provider.
+    #[serde(default)]
+    pub context_window: Option<u32>,
+    /// Tokens kept back for the answer when a prompt is budgeted, and assumed for a chat
+    /// request without `max_tokens`; defaults to the route's, else 4096 (at most a quarter
+    /// of the window).
+    #[serde(default)]
+    pub output_reserve: Option<u32>,
 }
 
 impl TargetConfig {
@@ -92,6 +129,30 @@ impl TargetConfig {
             output_cost_per_mtok: None,
             keys: config.keys.clone(),
             price: None,
+            context_window: (config.kind.adapter() == Adapter::Simulated)
+                .then_some(SIMULATED_WINDOW),
+            output_reserve: None,
+        }
+    }
+
+    /// The context window: configured, else the model family's.
+    pub fn window(&self) -> u32 {
+        self.context_window
+            .unwrap_or_else(|| crate::tokens::default_window(&self.model))
+    }
+
+    /// Tokens kept back for the answer: configured, else the default for the window.
+    pub fn reserve(&self) -> u32 {
+        self.output_reserve
+            .unwrap_or_else(|| crate::tokens::default_output_reserve(self.window()))
+    }
+
+    /// The window, reserve and encoding a prompt for this target is budgeted with.
+    pub fn budget(&self) -> Window {
+        Window {
+            tokens: self.window(),
+            reserve: self.reserve(),
+            encoding: Encoding::of(&self.model),
         }
     }
 
@@ -154,10 +215,20 @@ pub(crate) fn resolve_route(
             output_cost_per_mtok: None,
             keys: Vec::new(),
             price: None,
+            context_window: None,
+            output_reserve: None,
         });
     }
     let mut missing = Vec::new();
     for (i, target) in route.targets.iter_mut().enumerate() {
+        let simulated = providers
+            .get(&target.provider)
+            .is_some_and(|p| p.kind.adapter() == Adapter::Simulated);
+        target.context_window = target
+            .context_window
+            .or(route.context_window)
+            .or(simulated.then_some(SIMULATED_WINDOW));
+        target.output_reserve = target.output_reserve.or(route.output_reserve);
         if target.api_key_envs.is_empty() {
             target.keys = providers
                 .get(&target.provider)
@@ -226,6 +297,20 @@ pub(crate) fn validate_route(
         }
         if target.weight == 0 && route.strategy == Strategy::Weighted {
             p.add(&format!("{tkey}.weight"), "must be greater than 0");
+        }
+        if target.window() < MIN_WINDOW {
+            p.add(
+                &format!("{tkey}.context_window"),
+                format!("must be at least {MIN_WINDOW} tokens"),
+            );
+        } else if target.reserve() >= target.window() / 2 {
+            p.add(
+                &format!("{tkey}.output_reserve"),
+                format!(
+                    "must be less than half the context window ({} tokens)",
+                    target.window()
+                ),
+            );
         }
         for (field, cost) in [
             ("input_cost_per_mtok", target.input_cost_per_mtok),

@@ -212,6 +212,7 @@ mod tests {
                 step: "s".into(),
                 attempt: 0,
                 write: None,
+                prompt: None,
             }),
             asked_by: Vec::new(),
         }
