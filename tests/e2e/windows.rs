@@ -156,3 +156,22 @@ async fn a_step_whose_inputs_exceed_the_window_is_trimmed_with_a_record() {
     assert!(!user.contains("# Output of step `city-b`"));
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_step_whose_own_instruction_cannot_fit_fails_without_calling_a_provider() {
+    // A window smaller than the planner's system prompt and instruction.
+    let agents = "\n[routes.agents]\nprovider = \"fake\"\nmodel = \"fake-model\"\ncontext_window = 256\noutput_reserve = 64\n";
+    let stack = Stack::start_with(1, &[], agents).await;
+    let task = run_task(&stack, json!({"goal": "Plan a bike-share launch"})).await;
+    assert_eq!(task["status"], "failed", "{task:#}");
+    let plan = &task["steps"][0];
+    assert_eq!(plan["id"], "@plan");
+    let error = plan["error"].as_str().unwrap();
+    assert!(error.starts_with("context_length:"), "{error}");
+    assert!(
+        error.contains("the window leaves 192 for the prompt"),
+        "{error}"
+    );
+    assert_eq!(stack.provider.calls(), 0);
+    stack.stop().await;
+}

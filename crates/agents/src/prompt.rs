@@ -59,13 +59,16 @@ pub fn request(
     inputs: &StepInputs,
     window: Window,
 ) -> Result<(Map<String, Value>, PromptRecord), TooLarge> {
-    let mut instruction = format!(
+    let instruction = format!(
         "# Goal\n{}\n\n# Your step ({})\n{}\n",
         wf.spec.goal, step.id, step.instruction
     );
+    // What a planner or a reviewer answers with, after the inputs: required like the
+    // instruction.
+    let mut closing = String::new();
     let response_format = match step.kind {
         StepKind::Plan => {
-            instruction.push_str(&format!(
+            closing.push_str(&format!(
                 "\n# Capabilities you can plan with\n{}\n\nAt most {} steps, chains at most {} deep. Example of the format:\n{}\n",
                 capabilities.join(", "),
                 limits.max_steps,
@@ -76,8 +79,8 @@ pub fn request(
         }
         StepKind::Review => {
             if let Some(last) = step.depends_on.last() {
-                instruction.push_str(&format!(
-                    "\n(The output of `{last}` below is the deliverable under review.)\n"
+                closing.push_str(&format!(
+                    "\n(The output of `{last}` above is the deliverable under review.)\n"
                 ));
             }
             Some(schema_format(REVIEW_SCHEMA_NAME, review_schema()))
@@ -141,6 +144,9 @@ pub fn request(
         &inputs.memories,
         false,
     ));
+    if !closing.is_empty() {
+        sections.push(Section::new(Kind::Instruction, "answer format", closing));
+    }
 
     // What the request takes besides the sections: message framing, tools, the schema.
     let mut body = agent_request(agent, "", "");

@@ -311,10 +311,11 @@ enum Dispatched {
 }
 
 /// Carries out `effects` in order; returns the steps it could not dispatch (their agent is
-/// gone, their prompt cannot fit), with the failure's class and message. Every message is sent before any acknowledgement
-/// is awaited, so they travel together instead of one round trip each (a step's end
-/// typically publishes three: its progress, the next step, that step's progress); the
-/// caller still acks its own message only once JetStream has stored all of them.
+/// gone, their prompt cannot fit), with the failure's class and message. Every message is
+/// sent before any acknowledgement is awaited, so they travel together instead of one round
+/// trip each (a step's end typically publishes three: its progress, the next step, that
+/// step's progress); the caller still acks its own message only once JetStream has stored
+/// all of them.
 async fn carry_out(
     deps: &Deps,
     wf: &Workflow,
