@@ -113,7 +113,7 @@ async fn follow_once(
     let info = stream.info().await.map_err(|e| nats(&e))?;
     let stream_id = i64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(i64::MAX);
     let last_in_stream = info.state.last_sequence;
-    let start = with_index(tracker, index, move |index| {
+    let (start, memories) = with_index(tracker, index, move |index| {
         let (known, last) = (index.stream_id()?, index.last_seq()?);
         if known != stream_id || last > last_in_stream {
             if known != 0 || last != 0 {
@@ -123,14 +123,14 @@ async fn follow_once(
                 );
             }
             index.reset(stream_id)?;
-            return Ok(0);
+            return Ok((0, 0));
         }
-        Ok(last)
+        Ok((last, index.count()?))
     })
     .await?;
     info!(
         from_seq = start + 1,
-        "following EVENTS into the memory index"
+        memories, "following EVENTS into the memory index"
     );
     let consumer = stream
         .create_consumer(pull::OrderedConfig {

@@ -169,7 +169,7 @@ impl Index {
     }
 
     /// How many memories the index holds.
-    pub fn len(&self) -> Result<u64, IndexError> {
+    pub fn count(&self) -> Result<u64, IndexError> {
         let n: i64 = self
             .conn
             .query_row("SELECT count(*) FROM memories", [], |r| r.get(0))?;
@@ -421,7 +421,7 @@ mod tests {
     fn searches_rank_by_relevance_and_filter() {
         let dir = tempfile::tempdir().unwrap();
         let mut index = built(dir.path(), "m.db", &history());
-        assert_eq!(index.len().unwrap(), 5);
+        assert_eq!(index.count().unwrap(), 5);
         let answer = index
             .search(&Query::text("maintenance cost of bikes"), 10)
             .unwrap();
@@ -480,7 +480,7 @@ mod tests {
         // The whole history again, then one event again in a later batch.
         assert_eq!(index.apply(&history(), KEEP_ALL, NOW).unwrap(), 0);
         assert_eq!(index.apply(&history()[..1], KEEP_ALL, NOW).unwrap(), 0);
-        assert_eq!(index.len().unwrap(), 5);
+        assert_eq!(index.count().unwrap(), 5);
         let after = index
             .search(&Query::text("costs riders bikes"), 10)
             .unwrap();
@@ -547,7 +547,7 @@ mod tests {
             ..KEEP_ALL
         };
         index.prune(one_day, NOW + DAY_MS).unwrap();
-        assert_eq!(index.len().unwrap(), 0);
+        assert_eq!(index.count().unwrap(), 0);
         assert!(
             index
                 .search(&Query::text("costs"), 10)
@@ -566,7 +566,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut index = built(dir.path(), "m.db", &history());
         index.reset(42).unwrap();
-        assert_eq!((index.len().unwrap(), index.last_seq().unwrap()), (0, 0));
+        assert_eq!((index.count().unwrap(), index.last_seq().unwrap()), (0, 0));
         assert_eq!(index.stream_id().unwrap(), 42);
     }
 
