@@ -44,10 +44,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Everything on one machine: NATS (started if none is reachable), a gateway, a worker
-    /// and the built-in tools.
+    /// Everything on one machine: NATS (started if none is reachable), a gateway, a worker,
+    /// the built-in tools and the memory index (in the data directory).
     Up {
-        /// Where a locally started nats-server keeps its store.
+        /// Where a locally started nats-server keeps its store, and the memory index its file
+        /// (unless `memory.path` says otherwise).
         #[arg(long, default_value = ".switchyard")]
         data_dir: PathBuf,
     },
@@ -58,6 +59,9 @@ enum Command {
     /// The built-in tools, served as NATS micro services on `tools.<name>` (with the tools
     /// of configured MCP servers on `tools.mcp.<server>.<tool>`).
     Tools,
+    /// The episodic memory: indexes past work and reviews from EVENTS into a SQLite file
+    /// (`memory.path`) and answers `memory.search` (GET /v1/memory/search).
+    Memory,
     /// The built-in tools for an MCP client (Claude Desktop, an IDE, any agent), over
     /// standard input and output; each call goes over NATS to the running tools service.
     Mcp,
@@ -321,6 +325,18 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Memory => {
+            serve::cancel_on_signal(shutdown.clone());
+            let Some(client) = serve::wait_for_nats(&config, "memory", &shutdown).await? else {
+                return Ok(());
+            };
+            let path = config.memory.file_in(std::path::Path::new("."));
+            memory::serve(client.clone(), config.clone(), path, shutdown).await?;
+            if let Err(e) = client.flush().await {
+                warn!(error = %e, "could not flush the NATS connection");
+            }
+            Ok(())
+        }
         Command::Mcp => {
             serve::cancel_on_signal(shutdown.clone());
             let Some(client) = serve::wait_for_nats(&config, "mcp", &shutdown).await? else {
@@ -500,10 +516,10 @@ async fn up(
     let addr = listener.local_addr().context("reading the bound address")?;
     serve::cancel_on_signal(shutdown.clone());
     let banner_model = banner_model(&config);
-    let served = serve::gateway_and_worker(config, client, listener, shutdown, move || {
-        print_banner(addr, &banner_model);
-    })
-    .await;
+    let memory_file = config.memory.file_in(data_dir);
+    let on_ready = move || print_banner(addr, &banner_model);
+    let served =
+        serve::gateway_and_worker(config, client, listener, memory_file, shutdown, on_ready).await;
     if let Some(local) = local {
         local.stop().await;
     }

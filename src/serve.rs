@@ -1,5 +1,6 @@
 //! Running Switchyard's processes: connect, bind, serve until a shutdown signal, drain.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -103,11 +104,11 @@ pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding {}", config.gateway.listen))
 }
 
-/// Runs a gateway, a worker and the built-in tools in this process until `shutdown`. The
-/// worker (and the tools its tool loops call) keep working while the gateway drains, so
-/// requests in flight get their answers; they stop after the gateway has. If the worker or
-/// the tools fail first, the gateway is stopped too. `on_ready` is called once the gateway
-/// serves requests.
+/// Runs a gateway, a worker, the built-in tools and the memory index (its file at
+/// `memory_file`) in this process until `shutdown`. The worker (and the tools and memory its
+/// steps call) keep working while the gateway drains, so requests in flight get their
+/// answers; they stop after the gateway has. If the worker, the tools or the memory fail
+/// first, the gateway is stopped too. `on_ready` is called once the gateway serves requests.
 #[expect(
     clippy::disallowed_methods,
     reason = "the gateway and worker tasks are both awaited below, whichever ends first"
@@ -116,16 +117,24 @@ pub async fn gateway_and_worker(
     config: Arc<Config>,
     client: async_nats::Client,
     listener: TcpListener,
+    memory_file: PathBuf,
     shutdown: CancellationToken,
     on_ready: impl FnOnce() + Send + 'static,
 ) -> anyhow::Result<()> {
     let worker_stop = CancellationToken::new();
     let tools_stop = CancellationToken::new();
-    let mut tools = tokio::spawn(tools::serve(
-        client.clone(),
-        config.clone(),
-        tools_stop.clone(),
-    ));
+    // The tools and the memory: services the worker's steps call, stopped together.
+    let mut tools = tokio::spawn({
+        let (client, config, stop) = (client.clone(), config.clone(), tools_stop.clone());
+        async move {
+            let tools = tools::serve(client.clone(), config.clone(), stop.clone());
+            let memory = memory::serve(client, config, memory_file, stop);
+            tokio::try_join!(async { tools.await.context("tools") }, async {
+                memory.await.context("memory")
+            })
+            .map(|_| ())
+        }
+    });
     let mut worker = tokio::spawn(worker::run(
         config.clone(),
         client.clone(),

@@ -1,7 +1,8 @@
 //! `nats/accounts.conf` as shipped: a gateway, a worker and the tools service connected as
 //! their own users, with only the permissions that file grants, still serve JSON and streamed
-//! completions, a completion that calls a built-in tool under a quota, a workflow, and shared
-//! context written by both.
+//! completions, a completion that calls a built-in tool under a quota, a workflow, shared
+//! context written by both, and the workflow's memories indexed by the memory service (its own
+//! user) and searched by the gateway's and the worker's.
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use crate::harness::{
 const GATEWAY_PASSWORD: &str = "gateway-test-password";
 const WORKER_PASSWORD: &str = "worker-test-password";
 const TOOLS_PASSWORD: &str = "tools-test-password";
+const MEMORY_PASSWORD: &str = "memory-test-password";
 /// The calculator for chat requests, under a quota; agents on the simulated provider.
 const EXTRA: &str = r#"
 [tools]
@@ -47,6 +49,7 @@ async fn per_role_users_can_do_their_jobs() {
             .replace("$GATEWAY_PASSWORD", &format!("{GATEWAY_PASSWORD:?}"))
             .replace("$WORKER_PASSWORD", &format!("{WORKER_PASSWORD:?}"))
             .replace("$TOOLS_PASSWORD", &format!("{TOOLS_PASSWORD:?}"))
+            .replace("$MEMORY_PASSWORD", &format!("{MEMORY_PASSWORD:?}"))
     });
     let provider = FakeProvider::start(Format::OpenAi).await.unwrap();
     let as_user = |user: &str, password: &str| {
@@ -64,6 +67,7 @@ async fn per_role_users_can_do_their_jobs() {
     let gateway_config = as_user("gateway", GATEWAY_PASSWORD);
     let worker_config = as_user("worker", WORKER_PASSWORD);
     let tools_config = as_user("tools", TOOLS_PASSWORD);
+    let memory_config = as_user("memory", MEMORY_PASSWORD);
 
     let shutdown = CancellationToken::new();
     let tools_client = shared::nats::connect(&tools_config.nats.url, "tools")
@@ -73,6 +77,16 @@ async fn per_role_users_can_do_their_jobs() {
         .await
         .unwrap();
     let tools = tokio::spawn(tools::serve(tools_client, tools_config, shutdown.clone()));
+    let memory_dir = tempfile::TempDir::new().unwrap();
+    let memory_client = shared::nats::connect(&memory_config.nats.url, "memory")
+        .await
+        .unwrap();
+    let memory = tokio::spawn(memory::serve(
+        memory_client,
+        memory_config,
+        memory_dir.path().join("memory.db"),
+        shutdown.clone(),
+    ));
     let worker_client = shared::nats::connect(&worker_config.nats.url, "worker")
         .await
         .unwrap();
@@ -220,6 +234,25 @@ async fn per_role_users_can_do_their_jobs() {
     assert_eq!(history["data"][1]["by"], "researcher", "{history}");
     assert_eq!(history["data"][2]["operation"], "delete", "{history}");
 
+    // Memory: the memory user follows EVENTS; the gateway's user searches over HTTP, the
+    // worker's over NATS.
+    let found = crate::harness::eventually(std::time::Duration::from_secs(20), || async {
+        let found: Value = get_json(
+            &http,
+            format!("{base}/v1/memory/search?q=hello&kind=task&scope={id}"),
+        )
+        .await;
+        (found["data"].as_array()?.len() == 1).then_some(found)
+    })
+    .await;
+    assert_eq!(found["data"][0]["id"], format!("task:{id}"), "{found}");
+    let mut query = shared::memory::Query::text("hello");
+    query.scope = Some(id.clone());
+    let answer = shared::memory::search(&worker_probe, &query, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(!answer.hits.is_empty());
+
     let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 
@@ -227,6 +260,7 @@ async fn per_role_users_can_do_their_jobs() {
     gateway.await.unwrap().unwrap();
     worker.await.unwrap().unwrap();
     tools.await.unwrap().unwrap();
+    memory.await.unwrap().unwrap();
 }
 
 /// `GET url`, its JSON body.

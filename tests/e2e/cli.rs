@@ -470,6 +470,18 @@ async fn up_then_run_takes_a_goal_through_the_default_team_offline() {
         stdout.contains("Writer: done, working from the outputs of"),
         "{stdout}"
     );
+    // up's memory index (in the data directory) remembers the task and its steps.
+    let url = format!(
+        "{}/v1/memory/search?q=market+analysis+electric+bikes&kind=task",
+        up.url
+    );
+    let found = eventually(Duration::from_secs(20), || async {
+        let found: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+        (found["data"].as_array()?.len() == 1).then_some(found)
+    })
+    .await;
+    assert_eq!(found["data"][0]["kind"], "task", "{found}");
+    assert!(data.path().join("memory.db").exists());
     up.signal(Signal::SIGINT);
     let (status, log) = up.wait().await;
     assert!(status.success(), "{status:?}\n{log}");

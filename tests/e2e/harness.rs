@@ -200,6 +200,7 @@ pub struct Stack {
     gateway: Option<JoinHandle<()>>,
     workers: Vec<(String, CancellationToken, JoinHandle<()>)>,
     tools: Option<(CancellationToken, JoinHandle<()>)>,
+    memory: Option<(CancellationToken, JoinHandle<()>)>,
     _dir: TempDir,
 }
 
@@ -231,6 +232,7 @@ impl Stack {
             gateway: Some(gateway),
             workers: Vec::new(),
             tools: None,
+            memory: None,
             _dir: TempDir::new().unwrap(),
         };
         for _ in 0..workers {
@@ -249,6 +251,38 @@ impl Stack {
         });
         self.tools = Some((token, handle));
         wait_for_tools(&self.client).await;
+    }
+
+    /// The SQLite file of the stack's memory index (`start_memory`).
+    pub fn memory_file(&self) -> PathBuf {
+        self._dir.path().join("memory.db")
+    }
+
+    /// Runs the memory index in-process (as `switchyard memory` does) on
+    /// [`Stack::memory_file`], once it answers searches.
+    pub async fn start_memory(&mut self) {
+        let token = CancellationToken::new();
+        let handle = tokio::spawn({
+            let (client, config, token) = (self.client.clone(), self.config.clone(), token.clone());
+            let path = self.memory_file();
+            async move { memory::serve(client, config, path, token).await.unwrap() }
+        });
+        self.memory = Some((token, handle));
+        eventually(Duration::from_secs(20), || async {
+            let probe = shared::memory::Query::text("probe");
+            shared::memory::search(&self.client, &probe, Duration::from_millis(500))
+                .await
+                .ok()
+        })
+        .await;
+    }
+
+    /// Stops the in-process memory index and waits for it to end.
+    pub async fn stop_memory(&mut self) {
+        if let Some((token, handle)) = self.memory.take() {
+            token.cancel();
+            handle.await.unwrap();
+        }
     }
 
     /// Starts one more in-process worker; returns its id.
@@ -505,6 +539,7 @@ impl Stack {
             token.cancel();
             handle.await.unwrap();
         }
+        self.stop_memory().await;
     }
 }
 

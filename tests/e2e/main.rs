@@ -28,6 +28,7 @@ mod hostile_http;
 mod hostile_input;
 mod isolation;
 mod mcp;
+mod memory;
 mod overload;
 mod priorities;
 mod protocol;

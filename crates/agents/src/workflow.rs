@@ -907,7 +907,7 @@ fn finished(
                 None,
             );
         }
-        StepKind::Review => reviewed(wf, &text, env, effects),
+        StepKind::Review => reviewed(wf, id, &text, env, effects),
     }
 }
 
@@ -1109,11 +1109,11 @@ fn add_synthesis(wf: &mut Workflow, feedback: Option<&str>) {
     );
 }
 
-fn reviewed(wf: &mut Workflow, text: &str, env: &dyn Env, effects: &mut Vec<Effect>) {
+fn reviewed(wf: &mut Workflow, id: &str, text: &str, env: &dyn Env, effects: &mut Vec<Effect>) {
     let verdict = parse_verdict(text);
     effects.push(Progress::effect(
         ProgressKind::Reviewed,
-        None,
+        Some(id),
         Some(if verdict.approved {
             "approved".into()
         } else {

@@ -57,6 +57,8 @@ pub enum ApiError {
     StoreUnavailable,
     #[error("the task queue is unavailable; retry later")]
     Unavailable,
+    #[error("no memory service answers (`switchyard memory`); retry later")]
+    MemoryUnavailable,
     #[error("no answer within the deadline; fetch GET /v1/tasks/{task_id} later")]
     DeadlineExceeded { task_id: String },
     #[error(
@@ -163,6 +165,12 @@ impl ApiError {
                 S::SERVICE_UNAVAILABLE,
                 "service_unavailable_error",
                 "queue_unavailable",
+                None,
+            ),
+            ApiError::MemoryUnavailable => (
+                S::SERVICE_UNAVAILABLE,
+                "service_unavailable_error",
+                "memory_unavailable",
                 None,
             ),
             ApiError::DeadlineExceeded { .. } => (

@@ -14,6 +14,7 @@ mod error;
 mod headers;
 mod info;
 mod mcp;
+mod memory;
 mod operate;
 mod path;
 mod replies;

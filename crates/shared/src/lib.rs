@@ -12,6 +12,7 @@ pub mod health;
 pub mod inbound;
 pub mod limits;
 pub mod mcp;
+pub mod memory;
 pub mod names;
 pub mod nats;
 pub mod provision;

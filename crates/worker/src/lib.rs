@@ -16,6 +16,7 @@ mod orchestrate;
 mod performance;
 mod plan;
 mod process;
+mod progress;
 pub mod provider;
 mod pull;
 mod refuse;

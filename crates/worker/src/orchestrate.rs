@@ -212,19 +212,7 @@ async fn record_performance(deps: &Deps, wf: &Workflow, id: &str, result: &TaskR
     let score = verdict
         .score
         .unwrap_or(if verdict.approved { 1.0 } else { 0.0 });
-    // What this review judged: the synthesis it depends on, and that synthesis's inputs.
-    let judged: BTreeSet<&str> = step
-        .depends_on
-        .iter()
-        .filter_map(|d| wf.step(d))
-        .flat_map(|synthesis| {
-            std::iter::once(synthesis).chain(synthesis.depends_on.iter().filter_map(|d| wf.step(d)))
-        })
-        .filter(|s| matches!(s.kind, StepKind::Work | StepKind::Synthesize))
-        .filter(|s| s.status == StepStatus::Completed)
-        .filter_map(|s| s.agent.as_deref())
-        .collect();
-    for agent in judged {
+    for agent in crate::progress::judged(wf, step) {
         deps.performance
             .update(agent, |p| p.record_review(score))
             .await;
@@ -457,21 +445,15 @@ fn route_window(config: &Config, route: &str) -> Window {
     }
 }
 
-/// Records progress on `events.workflow.<id>`, the source of a workflow's event stream; the
-/// returned future resolves when JetStream has stored it. The end is de-duplicated, so a
+/// Records progress on `events.workflow.<id>` (as [`crate::progress::event`] words it), the
+/// source of a workflow's event stream and of the memory index; the returned future resolves when JetStream has stored it. The end is de-duplicated, so a
 /// replayed event does not announce it twice.
 async fn record(
     deps: &Deps,
     wf: &Workflow,
     progress: &Progress,
 ) -> Result<PublishAckFuture, OrchestrateError> {
-    let event = json!({
-        "workflow": wf.id,
-        "status": wf.status,
-        "kind": progress.kind,
-        "step": progress.step,
-        "detail": progress.detail,
-    });
+    let event = crate::progress::event(wf, progress);
     let mut headers = HeaderMap::new();
     if progress.kind == agents::workflow::ProgressKind::Done {
         headers.insert(HEADER_MSG_ID, format!("{}.done", wf.id).as_str());

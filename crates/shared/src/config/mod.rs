@@ -15,6 +15,7 @@ use crate::Capability;
 use crate::agents::{AgentProfile, Catalog, Team, Weights};
 
 mod mcp;
+mod memory;
 mod prices;
 mod providers;
 mod routes;
@@ -22,6 +23,7 @@ mod tools;
 mod web_tools;
 
 pub use mcp::{INHERITED_ENV, McpServerConfig};
+pub use memory::{DEFAULT_MEMORY_FILE, MemoryConfig};
 pub use prices::{Price, TOKENS_PER_PRICE_UNIT, price_key};
 pub use providers::{Adapter, ApiKey, ProviderConfig, ProviderKind};
 pub use routes::{
@@ -195,6 +197,9 @@ pub struct Config {
     /// MCP servers whose tools `switchyard tools` serves as `mcp.<server>.<tool>`.
     #[serde(default)]
     pub mcp: BTreeMap<String, McpServerConfig>,
+    /// The episodic memory index (`switchyard memory`).
+    #[serde(default)]
+    pub memory: MemoryConfig,
     /// The shipped catalog with `agents` and `teams` added: the agents this deployment runs.
     #[serde(skip)]
     pub catalog: Catalog,
@@ -733,6 +738,7 @@ impl Config {
         self.validate_health(&mut p);
         self.tools.validate(&mut p, &|s| self.mcp.contains_key(s));
         mcp::validate(&mut p, &self.mcp);
+        self.memory.validate(&mut p, self.events.max_age_secs);
         if self.dlq.max_age_secs == 0 {
             p.add("dlq.max_age_secs", "must be greater than 0");
         }
