@@ -250,6 +250,69 @@ async fn past_work_and_reviews_are_found_and_a_rebuilt_index_answers_the_same() 
 }
 
 #[tokio::test]
+async fn a_past_reviewers_note_is_recalled_into_a_later_similar_step_and_recorded() {
+    let mut stack = Stack::start_with(1, &[], FAKE_AGENTS).await;
+    stack.start_memory().await;
+    stack.provider.set_reply(&marker("bike-costs"), BIKE_COSTS);
+    stack.provider.push_reply(
+        &marker("@review"),
+        &json!({"verdict": "revise", "score": 0.4, "feedback": FEEDBACK}).to_string(),
+    );
+    stack.provider.set_reply(&marker("@review-2"), APPROVE);
+    let task = |city: &str| {
+        json!({"goal": format!("Cost out a bike-share for {city}"), "team": "research", "steps": [
+            {"id": "bike-costs", "capability": "research", "instruction": "Find the purchase costs of bikes and docks"}]})
+    };
+    let lisbon = run_task(&stack, task("Lisbon")).await;
+    assert_eq!(lisbon["revisions"], 1, "{lisbon:#}");
+    let lisbon = lisbon["id"].as_str().unwrap().to_owned();
+    let last = settled(&stack, &[&lisbon]).await;
+    indexed(&stack, last).await;
+
+    // A later, similar task: its writer's synthesis is prompted with the reviewer's
+    // request from the first, which it had no other way to see.
+    stack.provider.set_reply(&marker("@review"), APPROVE);
+    let porto = run_task(&stack, task("Porto")).await;
+    assert_eq!(porto["status"], "completed", "{porto:#}");
+    let synthesis = stack
+        .provider
+        .bodies()
+        .into_iter()
+        .find(|b| {
+            let text = b.to_string();
+            text.contains("Your step (@synthesis)") && text.contains("for Porto")
+        })
+        .unwrap();
+    let prompt = synthesis["messages"][1]["content"].as_str().unwrap();
+    assert!(prompt.contains("# From past work: "), "{prompt}");
+    assert!(prompt.contains(FEEDBACK), "{prompt}");
+    // The step records which memory it used; the first task's synthesis had none to use.
+    let recalled = |task: &Value| -> Vec<String> {
+        let step = task["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == "@synthesis")
+            .unwrap();
+        step["prompt"]["sections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["kind"] == "memory" && s["status"] != "dropped")
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        recalled(&porto).contains(&format!("review:{lisbon}:@review")),
+        "{:#}",
+        porto["steps"]
+    );
+    let first = stack.get_json(&format!("/v1/tasks/{lisbon}")).await;
+    assert!(recalled(&first).is_empty(), "{first:#}");
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn retention_keeps_only_the_newest_memories() {
     let extra = format!("{AGENTS_ROUTE}\n[memory]\nmax_entries = 2\n");
     let mut stack = Stack::start_with(1, &[], &extra).await;

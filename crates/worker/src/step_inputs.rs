@@ -1,15 +1,23 @@
 //! What a step's prompt gets beyond its workflow's state (`agents::prompt::StepInputs`),
 //! gathered when the step is dispatched: the shared-context entries other steps of its
-//! workflow wrote (its dependencies' are their outputs, in the prompt already), and the
-//! current entry of its own key, which its answer replaces and should build on.
+//! workflow wrote (its dependencies' are their outputs, in the prompt already), the
+//! current entry of its own key, which its answer replaces and should build on, and what
+//! the episodic memory recalls of past work like it: its agent's earlier outputs and the
+//! reviewers' requests for revision of them, so agents improve across collaborations. The
+//! budget (`agents::budget`) ranks these below the step's own inputs and records which
+//! were used.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use agents::prompt::{Input, StepInputs};
 use agents::workflow::{Step, Workflow};
 use futures::future::join_all;
 use serde_json::Value;
 use shared::context::Current;
+use shared::memory::{self, Hit, Kind, MAX_QUERY_CHARS, Query};
+use shared::tools::clip;
+use tracing::debug;
 
 use crate::deps::Deps;
 use crate::orchestrate::OrchestrateError;
@@ -17,6 +25,13 @@ use crate::orchestrate::OrchestrateError;
 /// Most context entries of other steps read into one prompt (each a KV read); the budget
 /// trims what does not fit the window.
 const MAX_CONTEXT_ENTRIES: usize = 16;
+/// Past reviews and past outputs recalled into one prompt: the few best matches of each;
+/// more would crowd out the step's own inputs for little gain.
+const REVIEWS_PER_STEP: usize = 2;
+const WORK_PER_STEP: usize = 2;
+/// How long dispatch waits for the memory index: recall helps a step but must not hold
+/// the workflow up; without an answer the step goes without.
+const RECALL_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The step's own key's current entry, read once for both its write's base revision and
 /// its prompt.
@@ -68,8 +83,68 @@ pub(crate) async fn gather(
     }
     Ok(StepInputs {
         context,
+        memories: recall(deps, wf, step).await,
         ..StepInputs::default()
     })
+}
+
+/// The memories of past work like `step`'s, by its agent, from other workflows: the
+/// reviewers' requests for revision of its work first (approvals carry no advice), then its
+/// own earlier outputs. Two searches at once, so neither crowds the other out.
+async fn recall(deps: &Deps, wf: &Workflow, step: &Step) -> Vec<Input> {
+    let query = |kind: Kind| Query {
+        q: clip(
+            &format!("{} {}", step.instruction, wf.spec.goal),
+            MAX_QUERY_CHARS,
+        ),
+        agent: step.agent.clone(),
+        kind: Some(kind),
+        // Room for the hits left out below.
+        limit: Some(REVIEWS_PER_STEP.max(WORK_PER_STEP) * 4),
+        ..Query::default()
+    };
+    let (for_reviews, for_work) = (query(Kind::Review), query(Kind::StepOutput));
+    let (reviews, work) = tokio::join!(
+        memory::search(&deps.client, &for_reviews, RECALL_TIMEOUT),
+        memory::search(&deps.client, &for_work, RECALL_TIMEOUT),
+    );
+    let own = wf.id.to_string();
+    let usable = |found: Result<memory::Answer, memory::MemoryError>, n: usize| {
+        let hits = found.unwrap_or_else(|e| {
+            debug!(error = %e, workflow = %own, step = step.id, "no memories for the step");
+            memory::Answer {
+                hits: Vec::new(),
+                indexed_seq: 0,
+            }
+        });
+        hits.hits
+            .into_iter()
+            .filter(|h| h.workflow.as_deref() != Some(own.as_str()))
+            .filter(|h| h.approved != Some(true))
+            .take(n)
+            .map(memory_input)
+            .collect::<Vec<_>>()
+    };
+    let mut inputs = usable(reviews, REVIEWS_PER_STEP);
+    inputs.extend(usable(work, WORK_PER_STEP));
+    inputs
+}
+
+fn memory_input(hit: Hit) -> Input {
+    let by = hit.agent.as_deref().unwrap_or("an agent");
+    let label = match hit.kind {
+        Kind::Review => format!(
+            "{by} asked for a revision of past work on \"{}\"",
+            clip(&hit.brief, 120)
+        ),
+        Kind::StepOutput => format!("{by}'s past work on \"{}\"", clip(&hit.brief, 120)),
+        Kind::Task => format!("a past deliverable for \"{}\"", clip(&hit.brief, 120)),
+    };
+    Input {
+        id: hit.id,
+        label,
+        text: hit.text,
+    }
 }
 
 fn input(key: &str, current: &Current, note: &str) -> Input {
