@@ -245,6 +245,7 @@ pub async fn run(
         ack_wait: config.queue.ack_wait(),
         max_deliver,
         reply_prefixes: config.queue.reply_prefixes.clone(),
+        blocking: background.clone(),
         workflows: provisioned.workflows,
         tool_quotas: provisioned.tool_quotas,
         agents: provisioned.agents.clone(),
