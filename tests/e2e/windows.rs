@@ -85,8 +85,8 @@ async fn a_chat_request_over_the_window_goes_to_the_context_length_fallback() {
 #[tokio::test]
 async fn a_step_whose_inputs_exceed_the_window_is_trimmed_with_a_record() {
     // The agents' route: a small window, so two long research outputs cannot both fit the
-    // step that compares them.
-    let agents = "\n[routes.agents]\nprovider = \"fake\"\nmodel = \"fake-model\"\ncontext_window = 2000\noutput_reserve = 200\n";
+    // step that compares them; an OpenAI model, so the prompt is counted exactly (o200k).
+    let agents = "\n[routes.agents]\nprovider = \"fake\"\nmodel = \"gpt-4o-mini\"\ncontext_window = 2000\noutput_reserve = 200\n";
     let stack = Stack::start_with(1, &[], agents).await;
     let long = |city: &str| format!("Fact about city {city}. ").repeat(600);
     stack.provider.set_reply("Your step (city-a)", &long("A"));
@@ -117,7 +117,7 @@ async fn a_step_whose_inputs_exceed_the_window_is_trimmed_with_a_record() {
     let record = &compare["prompt"];
     assert_eq!(record["window"], 2000, "{record:#}");
     assert_eq!(record["output_reserve"], 200);
-    assert_eq!(record["encoding"], "estimate");
+    assert_eq!(record["encoding"], "o200k");
     let prompt_tokens = record["prompt_tokens"].as_u64().unwrap();
     assert!(prompt_tokens <= 1800, "{record:#}");
     let status = |label: &str| {
@@ -150,7 +150,7 @@ async fn a_step_whose_inputs_exceed_the_window_is_trimmed_with_a_record() {
         })
         .unwrap();
     let body = sent.as_object().unwrap();
-    assert!(count_request(Encoding::Estimate, body) <= 1800);
+    assert!(count_request(Encoding::O200k, body) <= 1800);
     let user = sent["messages"][1]["content"].as_str().unwrap();
     assert!(user.contains("trimmed to fit the context window"));
     assert!(!user.contains("# Output of step `city-b`"));

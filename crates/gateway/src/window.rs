@@ -23,9 +23,12 @@ use crate::error::ApiError;
 pub fn fits_by_bound(config: &Config, task: &Task) -> bool {
     let answer = requested_answer(&task.request);
     let bound = request_upper_bound(&task.request);
-    targets(config, &task.route)
-        .iter()
-        .any(|t| bound + answer.unwrap_or(u64::from(t.reserve())) <= u64::from(t.window()))
+    let targets = targets(config, &task.route);
+    // A model without targets is refused elsewhere (`build_task`), not here.
+    targets.is_empty()
+        || targets
+            .iter()
+            .any(|t| bound + answer.unwrap_or(u64::from(t.reserve())) <= u64::from(t.window()))
 }
 
 /// Sends `task` to the first route of its fallback chain that it fits, counting its tokens

@@ -81,12 +81,6 @@ impl Encoding {
             Encoding::Estimate => None,
         }
     }
-
-    /// Loads the tokenizer now (a few hundred milliseconds once per process), so the first
-    /// request that needs it does not wait.
-    pub fn warm(self) {
-        let _ = self.bpe();
-    }
 }
 
 /// `model` lower-cased, without the provider prefix (`openai/gpt-4o` → `gpt-4o`).

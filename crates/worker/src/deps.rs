@@ -90,4 +90,6 @@ pub(crate) struct Deps {
     pub tool_quotas: kv::Store,
     /// `queue.reply_prefixes`: where a task's result may be sent.
     pub reply_prefixes: Vec<String>,
+    /// Runs CPU-bound work (counting a step prompt's tokens) off the async threads.
+    pub blocking: tokio_util::task::TaskTracker,
 }

@@ -247,6 +247,7 @@ pub async fn run(
         ack_wait: config.queue.ack_wait(),
         max_deliver,
         reply_prefixes: config.queue.reply_prefixes.clone(),
+        blocking: background.clone(),
         workflows: provisioned.workflows,
         context: shared::context::Context::new(js.clone(), provisioned.context),
         tool_quotas: provisioned.tool_quotas,

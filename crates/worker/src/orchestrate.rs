@@ -28,7 +28,7 @@ use shared::config::{Config, TargetConfig, split_direct};
 use shared::context::{self, ContextError, Expect};
 use shared::names::{HEADER_MSG_ID, TASKS_STREAM, cancel_subject, task_subject};
 use shared::task::now_ms;
-use shared::tokens::Window;
+use shared::tokens::{Encoding, Window};
 use shared::{ContextWrite, StepRef, Task, TaskId, TaskResult, TaskStatus};
 use tracing::{debug, warn};
 
@@ -378,15 +378,36 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
     });
     let inputs = step_inputs::gather(deps, wf, step, own.as_ref()).await?;
     let window = route_window(&deps.config, &agent.route);
-    let (request, record) = match prompt::request(
-        agent,
-        wf,
-        step,
-        &capabilities,
-        Limits::default().plan,
-        &inputs,
-        window,
-    ) {
+    let built = if window.encoding == Encoding::Estimate {
+        // Counting is arithmetic on lengths: no need to leave the async thread.
+        prompt::request(
+            agent,
+            wf,
+            step,
+            &capabilities,
+            Limits::default().plan,
+            &inputs,
+            window,
+        )
+    } else {
+        // Exact counting of a large prompt takes milliseconds.
+        let (agent, wf, step) = (agent.clone(), wf.clone(), step.clone());
+        deps.blocking
+            .spawn_blocking(move || {
+                prompt::request(
+                    &agent,
+                    &wf,
+                    &step,
+                    &capabilities,
+                    Limits::default().plan,
+                    &inputs,
+                    window,
+                )
+            })
+            .await
+            .map_err(|e| OrchestrateError::Decode(format!("building the prompt: {e}")))?
+    };
+    let (request, record) = match built {
         Ok(built) => built,
         Err(e) => {
             warn!(workflow = %wf.id, step = id, error = %e, "the step's prompt cannot fit its window; the step fails");
