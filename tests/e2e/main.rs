@@ -34,6 +34,7 @@ mod provisioning;
 mod runtime_agents;
 mod sandbox;
 mod task_list;
+mod threads;
 mod tools;
 mod web_tools;
 mod workers;

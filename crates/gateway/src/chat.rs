@@ -31,6 +31,7 @@ pub async fn chat_completions(
     let started = Instant::now();
     let streaming = body.stream;
     let mut task = build_task(&st, request.id, &headers, body)?;
+    crate::session::attach(&st, &headers, &mut task).await?;
     // A task the caller named may be finished already (a retry): its answer, nothing queued.
     let stored = if request.named_by_caller {
         stored_result(&st, task.id).await?

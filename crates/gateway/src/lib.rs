@@ -20,11 +20,13 @@ mod replies;
 mod roster;
 mod routes;
 mod serve;
+mod session;
 mod state;
 mod stream;
 mod submit;
 mod task_list;
 mod tasks;
+mod threads;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

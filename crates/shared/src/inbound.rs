@@ -289,7 +289,33 @@ fn check_fields(fields: &Map<String, Value>) -> Result<(), Problem> {
         Some(_) => return Err(Problem::Invalid("replay_of", UUID_RULE.to_owned())),
     }
     check_step(fields)?;
+    check_session(fields)?;
     check_asked_by(fields)
+}
+
+/// `session`, if present, names a chat session (its thread `session-<id>` is a subject) and
+/// where the turn's own messages start.
+fn check_session(fields: &Map<String, Value>) -> Result<(), Problem> {
+    let session = match fields.get("session") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(session) => session,
+    };
+    let rule = || {
+        Problem::Invalid(
+            "session",
+            "must be {\"id\": <session id>, \"new_from\": <index of the turn's first message>}"
+                .to_owned(),
+        )
+    };
+    let id = session["id"].as_str().ok_or_else(rule)?;
+    session["new_from"].as_u64().ok_or_else(rule)?;
+    match crate::threads::session_thread("session", id) {
+        Ok(_) => Ok(()),
+        Err(crate::threads::ThreadError::Invalid { problem, .. }) => {
+            Err(Problem::Invalid("session", format!("id {problem}")))
+        }
+        Err(other) => Err(Problem::Invalid("session", other.to_string())),
+    }
 }
 
 /// Most agents an `asked_by` chain may name (`[tools] ask_max_depth` is at most 16).
@@ -773,6 +799,7 @@ mod tests {
                             },
                             step: None,
                             asked_by: Vec::new(),
+                            session: None,
                         })
                     },
                 )

@@ -18,9 +18,10 @@ pub mod provision;
 pub mod reply;
 pub mod schema;
 pub mod task;
+pub mod threads;
 pub mod tool_call;
 pub mod tools;
 
 pub use failure::FailureClass;
 pub use names::{Capability, NameError, Priority, TaskId};
-pub use task::{Attempt, StepRef, StreamEventKind, Task, TaskResult, TaskStatus};
+pub use task::{Attempt, SessionRef, StepRef, StreamEventKind, Task, TaskResult, TaskStatus};

@@ -20,6 +20,7 @@ pub mod provider;
 mod pull;
 mod refuse;
 mod relay;
+mod threads;
 mod tool_loop;
 
 use std::collections::{BTreeSet, HashMap};

@@ -305,6 +305,7 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
             step: step.id.clone(),
         }),
         asked_by: Vec::new(),
+        session: None,
     };
     let payload = serde_json::to_vec(&task).map_err(|e| OrchestrateError::Decode(e.to_string()))?;
     let mut headers = HeaderMap::new();

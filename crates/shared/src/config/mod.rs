@@ -18,6 +18,7 @@ mod mcp;
 mod prices;
 mod providers;
 mod routes;
+mod threads;
 mod tools;
 mod web_tools;
 
@@ -25,6 +26,7 @@ pub use mcp::{INHERITED_ENV, McpServerConfig};
 pub use prices::{Price, TOKENS_PER_PRICE_UNIT, price_key};
 pub use providers::{Adapter, ApiKey, ProviderConfig, ProviderKind};
 pub use routes::{MAX_FALLBACK_HOPS, RouteConfig, Strategy, TargetConfig, split_direct};
+pub use threads::ThreadsConfig;
 pub use tools::{MAX_QUOTA_WINDOW_SECS, RunCodeConfig, ToolQuota, ToolsConfig, known_tools};
 pub use web_tools::{
     HttpFetchConfig, NewsApi, SearchApi, SsrfConfig, StockApi, Upstream, UpstreamApi, WeatherConfig,
@@ -158,6 +160,9 @@ pub struct Config {
     pub results: ResultsConfig,
     #[serde(default)]
     pub events: EventsConfig,
+    /// Conversation threads and chat sessions (`docs/threads.md`).
+    #[serde(default)]
+    pub threads: ThreadsConfig,
     #[serde(default)]
     pub gateway: GatewayConfig,
     #[serde(default)]
@@ -729,6 +734,7 @@ impl Config {
         prices::validate_prices(&mut p, &self.prices, &self.routes, &self.providers);
         self.validate_health(&mut p);
         self.tools.validate(&mut p, &|s| self.mcp.contains_key(s));
+        self.threads.validate(&mut p);
         mcp::validate(&mut p, &self.mcp);
         if self.dlq.max_age_secs == 0 {
             p.add("dlq.max_age_secs", "must be greater than 0");
@@ -858,7 +864,7 @@ impl Problems {
         });
     }
 
-    fn positive(&mut self, key: &str, value: i64) {
+    pub(crate) fn positive(&mut self, key: &str, value: i64) {
         if value <= 0 {
             self.add(key, "must be greater than 0");
         }

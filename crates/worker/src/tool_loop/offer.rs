@@ -212,6 +212,7 @@ mod tests {
                 step: "s".into(),
             }),
             asked_by: Vec::new(),
+            session: None,
         }
     }
 
