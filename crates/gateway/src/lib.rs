@@ -110,6 +110,7 @@ async fn state(
         capabilities,
         admission,
         background: background.clone(),
+        shutdown,
     }))
 }
 

@@ -163,26 +163,33 @@ pub async fn events(
         .map_err(|e| unavailable(&e))?;
     let cleanup = DeleteConsumer::new(&st, THREADS_STREAM, consumer.cached_info().name.clone());
     let messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
-    let state = (messages, thread, cleanup);
-    let events = futures::stream::unfold(state, |(mut messages, thread, cleanup)| async move {
-        loop {
-            // A broken read ends the stream; the client resumes with Last-Event-ID.
-            let msg = messages.next().await?.ok()?;
-            let seq = msg.info().map_or(0, |i| i.stream_sequence);
-            let Some(message) = threads::decode(&thread, seq, &msg.payload) else {
-                warn!(thread, seq, "undecodable thread message skipped");
-                continue;
-            };
-            let event = Event::default()
-                .id(seq.to_string())
-                .event("message")
-                .data(view(&message).to_string());
-            return Some((
-                Ok::<_, std::convert::Infallible>(event),
-                (messages, thread, cleanup),
-            ));
-        }
-    });
+    let state = (messages, thread, cleanup, st.shutdown.clone());
+    let events = futures::stream::unfold(
+        state,
+        |(mut messages, thread, cleanup, shutdown)| async move {
+            loop {
+                // A broken read, or the gateway shutting down, ends the stream; the client
+                // resumes with Last-Event-ID.
+                let msg = tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    msg = messages.next() => msg?.ok()?,
+                };
+                let seq = msg.info().map_or(0, |i| i.stream_sequence);
+                let Some(message) = threads::decode(&thread, seq, &msg.payload) else {
+                    warn!(thread, seq, "undecodable thread message skipped");
+                    continue;
+                };
+                let event = Event::default()
+                    .id(seq.to_string())
+                    .event("message")
+                    .data(view(&message).to_string());
+                return Some((
+                    Ok::<_, std::convert::Infallible>(event),
+                    (messages, thread, cleanup, shutdown),
+                ));
+            }
+        },
+    );
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())

@@ -498,6 +498,23 @@ mod tests {
     }
 
     #[test]
+    fn a_session_turn_names_a_session_that_can_be_a_thread() {
+        let mut task = valid();
+        task["session"] = json!({"id": "trip-planning", "new_from": 2});
+        let read_back = read("tasks.chat.high", &task).unwrap();
+        assert_eq!(read_back.session.unwrap().new_from, 2);
+        for bad in [
+            json!({"id": "a.b", "new_from": 0}),
+            json!({"id": "trip", "new_from": -1}),
+            json!("trip"),
+        ] {
+            task["session"] = bad;
+            let problem = read("tasks.chat.high", &task).unwrap_err().problem;
+            assert_eq!(problem.field(), Some("session"));
+        }
+    }
+
+    #[test]
     fn a_complete_task_on_its_subject_decodes() {
         let task = read("tasks.chat.high", &valid()).unwrap();
         assert_eq!(task.id.to_string(), ID);
