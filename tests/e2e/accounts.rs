@@ -1,8 +1,9 @@
 //! `nats/accounts.conf` as shipped: a gateway, a worker and the tools service connected as
 //! their own users, with only the permissions that file grants, still serve JSON and streamed
 //! completions, a completion that calls a built-in tool under a quota, a workflow, shared
-//! context written by both, and the workflow's memories indexed by the memory service (its own
-//! user) and searched by the gateway's and the worker's.
+//! context written by both, the workflow's thread posted to by both, and the workflow's
+//! memories indexed by the memory service (its own user) and searched by the gateway's and
+//! the worker's.
 
 use std::sync::Arc;
 
@@ -252,6 +253,23 @@ async fn per_role_users_can_do_their_jobs() {
         .await
         .unwrap();
     assert!(!answer.hits.is_empty());
+    // Threads: the worker's user posted the steps' insights to the workflow's thread; the
+    // gateway's user posts a client's message and lists them all.
+    let thread = task["thread"].as_str().unwrap().to_owned();
+    let posted = http
+        .post(format!("{base}/v1/threads/{thread}/messages"))
+        .json(&json!({"content": "thanks"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 201);
+    let listed: Value = get_json(&http, format!("{base}/v1/threads/{thread}/messages")).await;
+    let messages = listed["data"].as_array().unwrap();
+    assert!(
+        messages.iter().any(|m| m["author"]["kind"] == "agent"),
+        "{listed:#}"
+    );
+    assert_eq!(messages.last().unwrap()["content"], "thanks", "{listed:#}");
 
     let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);

@@ -266,6 +266,7 @@ fn letter(capability: &str) -> DeadLetter {
             replay_of: None,
             step: None,
             asked_by: Vec::new(),
+            session: None,
         },
         error: TaskError {
             class: FailureClass::DeadlineExceeded,

@@ -36,6 +36,7 @@ mod provisioning;
 mod runtime_agents;
 mod sandbox;
 mod task_list;
+mod threads;
 mod tools;
 mod web_tools;
 mod windows;

@@ -20,7 +20,7 @@ async fn provisioning_twice_changes_nothing() {
 
     let snapshot = || async {
         let mut streams = Vec::new();
-        for name in ["TASKS", "EVENTS", "KV_results"] {
+        for name in ["TASKS", "EVENTS", "KV_results", "THREADS"] {
             let mut info = js
                 .get_stream(name)
                 .await
@@ -69,6 +69,16 @@ async fn provisioning_twice_changes_nothing() {
         jetstream::stream::RetentionPolicy::WorkQueue
     );
     assert_eq!(tasks_config.discard, jetstream::stream::DiscardPolicy::New);
+    // Threads are bounded per thread, as configured.
+    let threads_config = &streams[3].1;
+    assert_eq!(
+        threads_config.max_messages_per_subject,
+        config.threads.max_msgs_per_thread
+    );
+    assert_eq!(
+        threads_config.retention,
+        jetstream::stream::RetentionPolicy::Limits
+    );
     let mut filters: Vec<String> = consumers.iter().flat_map(|c| c.2.clone()).collect();
     filters.sort();
     assert_eq!(filters, queues(&["chat"]));

@@ -32,6 +32,7 @@ pub async fn chat_completions(
     let started = Instant::now();
     let streaming = body.stream;
     let mut task = build_task(&st, request.id, &headers, body)?;
+    crate::session::attach(&st, &headers, &mut task).await?;
     if !window::fits_by_bound(&st.config, &task) {
         let config = st.config.clone();
         task = st

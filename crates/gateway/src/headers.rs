@@ -17,6 +17,10 @@ pub const TIMEOUT_MS: &str = "x-switchyard-timeout-ms";
 /// Request: who writes a context entry (a name token; `api` when absent). Response (to a
 /// context `GET`): who wrote the entry.
 pub const WRITER: &str = "x-switchyard-writer";
+/// Request to `/v1/chat/completions`: the chat session this request is a turn of (a name
+/// token of at most 56 characters); its earlier turns are put before the new messages
+/// (`docs/threads.md`).
+pub const SESSION: &str = "x-switchyard-session";
 /// Response: provider and model of the target that answered.
 pub const PROVIDER: &str = "x-switchyard-provider";
 pub const MODEL: &str = "x-switchyard-model";

@@ -21,12 +21,14 @@ mod replies;
 mod roster;
 mod routes;
 mod serve;
+mod session;
 mod state;
 mod stream;
 mod submit;
 mod task_list;
 mod tasks;
 mod window;
+mod threads;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -110,6 +112,7 @@ async fn state(
         capabilities,
         admission,
         background: background.clone(),
+        shutdown,
     }))
 }
 

@@ -22,6 +22,10 @@
 //! | DELETE | `/v1/context/{scope}/{key}` | [`context::delete`]   |
 //! | GET    | `/v1/context/{scope}/{key}/history` | [`context::history`] |
 //! | GET    | `/v1/memory/search`    | [`memory::search`]         |
+//! | GET    | `/v1/threads/{id}/messages` | [`threads::list`]     |
+//! | POST   | `/v1/threads/{id}/messages` | [`threads::post`]     |
+//! | DELETE | `/v1/threads/{id}/messages` | [`threads::clear`]    |
+//! | GET    | `/v1/threads/{id}/events`   | [`threads::events`] (SSE) |
 //! | GET    | `/v1/providers`        | [`operate::providers`]     |
 //! | GET    | `/v1/dlq`              | [`operate::list`]          |
 //! | POST   | `/v1/dlq/{id}/replay`  | [`operate::replay`]        |
@@ -42,7 +46,9 @@ use shared::TaskId;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{chat, context, cors, headers, info, mcp, memory, operate, roster, task_list, tasks};
+use crate::{
+    chat, context, cors, headers, info, mcp, memory, operate, roster, task_list, tasks, threads,
+};
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.gateway.max_body_bytes;
@@ -68,6 +74,13 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/context/{scope}/{key}/history", get(context::history))
         .route("/v1/memory/search", get(memory::search))
+        .route(
+            "/v1/threads/{id}/messages",
+            get(threads::list)
+                .post(threads::post)
+                .delete(threads::clear),
+        )
+        .route("/v1/threads/{id}/events", get(threads::events))
         .route("/v1/providers", get(operate::providers))
         .route("/v1/dlq", get(operate::list))
         .route("/v1/dlq/{id}/replay", post(operate::replay))

@@ -47,4 +47,7 @@ pub struct Shared {
     pub admission: Admission,
     /// Work that shutdown waits for (reply routing, queue sampling, cancel notices).
     pub background: TaskTracker,
+    /// Cancelled when the gateway shuts down: endless answers (a followed thread) end then,
+    /// and their clients resume on another replica.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }

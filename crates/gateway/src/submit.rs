@@ -89,6 +89,7 @@ pub fn build_task(
         replay_of: None,
         step: None,
         asked_by: Vec::new(),
+        session: None,
     })
 }
 

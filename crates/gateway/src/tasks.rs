@@ -291,10 +291,7 @@ pub async fn events(
         })
         .await
         .map_err(|e| unavailable(&e))?;
-    let cleanup = DeleteConsumer {
-        st: st.clone(),
-        name: consumer.cached_info().name.clone(),
-    };
+    let cleanup = DeleteConsumer::new(&st, EVENTS_STREAM, consumer.cached_info().name.clone());
     let messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
     // Until the `done` event: the stream ends with it, without waiting for another message.
     let state = (messages, false, cleanup);
@@ -322,26 +319,39 @@ pub async fn events(
         .into_response())
 }
 
-/// Deletes an event stream's consumer once the stream is dropped (it ended with `done`, broke,
+/// Deletes an event stream's (or a followed thread's) consumer once the stream is dropped (it ended with `done`, broke,
 /// or its client left). Left alone, an ordered consumer stays on the server until it has been
 /// idle for 30 s, so a gateway serving more than about 33 event streams a second piles them
 /// up until JetStream refuses new ones (nats-server 2.15.1 refused the 1,001st with "maximum
 /// consumers limit reached", and every new event stream answered 503): scenario 6 of the
 /// benchmark ran into it.
 #[derive(Debug)]
-struct DeleteConsumer {
+pub(crate) struct DeleteConsumer {
     st: AppState,
+    stream: &'static str,
     name: String,
+}
+
+impl DeleteConsumer {
+    /// Deletes consumer `name` of `stream` when dropped.
+    pub(crate) fn new(st: &AppState, stream: &'static str, name: String) -> Self {
+        Self {
+            st: st.clone(),
+            stream,
+            name,
+        }
+    }
 }
 
 impl Drop for DeleteConsumer {
     fn drop(&mut self) {
         let js = self.st.js.clone();
         let name = std::mem::take(&mut self.name);
+        let stream = self.stream;
         // Drop cannot wait; the tracker lets shutdown wait for the delete instead. Best
         // effort: a consumer not deleted expires on its own.
         self.st.background.spawn(async move {
-            if let Err(e) = js.delete_consumer_from_stream(&name, EVENTS_STREAM).await {
+            if let Err(e) = js.delete_consumer_from_stream(&name, stream).await {
                 debug!(error = %e, consumer = name, "could not delete an event stream's consumer");
             }
         });
@@ -370,6 +380,10 @@ pub fn view(wf: &Workflow) -> Value {
         map.insert("object".into(), json!("task"));
         map.insert("goal".into(), json!(wf.spec.goal));
         map.insert("team".into(), json!(wf.spec.team));
+        map.insert(
+            "thread".into(),
+            json!(shared::threads::workflow_thread(wf.id)),
+        );
         map.remove("spec");
     }
     body

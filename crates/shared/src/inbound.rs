@@ -289,7 +289,33 @@ fn check_fields(fields: &Map<String, Value>) -> Result<(), Problem> {
         Some(_) => return Err(Problem::Invalid("replay_of", UUID_RULE.to_owned())),
     }
     check_step(fields)?;
+    check_session(fields)?;
     check_asked_by(fields)
+}
+
+/// `session`, if present, names a chat session (its thread `session-<id>` is a subject) and
+/// where the turn's own messages start.
+fn check_session(fields: &Map<String, Value>) -> Result<(), Problem> {
+    let session = match fields.get("session") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(session) => session,
+    };
+    let rule = || {
+        Problem::Invalid(
+            "session",
+            "must be {\"id\": <session id>, \"new_from\": <index of the turn's first message>}"
+                .to_owned(),
+        )
+    };
+    let id = session["id"].as_str().ok_or_else(rule)?;
+    session["new_from"].as_u64().ok_or_else(rule)?;
+    match crate::threads::session_thread("session", id) {
+        Ok(_) => Ok(()),
+        Err(crate::threads::ThreadError::Invalid { problem, .. }) => {
+            Err(Problem::Invalid("session", format!("id {problem}")))
+        }
+        Err(other) => Err(Problem::Invalid("session", other.to_string())),
+    }
 }
 
 /// Most agents an `asked_by` chain may name (`[tools] ask_max_depth` is at most 16).
@@ -532,6 +558,23 @@ mod tests {
 
     fn task_id_of(task: &Value) -> TaskId {
         task["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_session_turn_names_a_session_that_can_be_a_thread() {
+        let mut task = valid();
+        task["session"] = json!({"id": "trip-planning", "new_from": 2});
+        let read_back = read("tasks.chat.high", &task).unwrap();
+        assert_eq!(read_back.session.unwrap().new_from, 2);
+        for bad in [
+            json!({"id": "a.b", "new_from": 0}),
+            json!({"id": "trip", "new_from": -1}),
+            json!("trip"),
+        ] {
+            task["session"] = bad;
+            let problem = read("tasks.chat.high", &task).unwrap_err().problem;
+            assert_eq!(problem.field(), Some("session"));
+        }
     }
 
     #[test]
@@ -836,6 +879,7 @@ mod tests {
                             },
                             step: None,
                             asked_by: Vec::new(),
+                            session: None,
                         })
                     },
                 )

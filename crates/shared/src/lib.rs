@@ -20,9 +20,12 @@ pub mod reply;
 pub mod schema;
 pub mod task;
 pub mod tokens;
+pub mod threads;
 pub mod tool_call;
 pub mod tools;
 
 pub use failure::FailureClass;
 pub use names::{Capability, NameError, Priority, TaskId};
-pub use task::{Attempt, ContextWrite, StepRef, StreamEventKind, Task, TaskResult, TaskStatus};
+pub use task::{
+    Attempt, ContextWrite, SessionRef, StepRef, StreamEventKind, Task, TaskResult, TaskStatus,
+};

@@ -38,6 +38,12 @@ pub const WORKFLOW_CAPABILITY: &str = "workflow";
 /// Key-value bucket of shared context: one entry per `<scope>.<key>`, with a bounded
 /// history, written by compare-and-set on the revision (`crate::context`).
 pub const CONTEXT_BUCKET: &str = "context";
+/// Stream holding conversation threads between agents and clients, and chat
+/// sessions' histories (limits retention, bounded per thread): `threads.<thread id>`
+/// (`crate::threads`).
+pub const THREADS_STREAM: &str = "THREADS";
+/// Subjects captured by the `THREADS` stream.
+pub const THREADS_SUBJECTS: &str = "threads.>";
 /// Key-value bucket holding the attempts of a task that went back to the queue, so the
 /// next delivery continues its history.
 pub const ATTEMPTS_BUCKET: &str = "attempts";

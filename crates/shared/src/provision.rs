@@ -1,6 +1,7 @@
 //! Idempotent create-or-update of every JetStream resource Switchyard uses: the `TASKS`
-//! stream with one durable pull consumer per (capability, priority), the `EVENTS` stream and
-//! the `results` bucket. Running it again with the same configuration changes nothing.
+//! stream with one durable pull consumer per (capability, priority), the `EVENTS` and
+//! `THREADS` streams and the buckets. Running it again with the same configuration changes
+//! nothing.
 //!
 //! The `TASKS` stream captures only `tasks.<capability>.<priority>` of configured
 //! capabilities, so a publish to a queue nobody serves fails at once ("no responders")
@@ -19,8 +20,8 @@ use crate::agents::{AgentProfile, LiveCatalog};
 use crate::config::Config;
 use crate::names::{
     AGENTS_BUCKET, ATTEMPTS_BUCKET, CONTEXT_BUCKET, DLQ_STREAM, EVENTS_STREAM, EVENTS_SUBJECTS,
-    PERFORMANCE_BUCKET, PROVIDERS_BUCKET, RESULTS_BUCKET, TASKS_STREAM, TOOL_QUOTAS_BUCKET,
-    WORKFLOWS_BUCKET, task_subject,
+    PERFORMANCE_BUCKET, PROVIDERS_BUCKET, RESULTS_BUCKET, TASKS_STREAM, THREADS_STREAM,
+    TOOL_QUOTAS_BUCKET, WORKFLOWS_BUCKET, task_subject,
 };
 use tracing::warn;
 
@@ -189,6 +190,16 @@ async fn provision_once(
             source,
         )
     })?;
+    js.create_or_update_stream(crate::threads::stream_config(&config.threads, replicas))
+        .await
+        .map_err(|source| {
+            stream_error(
+                THREADS_STREAM,
+                "threads.max_bytes",
+                config.threads.max_bytes,
+                source,
+            )
+        })?;
     let results = bucket(
         js,
         RESULTS_BUCKET,

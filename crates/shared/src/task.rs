@@ -38,6 +38,18 @@ pub struct Task {
     /// close a cycle.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub asked_by: Vec<String>,
+    /// The chat session this request is a turn of: whoever stores its result records the
+    /// turn in the session's thread (`crate::threads`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionRef>,
+}
+
+/// A chat turn's session: its id, and where in `request.messages` the turn's own messages
+/// start (those before are the leading system messages and the history the gateway put in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRef {
+    pub id: String,
+    pub new_from: usize,
 }
 
 /// Which step of which workflow a task is. Its task id must be the step's own

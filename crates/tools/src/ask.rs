@@ -187,6 +187,7 @@ impl Asker {
             replay_of: None,
             step: None,
             asked_by: std::mem::take(&mut chain),
+            session: None,
         };
         let result = self.run(ready, &task).await?;
         answer(&agent.name, &task, &result)

@@ -22,6 +22,7 @@ mod pull;
 mod refuse;
 mod relay;
 mod step_inputs;
+mod threads;
 mod tool_loop;
 
 use std::collections::{BTreeSet, HashMap};

@@ -435,6 +435,7 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
             prompt: Some(record),
         }),
         asked_by: Vec::new(),
+        session: None,
     };
     let payload = serde_json::to_vec(&task).map_err(|e| OrchestrateError::Decode(e.to_string()))?;
     let mut headers = HeaderMap::new();

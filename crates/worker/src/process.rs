@@ -25,6 +25,7 @@ use crate::failover::{Failover, Outcome};
 use crate::orchestrate;
 use crate::refuse::refuse;
 use crate::relay::NatsChunks;
+use crate::threads;
 use crate::tool_loop::{self, Loop, LoopOutcome, NatsTools};
 
 /// Handles one delivered message to the end: it is acked, NAKed for a later retry, or
@@ -277,6 +278,19 @@ async fn finish(msg: &jetstream::Message, task: &Task, stored: Bytes, delivery: 
                 error!(error = %e, "could not dead-letter the task; its failed result is stored")
             }
         }
+    }
+    // Before the answer is delivered, so a session's next turn (sent once this one is
+    // answered) finds it, and before the workflow advances, so later steps see the insight.
+    if let Ok(result) = &result
+        && let Err(e) = threads::record(task, result, deps).await
+    {
+        if delivery < deps.max_deliver {
+            warn!(error = %e, "could not post to a thread; the task goes back to the queue");
+            ack(msg, AckKind::Nak(Some(STORE_RETRY_DELAY))).await;
+            return;
+        }
+        // No delivery is left: the answer is stored and goes out without its thread post.
+        error!(error = %e, "could not post to a thread; the answer goes out without it");
     }
     deliver(task.reply_to.as_deref(), stored, delivery, deps).await;
     match result {

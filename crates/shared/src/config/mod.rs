@@ -19,6 +19,7 @@ mod memory;
 mod prices;
 mod providers;
 mod routes;
+mod threads;
 mod tools;
 mod web_tools;
 
@@ -30,6 +31,7 @@ pub use routes::{
     MAX_FALLBACK_HOPS, MIN_WINDOW, RouteConfig, SIMULATED_WINDOW, Strategy, TargetConfig,
     split_direct,
 };
+pub use threads::ThreadsConfig;
 pub use tools::{MAX_QUOTA_WINDOW_SECS, RunCodeConfig, ToolQuota, ToolsConfig, known_tools};
 pub use web_tools::{
     HttpFetchConfig, NewsApi, SearchApi, SsrfConfig, StockApi, Upstream, UpstreamApi, WeatherConfig,
@@ -163,6 +165,9 @@ pub struct Config {
     pub results: ResultsConfig,
     #[serde(default)]
     pub events: EventsConfig,
+    /// Conversation threads and chat sessions (`docs/threads.md`).
+    #[serde(default)]
+    pub threads: ThreadsConfig,
     #[serde(default)]
     pub gateway: GatewayConfig,
     #[serde(default)]
@@ -737,6 +742,7 @@ impl Config {
         prices::validate_prices(&mut p, &self.prices, &self.routes, &self.providers);
         self.validate_health(&mut p);
         self.tools.validate(&mut p, &|s| self.mcp.contains_key(s));
+        self.threads.validate(&mut p);
         mcp::validate(&mut p, &self.mcp);
         self.memory.validate(&mut p, self.events.max_age_secs);
         if self.dlq.max_age_secs == 0 {
@@ -867,7 +873,7 @@ impl Problems {
         });
     }
 
-    fn positive(&mut self, key: &str, value: i64) {
+    pub(crate) fn positive(&mut self, key: &str, value: i64) {
         if value <= 0 {
             self.add(key, "must be greater than 0");
         }

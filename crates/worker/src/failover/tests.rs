@@ -227,6 +227,7 @@ fn task(route: &str, deadline: Duration) -> Task {
         replay_of: None,
         step: None,
         asked_by: Vec::new(),
+        session: None,
     }
 }
 

@@ -350,7 +350,21 @@ fn answer(model: &str, request: &Map<String, Value>) -> String {
             )
         }
         None => {
-            format!("[simulated {model}] Received {count} message(s).{tools} You said: {echo}")
+            // Earlier answers in the conversation (a session's history, or one resent):
+            // shows offline that a later turn saw the earlier ones.
+            let answers = messages.map_or(0, |m| {
+                m.iter()
+                    .filter(|m| m["role"] == "assistant" && !text_of(m).is_empty())
+                    .count()
+            });
+            let earlier = if answers == 0 {
+                String::new()
+            } else {
+                format!(", with {answers} earlier answer(s)")
+            };
+            format!(
+                "[simulated {model}] Received {count} message(s){earlier}.{tools} You said: {echo}"
+            )
         }
     }
 }

@@ -215,6 +215,7 @@ mod tests {
                 prompt: None,
             }),
             asked_by: Vec::new(),
+            session: None,
         }
     }
 

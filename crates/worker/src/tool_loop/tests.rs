@@ -42,6 +42,7 @@ fn task() -> Task {
         replay_of: None,
         step: None,
         asked_by: Vec::new(),
+        session: None,
     }
 }
 
