@@ -265,6 +265,26 @@ async fn a_follower_sees_the_agents_insights_in_order_and_resumes_after_the_last
         }
     }
     assert!(seen.len() > 2, "{seen:#?}");
+    // The review's prompt carried the work steps' insights from the thread (not its own
+    // dependency's: the deliverable is in the prompt already), as its record says.
+    let review = steps.iter().find(|s| s["id"] == "@review").unwrap();
+    let from_thread: Vec<u64> = review["prompt"]["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "thread" && s["status"] == "included")
+        .map(|s| {
+            s["id"].as_str().unwrap()["thread:".len()..]
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(!from_thread.is_empty(), "{review:#}");
+    for seq in &from_thread {
+        let (_, message) = seen.iter().find(|(id, _)| id == seq).unwrap();
+        assert_ne!(message["step"], "@synthesis", "{message:#}");
+        assert_eq!(message["author"]["kind"], "agent");
+    }
     let (_, last) = seen.last().unwrap();
     assert_eq!(last["author"], json!({"kind": "client", "name": "ada"}));
     // The listing holds the same messages in the same order.

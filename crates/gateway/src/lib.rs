@@ -27,8 +27,8 @@ mod stream;
 mod submit;
 mod task_list;
 mod tasks;
-mod window;
 mod threads;
+mod window;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

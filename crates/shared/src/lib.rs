@@ -19,8 +19,8 @@ pub mod provision;
 pub mod reply;
 pub mod schema;
 pub mod task;
-pub mod tokens;
 pub mod threads;
+pub mod tokens;
 pub mod tool_call;
 pub mod tools;
 

@@ -1,7 +1,9 @@
 //! What a step's prompt gets beyond its workflow's state (`agents::prompt::StepInputs`),
 //! gathered when the step is dispatched: the shared-context entries other steps of its
 //! workflow wrote (its dependencies' are their outputs, in the prompt already), the
-//! current entry of its own key, which its answer replaces and should build on, and what
+//! current entry of its own key, which its answer replaces and should build on, the recent
+//! messages of its workflow's thread (other agents' insights and the caller's notes; not its
+//! dependencies', which are their outputs again), and what
 //! the episodic memory recalls of past work like it: its agent's earlier outputs and the
 //! reviewers' requests for revision of them, so agents improve across collaborations. The
 //! budget (`agents::budget`) ranks these below the step's own inputs and records which
@@ -16,6 +18,7 @@ use futures::future::join_all;
 use serde_json::Value;
 use shared::context::Current;
 use shared::memory::{self, Hit, Kind, MAX_QUERY_CHARS, Query};
+use shared::threads::{self, AuthorKind, ThreadMessage};
 use shared::tools::clip;
 use tracing::debug;
 
@@ -28,6 +31,10 @@ const MAX_CONTEXT_ENTRIES: usize = 16;
 /// Past reviews and past outputs recalled into one prompt: the few best matches of each;
 /// more would crowd out the step's own inputs for little gain.
 const REVIEWS_PER_STEP: usize = 2;
+/// The newest thread messages one prompt gets, and how many are read to find them (a
+/// workflow's thread holds a message per step and what callers post).
+const THREAD_MESSAGES: usize = 8;
+const THREAD_READ: usize = 200;
 const WORK_PER_STEP: usize = 2;
 /// How long dispatch waits for the memory index: recall helps a step but must not hold
 /// the workflow up; without an answer the step goes without.
@@ -81,11 +88,49 @@ pub(crate) async fn gather(
             context.push(input(key, &current, "written by another step"));
         }
     }
+    let (thread, memories) = tokio::join!(thread(deps, wf, step), recall(deps, wf, step));
     Ok(StepInputs {
         context,
-        memories: recall(deps, wf, step).await,
-        ..StepInputs::default()
+        thread: thread?,
+        memories,
     })
+}
+
+/// The newest messages of the workflow's thread, oldest first, but for those the step's
+/// dependencies (or an earlier run of itself) posted.
+async fn thread(deps: &Deps, wf: &Workflow, step: &Step) -> Result<Vec<Input>, OrchestrateError> {
+    let page = threads::read(&deps.js, &threads::workflow_thread(wf.id), 0, THREAD_READ)
+        .await
+        .map_err(|e| OrchestrateError::Store(e.to_string()))?;
+    let wanted: Vec<ThreadMessage> = page
+        .messages
+        .into_iter()
+        .filter(|m| {
+            m.post
+                .step
+                .as_ref()
+                .is_none_or(|s| s != &step.id && !step.depends_on.contains(s))
+        })
+        .collect();
+    let skip = wanted.len().saturating_sub(THREAD_MESSAGES);
+    Ok(wanted.into_iter().skip(skip).map(thread_input).collect())
+}
+
+fn thread_input(message: ThreadMessage) -> Input {
+    let who = match message.post.author.kind {
+        AuthorKind::Agent => format!("agent `{}`", message.post.author.name),
+        AuthorKind::Client => format!("caller `{}`", message.post.author.name),
+        AuthorKind::System => "Switchyard".to_owned(),
+    };
+    let label = match &message.post.step {
+        Some(step) => format!("{who} on step `{step}`"),
+        None => who,
+    };
+    Input {
+        id: format!("thread:{}", message.id),
+        label,
+        text: message.post.content,
+    }
 }
 
 /// The memories of past work like `step`'s, by its agent, from other workflows: the
