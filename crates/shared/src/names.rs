@@ -38,6 +38,9 @@ pub const WORKFLOW_CAPABILITY: &str = "workflow";
 /// Key-value bucket of shared context: one entry per `<scope>.<key>`, with a bounded
 /// history, written by compare-and-set on the revision (`crate::context`).
 pub const CONTEXT_BUCKET: &str = "context";
+/// Object store of large inputs and outputs, carried elsewhere by reference
+/// (`crate::artifacts`); its stream is `OBJ_artifacts`.
+pub const ARTIFACTS_STORE: &str = "artifacts";
 /// Key-value bucket holding the attempts of a task that went back to the queue, so the
 /// next delivery continues its history.
 pub const ATTEMPTS_BUCKET: &str = "attempts";

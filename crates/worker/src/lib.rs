@@ -249,6 +249,7 @@ pub async fn run(
         reply_prefixes: config.queue.reply_prefixes.clone(),
         workflows: provisioned.workflows,
         context: shared::context::Context::new(js.clone(), provisioned.context),
+        artifacts: provisioned.artifacts,
         tool_quotas: provisioned.tool_quotas,
         agents: provisioned.agents.clone(),
         mcp_tools,
