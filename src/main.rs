@@ -354,10 +354,7 @@ async fn run(command: Command, config: Arc<Config>) -> anyhow::Result<()> {
                 .await?;
             match task["status"].as_str() {
                 Some("completed") => {
-                    print_line(&format!(
-                        "\n{}",
-                        task["output"].as_str().unwrap_or_default()
-                    ));
+                    print_line(&format!("\n{}", api.deliverable(&task).await?));
                     Ok(())
                 }
                 _ => anyhow::bail!(

@@ -53,6 +53,26 @@ impl Api {
             .await
     }
 
+    /// The task's deliverable: its `output`, or the whole of it from the artifacts store
+    /// when `output` is only the preview (`output_artifact`).
+    pub async fn deliverable(&self, task: &Value) -> anyhow::Result<String> {
+        let Some(id) = task["output_artifact"]["id"].as_str() else {
+            return Ok(task["output"].as_str().unwrap_or_default().to_owned());
+        };
+        let response = self
+            .http
+            .get(format!("{}/v1/artifacts/{id}", self.base))
+            .send()
+            .await
+            .with_context(|| format!("reaching the gateway at {}", self.base))?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("the gateway answered {status} for artifact {id}");
+        }
+        let bytes = response.bytes().await.context("reading the artifact")?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     pub async fn agents(&self) -> anyhow::Result<Value> {
         self.call(self.http.get(format!("{}/v1/agents", self.base)))
             .await

@@ -1,9 +1,9 @@
 //! `nats/accounts.conf` as shipped: a gateway, a worker and the tools service connected as
 //! their own users, with only the permissions that file grants, still serve JSON and streamed
 //! completions, a completion that calls a built-in tool under a quota, a workflow, shared
-//! context written by both, the workflow's thread posted to by both, and the workflow's
-//! memories indexed by the memory service (its own user) and searched by the gateway's and
-//! the worker's.
+//! context written by both, the workflow's thread posted to by both, the workflow's memories
+//! indexed by the memory service (its own user) and searched by the gateway's and the
+//! worker's, and artifacts stored by both.
 
 use std::sync::Arc;
 
@@ -270,6 +270,38 @@ async fn per_role_users_can_do_their_jobs() {
         "{listed:#}"
     );
     assert_eq!(messages.last().unwrap()["content"], "thanks", "{listed:#}");
+
+    // Artifacts: the gateway's user stores and serves one over HTTP (in chunks); the
+    // worker's user stores a step's output.
+    let bytes: Vec<u8> = (0..300_000_u32).map(|i| (i % 251) as u8).collect();
+    let stored = http
+        .put(format!("{base}/v1/artifacts/report"))
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201);
+    let fetched = http
+        .get(format!("{base}/v1/artifacts/report"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(fetched[..] == bytes[..]);
+    let artifacts = shared::artifacts::Artifacts::new(
+        js.get_object_store(shared::names::ARTIFACTS_STORE)
+            .await
+            .unwrap(),
+        1 << 20,
+    );
+    artifacts
+        .put_bytes("step-output", "text/plain", b"a long output")
+        .await
+        .unwrap();
+    let (_, read) = artifacts.get("step-output").await.unwrap().unwrap();
+    assert_eq!(read, b"a long output");
 
     let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);

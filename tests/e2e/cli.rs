@@ -307,6 +307,7 @@ fn shipped_nats_configurations_are_valid() {
                 .env("GATEWAY_PASSWORD", "x")
                 .env("WORKER_PASSWORD", "y")
                 .env("TOOLS_PASSWORD", "z")
+                .env("MEMORY_PASSWORD", "m")
                 .output()
                 .unwrap();
             assert!(

@@ -12,6 +12,7 @@
 )]
 
 mod accounts;
+mod artifacts;
 mod bad_input;
 mod chat;
 mod cli;

@@ -82,6 +82,8 @@ pub fn outcome(result: &TaskResult, price_of: impl Fn(&str, &str) -> Option<Pric
                     price,
                 ),
                 tool_calls: result.tool_calls.clone(),
+                // Stored by the edge when the text is too large (see `worker::orchestrate`).
+                artifact: None,
             }
         }
         (_, _, Some(error)) => StepOutcome::Failed {

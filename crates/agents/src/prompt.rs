@@ -321,6 +321,7 @@ mod tests {
             task_id: TaskId::new(),
             dispatched_by: None,
             output: output.map(str::to_owned),
+            artifact: None,
             error: None,
             usage: Usage::default(),
             tool_calls: Vec::new(),

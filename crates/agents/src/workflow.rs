@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use shared::artifacts::{ArtifactRef, PREVIEW_BYTES, preview};
 use shared::config::Price;
 use shared::tokens::PromptRecord;
 use shared::tools::ToolCall;
@@ -56,9 +57,12 @@ pub struct Workflow {
     /// Syntheses after the first (each one a reviewer's "revise").
     pub revisions: u32,
     pub usage: Usage,
-    /// The deliverable, once synthesized.
+    /// The deliverable, once synthesized (its preview when it is an artifact).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// The whole deliverable, when it was too large to keep inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_artifact: Option<ArtifactRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<Verdict>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -218,8 +222,12 @@ pub struct Step {
     /// The event that dispatched it, so that event applied again dispatches it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatched_by: Option<String>,
+    /// Its output, or the output's first [`PREVIEW_BYTES`] when the whole is in `artifact`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// Where the whole output is, when it was longer than `artifacts.inline_max_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default)]
@@ -379,6 +387,10 @@ pub struct Verdict {
 
 /// What happens to a workflow.
 #[derive(Debug, Clone, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one event per message, applied and dropped; boxing a step's end saves nothing"
+)]
 pub enum Event {
     Start,
     StepFinished {
@@ -418,9 +430,13 @@ impl Event {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StepOutcome {
     Completed {
+        /// The whole output (a plan or a verdict is read from it).
         text: String,
         usage: Usage,
         tool_calls: Vec<ToolCall>,
+        /// Where the edge stored `text` when it is too large to keep inline: the step then
+        /// keeps a preview and this reference.
+        artifact: Option<ArtifactRef>,
     },
     Failed {
         class: String,
@@ -534,6 +550,7 @@ impl Workflow {
             revisions: 0,
             usage: Usage::default(),
             output: None,
+            output_artifact: None,
             review: None,
             error: None,
             conflicts: Vec::new(),
@@ -580,6 +597,7 @@ impl Workflow {
             task_id,
             dispatched_by: None,
             output: None,
+            artifact: None,
             error: None,
             usage: Usage::default(),
             tool_calls: Vec::new(),
@@ -839,10 +857,15 @@ fn finished(
             text,
             usage,
             tool_calls,
+            artifact,
         } => {
             step.status = StepStatus::Completed;
             step.tool_calls.clone_from(tool_calls);
-            step.output = Some(text.clone());
+            step.output = Some(match artifact {
+                Some(_) => preview(text, PREVIEW_BYTES).to_owned(),
+                None => text.clone(),
+            });
+            step.artifact.clone_from(artifact);
             // Added, not set: a re-run's step keeps the tokens of the run that lost.
             step.usage.add(*usage);
             wf.usage.add(*usage);
@@ -888,7 +911,8 @@ fn finished(
             }
         }
         StepKind::Synthesize => {
-            wf.output = Some(text);
+            wf.output = wf.step(id).and_then(|s| s.output.clone());
+            wf.output_artifact = wf.step(id).and_then(|s| s.artifact.clone());
             effects.push(Progress::effect(ProgressKind::Synthesized, Some(id), None));
             let round = wf.revisions;
             let synthesis = id.to_owned();
@@ -936,6 +960,7 @@ fn conflicted(
         text,
         usage,
         tool_calls,
+        artifact,
     } = outcome
     else {
         return;
@@ -995,7 +1020,11 @@ fn conflicted(
         }
         ConflictPolicy::Merge => {
             step.status = StepStatus::Completed;
-            step.output = Some(text.clone());
+            step.output = Some(match artifact {
+                Some(_) => preview(text, PREVIEW_BYTES).to_owned(),
+                None => text.clone(),
+            });
+            step.artifact.clone_from(artifact);
             let (key, merge) = (conflict.key.clone(), conflict.resolved_by.clone());
             for dependent in &mut wf.steps {
                 if dependent.depends_on.contains(&id) {

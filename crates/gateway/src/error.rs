@@ -55,6 +55,8 @@ pub enum ApiError {
     Overloaded { retry_after_secs: u64 },
     #[error("the context store is unavailable; retry later")]
     StoreUnavailable,
+    #[error("the artifacts store is unavailable or full; retry later")]
+    ArtifactsUnavailable,
     #[error("the task queue is unavailable; retry later")]
     Unavailable,
     #[error("no memory service answers (`switchyard memory`); retry later")]
@@ -156,6 +158,12 @@ impl ApiError {
                 (S::TOO_MANY_REQUESTS, "rate_limit_error", "overloaded", None)
             }
             ApiError::StoreUnavailable => (
+                S::SERVICE_UNAVAILABLE,
+                "service_unavailable_error",
+                "store_unavailable",
+                None,
+            ),
+            ApiError::ArtifactsUnavailable => (
                 S::SERVICE_UNAVAILABLE,
                 "service_unavailable_error",
                 "store_unavailable",

@@ -5,6 +5,7 @@
 mod abandon;
 mod admission;
 mod answer;
+mod artifacts;
 mod body;
 mod builtin_tools;
 mod chat;
@@ -100,6 +101,7 @@ async fn state(
         js,
         results: provisioned.results,
         context,
+        artifacts: provisioned.artifacts,
         agents: provisioned.agents,
         agents_bucket: provisioned.agents_bucket,
         agent_writes: tokio::sync::Mutex::default(),

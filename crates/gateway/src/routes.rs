@@ -26,12 +26,20 @@
 //! | POST   | `/v1/threads/{id}/messages` | [`threads::post`]     |
 //! | DELETE | `/v1/threads/{id}/messages` | [`threads::clear`]    |
 //! | GET    | `/v1/threads/{id}/events`   | [`threads::events`] (SSE) |
+//! | PUT    | `/v1/artifacts/{id}`   | [`artifacts::put`]         |
+//! | POST   | `/v1/artifacts`        | [`artifacts::create`]      |
+//! | GET    | `/v1/artifacts/{id}`   | [`artifacts::get`]         |
+//! | HEAD   | `/v1/artifacts/{id}`   | [`artifacts::head`]        |
+//! | GET    | `/v1/artifacts/{id}/meta` | [`artifacts::meta`]     |
 //! | GET    | `/v1/providers`        | [`operate::providers`]     |
 //! | GET    | `/v1/dlq`              | [`operate::list`]          |
 //! | POST   | `/v1/dlq/{id}/replay`  | [`operate::replay`]        |
 //! | POST   | `/mcp`                 | [`mcp::service`] (MCP, streamable HTTP) |
 //! | GET    | `/healthz`             | [`info::healthz`]          |
 //! | GET    | `/readyz`              | [`info::readyz`]           |
+//!
+//! Artifacts have a body limit of their own (`artifacts.max_bytes`, streamed), every other
+//! route `gateway.max_body_bytes`.
 //!
 //! Every route answers CORS preflights (`OPTIONS`) for the configured origins
 //! ([`cors::layer`]).
@@ -47,7 +55,8 @@ use shared::TaskId;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::{
-    chat, context, cors, headers, info, mcp, memory, operate, roster, task_list, tasks, threads,
+    artifacts, chat, context, cors, headers, info, mcp, memory, operate, roster, task_list, tasks,
+    threads,
 };
 
 pub fn app(state: AppState) -> Router {
@@ -94,6 +103,7 @@ pub fn app(state: AppState) -> Router {
             body_limit,
             refuse_declared_oversize,
         ))
+        .merge(artifact_routes(&state))
         .layer(middleware::from_fn(assign_task_id))
         .with_state(state);
     // Outermost, so a preflight is answered before routing (which would refuse OPTIONS)
@@ -102,6 +112,26 @@ pub fn app(state: AppState) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     }
+}
+
+/// `/v1/artifacts`, whose bodies stream into the object store up to `artifacts.max_bytes`
+/// (checked as they arrive), instead of being read whole within `gateway.max_body_bytes`.
+fn artifact_routes(state: &AppState) -> Router<AppState> {
+    let limit = usize::try_from(state.config.artifacts.max_bytes).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/v1/artifacts", post(artifacts::create))
+        .route(
+            "/v1/artifacts/{id}",
+            get(artifacts::get)
+                .head(artifacts::head)
+                .put(artifacts::put),
+        )
+        .route("/v1/artifacts/{id}/meta", get(artifacts::meta))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            limit,
+            refuse_declared_oversize,
+        ))
 }
 
 /// Gives every request a task id (in extensions, for the handler) and every response the

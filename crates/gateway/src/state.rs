@@ -23,6 +23,8 @@ pub struct Shared {
     pub results: kv::Store,
     /// Shared context (`/v1/context`).
     pub context: shared::context::Context,
+    /// Large inputs and outputs (`/v1/artifacts`).
+    pub artifacts: shared::artifacts::Artifacts,
     /// The agents as they are now (configuration and the `agents` bucket).
     pub agents: LiveCatalog,
     /// Where runtime agent profiles are stored.

@@ -3,6 +3,7 @@
 //! vocabulary of failure classes. Nothing here talks HTTP.
 
 pub mod agents;
+pub mod artifacts;
 pub mod backoff;
 pub mod config;
 pub mod context;

@@ -44,6 +44,9 @@ pub const CONTEXT_BUCKET: &str = "context";
 pub const THREADS_STREAM: &str = "THREADS";
 /// Subjects captured by the `THREADS` stream.
 pub const THREADS_SUBJECTS: &str = "threads.>";
+/// Object store of large inputs and outputs, carried elsewhere by reference
+/// (`crate::artifacts`); its stream is `OBJ_artifacts`.
+pub const ARTIFACTS_STORE: &str = "artifacts";
 /// Key-value bucket holding the attempts of a task that went back to the queue, so the
 /// next delivery continues its history.
 pub const ATTEMPTS_BUCKET: &str = "attempts";

@@ -1,7 +1,7 @@
 //! Idempotent create-or-update of every JetStream resource Switchyard uses: the `TASKS`
 //! stream with one durable pull consumer per (capability, priority), the `EVENTS` and
-//! `THREADS` streams and the buckets. Running it again with the same configuration changes
-//! nothing.
+//! `THREADS` streams, the buckets and the `artifacts` object store. Running it again with the
+//! same configuration changes nothing.
 //!
 //! The `TASKS` stream captures only `tasks.<capability>.<priority>` of configured
 //! capabilities, so a publish to a queue nobody serves fails at once ("no responders")
@@ -19,9 +19,9 @@ use futures::TryStreamExt;
 use crate::agents::{AgentProfile, LiveCatalog};
 use crate::config::Config;
 use crate::names::{
-    AGENTS_BUCKET, ATTEMPTS_BUCKET, CONTEXT_BUCKET, DLQ_STREAM, EVENTS_STREAM, EVENTS_SUBJECTS,
-    PERFORMANCE_BUCKET, PROVIDERS_BUCKET, RESULTS_BUCKET, TASKS_STREAM, THREADS_STREAM,
-    TOOL_QUOTAS_BUCKET, WORKFLOWS_BUCKET, task_subject,
+    AGENTS_BUCKET, ARTIFACTS_STORE, ATTEMPTS_BUCKET, CONTEXT_BUCKET, DLQ_STREAM, EVENTS_STREAM,
+    EVENTS_SUBJECTS, PERFORMANCE_BUCKET, PROVIDERS_BUCKET, RESULTS_BUCKET, TASKS_STREAM,
+    THREADS_STREAM, TOOL_QUOTAS_BUCKET, WORKFLOWS_BUCKET, task_subject,
 };
 use tracing::warn;
 
@@ -34,6 +34,8 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// (growing linearly).
 const PROVISION_ROUNDS: u32 = 5;
 const PROVISION_PAUSE: Duration = Duration::from_millis(200);
+/// The stream behind the `artifacts` object store (the object store's naming).
+const ARTIFACTS_STREAM: &str = "OBJ_artifacts";
 /// Pull requests a consumer keeps waiting at once; every worker holds one per priority.
 const MAX_WAITING_PULLS: i64 = 512;
 
@@ -74,6 +76,8 @@ pub enum ProvisionError {
     Agents(String),
     #[error("removing an earlier version's consumers: {0}")]
     Stale(String),
+    #[error("opening the artifacts store: {0}")]
+    ObjectStore(String),
     #[error("creating or updating bucket {name}: {source}")]
     Bucket {
         name: &'static str,
@@ -101,6 +105,8 @@ pub struct Provisioned {
     pub mcp_tools: kv::Store,
     /// Shared context by `<scope>.<key>` (`crate::context`), with a bounded history.
     pub context: kv::Store,
+    /// Large inputs and outputs, by id (`crate::artifacts`).
+    pub artifacts: crate::artifacts::Artifacts,
 }
 
 /// Creates or updates every stream, consumer and bucket `config` calls for.
@@ -264,7 +270,9 @@ async fn provision_once(
     .await?;
     let mcp_tools = mcp_tools_bucket(js, replicas).await?;
     let context = context_bucket(js, replicas).await?;
+    let artifacts = artifacts_store(js, config).await?;
     Ok(Provisioned {
+        artifacts,
         context,
         tasks,
         tool_quotas,
@@ -319,6 +327,46 @@ pub async fn context_bucket(
         name: CONTEXT_BUCKET,
         source,
     })
+}
+
+/// The `artifacts` object store (`crate::artifacts`). Its stream is created or updated
+/// directly, with the settings `create_object_store` gives one, so a changed size or age
+/// updates the store instead of failing as a different configuration.
+pub async fn artifacts_store(
+    js: &jetstream::Context,
+    config: &Config,
+) -> Result<crate::artifacts::Artifacts, ProvisionError> {
+    let settings = &config.artifacts;
+    js.create_or_update_stream(stream::Config {
+        name: ARTIFACTS_STREAM.to_owned(),
+        description: Some("Switchyard artifacts: large inputs and outputs, by id".to_owned()),
+        subjects: vec![
+            format!("$O.{ARTIFACTS_STORE}.C.>"),
+            format!("$O.{ARTIFACTS_STORE}.M.>"),
+        ],
+        max_age: Duration::from_secs(settings.max_age_secs),
+        max_bytes: settings.store_max_bytes,
+        storage: stream::StorageType::File,
+        num_replicas: config.nats.replicas,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .map_err(|source| {
+        stream_error(
+            ARTIFACTS_STREAM,
+            "artifacts.store_max_bytes",
+            settings.store_max_bytes,
+            source,
+        )
+    })?;
+    let store = js
+        .get_object_store(ARTIFACTS_STORE)
+        .await
+        .map_err(|e| ProvisionError::ObjectStore(e.to_string()))?;
+    Ok(crate::artifacts::Artifacts::new(store, settings.max_bytes))
 }
 
 async fn bucket(

@@ -88,6 +88,8 @@ pub(crate) struct Deps {
     pub performance: Arc<crate::performance::Records>,
     /// Tool calls counted per quota window (`[tools.quotas]`).
     pub tool_quotas: kv::Store,
+    /// Large step outputs, stored by reference (`[artifacts]`).
+    pub artifacts: shared::artifacts::Artifacts,
     /// `queue.reply_prefixes`: where a task's result may be sent.
     pub reply_prefixes: Vec<String>,
     /// Runs CPU-bound work (counting a step prompt's tokens) off the async threads.

@@ -251,6 +251,7 @@ pub async fn run(
         blocking: background.clone(),
         workflows: provisioned.workflows,
         context: shared::context::Context::new(js.clone(), provisioned.context),
+        artifacts: provisioned.artifacts,
         tool_quotas: provisioned.tool_quotas,
         agents: provisioned.agents.clone(),
         mcp_tools,

@@ -13,7 +13,7 @@ use agents::control::{Action, ControlMessage, outcome};
 use agents::prompt;
 use agents::routing::{self, Decision, Load, Weights};
 use agents::workflow::{
-    DEFAULT_WALL_MS, Effect, Env, Event, Limits, Progress, StepKind, StepOutcome, StepStatus,
+    DEFAULT_WALL_MS, Effect, Env, Event, Limits, Progress, Step, StepKind, StepOutcome, StepStatus,
     Workflow, WriteOutcome, advance,
 };
 use async_nats::HeaderMap;
@@ -24,6 +24,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;
 use shared::agents::{Catalog, QUEUE_PREFIX};
+use shared::artifacts::{ArtifactError, ArtifactRef, TEXT_CONTENT_TYPE, verify};
 use shared::config::{Config, TargetConfig, split_direct};
 use shared::context::{self, ContextError, Expect};
 use shared::names::{HEADER_MSG_ID, TASKS_STREAM, cancel_subject, task_subject};
@@ -98,13 +99,16 @@ pub(crate) async fn control(msg: &jetstream::Message, deps: &Deps) {
 }
 
 /// Advances the workflow a finished step belongs to, from its stored `result`, costed at
-/// the configured price of the model that answered it.
+/// the configured price of the model that answered it. An output longer than
+/// `artifacts.inline_max_bytes` is stored as an artifact first (its id derived from the
+/// step's task id, so a redelivery writes the same one), and the workflow keeps a preview.
 pub(crate) async fn step_finished(
     deps: &Deps,
     step: &StepRef,
     result: &TaskResult,
 ) -> Result<(), OrchestrateError> {
     let outcome = outcome(result, |provider, model| deps.config.price(provider, model));
+    let outcome = store_large_output(deps, result.id, outcome).await?;
     let write = match (&step.write, &outcome) {
         (Some(write), StepOutcome::Completed { text, .. }) => {
             Some(write_answer(deps, step, write, text).await?)
@@ -122,6 +126,88 @@ pub(crate) async fn step_finished(
         record_performance(deps, &wf, &step.step, result).await;
     }
     Ok(())
+}
+
+/// `outcome`, with its text stored as an artifact when it is too long to keep inline; a text
+/// over the artifact limit fails the step, saying so.
+async fn store_large_output(
+    deps: &Deps,
+    task: TaskId,
+    mut outcome: StepOutcome,
+) -> Result<StepOutcome, OrchestrateError> {
+    let StepOutcome::Completed {
+        text,
+        artifact,
+        tool_calls,
+        ..
+    } = &mut outcome
+    else {
+        return Ok(outcome);
+    };
+    if text.len() <= deps.config.artifacts.inline_max_bytes {
+        return Ok(outcome);
+    }
+    let id = shared::artifacts::step_id(task);
+    match deps
+        .artifacts
+        .put_bytes(&id, TEXT_CONTENT_TYPE, text.as_bytes())
+        .await
+    {
+        Ok(info) => {
+            *artifact = Some(info.reference);
+            Ok(outcome)
+        }
+        Err(ArtifactError::TooLarge { limit }) => Ok(StepOutcome::Failed {
+            class: "bad_request".to_owned(),
+            message: format!(
+                "the step's output ({} bytes) is larger than artifacts.max_bytes ({limit})",
+                text.len()
+            ),
+            tool_calls: std::mem::take(tool_calls),
+        }),
+        Err(e) => Err(OrchestrateError::Store(e.to_string())),
+    }
+}
+
+/// A copy of `wf` in which the dependencies of `step` whose outputs are artifacts carry
+/// their whole output, so the step's prompt sees all of it (the state keeps previews);
+/// `None` when no dependency's output is an artifact.
+async fn with_dependency_outputs(
+    deps: &Deps,
+    wf: &Workflow,
+    step: &Step,
+) -> Result<Option<Workflow>, OrchestrateError> {
+    let stored: Vec<(String, ArtifactRef)> = step
+        .depends_on
+        .iter()
+        .filter_map(|d| wf.step(d))
+        .filter_map(|s| Some((s.id.clone(), s.artifact.clone()?)))
+        .collect();
+    if stored.is_empty() {
+        return Ok(None);
+    }
+    let mut copy = wf.clone();
+    for (dep, reference) in stored {
+        let fetched = deps
+            .artifacts
+            .get(&reference.id)
+            .await
+            .and_then(|found| {
+                found
+                    .map(|(_, bytes)| verify(&reference, &bytes).map(|()| bytes))
+                    .transpose()
+            })
+            .map_err(|e| OrchestrateError::Store(e.to_string()))?;
+        let Some(bytes) = fetched else {
+            // Expired (`artifacts.max_age_secs`): the preview is all there is.
+            warn!(workflow = %wf.id, step = %dep, artifact = %reference.id, "a dependency's artifact is gone; its preview goes into the prompt");
+            continue;
+        };
+        if let Some(s) = copy.steps.iter_mut().find(|s| s.id == dep) {
+            s.output = Some(String::from_utf8_lossy(&bytes).into_owned());
+        }
+    }
+    Ok(Some(copy))
 }
 
 /// Writes a step's answer to its key of the workflow's shared context, by compare-and-set on
@@ -378,6 +464,12 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
     });
     let inputs = step_inputs::gather(deps, wf, step, own.as_ref()).await?;
     let window = route_window(&deps.config, &agent.route);
+    // The dependencies' whole outputs where the state holds previews.
+    let resolved = with_dependency_outputs(deps, wf, step).await?;
+    let (wf, step) = match &resolved {
+        Some(copy) => (copy, copy.step(id).unwrap_or(step)),
+        None => (wf, step),
+    };
     let built = if window.encoding == Encoding::Estimate {
         // Counting is arithmetic on lengths: no need to leave the async thread.
         prompt::request(

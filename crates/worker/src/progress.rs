@@ -115,6 +115,7 @@ mod tests {
             task_id: TaskId::new(),
             dispatched_by: None,
             output: Some(output.into()),
+            artifact: None,
             error: None,
             usage: Default::default(),
             tool_calls: Vec::new(),

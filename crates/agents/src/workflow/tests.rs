@@ -100,6 +100,7 @@ fn done(step: &str, text: &str) -> Event {
                 cost_known: true,
             },
             tool_calls: Vec::new(),
+            artifact: None,
         },
         prompt: None,
     }
@@ -485,6 +486,7 @@ fn usage_sums_steps_costs_and_remembers_an_unpriced_one() {
             text: text.into(),
             usage,
             tool_calls: Vec::new(),
+            artifact: None,
         },
         prompt: None,
     };
@@ -690,4 +692,66 @@ fn a_key_fought_over_past_the_rerun_bound_fails_with_the_guard() {
     advance(&mut wf, &wrote("b", MAX_RERUNS, lost(5, 6)), &world);
     assert_eq!(wf.status, Status::Failed);
     assert_eq!(wf.error.as_ref().unwrap().guard, Some(Guard::Conflicts));
+}
+
+#[test]
+fn an_output_stored_as_an_artifact_keeps_a_preview_and_the_reference() {
+    let world = World::new();
+    let mut wf = workflow(spec("g"));
+    advance(&mut wf, &Event::Start, &world);
+    advance(&mut wf, &done("@plan", PLAN), &world);
+    let long = "é".repeat(shared::artifacts::PREVIEW_BYTES);
+    let reference = shared::artifacts::ArtifactRef {
+        id: "step-x".into(),
+        bytes: long.len() as u64,
+        sha256: shared::artifacts::sha256_hex(long.as_bytes()),
+        content_type: shared::artifacts::TEXT_CONTENT_TYPE.into(),
+    };
+    let big = |step: &str| Event::StepFinished {
+        step: step.into(),
+        attempt: 0,
+        write: None,
+        prompt: None,
+        outcome: StepOutcome::Completed {
+            text: long.clone(),
+            usage: Usage::default(),
+            tool_calls: Vec::new(),
+            artifact: Some(reference.clone()),
+        },
+    };
+    let first = wf
+        .steps
+        .iter()
+        .find(|s| s.kind == StepKind::Work)
+        .unwrap()
+        .id
+        .clone();
+    advance(&mut wf, &big(&first), &world);
+    let step = wf.step(&first).unwrap();
+    assert_eq!(step.status, StepStatus::Completed);
+    assert_eq!(step.artifact.as_ref(), Some(&reference));
+    let kept = step.output.clone().unwrap();
+    assert!(long.starts_with(&kept) && kept.len() <= shared::artifacts::PREVIEW_BYTES);
+    assert!(kept.len() < long.len());
+    // The rest of the work, then a synthesis too large to keep: the workflow's output is
+    // its preview and reference.
+    let rest: Vec<String> = wf
+        .steps
+        .iter()
+        .filter(|s| s.kind == StepKind::Work && s.status != StepStatus::Completed)
+        .map(|s| s.id.clone())
+        .collect();
+    for id in rest {
+        advance(&mut wf, &done(&id, "small"), &world);
+    }
+    let synthesis = wf
+        .steps
+        .iter()
+        .find(|s| s.kind == StepKind::Synthesize)
+        .unwrap()
+        .id
+        .clone();
+    advance(&mut wf, &big(&synthesis), &world);
+    assert_eq!(wf.output_artifact.as_ref(), Some(&reference));
+    assert_eq!(wf.output, Some(kept));
 }

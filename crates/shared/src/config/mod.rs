@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::Capability;
 use crate::agents::{AgentProfile, Catalog, Team, Weights};
 
+mod artifacts;
 mod mcp;
 mod memory;
 mod prices;
@@ -23,6 +24,7 @@ mod threads;
 mod tools;
 mod web_tools;
 
+pub use artifacts::ArtifactsConfig;
 pub use mcp::{INHERITED_ENV, McpServerConfig};
 pub use memory::{DEFAULT_MEMORY_FILE, MemoryConfig};
 pub use prices::{Price, TOKENS_PER_PRICE_UNIT, price_key};
@@ -205,6 +207,9 @@ pub struct Config {
     /// The episodic memory index (`switchyard memory`).
     #[serde(default)]
     pub memory: MemoryConfig,
+    /// The object store of large inputs and outputs, and when an output goes there.
+    #[serde(default)]
+    pub artifacts: ArtifactsConfig,
     /// The shipped catalog with `agents` and `teams` added: the agents this deployment runs.
     #[serde(skip)]
     pub catalog: Catalog,
@@ -745,6 +750,7 @@ impl Config {
         self.threads.validate(&mut p);
         mcp::validate(&mut p, &self.mcp);
         self.memory.validate(&mut p, self.events.max_age_secs);
+        self.artifacts.validate(&mut p);
         if self.dlq.max_age_secs == 0 {
             p.add("dlq.max_age_secs", "must be greater than 0");
         }

@@ -18,6 +18,11 @@ use super::{Call, ChunkStream, ProviderError};
 
 /// Longest echo of the caller's last message in a simulated answer.
 const ECHO_CHARS: usize = 200;
+/// Asked for in a prompt, this makes the answer long (a report of [`LONG_PARAGRAPHS`]
+/// numbered paragraphs), so an offline run shows what happens to large outputs (artifacts).
+pub const AT_LENGTH: &str = "(at length)";
+/// Paragraphs of a long answer: about 48 KiB, over the default `artifacts.inline_max_bytes`.
+const LONG_PARAGRAPHS: usize = 400;
 
 #[derive(Debug, Clone)]
 pub struct Simulated {
@@ -338,7 +343,7 @@ fn answer(model: &str, request: &Map<String, Value>) -> String {
         .skip(1)
         .filter_map(|s| s.split('`').next())
         .collect();
-    match role {
+    let text = match role {
         Some(role) => {
             let inputs = if inputs.is_empty() {
                 "the goal only".to_owned()
@@ -366,7 +371,23 @@ fn answer(model: &str, request: &Map<String, Value>) -> String {
                 "[simulated {model}] Received {count} message(s){earlier}.{tools} You said: {echo}"
             )
         }
+    };
+    if last.contains(AT_LENGTH) {
+        at_length(text)
+    } else {
+        text
     }
+}
+
+/// `text` followed by [`LONG_PARAGRAPHS`] numbered paragraphs.
+fn at_length(mut text: String) -> String {
+    for i in 1..=LONG_PARAGRAPHS {
+        text.push_str(&format!(
+            "\n\n{i}. Simulated paragraph {i} of {LONG_PARAGRAPHS}, written at length as asked: \
+             it stands for the detail a real model would give here."
+        ));
+    }
+    text
 }
 
 /// How the simulated provider's structured answers look: arrays of objects get three items
@@ -422,6 +443,21 @@ mod tests {
             latency: Duration::ZERO,
             chunk_delay: Duration::ZERO,
         }
+    }
+
+    #[test]
+    fn asked_for_length_it_answers_at_length() {
+        let mut request = request();
+        let short = answer("m", &request);
+        request.insert(
+            "messages".into(),
+            json!([{"role": "user", "content": format!("Write a report {AT_LENGTH}")}]),
+        );
+        let long = answer("m", &request);
+        assert!(short.len() < 1_000);
+        assert!(long.len() > 40 << 10, "{}", long.len());
+        assert!(long.ends_with("a real model would give here."));
+        assert_eq!(long, answer("m", &request), "deterministic");
     }
 
     #[tokio::test]

@@ -1,0 +1,328 @@
+//! The artifacts object store end to end: `PUT`/`GET /v1/artifacts/{id}` round trips of
+//! multi-megabyte binary bodies with their SHA-256 and content type, the refusals (bad id,
+//! missing, oversize), and a workflow step whose output is over `artifacts.inline_max_bytes`:
+//! stored as an artifact, referenced by the task, and given whole to the step after it.
+
+use serde_json::{Value, json};
+use shared::artifacts::sha256_hex;
+
+use crate::harness::{Stack, requests_with};
+use crate::workflows::{run_task, step};
+
+/// Largest artifact these stacks accept: 6 MiB.
+const MAX_BYTES: usize = 6 << 20;
+
+/// `n` bytes that are not text and do not repeat in any short period.
+fn binary(n: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..n)
+        .map(|_| {
+            // xorshift64*: every byte value occurs, zeros and invalid UTF-8 included.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
+async fn stack() -> Stack {
+    Stack::start(
+        1,
+        &[("SWITCHYARD__ARTIFACTS__MAX_BYTES", &MAX_BYTES.to_string())],
+    )
+    .await
+}
+
+async fn put(stack: &Stack, id: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+    stack
+        .http
+        .put(format!("{}/v1/artifacts/{id}", stack.base))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get(stack: &Stack, path: &str) -> reqwest::Response {
+    stack
+        .http
+        .get(format!("{}{path}", stack.base))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// The OpenAI error of a refusal, after checking its status.
+async fn refused(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    body
+}
+
+#[tokio::test]
+async fn a_multi_megabyte_binary_round_trips_byte_exact_with_its_digest_and_type() {
+    let stack = stack().await;
+    let bytes = binary(5 << 20, 7);
+    let sha256 = sha256_hex(&bytes);
+
+    let created = put(&stack, "quarterly-report", "application/pdf", bytes.clone()).await;
+    assert_eq!(created.status(), 201);
+    assert_eq!(header(&created, "etag"), format!("\"{sha256}\""));
+    let described: Value = created.json().await.unwrap();
+    assert_eq!(described["id"], "quarterly-report");
+    assert_eq!(described["object"], "artifact");
+    assert_eq!(described["bytes"], bytes.len());
+    assert_eq!(described["sha256"], sha256);
+    assert_eq!(described["content_type"], "application/pdf");
+    assert!(described["created"].as_u64().unwrap() > 0);
+
+    let fetched = get(&stack, "/v1/artifacts/quarterly-report").await;
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(header(&fetched, "content-type"), "application/pdf");
+    assert_eq!(header(&fetched, "etag"), format!("\"{sha256}\""));
+    assert_eq!(header(&fetched, "x-switchyard-sha256"), sha256);
+    assert_eq!(header(&fetched, "content-length"), bytes.len().to_string());
+    let body = fetched.bytes().await.unwrap();
+    assert!(body[..] == bytes[..], "the bytes came back different");
+    assert_eq!(sha256_hex(&body), sha256);
+
+    // The metadata alone, as JSON and as the headers of HEAD.
+    let meta: Value = get(&stack, "/v1/artifacts/quarterly-report/meta")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta, described);
+    let head = stack
+        .http
+        .head(format!("{}/v1/artifacts/quarterly-report", stack.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(header(&head, "x-switchyard-sha256"), sha256);
+    assert_eq!(header(&head, "content-length"), bytes.len().to_string());
+
+    // A client holding the current version is told so without the bytes.
+    let unchanged = stack
+        .http
+        .get(format!("{}/v1/artifacts/quarterly-report", stack.base))
+        .header("if-none-match", format!("\"{sha256}\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unchanged.status(), 304);
+
+    // Replacing it answers 200 and serves the new bytes and type.
+    let text = b"a short replacement".to_vec();
+    let replaced = put(&stack, "quarterly-report", "text/plain", text.clone()).await;
+    assert_eq!(replaced.status(), 200);
+    let fetched = get(&stack, "/v1/artifacts/quarterly-report").await;
+    assert_eq!(header(&fetched, "content-type"), "text/plain");
+    assert_eq!(header(&fetched, "x-switchyard-sha256"), sha256_hex(&text));
+    assert_eq!(fetched.bytes().await.unwrap()[..], text[..]);
+
+    // POST chooses the id and says where the artifact is; no content type is octets.
+    let posted = stack
+        .http
+        .post(format!("{}/v1/artifacts", stack.base))
+        .body(bytes[..1000].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 201);
+    let location = header(&posted, "location").to_owned();
+    let described: Value = posted.json().await.unwrap();
+    assert_eq!(
+        location,
+        format!("/v1/artifacts/{}", described["id"].as_str().unwrap())
+    );
+    let fetched = get(&stack, &location).await;
+    assert_eq!(header(&fetched, "content-type"), "application/octet-stream");
+    assert_eq!(fetched.bytes().await.unwrap()[..], bytes[..1000]);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn bad_ids_missing_artifacts_and_oversize_bodies_are_refused() {
+    let stack = stack().await;
+    for id in ["Upper", "a.b", "a*", "-x", &"x".repeat(65)] {
+        let body = refused(put(&stack, id, "text/plain", b"x".to_vec()).await, 400).await;
+        assert_eq!(body["error"]["param"], "id", "{id}: {body}");
+        let body = refused(get(&stack, &format!("/v1/artifacts/{id}")).await, 400).await;
+        assert_eq!(body["error"]["param"], "id", "{id}: {body}");
+    }
+    let body = refused(put(&stack, "typed", "no-slash", b"x".to_vec()).await, 400).await;
+    assert_eq!(body["error"]["param"], "content-type");
+
+    let body = refused(get(&stack, "/v1/artifacts/nowhere").await, 404).await;
+    assert_eq!(body["error"]["code"], "not_found");
+    refused(get(&stack, "/v1/artifacts/nowhere/meta").await, 404).await;
+
+    // Over the limit with a declared length: refused before the body is read.
+    let kept = binary(1000, 3);
+    assert_eq!(
+        put(&stack, "kept", "application/octet-stream", kept.clone())
+            .await
+            .status(),
+        201
+    );
+    let body = refused(
+        put(
+            &stack,
+            "kept",
+            "application/octet-stream",
+            binary(MAX_BYTES + 1, 4),
+        )
+        .await,
+        413,
+    )
+    .await;
+    assert_eq!(body["error"]["code"], "request_too_large");
+    // Over the limit in a stream of unknown length: refused once the limit is passed.
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..7).map(|i| Ok(binary(1 << 20, 10 + i))).collect();
+    let streamed = stack
+        .http
+        .put(format!("{}/v1/artifacts/kept", stack.base))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)))
+        .send()
+        .await;
+    // The gateway may answer before the client has sent everything, and close.
+    if let Ok(response) = streamed {
+        let body = refused(response, 413).await;
+        assert_eq!(body["error"]["code"], "request_too_large");
+    }
+    // The artifact that was there is untouched by the refused replacements.
+    let fetched = get(&stack, "/v1/artifacts/kept").await;
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(fetched.bytes().await.unwrap()[..], kept[..]);
+    stack.stop().await;
+}
+
+/// The shipped agents on the fake provider, which echoes each prompt unless scripted.
+const FAKE_AGENTS: &str = "\n[routes.agents]\nprovider = \"fake\"\nmodel = \"fake-model\"\n";
+
+#[tokio::test]
+async fn a_large_step_output_becomes_an_artifact_that_the_next_step_reads_whole() {
+    let stack = Stack::start_with(
+        1,
+        &[("SWITCHYARD__ARTIFACTS__INLINE_MAX_BYTES", "2048")],
+        FAKE_AGENTS,
+    )
+    .await;
+    // A long draft: numbered lines, so any cut or reordering shows.
+    let draft: String = (0..200)
+        .map(|i| format!("Finding {i:03}: bike lanes cut injuries on route {i}. "))
+        .collect();
+    assert!(draft.len() > 8_000 && draft.len() < 12_000);
+    stack.provider.set_reply("Your step (draft)", &draft);
+    stack.provider.set_reply(
+        "Your step (@review",
+        r#"{"verdict": "approve", "score": 0.9, "feedback": "Ready."}"#,
+    );
+    let task = run_task(
+        &stack,
+        json!({"goal": "Report on urban cycling safety", "steps": [
+            {"id": "draft", "capability": "research", "instruction": "Draft the findings"},
+            {"id": "polish", "capability": "research", "instruction": "Polish the draft",
+             "depends_on": ["draft"]}]}),
+    )
+    .await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+
+    // The task carries a preview and the reference, not the draft.
+    let drafted = step(&task, "draft");
+    let reference = &drafted["artifact"];
+    assert_eq!(
+        reference["id"],
+        format!("step-{}", drafted["task_id"].as_str().unwrap())
+    );
+    assert_eq!(reference["bytes"], draft.len());
+    assert_eq!(reference["sha256"], sha256_hex(draft.as_bytes()));
+    assert_eq!(reference["content_type"], "text/plain; charset=utf-8");
+    let preview = drafted["output"].as_str().unwrap();
+    assert!(preview.len() < draft.len() && draft.starts_with(preview));
+
+    // The artifact is the draft, byte for byte.
+    let fetched = get(
+        &stack,
+        &format!("/v1/artifacts/{}", reference["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(
+        header(&fetched, "x-switchyard-sha256"),
+        sha256_hex(draft.as_bytes())
+    );
+    assert_eq!(fetched.text().await.unwrap(), draft);
+
+    // The step after it was prompted with the whole draft, not the preview.
+    let polish_requests = requests_with(&stack, "Your step (polish)");
+    assert!(!polish_requests.is_empty());
+    let prompt = polish_requests[0]["messages"][1]["content"]
+        .as_str()
+        .unwrap();
+    assert!(prompt.contains(&draft), "the prompt lacks the whole draft");
+
+    // The deliverable (the echo of a prompt holding both outputs) is an artifact too, and the
+    // whole of it is served.
+    let output = &task["output_artifact"];
+    let whole = get(
+        &stack,
+        &format!("/v1/artifacts/{}", output["id"].as_str().unwrap()),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert_eq!(whole.len() as u64, output["bytes"].as_u64().unwrap());
+    assert!(whole.starts_with(task["output"].as_str().unwrap()));
+    assert!(whole.contains(&draft), "the deliverable lacks the draft");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn offline_the_simulated_team_writes_at_length_into_artifacts() {
+    let stack = Stack::start_with(1, &[], crate::workflows::AGENTS_ROUTE).await;
+    let task = run_task(
+        &stack,
+        json!({"goal": "Write a market analysis of electric bikes (at length)"}),
+    )
+    .await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    // Over the default 32 KiB: every work step and the deliverable are artifacts; the plan
+    // and the verdict (structured, short) stay inline.
+    assert!(step(&task, "@plan")["artifact"].is_null());
+    assert!(step(&task, "@review")["artifact"].is_null());
+    for id in ["s1", "@synthesis"] {
+        let reference = &step(&task, id)["artifact"];
+        let whole = get(
+            &stack,
+            &format!("/v1/artifacts/{}", reference["id"].as_str().unwrap()),
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+        assert_eq!(sha256_hex(whole.as_bytes()), reference["sha256"], "{id}");
+        assert!(whole.len() > 32 << 10, "{id}");
+        assert!(whole.contains("[simulated simulated-1]"), "{id}");
+    }
+    assert_eq!(
+        task["output_artifact"],
+        step(&task, "@synthesis")["artifact"]
+    );
+    stack.stop().await;
+}
