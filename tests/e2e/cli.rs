@@ -483,6 +483,61 @@ async fn up_then_run_takes_a_goal_through_the_default_team_offline() {
     .await;
     assert_eq!(found["data"][0]["kind"], "task", "{found}");
     assert!(data.path().join("memory.db").exists());
+
+    // A second, similar goal: the default team uses its shared context, its thread and the
+    // first run's memories, as each step's prompt record shows.
+    up.run_cli(&["run", "Write a market analysis of electric scooters"])
+        .await;
+    let task = up.newest_task().await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let sections = |kind: &str| -> Vec<String> {
+        task["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| {
+                s["prompt"]["sections"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|s| s["kind"] == kind && s["status"] != "dropped")
+            .map(|s| s["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let first = found["data"][0]["workflow"].as_str().unwrap();
+    let memories = sections("memory");
+    assert!(
+        memories.iter().any(|m| m.contains(first)),
+        "no memory of the first run in {memories:?}"
+    );
+    assert!(!sections("thread").is_empty(), "{task:#}");
+    // Each work step wrote its answer to its key of the task's scope.
+    let id = task["id"].as_str().unwrap();
+    let written: Vec<&Value> = task["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "work")
+        .collect();
+    assert!(!written.is_empty());
+    let listed: Value = reqwest::get(format!("{}/v1/context/{id}", up.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for step in written {
+        assert!(step["written"].as_u64().is_some(), "{step:#}");
+        assert!(
+            listed["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["key"] == step["writes"]),
+            "{listed:#}"
+        );
+    }
     up.signal(Signal::SIGINT);
     let (status, log) = up.wait().await;
     assert!(status.success(), "{status:?}\n{log}");

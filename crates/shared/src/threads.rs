@@ -196,11 +196,15 @@ pub fn check_post(post: &Post, config: &ThreadsConfig) -> Result<(), ThreadError
     Ok(())
 }
 
-/// The estimated tokens of `text`: a quarter of its characters, rounded up, plus a few for
-/// the message around it. The one place sessions count tokens; a real tokenizer replaces it
-/// here.
+/// The estimated tokens of one message of a session's history with content `text`: the
+/// model-independent estimate of [`crate::tokens::estimate`] (⌈bytes / 3.5⌉, the budget
+/// documented in `docs/token-budgets.md`), plus OpenAI's per-message overhead. The history is
+/// kept in every route's budget, whatever model answers the turn, so it is not counted in one
+/// model's encoding.
 pub fn estimate_tokens(text: &str) -> usize {
-    text.chars().count().div_ceil(4).saturating_add(4)
+    usize::try_from(crate::tokens::estimate(text))
+        .unwrap_or(usize::MAX)
+        .saturating_add(crate::tokens::TOKENS_PER_MESSAGE as usize)
 }
 
 /// The longest prefix of `text` of at most `max_bytes` bytes that ends on a character
