@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use shared::artifacts::sha256_hex;
 
-use crate::harness::{Stack, requests_with};
+use crate::harness::{Stack, chat_body, content, done_chunks, requests_with, task_id};
 use crate::workflows::{run_task, step};
 
 /// Largest artifact these stacks accept: 6 MiB.
@@ -324,5 +324,106 @@ async fn offline_the_simulated_team_writes_at_length_into_artifacts() {
         task["output_artifact"],
         step(&task, "@synthesis")["artifact"]
     );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_chat_answer_too_large_for_a_nats_message_is_stored_by_reference_and_answered_whole() {
+    // Artifacts as large as four NATS messages (the test servers allow 8 MiB ones).
+    let stack = Stack::start(1, &[("SWITCHYARD__ARTIFACTS__MAX_BYTES", "33554432")]).await;
+    let max_payload = stack.client.server_info().max_payload;
+    assert!(max_payload * 4 <= 33_554_432);
+    // Longer than a NATS message may be, in long words (a streamed answer is a chunk each).
+    let word = |i: usize| format!("{i:06}{}", "x".repeat(994));
+    let text: String = (0..max_payload / 1000 + 100)
+        .map(word)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(text.len() > max_payload);
+    stack.provider.set_reply("the giant answer", &text);
+
+    let response = stack
+        .chat(chat_body("fake", "the giant answer, please"))
+        .await;
+    let id = task_id(&response);
+    let status = response.status();
+    let completion: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{completion}");
+    assert!(
+        content(&completion) == text,
+        "the answer is not the whole text"
+    );
+    // The stored result holds a reference, not the megabytes; the artifact holds them.
+    let stored = stack.stored(&id).await;
+    assert!(
+        stored.get("response").is_none(),
+        "the response is stored inline"
+    );
+    let reference = &stored["response_artifact"];
+    assert_eq!(reference["id"], format!("result-{id}"));
+    assert_eq!(reference["content_type"], "application/json");
+    let body = get(&stack, &format!("/v1/artifacts/result-{id}")).await;
+    assert_eq!(body.status(), 200);
+    let bytes = body.bytes().await.unwrap();
+    assert_eq!(reference["sha256"], sha256_hex(&bytes));
+    let whole: Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(content(&whole) == text);
+
+    // Streamed: every chunk is small, and the end is checked against the whole answer.
+    let mut body = chat_body("fake", "the giant answer, streamed");
+    body["stream"] = json!(true);
+    let response = stack.chat(body).await;
+    assert_eq!(response.status(), 200);
+    let streamed: String = done_chunks(&response.text().await.unwrap())
+        .iter()
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(
+        streamed == text,
+        "the streamed answer is not the whole text"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_step_answer_too_long_for_the_context_bucket_is_written_there_by_reference() {
+    let stack = Stack::start_with(1, &[], &format!("{FAKE_AGENTS}context_window = 200000\n")).await;
+    // Longer than a context value may be; its end is beyond any preview.
+    let long: String = (0..1000)
+        .map(|i| format!("Survey row {i:03}: riders per dock, week {i}. "))
+        .collect::<String>()
+        + "END-OF-SURVEY";
+    assert!(long.len() > shared::context::MAX_VALUE_BYTES / 2);
+    stack.provider.set_reply("Your step (survey)", &long);
+    stack.provider.set_reply(
+        "Your step (@review",
+        r#"{"verdict": "approve", "score": 0.9, "feedback": "Ready."}"#,
+    );
+    let task = run_task(
+        &stack,
+        json!({"goal": "Survey dock use", "steps": [
+            {"id": "survey", "capability": "research", "instruction": "Survey the docks"}]}),
+    )
+    .await;
+    assert_eq!(task["status"], "completed", "{task:#}");
+    let id = task["id"].as_str().unwrap();
+    // The entry (its value is the body) refers to the step's artifact, with a preview.
+    let entry = stack.get_json(&format!("/v1/context/{id}/survey")).await;
+    let artifact = step(&task, "survey")["artifact"].clone();
+    assert_eq!(entry["artifact"], artifact, "{entry:#}");
+    let preview = entry["preview"].as_str().unwrap();
+    assert!(long.starts_with(preview) && preview.len() < long.len());
+    // A step that reads the entry (the review: the survey is not its dependency) gets the
+    // whole answer from the artifact.
+    let review = requests_with(&stack, "Your step (@review)");
+    let prompt = review[0]["messages"][1]["content"].as_str().unwrap();
+    let heading = "# Shared context: `survey` (revision 1, by researcher; written by another step)";
+    let (_, section) = prompt.split_once(heading).expect("the entry's section");
+    let section = section.split("\n# ").next().unwrap();
+    assert!(section.contains("END-OF-SURVEY"), "{section}");
     stack.stop().await;
 }

@@ -26,6 +26,16 @@ pub async fn stored_result(st: &AppState, task_id: TaskId) -> Result<Option<Byte
     })
 }
 
+/// `result` whole: a response stored by reference (too large for a NATS message) is read
+/// back from the artifacts store.
+pub async fn resolve(st: &AppState, mut result: TaskResult) -> Result<TaskResult, ApiError> {
+    if let Err(e) = st.artifacts.resolve_response(&mut result).await {
+        warn!(error = %e, task_id = %result.id, "could not read a stored response back");
+        return Err(ApiError::ArtifactsUnavailable);
+    }
+    Ok(result)
+}
+
 pub fn decode_result(payload: &[u8]) -> Result<TaskResult, ApiError> {
     serde_json::from_slice(payload).map_err(|e| {
         error!(error = %e, "undecodable task result");

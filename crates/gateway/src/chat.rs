@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::abandon::CallerGone;
-use crate::answer::{STORED_RESULT_CHECK, decode_result, result_response, stored_result};
+use crate::answer::{STORED_RESULT_CHECK, decode_result, resolve, result_response, stored_result};
 use crate::body::ChatBody;
 use crate::error::ApiError;
 use crate::replies::PendingReply;
@@ -58,7 +58,7 @@ pub async fn chat_completions(
         return stream::respond(st, task, started, stored).await;
     }
     if let Some(stored) = stored {
-        return result_response(decode_result(&stored)?, None);
+        return result_response(resolve(&st, decode_result(&stored)?).await?, None);
     }
     let mut pending = st.replies.register(task.id);
     task.reply_to = Some(pending.subject.clone());
@@ -69,7 +69,7 @@ pub async fn chat_completions(
         Published::Duplicate => wait_stored(&st, &task).await?,
     };
     waiting.answered();
-    result_response(decode_result(&payload)?, Some(started))
+    result_response(resolve(&st, decode_result(&payload)?).await?, Some(started))
 }
 
 /// The task's result from its reply, or from the results bucket if the reply was lost.

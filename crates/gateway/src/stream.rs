@@ -23,7 +23,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::answer::{
-    STORED_RESULT_CHECK, answered, decode_result, overhead_ms, result_response, stored_result,
+    STORED_RESULT_CHECK, answered, decode_result, overhead_ms, resolve, result_response,
+    stored_result,
 };
 use crate::error::{ApiError, error_body};
 use crate::headers::Answered;
@@ -39,7 +40,7 @@ enum Incoming {
         /// Who answers, on the first chunk of an attempt.
         meta: Option<Box<Answered>>,
     },
-    Result(TaskResult),
+    Result(Box<TaskResult>),
     Timeout,
     Closed,
 }
@@ -82,12 +83,13 @@ pub async fn respond(
     };
     let mut answered_by = Answered::default();
     let first = match stored {
-        Some(bytes) => Incoming::Result(decode_result(&bytes)?),
+        Some(bytes) => Incoming::Result(Box::new(decode_result(&bytes)?)),
         None => relay.next_incoming().await?,
     };
     match first {
         Incoming::Result(result) => {
             // Whole answer before any chunk (e.g. a redelivery found it stored): one chunk.
+            let result = resolve(&relay.st, *result).await?;
             if result.status == TaskStatus::Failed {
                 return result_response(result, Some(started));
             }
@@ -159,7 +161,10 @@ impl Relay {
                 return None;
             }
             match self.next_incoming().await {
-                Ok(Incoming::Result(result)) => self.finish_with(result),
+                Ok(Incoming::Result(result)) => match resolve(&self.st, *result).await {
+                    Ok(result) => self.finish_with(result),
+                    Err(e) => self.fail(&e),
+                },
                 Ok(Incoming::Timeout) => self.fail(&ApiError::DeadlineExceeded {
                     task_id: self.task_id.to_string(),
                 }),
@@ -180,7 +185,7 @@ impl Relay {
                     // The result message may have been lost; the stored result is not.
                     if let Some(stored) = stored_result(&self.st, self.task_id).await.ok().flatten()
                     {
-                        return Ok(Incoming::Result(decode_result(&stored)?));
+                        return Ok(Incoming::Result(Box::new(decode_result(&stored)?)));
                     }
                     if Instant::now() >= self.deadline {
                         return Ok(Incoming::Timeout);
@@ -272,7 +277,9 @@ fn decode(msg: &Message) -> Result<Option<Incoming>, ApiError> {
         .and_then(StreamEventKind::parse);
     let number = |name: &str| header(name).and_then(|v| v.parse::<u64>().ok());
     Ok(match kind {
-        Some(StreamEventKind::Result) => Some(Incoming::Result(decode_result(&msg.payload)?)),
+        Some(StreamEventKind::Result) => {
+            Some(Incoming::Result(Box::new(decode_result(&msg.payload)?)))
+        }
         Some(StreamEventKind::Chunk) => match (number(HEADER_SEQ), number(HEADER_DELIVERY)) {
             (Some(seq), Some(delivery)) => Some(Incoming::Chunk {
                 seq,

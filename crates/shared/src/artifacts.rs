@@ -236,6 +236,57 @@ pub fn step_id(task: TaskId) -> String {
     format!("step-{task}")
 }
 
+impl Artifacts {
+    /// Stores `result`'s response as the artifact [`result_id`] and answers the result as it
+    /// is then stored: the same, with [`TaskResult::response_artifact`] in place of the
+    /// response. Called when the result would not fit a NATS message.
+    ///
+    /// [`TaskResult::response_artifact`]: crate::TaskResult::response_artifact
+    pub async fn offload_response(
+        &self,
+        result: &crate::TaskResult,
+    ) -> Result<crate::TaskResult, ArtifactError> {
+        let mut small = result.clone();
+        let Some(response) = small.response.take() else {
+            return Ok(small);
+        };
+        let json = serde_json::to_vec(&response).map_err(|e| ArtifactError::Read(e.to_string()))?;
+        let info = self
+            .put_bytes(&result_id(result.id), "application/json", &json)
+            .await?;
+        small.response_artifact = Some(Box::new(info.reference));
+        Ok(small)
+    }
+
+    /// Puts back the response of a result stored by reference (a result without one is left
+    /// as it is).
+    pub async fn resolve_response(
+        &self,
+        result: &mut crate::TaskResult,
+    ) -> Result<(), ArtifactError> {
+        let Some(reference) = &result.response_artifact else {
+            return Ok(());
+        };
+        let Some((_, bytes)) = self.get(&reference.id).await? else {
+            return Err(ArtifactError::Store(format!(
+                "the response artifact `{}` is gone",
+                reference.id
+            )));
+        };
+        let response =
+            serde_json::from_slice(&bytes).map_err(|e| ArtifactError::Corrupt(e.to_string()))?;
+        result.response = Some(response);
+        result.response_artifact = None;
+        Ok(())
+    }
+}
+
+/// The id of the artifact holding the response of task `task` when its result would not fit
+/// a NATS message ([`crate::TaskResult::response_artifact`]).
+pub fn result_id(task: TaskId) -> String {
+    format!("result-{task}")
+}
+
 /// The head of `text`, at most `max` bytes, cut at a character boundary.
 pub fn preview(text: &str, max: usize) -> &str {
     if text.len() <= max {

@@ -147,6 +147,10 @@ pub struct TaskResult {
     /// The OpenAI `chat.completion` object, when completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<Value>,
+    /// Where `response` is instead, when it would not fit a NATS message: the artifact
+    /// `result-<task id>` (JSON). Readers resolve it ([`crate::artifacts::result_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_artifact: Option<Box<crate::artifacts::ArtifactRef>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
     /// Provider and model that answered (or last failed).

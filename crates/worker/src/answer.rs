@@ -9,9 +9,13 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, kv};
 use bytes::Bytes;
 use serde_json::json;
+use shared::artifacts::ArtifactError;
 use shared::names::{HEADER_MSG_ID, task_event_subject};
 use shared::reply;
-use shared::{Capability, Priority, StreamEventKind, Task, TaskId, TaskResult};
+use shared::task::TaskError;
+use shared::{
+    Capability, FailureClass, Priority, StreamEventKind, Task, TaskId, TaskResult, TaskStatus,
+};
 use tracing::{debug, error, warn};
 
 use crate::deps::Deps;
@@ -69,11 +73,45 @@ pub(crate) async fn persist<T, E, F: Future<Output = Result<T, E>>>(
     }
 }
 
+/// Room left in a NATS message for what wraps a stored result (KV subject, headers).
+const RESULT_HEADROOM: usize = 8 * 1024;
+
 /// Stores `result` under `id` unless another delivery already stored one; returns what is
 /// stored.
 pub(crate) async fn store(id: TaskId, result: &TaskResult, deps: &Deps) -> Option<Bytes> {
     let key = id.to_string();
-    let bytes = Bytes::from(serde_json::to_vec(result).ok()?);
+    let mut bytes = Bytes::from(serde_json::to_vec(result).ok()?);
+    // A result that would not fit a NATS message (the KV entry, the reply) keeps its
+    // response in the artifacts store and a reference here.
+    let fits = deps
+        .client
+        .server_info()
+        .max_payload
+        .saturating_sub(RESULT_HEADROOM);
+    if bytes.len() > fits {
+        let small = match deps.artifacts.offload_response(result).await {
+            Ok(small) => small,
+            // No delivery would fare better: the answer fails, saying why.
+            Err(e @ ArtifactError::TooLarge { .. }) => TaskResult {
+                status: TaskStatus::Failed,
+                response: None,
+                error: Some(TaskError {
+                    class: FailureClass::InvalidResponse,
+                    message: format!(
+                        "the answer ({} bytes) is too large to keep: {e}",
+                        bytes.len()
+                    ),
+                    upstream_status: None,
+                }),
+                ..result.clone()
+            },
+            Err(e) => {
+                warn!(error = %e, bytes = bytes.len(), "could not store a large response as an artifact; the task goes back to the queue");
+                return None;
+            }
+        };
+        bytes = Bytes::from(serde_json::to_vec(&small).ok()?);
+    }
     match deps.results.create(&key, bytes.clone()).await {
         Ok(_) => Some(bytes),
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {

@@ -107,11 +107,25 @@ pub(crate) async fn step_finished(
     step: &StepRef,
     result: &TaskResult,
 ) -> Result<(), OrchestrateError> {
+    // A response too large for a NATS message was stored by reference: the step's outcome
+    // is the whole answer.
+    let mut whole;
+    let result = if result.response_artifact.is_some() {
+        whole = result.clone();
+        deps.artifacts
+            .resolve_response(&mut whole)
+            .await
+            .map_err(|e| OrchestrateError::Store(e.to_string()))?;
+        &whole
+    } else {
+        result
+    };
     let outcome = outcome(result, |provider, model| deps.config.price(provider, model));
     let outcome = store_large_output(deps, result.id, outcome).await?;
     let write = match (&step.write, &outcome) {
-        (Some(write), StepOutcome::Completed { text, .. }) => {
-            Some(write_answer(deps, step, write, text).await?)
+        (Some(write), StepOutcome::Completed { text, artifact, .. }) => {
+            let value = context_value(text, artifact.as_ref());
+            Some(write_answer(deps, step, write, &value).await?)
         }
         _ => None,
     };
@@ -217,7 +231,7 @@ async fn write_answer(
     deps: &Deps,
     step: &StepRef,
     write: &ContextWrite,
-    text: &str,
+    value: &serde_json::Value,
 ) -> Result<WriteOutcome, OrchestrateError> {
     let scope = step.workflow.to_string();
     let expect = match write.base {
@@ -229,7 +243,7 @@ async fn write_answer(
         .put_for_task(
             &scope,
             &write.key,
-            &context_value(text),
+            value,
             (&write.by, step.task_id()),
             expect,
         )
@@ -257,13 +271,21 @@ async fn write_answer(
     }
 }
 
-/// A step's answer as a context value: the text, cut to the bucket's value limit (with a
-/// note saying so) when it is longer.
-fn context_value(text: &str) -> serde_json::Value {
+/// A step's answer as a context value: the text; when it is longer than the bucket's value
+/// limit allows, a reference to its artifact with a preview (`{"artifact", "preview"}`),
+/// or, without an artifact, the text cut with a note saying so.
+fn context_value(text: &str, artifact: Option<&ArtifactRef>) -> serde_json::Value {
     // JSON escaping may grow the text; leave room for it and the note.
     let room = context::MAX_VALUE_BYTES / 2;
     if text.len() <= room {
         return json!(text);
+    }
+    if let Some(artifact) = artifact {
+        // The whole output is an artifact already: the entry refers to it.
+        return json!({
+            "artifact": artifact,
+            "preview": shared::artifacts::preview(text, shared::artifacts::PREVIEW_BYTES),
+        });
     }
     let cut = (0..=room)
         .rev()

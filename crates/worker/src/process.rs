@@ -152,6 +152,7 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
         id: task.id,
         status,
         response,
+        response_artifact: None,
         error,
         provider,
         model,

@@ -34,6 +34,7 @@ pub(crate) async fn refuse(
         id: rejection.id.unwrap_or_default(),
         status: TaskStatus::Failed,
         response: None,
+        response_artifact: None,
         error: Some(TaskError {
             class: FailureClass::BadRequest,
             message,

@@ -16,6 +16,7 @@ use agents::prompt::{Input, StepInputs};
 use agents::workflow::{Step, Workflow};
 use futures::future::join_all;
 use serde_json::Value;
+use shared::artifacts::ArtifactRef;
 use shared::context::Current;
 use shared::memory::{self, Hit, Kind, MAX_QUERY_CHARS, Query};
 use shared::threads::{self, AuthorKind, ThreadMessage};
@@ -66,9 +67,11 @@ pub(crate) async fn gather(
 ) -> Result<StepInputs, OrchestrateError> {
     let mut context = Vec::new();
     if let (Some(key), Some(current)) = (&step.writes, own) {
+        let text = entry_text(deps, current).await;
         context.push(input(
             key,
             current,
+            text,
             "yours to write: your answer replaces it, so build on it",
         ));
     }
@@ -85,7 +88,8 @@ pub(crate) async fn gather(
     for (key, entry) in keys.iter().zip(entries) {
         let entry = entry.map_err(|e| OrchestrateError::Store(e.to_string()))?;
         if let Some(current) = entry {
-            context.push(input(key, &current, "written by another step"));
+            let text = entry_text(deps, &current).await;
+            context.push(input(key, &current, text, "written by another step"));
         }
     }
     let (thread, memories) = tokio::join!(thread(deps, wf, step), recall(deps, wf, step));
@@ -192,11 +196,32 @@ fn memory_input(hit: Hit) -> Input {
     }
 }
 
-fn input(key: &str, current: &Current, note: &str) -> Input {
-    let text = match &current.envelope.value {
+/// An entry's value as prompt text: a string as it is, a reference to an artifact (a step's
+/// answer too long for the bucket) as the artifact's text, other JSON as JSON.
+async fn entry_text(deps: &Deps, current: &Current) -> String {
+    let value = &current.envelope.value;
+    if let Some(reference) = value
+        .get("artifact")
+        .and_then(|a| serde_json::from_value::<ArtifactRef>(a.clone()).ok())
+    {
+        match deps.artifacts.get(&reference.id).await {
+            Ok(Some((_, bytes))) => return String::from_utf8_lossy(&bytes).into_owned(),
+            // Expired or unreadable: the preview is what there is.
+            Ok(None) | Err(_) => {
+                debug!(artifact = %reference.id, "a context entry's artifact is not readable; its preview goes into the prompt");
+                if let Some(preview) = value.get("preview").and_then(Value::as_str) {
+                    return preview.to_owned();
+                }
+            }
+        }
+    }
+    match value {
         Value::String(s) => s.clone(),
         other => other.to_string(),
-    };
+    }
+}
+
+fn input(key: &str, current: &Current, text: String, note: &str) -> Input {
     Input {
         id: format!("{key}@{}", current.revision),
         label: format!(
