@@ -360,14 +360,24 @@ async fn a_chat_answer_too_large_for_a_nats_message_is_stored_by_reference_and_a
         "the response is stored inline"
     );
     let reference = &stored["response_artifact"];
-    assert_eq!(reference["id"], format!("result-{id}"));
+    let artifact = reference["id"].as_str().unwrap();
+    assert_eq!(artifact, format!("result-{id}-1"), "the first delivery's");
     assert_eq!(reference["content_type"], "application/json");
-    let body = get(&stack, &format!("/v1/artifacts/result-{id}")).await;
+    let body = get(&stack, &format!("/v1/artifacts/{artifact}")).await;
     assert_eq!(body.status(), 200);
     let bytes = body.bytes().await.unwrap();
     assert_eq!(reference["sha256"], sha256_hex(&bytes));
     let whole: Value = serde_json::from_slice(&bytes).unwrap();
     assert!(content(&whole) == text);
+    // Only Switchyard writes the artifacts it refers to: a caller cannot replace them.
+    for reserved in [artifact.to_owned(), format!("step-{id}")] {
+        let refused = refused(
+            put(&stack, &reserved, "application/json", b"{}".to_vec()).await,
+            400,
+        )
+        .await;
+        assert_eq!(refused["error"]["param"], "id", "{refused}");
+    }
 
     // Streamed: every chunk is small, and the end is checked against the whole answer.
     let mut body = chat_body("fake", "the giant answer, streamed");
@@ -393,11 +403,11 @@ async fn a_chat_answer_too_large_for_a_nats_message_is_stored_by_reference_and_a
 async fn a_step_answer_too_long_for_the_context_bucket_is_written_there_by_reference() {
     let stack = Stack::start_with(1, &[], &format!("{FAKE_AGENTS}context_window = 200000\n")).await;
     // Longer than a context value may be; its end is beyond any preview.
-    let long: String = (0..1000)
+    let long: String = (0..1600)
         .map(|i| format!("Survey row {i:03}: riders per dock, week {i}. "))
         .collect::<String>()
         + "END-OF-SURVEY";
-    assert!(long.len() > shared::context::MAX_VALUE_BYTES / 2);
+    assert!(long.len() > shared::context::MAX_VALUE_BYTES);
     stack.provider.set_reply("Your step (survey)", &long);
     stack.provider.set_reply(
         "Your step (@review",

@@ -49,6 +49,11 @@ fn the_conflict(task: &Value) -> (&Value, String) {
     (conflict, loser)
 }
 
+/// The (revision, writer) pairs of `history`.
+fn writers(history: &[(u64, String, String)]) -> Vec<(u64, &str)> {
+    history.iter().map(|(r, by, _)| (*r, by.as_str())).collect()
+}
+
 /// The revisions of `findings` in the task's scope: (revision, writer, value).
 async fn findings_history(stack: &Stack, task: &Value) -> Vec<(u64, String, String)> {
     let id = task["id"].as_str().unwrap();
@@ -107,13 +112,7 @@ async fn parallel_writers_of_one_key_one_wins_the_loser_reruns_on_its_revision()
     // Both writes are in the key's history, in order, each by the researcher: nothing was
     // overwritten silently.
     let history = findings_history(&stack, &task).await;
-    assert_eq!(
-        history
-            .iter()
-            .map(|(r, by, _)| (*r, by.as_str()))
-            .collect::<Vec<_>>(),
-        [(1, "researcher"), (2, "researcher")]
-    );
+    assert_eq!(writers(&history), [(1, "researcher"), (2, "researcher")]);
     assert!(history[0].2.contains(&marker(other(&loser))), "{history:?}");
     assert!(history[1].2.contains(&marker(&loser)), "{history:?}");
     // The progress stream said so.
@@ -162,12 +161,6 @@ async fn under_the_merge_policy_a_reviewer_merges_the_versions_before_dependents
             .contains(&json!(merge))
     );
     let history = findings_history(&stack, &task).await;
-    assert_eq!(
-        history
-            .iter()
-            .map(|(r, by, _)| (*r, by.as_str()))
-            .collect::<Vec<_>>(),
-        [(1, "researcher"), (2, "reviewer")]
-    );
+    assert_eq!(writers(&history), [(1, "researcher"), (2, "reviewer")]);
     stack.stop().await;
 }

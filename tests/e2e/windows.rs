@@ -40,6 +40,8 @@ async fn a_chat_request_over_the_window_is_refused_before_any_provider_is_called
         json!({"model": "tiny", "stream": true, "messages": [{"role": "user", "content": long}]}),
         // A short prompt, but an answer the window cannot hold.
         json!({"model": "tiny", "max_tokens": 5000, "messages": [{"role": "user", "content": "hi"}]}),
+        // The largest number a client can send: no overflow, the same refusal.
+        json!({"model": "tiny", "max_tokens": u64::MAX, "messages": [{"role": "user", "content": "hi"}]}),
     ] {
         let response = stack.chat(body).await;
         assert_eq!(response.status(), 400);

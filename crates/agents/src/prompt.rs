@@ -291,6 +291,26 @@ mod tests {
         Window::of_model("gpt-4o")
     }
 
+    /// The request for `step` of `wf` by `agent`, with no extra inputs, in a wide window.
+    fn plain(
+        agent: &AgentProfile,
+        step: &Step,
+        wf: &Workflow,
+        capabilities: &[String],
+    ) -> Map<String, Value> {
+        request(
+            agent,
+            wf,
+            step,
+            capabilities,
+            PlanLimits::default(),
+            &StepInputs::default(),
+            wide(),
+        )
+        .unwrap()
+        .0
+    }
+
     fn agent() -> AgentProfile {
         AgentProfile {
             name: "writer".into(),
@@ -356,17 +376,7 @@ mod tests {
             step("facts", StepKind::Work, &[], Some("Bikes are fast.")),
             step("write", StepKind::Synthesize, &["facts"], None),
         ]);
-        let body = request(
-            &agent(),
-            &wf,
-            &wf.steps[1],
-            &[],
-            PlanLimits::default(),
-            &StepInputs::default(),
-            wide(),
-        )
-        .unwrap()
-        .0;
+        let body = plain(&agent(), &wf.steps[1], &wf, &[]);
         assert_eq!(body["model"], "agents");
         assert_eq!(body["messages"][0]["content"], "You are the Writer.");
         let user = body["messages"][1]["content"].as_str().unwrap();
@@ -386,17 +396,7 @@ mod tests {
     fn planners_get_the_capabilities_and_the_schema_reviewers_the_verdict() {
         let wf = workflow(vec![step("@plan", StepKind::Plan, &[], None)]);
         let caps = vec!["research".to_owned(), "analysis".to_owned()];
-        let body = request(
-            &agent(),
-            &wf,
-            &wf.steps[0],
-            &caps,
-            PlanLimits::default(),
-            &StepInputs::default(),
-            wide(),
-        )
-        .unwrap()
-        .0;
+        let body = plain(&agent(), &wf.steps[0], &wf, &caps);
         assert_eq!(
             body["response_format"]["json_schema"]["name"],
             PLAN_SCHEMA_NAME
@@ -423,17 +423,7 @@ mod tests {
             step("@synthesis", StepKind::Synthesize, &[], Some("text")),
             step("@review", StepKind::Review, &["@synthesis"], None),
         ]);
-        let body = request(
-            &agent(),
-            &review,
-            &review.steps[1],
-            &caps,
-            PlanLimits::default(),
-            &StepInputs::default(),
-            wide(),
-        )
-        .unwrap()
-        .0;
+        let body = plain(&agent(), &review.steps[1], &review, &caps);
         assert_eq!(
             body["response_format"]["json_schema"]["name"],
             REVIEW_SCHEMA_NAME
@@ -443,33 +433,13 @@ mod tests {
     #[test]
     fn an_agents_tools_are_offered_as_functions() {
         let wf = workflow(vec![step("a", StepKind::Work, &[], None)]);
-        let body = request(
-            &agent(),
-            &wf,
-            &wf.steps[0],
-            &[],
-            PlanLimits::default(),
-            &StepInputs::default(),
-            wide(),
-        )
-        .unwrap()
-        .0;
+        let body = plain(&agent(), &wf.steps[0], &wf, &[]);
         assert!(body.get("tools").is_none());
         let analyst = AgentProfile {
             tools: vec!["calculator".into()],
             ..agent()
         };
-        let body = request(
-            &analyst,
-            &wf,
-            &wf.steps[0],
-            &[],
-            PlanLimits::default(),
-            &StepInputs::default(),
-            wide(),
-        )
-        .unwrap()
-        .0;
+        let body = plain(&analyst, &wf.steps[0], &wf, &[]);
         assert_eq!(body["tools"][0]["type"], "function");
         assert_eq!(body["tools"][0]["function"]["name"], "calculator");
         assert_eq!(body["tools"].as_array().unwrap().len(), 1);

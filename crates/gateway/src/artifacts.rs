@@ -43,6 +43,13 @@ pub async fn put(
     req: Request,
 ) -> Result<Response, ApiError> {
     check_id(&id).map_err(refusal)?;
+    if shared::artifacts::reserved(&id) {
+        return Err(ApiError::invalid(
+            "id",
+            "ids starting with `step-` or `result-` are Switchyard's own (step outputs, large \
+             responses); choose another",
+        ));
+    }
     let content_type = content_type(req.headers())?;
     let existed = st.artifacts.info(&id).await.map_err(refusal)?.is_some();
     let info = store(&st, &id, &content_type, req.into_body()).await?;
@@ -96,12 +103,7 @@ pub async fn head(
     State(st): State<AppState>,
     PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
-    let info = st
-        .artifacts
-        .info(&id)
-        .await
-        .map_err(refusal)?
-        .ok_or_else(|| absent(&id))?;
+    let info = info_of(&st, &id).await?;
     let mut response = StatusCode::OK.into_response();
     set_headers(&mut response, &info);
     Ok(response)
@@ -112,13 +114,17 @@ pub async fn meta(
     State(st): State<AppState>,
     PathParam(id): PathParam<String>,
 ) -> Result<Response, ApiError> {
-    let info = st
-        .artifacts
-        .info(&id)
+    let info = info_of(&st, &id).await?;
+    Ok(described(StatusCode::OK, &info))
+}
+
+/// The metadata of artifact `id`: 404 when there is none.
+async fn info_of(st: &AppState, id: &str) -> Result<ArtifactInfo, ApiError> {
+    st.artifacts
+        .info(id)
         .await
         .map_err(refusal)?
-        .ok_or_else(|| absent(&id))?;
-    Ok(described(StatusCode::OK, &info))
+        .ok_or_else(|| absent(id))
 }
 
 /// The artifact as the API shows it.

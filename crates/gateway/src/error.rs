@@ -39,7 +39,7 @@ pub enum ApiError {
     #[error(
         "this request needs at least {} tokens ({prompt_tokens} for its messages and tools, \
          {answer_tokens} for the answer); the route's largest window is {window} tokens",
-        prompt_tokens + answer_tokens
+        prompt_tokens.saturating_add(*answer_tokens)
     )]
     ContextLengthExceeded {
         prompt_tokens: u64,

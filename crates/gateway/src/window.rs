@@ -26,9 +26,9 @@ pub fn fits_by_bound(config: &Config, task: &Task) -> bool {
     let targets = targets(config, &task.route);
     // A model without targets is refused elsewhere (`build_task`), not here.
     targets.is_empty()
-        || targets
-            .iter()
-            .any(|t| bound + answer.unwrap_or(u64::from(t.reserve())) <= u64::from(t.window()))
+        || targets.iter().any(|t| {
+            bound.saturating_add(answer.unwrap_or(u64::from(t.reserve()))) <= u64::from(t.window())
+        })
 }
 
 /// Sends `task` to the first route of its fallback chain that it fits, counting its tokens
@@ -101,7 +101,9 @@ fn targets<'a>(config: &'a Config, route: &str) -> Cow<'a, [TargetConfig]> {
 
 fn fits(targets: &[TargetConfig], answer: Option<u64>, counts: &mut Counts<'_>) -> bool {
     targets.iter().any(|t| {
-        counts.get(Encoding::of(&t.model)) + answer.unwrap_or(u64::from(t.reserve()))
+        counts
+            .get(Encoding::of(&t.model))
+            .saturating_add(answer.unwrap_or(u64::from(t.reserve())))
             <= u64::from(t.window())
     })
 }

@@ -233,7 +233,18 @@ pub fn check_content_type(content_type: &str) -> Result<(), ArtifactError> {
 /// The id of the artifact holding the output of the step whose task is `task`: the same
 /// on every delivery of that task, so a redelivery rewrites the same artifact.
 pub fn step_id(task: TaskId) -> String {
-    format!("step-{task}")
+    format!("{STEP_PREFIX}{task}")
+}
+
+/// Prefixes of the ids Switchyard stores under itself (step outputs, large responses):
+/// callers may not write them ([`reserved`]), so an artifact the system refers to is only
+/// ever written by the system.
+const STEP_PREFIX: &str = "step-";
+const RESULT_PREFIX: &str = "result-";
+
+/// Whether `id` names an artifact only Switchyard writes.
+pub fn reserved(id: &str) -> bool {
+    id.starts_with(STEP_PREFIX) || id.starts_with(RESULT_PREFIX)
 }
 
 impl Artifacts {
@@ -252,7 +263,11 @@ impl Artifacts {
         };
         let json = serde_json::to_vec(&response).map_err(|e| ArtifactError::Read(e.to_string()))?;
         let info = self
-            .put_bytes(&result_id(result.id), "application/json", &json)
+            .put_bytes(
+                &result_id(result.id, result.delivery),
+                "application/json",
+                &json,
+            )
             .await?;
         small.response_artifact = Some(Box::new(info.reference));
         Ok(small)
@@ -273,6 +288,8 @@ impl Artifacts {
                 reference.id
             )));
         };
+        // The bytes the result names, not just bytes that match their own digest.
+        verify(reference, &bytes)?;
         let response =
             serde_json::from_slice(&bytes).map_err(|e| ArtifactError::Corrupt(e.to_string()))?;
         result.response = Some(response);
@@ -281,10 +298,12 @@ impl Artifacts {
     }
 }
 
-/// The id of the artifact holding the response of task `task` when its result would not fit
-/// a NATS message ([`crate::TaskResult::response_artifact`]).
-pub fn result_id(task: TaskId) -> String {
-    format!("result-{task}")
+/// The id of the artifact holding the response that delivery `delivery` of task `task`
+/// made, when its result would not fit a NATS message
+/// ([`crate::TaskResult::response_artifact`]). One per delivery: a delivery that loses the
+/// race to store the result never replaces the winner's response.
+pub fn result_id(task: TaskId, delivery: u64) -> String {
+    format!("{RESULT_PREFIX}{task}-{delivery}")
 }
 
 /// The head of `text`, at most `max` bytes, cut at a character boundary.

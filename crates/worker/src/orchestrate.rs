@@ -98,7 +98,8 @@ pub(crate) async fn control(msg: &jetstream::Message, deps: &Deps) {
     }
 }
 
-/// Advances the workflow a finished step belongs to, from its stored `result`, costed at
+/// Advances the workflow a finished step belongs to, from its stored `result` (its response
+/// read back already when it was stored by reference), costed at
 /// the configured price of the model that answered it. An output longer than
 /// `artifacts.inline_max_bytes` is stored as an artifact first (its id derived from the
 /// step's task id, so a redelivery writes the same one), and the workflow keeps a preview.
@@ -107,21 +108,9 @@ pub(crate) async fn step_finished(
     step: &StepRef,
     result: &TaskResult,
 ) -> Result<(), OrchestrateError> {
-    // A response too large for a NATS message was stored by reference: the step's outcome
-    // is the whole answer.
-    let mut whole;
-    let result = if result.response_artifact.is_some() {
-        whole = result.clone();
-        deps.artifacts
-            .resolve_response(&mut whole)
-            .await
-            .map_err(|e| OrchestrateError::Store(e.to_string()))?;
-        &whole
-    } else {
-        result
-    };
     let outcome = outcome(result, |provider, model| deps.config.price(provider, model));
-    let outcome = store_large_output(deps, result.id, outcome).await?;
+    let last = i64::try_from(result.delivery).unwrap_or(i64::MAX) >= deps.max_deliver;
+    let outcome = store_large_output(deps, result.id, outcome, last).await?;
     let write = match (&step.write, &outcome) {
         (Some(write), StepOutcome::Completed { text, artifact, .. }) => {
             let value = context_value(text, artifact.as_ref());
@@ -148,6 +137,7 @@ async fn store_large_output(
     deps: &Deps,
     task: TaskId,
     mut outcome: StepOutcome,
+    last_delivery: bool,
 ) -> Result<StepOutcome, OrchestrateError> {
     let StepOutcome::Completed {
         text,
@@ -179,6 +169,16 @@ async fn store_large_output(
             ),
             tool_calls: std::mem::take(tool_calls),
         }),
+        // No delivery is left to try again: the step fails, saying why, rather than leave
+        // its workflow waiting.
+        Err(e) if last_delivery => Ok(StepOutcome::Failed {
+            class: "internal".to_owned(),
+            message: format!(
+                "the step's output ({} bytes) could not be stored as an artifact: {e}",
+                text.len()
+            ),
+            tool_calls: std::mem::take(tool_calls),
+        }),
         Err(e) => Err(OrchestrateError::Store(e.to_string())),
     }
 }
@@ -202,19 +202,18 @@ async fn with_dependency_outputs(
     }
     let mut copy = wf.clone();
     for (dep, reference) in stored {
-        let fetched = deps
-            .artifacts
-            .get(&reference.id)
-            .await
-            .and_then(|found| {
-                found
-                    .map(|(_, bytes)| verify(&reference, &bytes).map(|()| bytes))
-                    .transpose()
-            })
-            .map_err(|e| OrchestrateError::Store(e.to_string()))?;
-        let Some(bytes) = fetched else {
-            // Expired (`artifacts.max_age_secs`): the preview is all there is.
-            warn!(workflow = %wf.id, step = %dep, artifact = %reference.id, "a dependency's artifact is gone; its preview goes into the prompt");
+        let fetched = match deps.artifacts.get(&reference.id).await {
+            Ok(found) => found.map(|(_, bytes)| bytes),
+            Err(ArtifactError::Store(e)) => return Err(OrchestrateError::Store(e)),
+            Err(e) => {
+                warn!(workflow = %wf.id, step = %dep, artifact = %reference.id, error = %e, "a dependency's artifact does not read back; its preview goes into the prompt");
+                None
+            }
+        };
+        let Some(bytes) = fetched.filter(|bytes| verify(&reference, bytes).is_ok()) else {
+            // Expired (`artifacts.max_age_secs`) or not what the step stored: the preview
+            // is all there is.
+            warn!(workflow = %wf.id, step = %dep, artifact = %reference.id, "a dependency's artifact is gone or altered; its preview goes into the prompt");
             continue;
         };
         if let Some(s) = copy.steps.iter_mut().find(|s| s.id == dep) {
@@ -275,10 +274,11 @@ async fn write_answer(
 /// limit allows, a reference to its artifact with a preview (`{"artifact", "preview"}`),
 /// or, without an artifact, the text cut with a note saying so.
 fn context_value(text: &str, artifact: Option<&ArtifactRef>) -> serde_json::Value {
-    // JSON escaping may grow the text; leave room for it and the note.
-    let room = context::MAX_VALUE_BYTES / 2;
-    if text.len() <= room {
-        return json!(text);
+    // The limit is on the serialized value, which escaping may make up to six times longer.
+    let fits = |value: &serde_json::Value| context::check_size(value).is_ok();
+    let whole = json!(text);
+    if fits(&whole) {
+        return whole;
     }
     if let Some(artifact) = artifact {
         // The whole output is an artifact already: the entry refers to it.
@@ -287,16 +287,20 @@ fn context_value(text: &str, artifact: Option<&ArtifactRef>) -> serde_json::Valu
             "preview": shared::artifacts::preview(text, shared::artifacts::PREVIEW_BYTES),
         });
     }
-    let cut = (0..=room)
-        .rev()
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(0);
-    json!(format!(
-        "{}\n[… cut: {} of {} bytes kept; the step's full output is on its task]",
-        &text[..cut],
-        cut,
-        text.len()
-    ))
+    let mut room = context::MAX_VALUE_BYTES / 2;
+    loop {
+        let cut = shared::artifacts::preview(text, room);
+        let value = json!(format!(
+            "{cut}\n[… cut: {} of {} bytes kept; the step's full output is on its task]",
+            cut.len(),
+            text.len()
+        ));
+        // At an eighth of the limit even the worst escaping (six bytes a byte) fits.
+        if fits(&value) || room <= context::MAX_VALUE_BYTES / 8 {
+            return value;
+        }
+        room = (room / 2).max(context::MAX_VALUE_BYTES / 8);
+    }
 }
 
 /// Adds a step that changed its workflow to its agent's record, and a review's score to
@@ -552,6 +556,21 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
         session: None,
     };
     let payload = serde_json::to_vec(&task).map_err(|e| OrchestrateError::Decode(e.to_string()))?;
+    // A window of a million tokens takes megabytes of prompt: more than a NATS message may
+    // carry. Publishing it could never succeed, so the step fails, saying so.
+    let max_payload = deps.client.server_info().max_payload;
+    if payload.len() > max_payload {
+        warn!(workflow = %wf.id, step = id, bytes = payload.len(), max_payload, "the step's task is larger than a NATS message; the step fails");
+        return Ok(Dispatched::Refused(
+            "context_length".to_owned(),
+            format!(
+                "the step's prompt makes a task of {} bytes; NATS messages are at most {max_payload} \
+                 (a smaller context_window on route `{}`, or a larger max_payload, fits it)",
+                payload.len(),
+                agent.route
+            ),
+        ));
+    }
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_MSG_ID, task.id.to_string().as_str());
     deps.js
@@ -682,5 +701,36 @@ impl Env for WorkerEnv {
 
     fn limits(&self) -> Limits {
         Limits::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_answer_always_fits_the_context_bucket() {
+        let reference = ArtifactRef {
+            id: "step-x".into(),
+            bytes: 1,
+            sha256: "0".repeat(64),
+            content_type: "text/plain".into(),
+        };
+        // Plain text, text that escapes to six times its length, and both with an artifact.
+        let plain = "word ".repeat(30_000);
+        let escaping = "\u{1}".repeat(40_000);
+        for text in [plain.as_str(), escaping.as_str(), "short"] {
+            for artifact in [None, Some(&reference)] {
+                let value = context_value(text, artifact);
+                assert!(context::check_size(&value).is_ok(), "{} bytes", text.len());
+                if text == "short" {
+                    assert_eq!(value, json!("short"));
+                } else if artifact.is_some() {
+                    assert_eq!(value["artifact"]["id"], "step-x");
+                } else {
+                    assert!(value.as_str().unwrap().contains("[… cut: "));
+                }
+            }
+        }
     }
 }

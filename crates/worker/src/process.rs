@@ -254,7 +254,19 @@ async fn run(task: &Task, delivery: i64, history: &[Attempt], deps: &Deps) -> Lo
 /// died after storing loses nothing; the dead letter and the event are de-duplicated by
 /// JetStream on the task id.
 async fn finish(msg: &jetstream::Message, task: &Task, stored: Bytes, delivery: i64, deps: &Deps) {
-    let result = serde_json::from_slice::<TaskResult>(&stored);
+    let mut result = serde_json::from_slice::<TaskResult>(&stored);
+    // A response stored by reference is read back once, for the thread posts and the
+    // workflow step below (the reply and the stored result keep the reference).
+    if let Ok(result) = &mut result
+        && let Err(e) = deps.artifacts.resolve_response(result).await
+    {
+        if delivery < deps.max_deliver {
+            warn!(error = %e, "could not read a stored response back; the task goes back to the queue");
+            ack(msg, AckKind::Nak(Some(STORE_RETRY_DELAY))).await;
+            return;
+        }
+        error!(error = %e, "could not read a stored response back; its thread posts and workflow step see none");
+    }
     if let Ok(result) = &result
         && let Some(error) = &result.error
         && error.class.dead_letters()

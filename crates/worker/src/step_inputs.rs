@@ -16,7 +16,7 @@ use agents::prompt::{Input, StepInputs};
 use agents::workflow::{Step, Workflow};
 use futures::future::join_all;
 use serde_json::Value;
-use shared::artifacts::ArtifactRef;
+use shared::artifacts::{ArtifactRef, verify};
 use shared::context::Current;
 use shared::memory::{self, Hit, Kind, MAX_QUERY_CHARS, Query};
 use shared::threads::{self, AuthorKind, ThreadMessage};
@@ -32,10 +32,12 @@ const MAX_CONTEXT_ENTRIES: usize = 16;
 /// Past reviews and past outputs recalled into one prompt: the few best matches of each;
 /// more would crowd out the step's own inputs for little gain.
 const REVIEWS_PER_STEP: usize = 2;
-/// The newest thread messages one prompt gets, and how many are read to find them (a
-/// workflow's thread holds a message per step and what callers post).
+/// The newest thread messages one prompt gets (found by reading the thread, which
+/// `threads.max_msgs_per_thread` bounds).
 const THREAD_MESSAGES: usize = 8;
-const THREAD_READ: usize = 200;
+/// Largest artifact a context entry's reference is followed to (a step's answer); beyond it,
+/// the entry's preview. The budget trims what the window cannot take anyway.
+const MAX_ENTRY_ARTIFACT_BYTES: u64 = 1 << 20;
 const WORK_PER_STEP: usize = 2;
 /// How long dispatch waits for the memory index: recall helps a step but must not hold
 /// the workflow up; without an answer the step goes without.
@@ -95,29 +97,43 @@ pub(crate) async fn gather(
     let (thread, memories) = tokio::join!(thread(deps, wf, step), recall(deps, wf, step));
     Ok(StepInputs {
         context,
-        thread: thread?,
+        thread,
         memories,
     })
 }
 
 /// The newest messages of the workflow's thread, oldest first, but for those the step's
-/// dependencies (or an earlier run of itself) posted.
-async fn thread(deps: &Deps, wf: &Workflow, step: &Step) -> Result<Vec<Input>, OrchestrateError> {
-    let page = threads::read(&deps.js, &threads::workflow_thread(wf.id), 0, THREAD_READ)
-        .await
-        .map_err(|e| OrchestrateError::Store(e.to_string()))?;
-    let wanted: Vec<ThreadMessage> = page
-        .messages
-        .into_iter()
-        .filter(|m| {
-            m.post
-                .step
-                .as_ref()
-                .is_none_or(|s| s != &step.id && !step.depends_on.contains(s))
-        })
-        .collect();
-    let skip = wanted.len().saturating_sub(THREAD_MESSAGES);
-    Ok(wanted.into_iter().skip(skip).map(thread_input).collect())
+/// dependencies (or an earlier run of itself) posted. Like recall, it helps the step but
+/// must not hold the workflow up: a thread that cannot be read gives none.
+async fn thread(deps: &Deps, wf: &Workflow, step: &Step) -> Vec<Input> {
+    let thread = threads::workflow_thread(wf.id);
+    let mut messages: Vec<ThreadMessage> = Vec::new();
+    let mut after = 0;
+    loop {
+        match threads::read(&deps.js, &thread, after, threads::MAX_READ).await {
+            Ok(page) => {
+                after = page.messages.last().map_or(after, |m| m.id);
+                let more = page.has_more && !page.messages.is_empty();
+                messages.extend(page.messages.into_iter().filter(|m| {
+                    m.post
+                        .step
+                        .as_ref()
+                        .is_none_or(|s| s != &step.id && !step.depends_on.contains(s))
+                }));
+                // Keep only what can still be among the newest.
+                let extra = messages.len().saturating_sub(THREAD_MESSAGES);
+                messages.drain(..extra);
+                if !more {
+                    break;
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, workflow = %wf.id, step = step.id, "the workflow's thread does not read; the step goes without");
+                return Vec::new();
+            }
+        }
+    }
+    messages.into_iter().map(thread_input).collect()
 }
 
 fn thread_input(message: ThreadMessage) -> Input {
@@ -196,19 +212,24 @@ fn memory_input(hit: Hit) -> Input {
     }
 }
 
-/// An entry's value as prompt text: a string as it is, a reference to an artifact (a step's
-/// answer too long for the bucket) as the artifact's text, other JSON as JSON.
+/// An entry's value as prompt text: a string as it is, a reference to a step's answer too
+/// long for the bucket as the answer (read from its artifact: only a step's own, at most
+/// [`MAX_ENTRY_ARTIFACT_BYTES`], and only if it is what the reference says), other JSON as
+/// JSON.
 async fn entry_text(deps: &Deps, current: &Current) -> String {
     let value = &current.envelope.value;
     if let Some(reference) = value
         .get("artifact")
         .and_then(|a| serde_json::from_value::<ArtifactRef>(a.clone()).ok())
+        .filter(|r| r.id.starts_with("step-") && r.bytes <= MAX_ENTRY_ARTIFACT_BYTES)
     {
         match deps.artifacts.get(&reference.id).await {
-            Ok(Some((_, bytes))) => return String::from_utf8_lossy(&bytes).into_owned(),
-            // Expired or unreadable: the preview is what there is.
-            Ok(None) | Err(_) => {
-                debug!(artifact = %reference.id, "a context entry's artifact is not readable; its preview goes into the prompt");
+            Ok(Some((_, bytes))) if verify(&reference, &bytes).is_ok() => {
+                return String::from_utf8_lossy(&bytes).into_owned();
+            }
+            // Expired, unreadable or altered: the preview is what there is.
+            _ => {
+                debug!(artifact = %reference.id, "a context entry's artifact does not read back; its preview goes into the prompt");
                 if let Some(preview) = value.get("preview").and_then(Value::as_str) {
                     return preview.to_owned();
                 }

@@ -14,6 +14,12 @@ use tracing::warn;
 use crate::deps::Deps;
 use crate::provider::shape::content_text;
 
+/// The author name of a session's model: its route, cut to what an author name may be (a
+/// route may be longer).
+fn model_name(task: &Task) -> String {
+    task.route.chars().take(threads::MAX_AUTHOR_LEN).collect()
+}
+
 /// Author name of a session's own messages.
 const SESSION_CLIENT: &str = "client";
 
@@ -86,7 +92,7 @@ async fn record_turn(task: &Task, answer: &str, deps: &Deps) -> Result<(), Threa
                 name: if role == Role::User {
                     SESSION_CLIENT.to_owned()
                 } else {
-                    task.route.clone()
+                    model_name(task)
                 },
             },
             role: Some(role),
@@ -103,7 +109,7 @@ async fn record_turn(task: &Task, answer: &str, deps: &Deps) -> Result<(), Threa
     let post = Post {
         author: Author {
             kind: AuthorKind::Agent,
-            name: task.route.clone(),
+            name: model_name(task),
         },
         role: Some(Role::Assistant),
         content: threads::clip_bytes(answer, limit).to_owned(),
