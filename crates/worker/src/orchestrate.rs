@@ -482,13 +482,12 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
         .collect();
     // A work step writes its answer to its key of the workflow's context, on the revision
     // it sees now (its prompt shows that revision's value).
-    let own = step_inputs::own_entry(deps, wf, step).await?;
+    let (own, inputs) = step_inputs::gather(deps, wf, step).await?;
     let write = step.writes.as_ref().map(|key| ContextWrite {
         key: key.clone(),
         base: own.as_ref().map_or(0, |c| c.revision),
         by: agent.name.clone(),
     });
-    let inputs = step_inputs::gather(deps, wf, step, own.as_ref()).await?;
     let window = route_window(&deps.config, &agent.route);
     // The dependencies' whole outputs where the state holds previews.
     let resolved = with_dependency_outputs(deps, wf, step).await?;

@@ -32,20 +32,20 @@ const MAX_CONTEXT_ENTRIES: usize = 16;
 /// Past reviews and past outputs recalled into one prompt: the few best matches of each;
 /// more would crowd out the step's own inputs for little gain.
 const REVIEWS_PER_STEP: usize = 2;
+const WORK_PER_STEP: usize = 2;
 /// The newest thread messages one prompt gets (found by reading the thread, which
 /// `threads.max_msgs_per_thread` bounds).
 const THREAD_MESSAGES: usize = 8;
 /// Largest artifact a context entry's reference is followed to (a step's answer); beyond it,
 /// the entry's preview. The budget trims what the window cannot take anyway.
 const MAX_ENTRY_ARTIFACT_BYTES: u64 = 1 << 20;
-const WORK_PER_STEP: usize = 2;
 /// How long dispatch waits for the memory index: recall helps a step but must not hold
 /// the workflow up; without an answer the step goes without.
 const RECALL_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The step's own key's current entry, read once for both its write's base revision and
 /// its prompt.
-pub(crate) async fn own_entry(
+async fn own_entry(
     deps: &Deps,
     wf: &Workflow,
     step: &Step,
@@ -59,16 +59,35 @@ pub(crate) async fn own_entry(
         .map_err(|e| OrchestrateError::Store(e.to_string()))
 }
 
-/// The inputs of `step`: its own key's entry (`own`), then the keys the workflow's other
-/// finished steps wrote, in key order.
+/// The inputs of `step` and its own key's current entry (the base of its write): that entry
+/// first, then the keys the workflow's other finished steps wrote, in key order; the thread;
+/// the memories. Every read is made at once: they are independent, and each is a round trip
+/// on the path between one step's result and the next step's call.
 pub(crate) async fn gather(
     deps: &Deps,
     wf: &Workflow,
     step: &Step,
-    own: Option<&Current>,
-) -> Result<StepInputs, OrchestrateError> {
+) -> Result<(Option<Current>, StepInputs), OrchestrateError> {
+    let keys: Vec<&str> = wf
+        .steps
+        .iter()
+        .filter(|s| s.written.is_some() && s.id != step.id && !step.depends_on.contains(&s.id))
+        .filter_map(|s| s.writes.as_deref())
+        .filter(|key| Some(*key) != step.writes.as_deref())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .take(MAX_CONTEXT_ENTRIES)
+        .collect();
+    let scope = wf.id.to_string();
+    let (own, entries, thread, memories) = tokio::join!(
+        own_entry(deps, wf, step),
+        join_all(keys.iter().map(|key| deps.context.get(&scope, key))),
+        thread(deps, wf, step),
+        recall(deps, wf, step),
+    );
+    let own = own?;
     let mut context = Vec::new();
-    if let (Some(key), Some(current)) = (&step.writes, own) {
+    if let (Some(key), Some(current)) = (&step.writes, &own) {
         let text = entry_text(deps, current).await;
         context.push(input(
             key,
@@ -77,16 +96,6 @@ pub(crate) async fn gather(
             "yours to write: your answer replaces it, so build on it",
         ));
     }
-    let keys: BTreeSet<&str> = wf
-        .steps
-        .iter()
-        .filter(|s| s.written.is_some() && s.id != step.id && !step.depends_on.contains(&s.id))
-        .filter_map(|s| s.writes.as_deref())
-        .filter(|key| Some(*key) != step.writes.as_deref())
-        .take(MAX_CONTEXT_ENTRIES)
-        .collect();
-    let scope = wf.id.to_string();
-    let entries = join_all(keys.iter().map(|key| deps.context.get(&scope, key))).await;
     for (key, entry) in keys.iter().zip(entries) {
         let entry = entry.map_err(|e| OrchestrateError::Store(e.to_string()))?;
         if let Some(current) = entry {
@@ -94,12 +103,14 @@ pub(crate) async fn gather(
             context.push(input(key, &current, text, "written by another step"));
         }
     }
-    let (thread, memories) = tokio::join!(thread(deps, wf, step), recall(deps, wf, step));
-    Ok(StepInputs {
-        context,
-        thread,
-        memories,
-    })
+    Ok((
+        own,
+        StepInputs {
+            context,
+            thread,
+            memories,
+        },
+    ))
 }
 
 /// The newest messages of the workflow's thread, oldest first, but for those the step's
