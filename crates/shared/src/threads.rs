@@ -11,7 +11,6 @@
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -251,21 +250,6 @@ pub async fn post(
         post: stored.post,
         created_ms: stored.created_ms,
     })
-}
-
-/// The id of `thread`'s newest message, `None` when it has none: one lookup, so a reader can
-/// skip a thread with nothing in it without setting up a read.
-pub async fn last_id(js: &jetstream::Context, thread: &str) -> Result<Option<u64>, ThreadError> {
-    let subject = thread_subject(thread)?;
-    let stream = js
-        .get_stream_no_info(THREADS_STREAM)
-        .await
-        .map_err(|e| ThreadError::store(&e))?;
-    match stream.get_last_raw_message_by_subject(&subject).await {
-        Ok(message) => Ok(Some(message.sequence)),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(ThreadError::store(&e)),
-    }
 }
 
 /// Up to `limit` (at most [`MAX_READ`]) messages of `thread` with ids above `after_seq`

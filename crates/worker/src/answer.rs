@@ -73,20 +73,6 @@ pub(crate) async fn persist<T, E, F: Future<Output = Result<T, E>>>(
     }
 }
 
-/// `result` failed with `class` and `message` instead of the answer it could not keep.
-fn unkept(result: &TaskResult, class: FailureClass, message: String) -> TaskResult {
-    TaskResult {
-        status: TaskStatus::Failed,
-        response: None,
-        error: Some(TaskError {
-            class,
-            message,
-            upstream_status: None,
-        }),
-        ..result.clone()
-    }
-}
-
 /// Room left in a NATS message for what wraps a stored result (KV subject, headers).
 const RESULT_HEADROOM: usize = 8 * 1024;
 
@@ -103,28 +89,25 @@ pub(crate) async fn store(id: TaskId, result: &TaskResult, deps: &Deps) -> Optio
         .max_payload
         .saturating_sub(RESULT_HEADROOM);
     if bytes.len() > fits {
-        let last = i64::try_from(result.delivery).unwrap_or(i64::MAX) >= deps.max_deliver;
         let small = match deps.artifacts.offload_response(result).await {
             Ok(small) => small,
             // No delivery would fare better: the answer fails, saying why.
-            Err(e @ ArtifactError::TooLarge { .. }) => unkept(
-                result,
-                FailureClass::InvalidResponse,
-                format!(
-                    "the answer ({} bytes) is too large to keep: {e}",
-                    bytes.len()
-                ),
-            ),
-            // No delivery is left to try again: the task fails, saying why.
-            Err(e) if last => unkept(
-                result,
-                FailureClass::Internal,
-                format!(
-                    "the answer ({} bytes) could not be stored as an artifact: {e}",
-                    bytes.len()
-                ),
-            ),
+            Err(e @ ArtifactError::TooLarge { .. }) => TaskResult {
+                status: TaskStatus::Failed,
+                response: None,
+                error: Some(TaskError {
+                    class: FailureClass::InvalidResponse,
+                    message: format!(
+                        "the answer ({} bytes) is too large to keep: {e}",
+                        bytes.len()
+                    ),
+                    upstream_status: None,
+                }),
+                ..result.clone()
+            },
             Err(e) => {
+                // The task goes back to the queue; after the last attempt, the reserve
+                // delivery records it failed (`process::handle`), so it is not lost.
                 warn!(error = %e, bytes = bytes.len(), "could not store a large response as an artifact; the task goes back to the queue");
                 return None;
             }

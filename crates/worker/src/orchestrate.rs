@@ -107,10 +107,10 @@ pub(crate) async fn step_finished(
     deps: &Deps,
     step: &StepRef,
     result: &TaskResult,
+    last_delivery: bool,
 ) -> Result<(), OrchestrateError> {
     let outcome = outcome(result, |provider, model| deps.config.price(provider, model));
-    let last = i64::try_from(result.delivery).unwrap_or(i64::MAX) >= deps.max_deliver;
-    let outcome = store_large_output(deps, result.id, outcome, last).await?;
+    let outcome = store_large_output(deps, result.id, outcome, last_delivery).await?;
     let write = match (&step.write, &outcome) {
         (Some(write), StepOutcome::Completed { text, artifact, .. }) => {
             let value = context_value(text, artifact.as_ref());

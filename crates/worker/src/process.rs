@@ -314,7 +314,9 @@ async fn finish(msg: &jetstream::Message, task: &Task, stored: Bytes, delivery: 
             // A workflow's step: whoever stores its result advances the workflow, before
             // the ack, so a crash here is repaired by the redelivery.
             if let Some(step) = &task.step
-                && let Err(e) = orchestrate::step_finished(deps, step, &result).await
+                && let Err(e) =
+                    orchestrate::step_finished(deps, step, &result, delivery >= deps.max_deliver)
+                        .await
             {
                 warn!(error = %e, workflow = %step.workflow, "could not advance the workflow; the step goes back to the queue");
                 ack(msg, AckKind::Nak(Some(STORE_RETRY_DELAY))).await;

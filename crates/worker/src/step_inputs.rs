@@ -118,15 +118,6 @@ pub(crate) async fn gather(
 /// must not hold the workflow up: a thread that cannot be read gives none.
 async fn thread(deps: &Deps, wf: &Workflow, step: &Step) -> Vec<Input> {
     let thread = threads::workflow_thread(wf.id);
-    // Most steps that start a workflow find its thread empty: one lookup says so.
-    match threads::last_id(&deps.js, &thread).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return Vec::new(),
-        Err(e) => {
-            debug!(error = %e, workflow = %wf.id, step = step.id, "the workflow's thread does not read; the step goes without");
-            return Vec::new();
-        }
-    }
     let mut messages: Vec<ThreadMessage> = Vec::new();
     let mut after = 0;
     loop {
