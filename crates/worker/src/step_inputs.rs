@@ -186,15 +186,11 @@ async fn recall(deps: &Deps, wf: &Workflow, step: &Step) -> Vec<Input> {
     );
     let own = wf.id.to_string();
     let usable = |found: Result<memory::Answer, memory::MemoryError>, n: usize| {
-        let hits = found.unwrap_or_else(|e| {
+        let hits = found.map(|a| a.hits).unwrap_or_else(|e| {
             debug!(error = %e, workflow = %own, step = step.id, "no memories for the step");
-            memory::Answer {
-                hits: Vec::new(),
-                indexed_seq: 0,
-            }
+            Vec::new()
         });
-        hits.hits
-            .into_iter()
+        hits.into_iter()
             .filter(|h| h.workflow.as_deref() != Some(own.as_str()))
             .filter(|h| h.approved != Some(true))
             .take(n)
