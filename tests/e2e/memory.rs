@@ -84,17 +84,24 @@ fn find<'a>(hits: &'a [Value], id: &str) -> Option<&'a Value> {
     hits.iter().find(|h| h["id"] == id)
 }
 
-#[tokio::test]
-async fn past_work_and_reviews_are_found_and_a_rebuilt_index_answers_the_same() {
+/// A stack with the memory index whose agents' model answers the `bike-costs` step with
+/// [`BIKE_COSTS`] and whose reviewer asks once for a revision ([`FEEDBACK`]), then approves.
+async fn reviewed_once() -> Stack {
     let mut stack = Stack::start_with(1, &[], FAKE_AGENTS).await;
     stack.start_memory().await;
-    // A team's task whose reviewer asks for one revision, with feedback.
     stack.provider.set_reply(&marker("bike-costs"), BIKE_COSTS);
     stack.provider.push_reply(
         &marker("@review"),
         &json!({"verdict": "revise", "score": 0.4, "feedback": FEEDBACK}).to_string(),
     );
     stack.provider.set_reply(&marker("@review-2"), APPROVE);
+    stack
+}
+
+#[tokio::test]
+async fn past_work_and_reviews_are_found_and_a_rebuilt_index_answers_the_same() {
+    // A team's task whose reviewer asks for one revision, with feedback.
+    let mut stack = reviewed_once().await;
     let bikes = run_task(
         &stack,
         json!({"goal": "Cost out a bike-share for Lisbon", "team": "research", "steps": [
@@ -251,14 +258,7 @@ async fn past_work_and_reviews_are_found_and_a_rebuilt_index_answers_the_same() 
 
 #[tokio::test]
 async fn a_past_reviewers_note_is_recalled_into_a_later_similar_step_and_recorded() {
-    let mut stack = Stack::start_with(1, &[], FAKE_AGENTS).await;
-    stack.start_memory().await;
-    stack.provider.set_reply(&marker("bike-costs"), BIKE_COSTS);
-    stack.provider.push_reply(
-        &marker("@review"),
-        &json!({"verdict": "revise", "score": 0.4, "feedback": FEEDBACK}).to_string(),
-    );
-    stack.provider.set_reply(&marker("@review-2"), APPROVE);
+    let stack = reviewed_once().await;
     let task = |city: &str| {
         json!({"goal": format!("Cost out a bike-share for {city}"), "team": "research", "steps": [
             {"id": "bike-costs", "capability": "research", "instruction": "Find the purchase costs of bikes and docks"}]})
