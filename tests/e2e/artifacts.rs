@@ -329,8 +329,17 @@ async fn offline_the_simulated_team_writes_at_length_into_artifacts() {
 
 #[tokio::test]
 async fn a_chat_answer_too_large_for_a_nats_message_is_stored_by_reference_and_answered_whole() {
-    // Artifacts as large as four NATS messages (the test servers allow 8 MiB ones).
-    let stack = Stack::start(1, &[("SWITCHYARD__ARTIFACTS__MAX_BYTES", "33554432")]).await;
+    // Artifacts as large as four NATS messages (the test servers allow 8 MiB ones). Decoding
+    // and encoding megabytes in a debug build on a busy machine can hold a worker thread past
+    // the tests' 1 s `ack_wait`; the redeliveries that follow are not what is tested here.
+    let stack = Stack::start(
+        1,
+        &[
+            ("SWITCHYARD__ARTIFACTS__MAX_BYTES", "33554432"),
+            ("SWITCHYARD__QUEUE__ACK_WAIT_MS", "15000"),
+        ],
+    )
+    .await;
     let max_payload = stack.client.server_info().max_payload;
     assert!(max_payload * 4 <= 33_554_432);
     // Longer than a NATS message may be, in long words (a streamed answer is a chunk each).

@@ -1,7 +1,8 @@
-//! `POST /v1/chat/completions`, non-streaming: publish the task, wait for its reply (or, past
-//! the deadline, its stored result), answer in the OpenAI shape.
+//! `POST /v1/chat/completions`, non-streaming: publish the task, wait for its result (the
+//! server republishes it on `results.<task id>` once it is stored), answer in the OpenAI
+//! shape.
 
-use async_nats::jetstream::kv::Operation;
+use async_nats::Subscriber;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -9,6 +10,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
 use shared::Task;
+use shared::names::result_subject;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -16,7 +18,6 @@ use crate::abandon::CallerGone;
 use crate::answer::{STORED_RESULT_CHECK, decode_result, resolve, result_response, stored_result};
 use crate::body::ChatBody;
 use crate::error::ApiError;
-use crate::replies::PendingReply;
 use crate::routes::RequestTask;
 use crate::state::AppState;
 use crate::stream;
@@ -60,33 +61,47 @@ pub async fn chat_completions(
     if let Some(stored) = stored {
         return result_response(resolve(&st, decode_result(&stored)?).await?, None);
     }
-    let mut pending = st.replies.register(task.id);
-    task.reply_to = Some(pending.subject.clone());
+    // Subscribed before the task is published (one connection keeps the order), so the
+    // result the server republishes once it is stored cannot pass by unseen.
+    let mut stored_results = st
+        .client
+        .subscribe(result_subject(task.id))
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "could not subscribe to a result subject");
+            ApiError::Unavailable
+        })?;
     let waiting = CallerGone::new(&st, task.id, !request.named_by_caller);
-    let payload = match publish(&st, &task).await? {
-        Published::New => wait_reply(&st, &task, &mut pending).await?,
-        // Queued before, with the first request's reply subject: wait for the stored result.
-        Published::Duplicate => wait_stored(&st, &task).await?,
+    let published = publish(&st, &task).await?;
+    // Queued before (a retry with the same id): it may have finished already.
+    let earlier = match published {
+        Published::New => None,
+        Published::Duplicate => stored_result(&st, task.id).await?,
+    };
+    let payload = match earlier {
+        Some(stored) => stored,
+        None => wait_result(&st, &task, &mut stored_results).await?,
     };
     waiting.answered();
     result_response(resolve(&st, decode_result(&payload)?).await?, Some(started))
 }
 
-/// The task's result from its reply, or from the results bucket if the reply was lost.
-async fn wait_reply(
+/// The task's result as the server republishes it once stored, or read from the results
+/// bucket if that message was lost (a reconnect).
+async fn wait_result(
     st: &AppState,
     task: &Task,
-    pending: &mut PendingReply,
+    stored_results: &mut Subscriber,
 ) -> Result<Bytes, ApiError> {
     Ok(loop {
         let wait = task.remaining().min(STORED_RESULT_CHECK);
-        match tokio::time::timeout(wait, pending.recv()).await {
+        match tokio::time::timeout(wait, stored_results.next()).await {
             Ok(Some(msg)) => break msg.payload,
-            // The reply subscription is gone; the caller can fetch the result later.
+            // The client is closing (the gateway is shutting down); the caller can fetch the
+            // result later.
             Ok(None) => return Err(ApiError::Unavailable),
             Err(_) => {}
         }
-        // The reply is the fast path; a reply lost in a reconnect is still stored.
         // A failed read (NATS reconnecting) is logged and retried at the next check: the
         // task was accepted, so the caller must not be told to send it again.
         if let Some(stored) = stored_result(st, task.id).await.ok().flatten() {
@@ -98,31 +113,4 @@ async fn wait_reply(
             });
         }
     })
-}
-
-/// The task's result once it is stored, watching its key in the results bucket.
-async fn wait_stored(st: &AppState, task: &Task) -> Result<Bytes, ApiError> {
-    let unavailable = |e: &dyn std::fmt::Display| {
-        warn!(error = %e, task_id = %task.id, "could not watch the results bucket");
-        ApiError::Unavailable
-    };
-    let mut watch = st
-        .results
-        .watch_with_history(task.id.to_string())
-        .await
-        .map_err(|e| unavailable(&e))?;
-    loop {
-        match tokio::time::timeout(task.remaining(), watch.next()).await {
-            Err(_) => {
-                return Err(ApiError::DeadlineExceeded {
-                    task_id: task.id.to_string(),
-                });
-            }
-            Ok(Some(Ok(entry))) if entry.operation == Operation::Put => return Ok(entry.value),
-            // A delete or purge (expiry) is no result.
-            Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(e))) => return Err(unavailable(&e)),
-            Ok(None) => return Err(unavailable(&"the watch ended")),
-        }
-    }
 }

@@ -1,6 +1,7 @@
 //! Switchyard's HTTP gateway: authenticates nothing yet, validates requests, turns each into
-//! a task on `tasks.<capability>.<priority>`, and waits for its result on a reply inbox (or
-//! relays its stream). Holds no state of its own: run as many replicas as needed.
+//! a task on `tasks.<capability>.<priority>`, and waits for its result on
+//! `results.<task id>`, where the server republishes it once stored (or relays its stream).
+//! Holds no state of its own: run as many replicas as needed.
 
 mod abandon;
 mod admission;
@@ -18,7 +19,6 @@ mod mcp;
 mod memory;
 mod operate;
 mod path;
-mod replies;
 mod roster;
 mod routes;
 mod serve;
@@ -48,14 +48,11 @@ use routes::app;
 use state::{AppState, Shared};
 
 use crate::admission::Admission;
-use crate::replies::ReplyRouter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error(transparent)]
     Provision(#[from] ProvisionError),
-    #[error("subscribing to the reply inbox: {0}")]
-    Subscribe(#[from] async_nats::SubscribeError),
     #[error("serving HTTP: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -69,8 +66,6 @@ async fn state(
 ) -> Result<AppState, GatewayError> {
     let js = jetstream::new(client.clone());
     let provisioned = provision(&js, &config).await?;
-    let gateway_id = uuid::Uuid::now_v7().simple().to_string();
-    let replies = ReplyRouter::start(&client, &gateway_id, shutdown.clone(), background).await?;
     let route_capabilities: HashMap<String, Capability> = config
         .routes
         .iter()
@@ -108,7 +103,6 @@ async fn state(
         performance: provisioned.performance,
         workflows: provisioned.workflows,
         providers: provisioned.providers,
-        replies,
         default_capability: Capability::default(),
         route_capabilities,
         capabilities,
@@ -119,8 +113,7 @@ async fn state(
 }
 
 /// Serves the gateway on `listener` until `shutdown`, then lets in-flight requests finish.
-/// `on_ready` is called once requests are being served (JetStream provisioned, replies
-/// subscribed), so a caller can announce the gateway only when that is true.
+/// `on_ready` is called once requests are being served (JetStream provisioned), so a caller can announce the gateway only when that is true.
 pub async fn run(
     config: Arc<Config>,
     client: async_nats::Client,
@@ -131,7 +124,6 @@ pub async fn run(
     let grace = Duration::from_millis(config.gateway.drain_timeout_ms);
     let background = TaskTracker::new();
     let state = state(config, client, shutdown.clone(), &background).await?;
-    let replies = state.replies.clone();
     let header_read_timeout = Duration::from_millis(state.config.gateway.header_read_timeout_ms);
     info!(addr = %listener.local_addr()?, "gateway listening");
     let server = serve::serve(listener, app(state), header_read_timeout, shutdown.clone());
@@ -146,8 +138,6 @@ pub async fn run(
             warn!(?grace, "drain grace period over; closing the remaining connections");
         }
     }
-    // Every request has finished: nobody waits for a reply any more.
-    replies.stop();
     background.close();
     background.wait().await;
     info!("gateway stopped");

@@ -10,7 +10,6 @@ use shared::config::Config;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
-use crate::replies::ReplyRouter;
 
 /// Shared by every handler; cloned per request, so it is one `Arc`.
 pub type AppState = Arc<Shared>;
@@ -38,7 +37,6 @@ pub struct Shared {
     pub workflows: kv::Store,
     /// Shared provider health, for `GET /v1/providers`.
     pub providers: kv::Store,
-    pub replies: ReplyRouter,
     /// Capability of each route, parsed once.
     pub route_capabilities: HashMap<String, Capability>,
     /// Capability of `provider/model` requests.
@@ -47,7 +45,7 @@ pub struct Shared {
     pub capabilities: BTreeSet<Capability>,
     /// Refuses early what its queue cannot answer within the deadline.
     pub admission: Admission,
-    /// Work that shutdown waits for (reply routing, queue sampling, cancel notices).
+    /// Work that shutdown waits for (queue sampling, cancel notices).
     pub background: TaskTracker,
     /// Cancelled when the gateway shuts down: endless answers (a followed thread) end then,
     /// and their clients resume on another replica.

@@ -293,6 +293,16 @@ pub fn cancel_subject(task_id: TaskId) -> String {
     format!("cancel.{task_id}")
 }
 
+/// Where the server republishes every result stored in the `results` bucket
+/// (`$KV.results.<task id>` becomes `results.<task id>`): the gateway waits for a task's
+/// answer there, and it is only sent once the result is durable.
+pub const RESULTS_REPUBLISH: &str = "results.>";
+
+/// `results.<task id>`: where the server republishes the task's result once it is stored.
+pub fn result_subject(task_id: TaskId) -> String {
+    format!("results.{task_id}")
+}
+
 /// `stream.<task id>`: core-NATS subject carrying a streaming task's chunks.
 pub fn stream_subject(task_id: TaskId) -> String {
     format!("stream.{task_id}")

@@ -206,14 +206,8 @@ async fn provision_once(
                 source,
             )
         })?;
-    let results = bucket(
-        js,
-        RESULTS_BUCKET,
-        "Switchyard task results, one per task id",
-        Duration::from_secs(config.results.ttl_secs),
-        replicas,
-    )
-    .await?;
+    let results =
+        results_bucket(js, Duration::from_secs(config.results.ttl_secs), replicas).await?;
     let bounds = crate::dlq::Bounds {
         max_age: Duration::from_secs(config.dlq.max_age_secs),
         max_msgs: config.dlq.max_msgs,
@@ -376,7 +370,18 @@ async fn bucket(
     max_age: Duration,
     replicas: usize,
 ) -> Result<kv::Store, ProvisionError> {
-    js.create_or_update_key_value(kv::Config {
+    js.create_or_update_key_value(bucket_config(name, description, max_age, replicas))
+        .await
+        .map_err(|source| ProvisionError::Bucket { name, source })
+}
+
+fn bucket_config(
+    name: &'static str,
+    description: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> kv::Config {
+    kv::Config {
         bucket: name.to_owned(),
         description: description.to_owned(),
         history: 1,
@@ -384,9 +389,37 @@ async fn bucket(
         storage: stream::StorageType::File,
         num_replicas: replicas,
         ..Default::default()
-    })
-    .await
-    .map_err(|source| ProvisionError::Bucket { name, source })
+    }
+}
+
+/// The `results` bucket, one result per task id. The server republishes each stored
+/// result on `results.<task id>` ([`crate::names::result_subject`]): the answer a gateway
+/// waits for comes from the store itself, only once it is durable, with no second publish
+/// by the worker.
+async fn results_bucket(
+    js: &jetstream::Context,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store, ProvisionError> {
+    let config = kv::Config {
+        republish: Some(stream::Republish {
+            source: format!("$KV.{RESULTS_BUCKET}.>"),
+            destination: crate::names::RESULTS_REPUBLISH.to_owned(),
+            headers_only: false,
+        }),
+        ..bucket_config(
+            RESULTS_BUCKET,
+            "Switchyard task results, one per task id",
+            max_age,
+            replicas,
+        )
+    };
+    js.create_or_update_key_value(config)
+        .await
+        .map_err(|source| ProvisionError::Bucket {
+            name: RESULTS_BUCKET,
+            source,
+        })
 }
 
 /// Creates or updates `TASKS` with `wanted` added to the subjects it has; returns it.

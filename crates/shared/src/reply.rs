@@ -12,12 +12,11 @@ use crate::TaskId;
 use crate::inbound::is_publish_subject;
 
 /// Prefixes of Switchyard's own subjects: queues, events, dead letters, stream chunks,
-/// cancel notices (a result published on `cancel.<id>` would stop another task), tool calls.
-pub const RESERVED_PREFIXES: [&str; 6] =
-    ["tasks.", "events.", "dlq.", "stream.", "cancel.", "tools."];
-/// Prefix of the gateway's reply subjects (`_INBOX.switchyard.<gateway id>.<task id>`):
-/// the configured prefixes must allow it or the gateway could not get answers.
-pub const GATEWAY_REPLY_PREFIX: &str = "_INBOX.switchyard.";
+/// cancel notices (a result published on `cancel.<id>` would stop another task), tool calls,
+/// stored results (`results.<id>`, where the gateway waits for its answers).
+pub const RESERVED_PREFIXES: [&str; 7] = [
+    "tasks.", "events.", "dlq.", "stream.", "cancel.", "tools.", "results.",
+];
 /// Namespace of reply digests (a fixed, random UUID).
 const DIGEST_NAMESPACE: Uuid = Uuid::from_u128(0x8d3e_51b7_2c0a_4f69_b1d4_7e2a_c05f_3b98);
 
@@ -108,11 +107,7 @@ mod tests {
     fn only_inboxes_and_the_tasks_own_stream_are_allowed() {
         let id = TaskId::new();
         let other = TaskId::new();
-        for ok in [
-            "_INBOX.abc",
-            "_INBOX.switchyard.gw.x",
-            &format!("stream.{id}"),
-        ] {
+        for ok in ["_INBOX.abc", &format!("stream.{id}")] {
             assert!(allowed(ok, Some(id), &inbox()), "{ok}");
         }
         for bad in [
@@ -121,6 +116,7 @@ mod tests {
             "$O.artifacts.x".to_owned(),
             "tasks.chat.normal".to_owned(),
             "events.task.completed".to_owned(),
+            format!("results.{other}"),
             "dlq.chat".to_owned(),
             format!("cancel.{other}"),
             format!("stream.{other}"),

@@ -61,7 +61,7 @@ const DEFAULT_ACK_WAIT_MS: u64 = 30_000;
 /// Bounded redelivery: four provider attempts, then a reserve delivery that records the
 /// failure if the last attempt's worker died.
 const DEFAULT_MAX_DELIVER: i64 = 5;
-/// NATS inboxes only (what `new_inbox()` makes, and the gateway's `_INBOX.switchyard.…`):
+/// NATS inboxes only (what `new_inbox()` makes):
 /// a subject the publisher subscribes to, never a stream's, the server's or Switchyard's.
 const DEFAULT_REPLY_PREFIXES: &[&str] = &["_INBOX."];
 /// Results are kept a day so late clients can still fetch them.
@@ -623,20 +623,6 @@ impl Config {
             if let Err(problem) = crate::reply::check_prefix(prefix) {
                 p.add(&format!("queue.reply_prefixes[{i}]"), problem);
             }
-        }
-        let gateway_replies = crate::reply::GATEWAY_REPLY_PREFIX;
-        if !self
-            .queue
-            .reply_prefixes
-            .iter()
-            .any(|p| !p.is_empty() && gateway_replies.starts_with(p.as_str()))
-        {
-            p.add(
-                "queue.reply_prefixes",
-                format!(
-                    "must allow the gateway's reply subjects ({gateway_replies}…), e.g. \"_INBOX.\""
-                ),
-            );
         }
         if self.results.ttl_secs == 0 {
             p.add("results.ttl_secs", "must be greater than 0");
@@ -1288,7 +1274,7 @@ mod tests {
             Source::Toml(DEFAULT_TOML),
             &env(&[(
                 "SWITCHYARD__QUEUE__REPLY_PREFIXES",
-                "$KV.,tasks.,_INBOX.x.,",
+                "$KV.,tasks.,_INBOX.x.,,results.",
             )]),
         )
         .unwrap_err();
@@ -1298,7 +1284,7 @@ mod tests {
                 "queue.reply_prefixes[0]",
                 "queue.reply_prefixes[1]",
                 "queue.reply_prefixes[3]",
-                "queue.reply_prefixes",
+                "queue.reply_prefixes[4]",
             ],
             "{err}"
         );
