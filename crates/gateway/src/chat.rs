@@ -62,15 +62,21 @@ pub async fn chat_completions(
         return result_response(resolve(&st, decode_result(&stored)?).await?, None);
     }
     // Subscribed before the task is published (one connection keeps the order), so the
-    // result the server republishes once it is stored cannot pass by unseen.
+    // result the server republishes once it is stored cannot pass by unseen. The server ends
+    // the subscription after that one message: no unsubscribe follows the answer.
+    let unavailable = |e: &dyn std::fmt::Display| {
+        warn!(error = %e, "could not subscribe to a result subject");
+        ApiError::Unavailable
+    };
     let mut stored_results = st
         .client
         .subscribe(result_subject(task.id))
         .await
-        .map_err(|e| {
-            warn!(error = %e, "could not subscribe to a result subject");
-            ApiError::Unavailable
-        })?;
+        .map_err(|e| unavailable(&e))?;
+    stored_results
+        .unsubscribe_after(1)
+        .await
+        .map_err(|e| unavailable(&e))?;
     let waiting = CallerGone::new(&st, task.id, !request.named_by_caller);
     let published = publish(&st, &task).await?;
     // Queued before (a retry with the same id): it may have finished already.
