@@ -8,6 +8,7 @@ mod action;
 mod answer;
 mod assemble;
 mod backoff;
+mod call_limit;
 mod cancel;
 mod deps;
 mod failover;
