@@ -1,10 +1,13 @@
 //! A worker's adaptive limit of calls in flight to a provider: against a provider that
 //! answers 429 past a few requests at once, a worker with room for many more tasks lowers
-//! its limit and settles near the provider's tolerance, and every task still completes.
+//! its limit and settles near the provider's tolerance, and every task still completes;
+//! `/v1/providers` shows the worker's lowered limit.
+
+use std::time::Duration;
 
 use futures::future::join_all;
 
-use crate::harness::{Stack, chat_body};
+use crate::harness::{Stack, chat_body, eventually};
 
 /// Requests the fake serves at once; more are answered 429.
 const TOLERANCE: usize = 4;
@@ -47,9 +50,7 @@ cooldown_ms = 100
 "#,
     )
     .await;
-    stack
-        .provider
-        .set_latency(std::time::Duration::from_millis(200));
+    stack.provider.set_latency(Duration::from_millis(200));
     stack.provider.set_capacity(Some(TOLERANCE));
 
     // The first round meets the tolerance: rate limits bring the limit down.
@@ -77,5 +78,14 @@ cooldown_ms = 100
         refused * 4 < calls,
         "{refused} of {calls} calls were rate-limited after adapting"
     );
+    // The report shows the one worker's limit, come down from 32.
+    let limit = eventually(Duration::from_secs(10), || async {
+        let (_, target) = stack.target_health("fake").await;
+        let limits = target["calls_in_flight_limit"].as_object()?.clone();
+        let limit = limits.values().next()?.as_u64()?;
+        (limits.len() == 1 && limit < 32).then_some(limit)
+    })
+    .await;
+    assert!(limit <= 3 * TOLERANCE as u64, "limit {limit}");
     stack.stop().await;
 }

@@ -11,20 +11,31 @@
 //! atomic operation, waiting is fair (first come, first served) and cancel-safe (a waiter
 //! dropped mid-wait takes nothing). Lowering the limit below the calls in flight leaves a
 //! debt that the next slots to come back pay instead of returning.
+//!
+//! [`share`] keeps each limit in the shared `providers` bucket, one record per provider and
+//! worker, so `GET /v1/providers` shows every worker's limit.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use async_nats::jetstream::kv;
 use shared::FailureClass;
 use shared::config::ConcurrencyConfig;
+use shared::health::{LIMIT_REFRESH_MS, LimitRecord, limit_key};
+use shared::task::now_ms;
 use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::provider::ProviderError;
 
 /// Anthropic's "overloaded" status: the provider says outright it has too much to do.
 const OVERLOADED: u16 = 529;
+/// How often the limits are looked at for a change worth sharing: a change shows in
+/// `/v1/providers` within this, at one write per changed provider.
+const SHARE_EVERY: Duration = Duration::from_secs(1);
 
 /// What one call says about the provider's load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +146,10 @@ impl CallLimit {
         }
     }
 
+    pub(crate) fn provider(&self) -> &str {
+        &self.provider
+    }
+
     /// The current limit.
     pub(crate) fn limit(&self) -> usize {
         self.limit.load(Ordering::Relaxed)
@@ -228,6 +243,58 @@ impl CallLimit {
             reason = reason.as_str(),
             "provider concurrency limit lowered"
         );
+    }
+}
+
+/// Keeps `worker`'s record of each limit in the `providers` bucket until `shutdown`: written
+/// when the limit changed and at least every `LIMIT_REFRESH_MS` (so a reader can leave out a
+/// worker that died), deleted when the worker stops.
+pub(crate) async fn share(
+    limits: Vec<Arc<CallLimit>>,
+    store: kv::Store,
+    worker: String,
+    shutdown: CancellationToken,
+) {
+    // What each provider's record last said, and when it was written.
+    let mut written: HashMap<String, (usize, u64)> = HashMap::new();
+    let mut ticker = tokio::time::interval(SHARE_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        for calls in &limits {
+            let (provider, limit, now) = (calls.provider(), calls.limit(), now_ms());
+            let due = written.get(provider).is_none_or(|&(said, at)| {
+                said != limit || now.saturating_sub(at) >= LIMIT_REFRESH_MS
+            });
+            if !due {
+                continue;
+            }
+            let record = LimitRecord {
+                provider: provider.to_owned(),
+                worker: worker.clone(),
+                limit,
+                updated_ms: now,
+            };
+            let Ok(value) = serde_json::to_vec(&record) else {
+                continue;
+            };
+            match store.put(limit_key(provider, &worker), value.into()).await {
+                Ok(_) => {
+                    written.insert(provider.to_owned(), (limit, now));
+                }
+                Err(e) => {
+                    debug!(provider, error = %e, "could not share a limit of calls in flight")
+                }
+            }
+        }
+    }
+    for calls in &limits {
+        if let Err(e) = store.delete(limit_key(calls.provider(), &worker)).await {
+            debug!(provider = calls.provider(), error = %e, "could not remove a limit record");
+        }
     }
 }
 

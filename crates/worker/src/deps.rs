@@ -23,7 +23,7 @@ pub(crate) struct Runtime {
     pub timeout: Duration,
     pub first_token_timeout: Duration,
     pub idle_timeout: Duration,
-    pub calls: CallLimit,
+    pub calls: Arc<CallLimit>,
 }
 
 /// Where a task's route leads: the routes, the providers they name, and how to call each.
@@ -49,7 +49,7 @@ impl Routing {
                     timeout: p.timeout(),
                     first_token_timeout: p.first_token_timeout(),
                     idle_timeout: p.idle_timeout(),
-                    calls: CallLimit::new(name, &p.concurrency),
+                    calls: Arc::new(CallLimit::new(name, &p.concurrency)),
                 };
                 (name.clone(), runtime)
             })
@@ -60,6 +60,11 @@ impl Routing {
             routes: config.routes.clone(),
             rotation: AtomicUsize::new(0),
         }
+    }
+
+    /// Every provider's limit of calls in flight.
+    pub(crate) fn limits(&self) -> Vec<Arc<CallLimit>> {
+        self.runtimes.values().map(|r| r.calls.clone()).collect()
     }
 }
 
