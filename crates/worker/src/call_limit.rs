@@ -226,7 +226,9 @@ impl CallLimit {
         }
         let limit = self.limit();
         // The cast rounds down, as wanted; a limit is far below where f64 loses precision.
-        let lowered = ((limit as f64 * self.decrease_factor) as usize).clamp(self.min, limit);
+        let lowered = ((limit as f64 * self.decrease_factor) as usize)
+            .max(self.min)
+            .min(limit);
         self.decreases.fetch_add(1, Ordering::AcqRel);
         self.good.store(0, Ordering::Release);
         if lowered == limit {
