@@ -1,7 +1,8 @@
 //! A worker's adaptive limit of calls in flight to a provider: against a provider that
 //! answers 429 past a few requests at once, a worker with room for many more tasks lowers
 //! its limit and settles near the provider's tolerance, and every task still completes;
-//! `/v1/providers` shows the worker's lowered limit.
+//! `/v1/providers` shows the worker's lowered limit. The simulated provider's `capacity` shows
+//! the same offline.
 
 use std::time::Duration;
 
@@ -87,5 +88,51 @@ cooldown_ms = 100
     })
     .await;
     assert!(limit <= 3 * TOLERANCE as u64, "limit {limit}");
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn the_simulated_provider_shows_the_limit_coming_down_offline() {
+    let stack = Stack::start_with(
+        1,
+        &[
+            ("SWITCHYARD__WORKER__CONCURRENCY", "16"),
+            ("SWITCHYARD__QUEUE__MAX_DELIVER", "20"),
+        ],
+        r#"
+[providers.busy]
+kind = "simulated"
+latency_ms = 100
+capacity = 2
+
+[providers.busy.concurrency]
+initial = 16
+max = 16
+
+[routes.busy]
+provider = "busy"
+model = "simulated-busy"
+"#,
+    )
+    .await;
+    let deadline = [("x-switchyard-timeout-ms", "120000")];
+    let answers = join_all(
+        (0..24).map(|i| stack.chat_with(chat_body("busy", &format!("offline {i}")), &deadline)),
+    )
+    .await;
+    for answer in answers {
+        assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+    }
+    // Its 429s brought the worker's limit down from 16, as the report shows.
+    eventually(Duration::from_secs(10), || async {
+        let (_, target) = stack.target_health("busy").await;
+        let limit = target["calls_in_flight_limit"]
+            .as_object()?
+            .values()
+            .next()?
+            .as_u64()?;
+        (limit < 16).then_some(())
+    })
+    .await;
     stack.stop().await;
 }

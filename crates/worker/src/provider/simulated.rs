@@ -56,7 +56,8 @@ impl Simulated {
         }
     }
 
-    /// A place among the calls served at once, or the 429 a busy provider answers.
+    /// A place among the calls served at once, or the 429 a busy provider answers, asking
+    /// to come back after one call's time (its latency), when a place is likely free.
     fn serve(&self) -> Result<Option<Serving>, ProviderError> {
         let Some(capacity) = self.capacity else {
             return Ok(None);
@@ -68,6 +69,7 @@ impl Simulated {
             .map(|_| Some(Serving(self.serving.clone())))
             .map_err(|_| ProviderError {
                 status: Some(429),
+                retry_after: Some(self.latency),
                 ..ProviderError::new(
                     FailureClass::RateLimited,
                     format!("simulated: more than {capacity} calls at once"),
