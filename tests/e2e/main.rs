@@ -14,6 +14,7 @@
 mod accounts;
 mod artifacts;
 mod bad_input;
+mod call_limits;
 mod chat;
 mod cli;
 mod client_tools;

@@ -93,7 +93,7 @@ async fn messages(
         stream,
         body: body.clone(),
     });
-    state.before_answer(fault.as_ref()).await;
+    let fault = state.before_answer(fault).await;
     if let Some(message) = invalid_reason(&headers, &body) {
         return invalid(message);
     }

@@ -110,7 +110,7 @@ async fn generate(
         stream,
         body: body.clone(),
     });
-    state.before_answer(fault.as_ref()).await;
+    let fault = state.before_answer(fault).await;
     match &fault {
         Some(Fault::Status { status, headers }) => {
             return error_response(*status, headers, &status_error(*status, headers));

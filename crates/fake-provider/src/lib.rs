@@ -3,7 +3,8 @@
 //! predictions), answer deterministically, record every request, and inject faults on
 //! command — error statuses with or without `Retry-After`, stalls before the first byte or
 //! mid-stream, cut streams, malformed JSON and SSE, context-length and content-filter
-//! refusals. Answers can be scripted too: a request whose body contains a marker gets the
+//! refusals, and a capacity past which requests are answered 429 (a provider's tolerance
+//! for calls at once). Answers can be scripted too: a request whose body contains a marker gets the
 //! text given for it (a planner's plan, a reviewer's verdict). Tests drive them in-process;
 //! the benchmark runs the binary. [`upstreams`] fakes the web tools' upstreams the same way.
 //! `mcp` is a fake MCP server (the `switchyard-fake-mcp` binary serves it over stdio).
@@ -145,6 +146,12 @@ pub(crate) struct State {
     outage: Mutex<Option<Fault>>,
     latency: Mutex<Duration>,
     chunk_delay: Mutex<Duration>,
+    /// Requests served at once; one arriving past it is answered 429.
+    capacity: Mutex<Option<usize>>,
+    /// Requests within the capacity waiting out the latency now.
+    serving: AtomicUsize,
+    /// Requests answered 429 for arriving past the capacity.
+    over_capacity: AtomicUsize,
     calls: AtomicUsize,
     /// Requests waiting before their first byte now, and the most there ever were: work
     /// that overlapped in time shows as more than one.
@@ -204,15 +211,32 @@ impl State {
     }
 
     /// Waits as a real provider would before its first byte; a stall fault adds to it.
-    pub(crate) async fn before_answer(&self, fault: Option<&Fault>) {
+    /// Returns the fault the request gets: the one it arrived with, else a 429 when it
+    /// arrived past the capacity (answered after the same wait, so it counts among the
+    /// requests at once like any other).
+    pub(crate) async fn before_answer(&self, fault: Option<Fault>) -> Option<Fault> {
         let latency = *lock(&self.latency);
+        let capacity = *lock(&self.capacity);
+        let mut fault = fault;
+        let _serving = match capacity {
+            Some(capacity) if fault.is_none() => {
+                let serving = Serving::new(self, capacity);
+                if serving.is_none() {
+                    self.over_capacity.fetch_add(1, Ordering::SeqCst);
+                    fault = Some(Fault::status(429));
+                }
+                serving
+            }
+            _ => None,
+        };
         if !latency.is_zero() {
             let _waiting = Waiting::new(self);
             tokio::time::sleep(latency).await;
         }
-        if let Some(Fault::StallBeforeFirstByte(stall)) = fault {
+        if let Some(Fault::StallBeforeFirstByte(stall)) = &fault {
             tokio::time::sleep(*stall).await;
         }
+        fault
     }
 
     pub(crate) fn chunk_delay(&self) -> Duration {
@@ -233,6 +257,28 @@ impl<'a> Waiting<'a> {
 }
 
 impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One request within the capacity, counted in [`State::serving`] until dropped.
+struct Serving<'a>(&'a AtomicUsize);
+
+impl<'a> Serving<'a> {
+    /// A place among the `capacity` requests served at once, if one is free.
+    fn new(state: &'a State, capacity: usize) -> Option<Self> {
+        state
+            .serving
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < capacity).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(&state.serving))
+    }
+}
+
+impl Drop for Serving<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
@@ -361,6 +407,23 @@ impl FakeProvider {
     /// Delay before every answer's first byte.
     pub fn set_latency(&self, latency: Duration) {
         *lock(&self.state.latency) = latency;
+    }
+
+    /// Requests served at once (`None`: no limit): while `capacity` requests wait out the
+    /// latency, the next one is answered 429 (without `Retry-After`) after the same wait.
+    /// Needs a latency, since only requests waiting it out count.
+    pub fn set_capacity(&self, capacity: Option<usize>) {
+        *lock(&self.state.capacity) = capacity;
+    }
+
+    /// Requests answered 429 for arriving past the capacity.
+    pub fn over_capacity(&self) -> usize {
+        self.state.over_capacity.load(Ordering::SeqCst)
+    }
+
+    /// Starts counting [`most_at_once`](Self::most_at_once) afresh.
+    pub fn reset_most_at_once(&self) {
+        self.state.most_waiting.store(0, Ordering::SeqCst);
     }
 
     /// Delay between streamed events.

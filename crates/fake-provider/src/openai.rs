@@ -57,7 +57,7 @@ async fn chat(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Byt
         stream,
         body: body.clone(),
     });
-    state.before_answer(fault.as_ref()).await;
+    let fault = state.before_answer(fault).await;
     match &fault {
         Some(Fault::Status { status, headers }) => {
             let (kind, code, message) = match status {

@@ -172,7 +172,7 @@ async fn create(
         stream,
         body: body.clone(),
     });
-    state.before_answer(fault.as_ref()).await;
+    let fault = state.before_answer(fault).await;
     let outcome = match &fault {
         Some(Fault::Status { status, headers }) => {
             let (title, detail) = match status {

@@ -2,6 +2,8 @@
 //! window, latency, rate-limit cooldown) and one per API key (taken out of rotation, cooling
 //! down), kept in the `providers` key-value bucket so what one worker learns, all use at
 //! once. Workers update records with compare-and-set; the gateway and the CLI read them.
+//! Each worker also keeps one record per provider with its current limit of calls in flight
+//! to it (its own: one writer per record), so the report shows every worker's limit.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -83,6 +85,26 @@ pub struct KeyHealth {
     pub updated_ms: u64,
 }
 
+/// How often a worker rewrites its limit records even when they did not change, so a
+/// reader can tell a live worker's record from that of a worker that died.
+pub const LIMIT_REFRESH_MS: u64 = 15_000;
+/// A limit record older than this is from a worker that is gone: the report leaves it out.
+const LIMIT_STALE_MS: u64 = 4 * LIMIT_REFRESH_MS;
+
+/// One worker's limit of calls in flight to one provider (`call_limit.rs` in the worker).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitRecord {
+    pub provider: String,
+    pub worker: String,
+    pub limit: usize,
+    pub updated_ms: u64,
+}
+
+/// `limit.<provider>.<worker id>`.
+pub fn limit_key(provider: &str, worker: &str) -> String {
+    format!("limit.{provider}.{}", safe_token(worker))
+}
+
 /// `target.<provider>.<model>`: the model is made a safe token (a short hash keeps two
 /// models that differ only in unsafe characters apart).
 pub fn target_key(provider: &str, model: &str) -> String {
@@ -127,6 +149,7 @@ fn safe_token(text: &str) -> String {
 pub struct Snapshot {
     pub targets: HashMap<String, TargetHealth>,
     pub keys: HashMap<String, KeyHealth>,
+    pub limits: HashMap<String, LimitRecord>,
 }
 
 impl Snapshot {
@@ -190,6 +213,7 @@ impl Snapshot {
     pub fn remove(&mut self, key: &str) {
         self.targets.remove(key);
         self.keys.remove(key);
+        self.limits.remove(key);
     }
 
     /// Adds one record by its bucket key.
@@ -198,15 +222,31 @@ impl Snapshot {
             if let Ok(t) = serde_json::from_slice(value) {
                 self.targets.insert(key.to_owned(), t);
             }
-        } else if key.starts_with("key.")
-            && let Ok(k) = serde_json::from_slice(value)
+        } else if key.starts_with("key.") {
+            if let Ok(k) = serde_json::from_slice(value) {
+                self.keys.insert(key.to_owned(), k);
+            }
+        } else if key.starts_with("limit.")
+            && let Ok(l) = serde_json::from_slice(value)
         {
-            self.keys.insert(key.to_owned(), k);
+            self.limits.insert(key.to_owned(), l);
         }
     }
 
+    /// Each live worker's limit of calls in flight to `provider`, by worker id.
+    fn limits_of(&self, provider: &str, now_ms: u64) -> BTreeMap<&str, usize> {
+        self.limits
+            .values()
+            .filter(|l| {
+                l.provider == provider && now_ms.saturating_sub(l.updated_ms) < LIMIT_STALE_MS
+            })
+            .map(|l| (l.worker.as_str(), l.limit))
+            .collect()
+    }
+
     /// The report `GET /v1/providers` and `switchyard providers` show: every configured
-    /// target with its breaker state, latency, error ratio and cooldown end, and each key.
+    /// target with its breaker state, latency, error ratio and cooldown end, each key, and
+    /// each live worker's limit of calls in flight to the target's provider.
     pub fn report(&self, config: &Config, now_ms: u64) -> Value {
         let mut targets: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
         for (name, route) in &config.routes {
@@ -276,6 +316,7 @@ impl Snapshot {
                     "cooldown_until_ms": Some(health.cooldown_until_ms).filter(|&t| t > now_ms),
                     "last_failure_class": health.last_class,
                     "keys": keys,
+                    "calls_in_flight_limit": self.limits_of(&provider, now_ms),
                 })
             })
             .collect();
@@ -305,5 +346,38 @@ mod tests {
         let long = target_key("p", &"x".repeat(5000));
         assert!(long.len() < 150, "{}", long.len());
         assert_ne!(long, target_key("p", &"x".repeat(4999)));
+    }
+
+    #[test]
+    fn the_report_shows_each_live_workers_limit_for_the_provider() {
+        let toml = "[providers.sim]\nkind = \"simulated\"\n[routes.x]\nprovider = \"sim\"\nmodel = \"m\"\n";
+        let config = Config::load(crate::config::Source::Toml(toml), &HashMap::new()).unwrap();
+        let now = 1_000_000;
+        let mut snapshot = Snapshot::default();
+        for (worker, limit, updated_ms) in [
+            ("worker-a", 12, now - 1000),
+            ("worker-b", 3, now),
+            ("worker-gone", 64, now - LIMIT_STALE_MS),
+        ] {
+            let record = LimitRecord {
+                provider: "sim".into(),
+                worker: worker.into(),
+                limit,
+                updated_ms,
+            };
+            let value = serde_json::to_vec(&record).unwrap();
+            snapshot.insert(&limit_key("sim", worker), &value);
+        }
+        let report = snapshot.report(&config, now);
+        assert_eq!(
+            report["data"][0]["calls_in_flight_limit"],
+            json!({"worker-a": 12, "worker-b": 3})
+        );
+        snapshot.remove(&limit_key("sim", "worker-a"));
+        let report = snapshot.report(&config, now);
+        assert_eq!(
+            report["data"][0]["calls_in_flight_limit"],
+            json!({"worker-b": 3})
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! What a worker's task handlers share: the NATS handles, the results and attempts buckets,
-//! provider health, and [`Routing`] (each configured provider's adapter with its timeouts,
-//! and the routes). Built once in `lib.rs`; the modules that handle a task read it from
+//! provider health, and [`Routing`] (each configured provider's adapter with its timeouts
+//! and limit of calls in flight, and the routes). Built once in `lib.rs`; the modules that handle a task read it from
 //! here and none owns it, so they need not import each other to reach it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,17 +11,19 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use shared::config::{Config, ProviderConfig, RouteConfig};
 
+use crate::call_limit::CallLimit;
 use crate::cancel::Cancellations;
 use crate::health::Health;
 use crate::provider::Provider;
 
-/// One configured provider's adapter and timeouts.
-#[derive(Debug, Clone)]
+/// One configured provider's adapter, timeouts and this worker's limit of calls to it.
+#[derive(Debug)]
 pub(crate) struct Runtime {
     pub provider: Provider,
     pub timeout: Duration,
     pub first_token_timeout: Duration,
     pub idle_timeout: Duration,
+    pub calls: Arc<CallLimit>,
 }
 
 /// Where a task's route leads: the routes, the providers they name, and how to call each.
@@ -47,6 +49,7 @@ impl Routing {
                     timeout: p.timeout(),
                     first_token_timeout: p.first_token_timeout(),
                     idle_timeout: p.idle_timeout(),
+                    calls: Arc::new(CallLimit::new(name, &p.concurrency)),
                 };
                 (name.clone(), runtime)
             })
@@ -57,6 +60,11 @@ impl Routing {
             routes: config.routes.clone(),
             rotation: AtomicUsize::new(0),
         }
+    }
+
+    /// Every provider's limit of calls in flight.
+    pub(crate) fn limits(&self) -> Vec<Arc<CallLimit>> {
+        self.runtimes.values().map(|r| r.calls.clone()).collect()
     }
 }
 

@@ -8,6 +8,7 @@ mod action;
 mod answer;
 mod assemble;
 mod backoff;
+mod call_limit;
 mod cancel;
 mod deps;
 mod failover;
@@ -268,6 +269,13 @@ pub async fn run(
         let (deps, client, stop) = (deps.clone(), client.clone(), health_stop.clone());
         async move { deps.cancellations.listen(client, stop).await }
     });
+    // Stopped after the drain, like health: the records go when the last call is over.
+    background.spawn(call_limit::share(
+        deps.routing.limits(),
+        provisioned.providers.clone(),
+        worker_id.clone(),
+        health_stop.clone(),
+    ));
     let handlers = TaskTracker::new();
     let mut fetchers = JoinSet::new();
     let capabilities: Vec<_> = queues.iter().map(|(c, _)| c.clone()).collect();

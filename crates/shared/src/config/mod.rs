@@ -28,7 +28,7 @@ pub use artifacts::ArtifactsConfig;
 pub use mcp::{INHERITED_ENV, McpServerConfig};
 pub use memory::{DEFAULT_MEMORY_FILE, MemoryConfig};
 pub use prices::{Price, TOKENS_PER_PRICE_UNIT, price_key};
-pub use providers::{Adapter, ApiKey, ProviderConfig, ProviderKind};
+pub use providers::{Adapter, ApiKey, ConcurrencyConfig, ProviderConfig, ProviderKind};
 pub use routes::{
     MAX_FALLBACK_HOPS, MIN_WINDOW, RouteConfig, SIMULATED_WINDOW, Strategy, TargetConfig,
     split_direct,
@@ -1629,5 +1629,57 @@ mod tests {
         let contradicting = agreeing.replace("output_per_mtok = 0.0", "output_per_mtok = 5.0");
         let err = Config::load(Source::Toml(&contradicting), &env(&[])).unwrap_err();
         assert_eq!(keys(&err), ["routes.a.targets[0]", "routes.b.targets[0]"]);
+    }
+
+    #[test]
+    fn a_providers_concurrency_has_defaults_and_bad_values_are_named() {
+        let base = "[routes.x]\nprovider = \"sim\"\nmodel = \"m\"\n[providers.sim]\nkind = \"simulated\"\n";
+        let cfg = Config::load(Source::Toml(base), &env(&[])).unwrap();
+        assert_eq!(
+            cfg.providers["sim"].concurrency,
+            ConcurrencyConfig::default()
+        );
+        let set = format!(
+            "{base}[providers.sim.concurrency]\ninitial = 4\nmin = 2\nmax = 8\ndecrease_factor = 0.7\nlatency_target_ms = 500\n"
+        );
+        let cfg = Config::load(Source::Toml(&set), &env(&[])).unwrap();
+        let c = &cfg.providers["sim"].concurrency;
+        assert_eq!((c.initial, c.min, c.max), (4, 2, 8));
+        assert_eq!(c.latency_target(), Some(Duration::from_millis(500)));
+        let bad = format!(
+            "{base}[providers.sim.concurrency]\ninitial = 9\nmin = 0\nmax = 8\ndecrease_factor = 1.0\nlatency_target_ms = 0\n"
+        );
+        let err = Config::load(Source::Toml(&bad), &env(&[])).unwrap_err();
+        assert_eq!(
+            keys(&err),
+            [
+                "providers.sim.concurrency.min",
+                "providers.sim.concurrency.initial",
+                "providers.sim.concurrency.decrease_factor",
+                "providers.sim.concurrency.latency_target_ms",
+            ],
+            "{err}"
+        );
+        let inverted = format!("{base}[providers.sim.concurrency]\nmin = 9\nmax = 8\n");
+        let err = Config::load(Source::Toml(&inverted), &env(&[])).unwrap_err();
+        assert!(
+            keys(&err).contains(&"providers.sim.concurrency.max"),
+            "{err}"
+        );
+        let unknown = format!("{base}[providers.sim.concurrency]\nlimit = 3\n");
+        assert!(Config::load(Source::Toml(&unknown), &env(&[])).is_err());
+    }
+
+    #[test]
+    fn only_the_simulated_provider_takes_a_capacity() {
+        let base = "[routes.x]\nprovider = \"sim\"\nmodel = \"m\"\n[providers.sim]\nkind = \"simulated\"\n";
+        let cfg = Config::load(Source::Toml(&format!("{base}capacity = 4\n")), &env(&[])).unwrap();
+        assert_eq!(cfg.providers["sim"].capacity, Some(4));
+        let err =
+            Config::load(Source::Toml(&format!("{base}capacity = 0\n")), &env(&[])).unwrap_err();
+        assert_eq!(keys(&err), ["providers.sim.capacity"]);
+        let real = format!("{base}[providers.local]\nkind = \"ollama\"\ncapacity = 4\n");
+        let err = Config::load(Source::Toml(&real), &env(&[])).unwrap_err();
+        assert_eq!(keys(&err), ["providers.local.capacity"]);
     }
 }

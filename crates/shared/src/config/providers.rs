@@ -15,6 +15,17 @@ const DEFAULT_PROVIDER_TIMEOUT_MS: u64 = 60_000;
 const DEFAULT_FIRST_TOKEN_TIMEOUT_MS: u64 = 30_000;
 /// A stream silent for this long between chunks is treated as stalled.
 const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// A worker's first limit of calls in flight to one provider: a worker's default
+/// concurrency per capability, so a fresh worker is no slower than one without the limit.
+const DEFAULT_CONCURRENCY_INITIAL: usize = 64;
+/// Lowest limit: one call at a time still makes progress (and measures the provider).
+const DEFAULT_CONCURRENCY_MIN: usize = 1;
+/// Highest limit: room for a worker serving several capabilities to grow past its start.
+const DEFAULT_CONCURRENCY_MAX: usize = 256;
+/// A rate limit or a slow answer halves the limit, as TCP halves its window on a loss.
+const DEFAULT_DECREASE_FACTOR: f64 = 0.5;
+/// Largest limit accepted: far above any provider's tolerance for one process.
+const MAX_CONCURRENCY: usize = 65_536;
 
 /// The wire format an adapter speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,9 +182,88 @@ pub struct ProviderConfig {
     /// Simulated provider: delay between streamed chunks.
     #[serde(default)]
     pub chunk_delay_ms: u64,
+    /// Simulated provider: calls it serves at once; one more is answered 429, so rate
+    /// limits and the adaptive limit of calls in flight can be seen offline.
+    #[serde(default)]
+    pub capacity: Option<usize>,
+    /// The adaptive limit of one worker's calls in flight to this provider.
+    #[serde(default)]
+    pub concurrency: ConcurrencyConfig,
     /// The key pool, read from the environment at load time.
     #[serde(skip)]
     pub keys: Vec<ApiKey>,
+}
+
+/// How many calls one worker makes to a provider at once: a limit that grows by one after
+/// each `limit` calls answered in time while it was in use, and is multiplied by
+/// `decrease_factor` when the provider answers 429, times out, says it is overloaded (529)
+/// or answers slower than `latency_target_ms`; always between `min` and `max`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyConfig {
+    /// The limit a worker starts with.
+    #[serde(default = "default_concurrency_initial")]
+    pub initial: usize,
+    #[serde(default = "default_concurrency_min")]
+    pub min: usize,
+    #[serde(default = "default_concurrency_max")]
+    pub max: usize,
+    /// What the limit is multiplied by on a sign of overload (rounded down, at least `min`).
+    #[serde(default = "default_decrease_factor")]
+    pub decrease_factor: f64,
+    /// A call slower than this (streams: to their first chunk with output) is a sign of
+    /// overload. Unset: latency never lowers the limit, since an answer's time grows with
+    /// its length and no default could tell a long answer from a slow provider.
+    #[serde(default)]
+    pub latency_target_ms: Option<u64>,
+}
+
+impl Default for ConcurrencyConfig {
+    fn default() -> Self {
+        Self {
+            initial: DEFAULT_CONCURRENCY_INITIAL,
+            min: DEFAULT_CONCURRENCY_MIN,
+            max: DEFAULT_CONCURRENCY_MAX,
+            decrease_factor: DEFAULT_DECREASE_FACTOR,
+            latency_target_ms: None,
+        }
+    }
+}
+
+impl ConcurrencyConfig {
+    pub fn latency_target(&self) -> Option<Duration> {
+        self.latency_target_ms.map(Duration::from_millis)
+    }
+
+    fn validate(&self, p: &mut Problems, key: &str) {
+        if self.min == 0 {
+            p.add(&format!("{key}.min"), "must be at least 1");
+        }
+        if self.max > MAX_CONCURRENCY {
+            p.add(
+                &format!("{key}.max"),
+                format!("must be at most {MAX_CONCURRENCY}"),
+            );
+        }
+        if self.min > self.max {
+            p.add(&format!("{key}.max"), "must be at least min");
+        }
+        if !(self.min..=self.max).contains(&self.initial) {
+            p.add(&format!("{key}.initial"), "must be between min and max");
+        }
+        if !(self.decrease_factor > 0.0 && self.decrease_factor < 1.0) {
+            p.add(
+                &format!("{key}.decrease_factor"),
+                "must be greater than 0 and less than 1",
+            );
+        }
+        if self.latency_target_ms == Some(0) {
+            p.add(
+                &format!("{key}.latency_target_ms"),
+                "must be greater than 0 (leave it out to ignore latency)",
+            );
+        }
+    }
 }
 
 impl ProviderConfig {
@@ -256,6 +346,14 @@ pub(crate) fn validate_provider(p: &mut Problems, name: &str, provider: &Provide
             "the simulated provider takes no key",
         );
     }
+    match (provider.capacity, provider.kind.adapter()) {
+        (Some(0), _) => p.add(&format!("{key}.capacity"), "must be at least 1"),
+        (Some(_), adapter) if adapter != Adapter::Simulated => p.add(
+            &format!("{key}.capacity"),
+            "only the simulated provider takes a capacity",
+        ),
+        _ => {}
+    }
     for (i, model) in provider.direct_models.iter().enumerate() {
         if model.trim().is_empty() {
             p.add(&format!("{key}.direct_models[{i}]"), "must not be empty");
@@ -270,6 +368,9 @@ pub(crate) fn validate_provider(p: &mut Problems, name: &str, provider: &Provide
             p.add(&format!("{key}.{field}"), "must be greater than 0");
         }
     }
+    provider
+        .concurrency
+        .validate(p, &format!("{key}.concurrency"));
 }
 
 fn default_provider_timeout_ms() -> u64 {
@@ -280,4 +381,16 @@ fn default_first_token_timeout_ms() -> u64 {
 }
 fn default_idle_timeout_ms() -> u64 {
     DEFAULT_IDLE_TIMEOUT_MS
+}
+fn default_concurrency_initial() -> usize {
+    DEFAULT_CONCURRENCY_INITIAL
+}
+fn default_concurrency_min() -> usize {
+    DEFAULT_CONCURRENCY_MIN
+}
+fn default_concurrency_max() -> usize {
+    DEFAULT_CONCURRENCY_MAX
+}
+fn default_decrease_factor() -> f64 {
+    DEFAULT_DECREASE_FACTOR
 }

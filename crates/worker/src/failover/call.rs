@@ -3,7 +3,7 @@
 //! handed to the [`ChunkSink`] as it arrives. A failure after a chunk reached the caller
 //! is partial: the classifier then fails fast instead of starting the answer over.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -28,14 +28,15 @@ struct Answering<'a> {
 }
 
 impl<H, S: ChunkSink> Failover<'_, H, S> {
-    /// Calls `target` once with `key`; streaming calls forward chunks as they come.
+    /// Calls `target` once with `key`; streaming calls forward chunks as they come. Also
+    /// returns, for a stream that reached the caller, the time to its first output.
     pub(super) async fn attempt(
         &self,
         target: &TargetConfig,
         runtime: &Runtime,
         key: Option<&ApiKey>,
         tally: &Tally,
-    ) -> Result<Value, ProviderError> {
+    ) -> (Result<Value, ProviderError>, Option<Duration>) {
         let call = Call {
             model: &target.model,
             request: &self.task.request,
@@ -54,8 +55,9 @@ impl<H, S: ChunkSink> Failover<'_, H, S> {
                 .sum(),
         };
         let budget = self.task.remaining().min(runtime.timeout);
-        // Set once a chunk reached the caller: from then on a timeout is partial, no failover.
-        let published = AtomicBool::new(false);
+        // Set once a chunk reached the caller (to the time it took): from then on a timeout
+        // is partial, no failover.
+        let published = OnceLock::new();
         let work = async {
             if self.task.is_streaming() {
                 self.stream_to_caller(runtime, call, &answering, &published)
@@ -65,10 +67,10 @@ impl<H, S: ChunkSink> Failover<'_, H, S> {
             }
         };
         let timed_out = |class, message: String| ProviderError {
-            partial: published.load(Ordering::Relaxed),
+            partial: published.get().is_some(),
             ..ProviderError::new(class, message)
         };
-        match tokio::time::timeout(budget, work).await {
+        let outcome = match tokio::time::timeout(budget, work).await {
             Ok(outcome) => outcome,
             Err(_) if self.task.remaining().is_zero() => Err(timed_out(
                 FailureClass::DeadlineExceeded,
@@ -78,18 +80,20 @@ impl<H, S: ChunkSink> Failover<'_, H, S> {
                 FailureClass::Timeout,
                 format!("provider did not answer within {} ms", budget.as_millis()),
             )),
-        }
+        };
+        (outcome, published.get().copied())
     }
 
     /// Hands each chunk to the sink as it arrives and returns the assembled completion.
     /// The first chunk must come within the first-token timeout and each next one within
     /// the idle timeout; a failure after the first chunk is partial (no failover).
+    /// `published` is set to the time the first chunk reached the caller.
     async fn stream_to_caller(
         &self,
         runtime: &Runtime,
         call: Call<'_>,
         answering: &Answering<'_>,
-        published: &AtomicBool,
+        published: &OnceLock<Duration>,
     ) -> Result<Value, ProviderError> {
         let clock = Instant::now();
         let opened =
@@ -128,14 +132,17 @@ impl<H, S: ChunkSink> Failover<'_, H, S> {
                 held.push(chunk);
                 continue;
             }
-            published.store(true, Ordering::Relaxed);
+            if seq == 0 {
+                // The first chunk with output: the time the caller waited for it.
+                let _ = published.set(clock.elapsed());
+            }
             for chunk in held.drain(..).chain(std::iter::once(chunk)) {
                 self.relay(seq, &chunk, answering, &clock).await;
                 seq += 1;
             }
         }
         // A stream that ended without output still sends what it had.
-        published.store(true, Ordering::Relaxed);
+        let _ = published.set(clock.elapsed());
         for chunk in held {
             self.relay(seq, &chunk, answering, &clock).await;
             seq += 1;

@@ -1,5 +1,6 @@
-//! Going down one leg's targets, in named steps: [`Failover::ready`] decides whether a
-//! target may be called now (breaker, cooldown, usable keys, the half-open probe);
+//! Going down one leg's targets, in named steps: [`Failover::ready`] waits for a slot under
+//! the provider's limit of calls in flight, then decides whether a target may be called now
+//! (breaker, cooldown, usable keys, the half-open probe);
 //! [`Failover::try_target`] goes through its keys; [`Failover::try_key`] calls with one key,
 //! retrying in place while the classifier says so; [`Failover::report`] tells health what
 //! a failure says about the target, and [`Failover::note_passing`] when it may be back.
@@ -16,6 +17,7 @@ use tracing::{debug, warn};
 use super::call::is_refusal;
 use super::{Failover, Leg, LegEnd, Tally};
 use crate::action::{Action, Chain, Effect, decide, effect};
+use crate::call_limit::{Slot, signal};
 use crate::deps::Runtime;
 use crate::health::{Admission, Probe, ProviderHealth};
 use crate::plan;
@@ -27,11 +29,21 @@ const REFUSED: &str = "the provider refused the content";
 /// When a lost probe's target is looked at again, if its record gives no time.
 const LOST_PROBE_PAUSE_MS: u64 = 1000;
 
-/// A target that may be called now: its adapter and the keys to try, in rotation order
-/// (`None`: the target takes no key).
+/// A target that may be called now: its adapter, the keys to try, in rotation order
+/// (`None`: the target takes no key), and the slot its calls are made with.
 struct Ready<'t> {
     runtime: &'t Runtime,
     keys: Vec<Option<&'t ApiKey>>,
+    slot: Slot<'t>,
+}
+
+/// Whether a target may be called now.
+enum Gate<'t> {
+    Open(Ready<'t>),
+    /// Skipped (noted in the tally): on to the next target.
+    Closed,
+    /// The task's time ran out waiting for a slot.
+    Stop(ProviderError),
 }
 
 /// How calling with one key ended.
@@ -51,11 +63,13 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
         });
         for index in order {
             let target = &leg.targets[index];
-            let Some(ready) = self.ready(target, tally).await else {
-                continue;
+            let mut ready = match self.ready(target, tally).await {
+                Gate::Open(ready) => ready,
+                Gate::Closed => continue,
+                Gate::Stop(err) => return LegEnd::Stop(err),
             };
             tally.targets_tried += 1;
-            if let Some(end) = self.try_target(leg, target, &ready, tally).await {
+            if let Some(end) = self.try_target(leg, target, &mut ready, tally).await {
                 return end;
             }
         }
@@ -63,11 +77,23 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
     }
 
     /// Whether `target` may be called now, and with which keys; a target that may not is
-    /// noted in `tally` (when it is back, or that its keys were refused) and skipped.
-    async fn ready<'t>(&'t self, target: &'t TargetConfig, tally: &mut Tally) -> Option<Ready<'t>> {
+    /// noted in `tally` (when it is back, or that its keys were refused) and skipped. First
+    /// waits, at most until the task's deadline, for a slot under the provider's limit of
+    /// calls in flight, so what follows reads health as it is when the call can go.
+    async fn ready<'t>(&'t self, target: &'t TargetConfig, tally: &mut Tally) -> Gate<'t> {
         let Some(runtime) = self.routing.runtimes.get(&target.provider) else {
             warn!(provider = %target.provider, "route names an unconfigured provider");
-            return None;
+            return Gate::Closed;
+        };
+        let Some(slot) = runtime.calls.slot(self.task.remaining()).await else {
+            return Gate::Stop(ProviderError::new(
+                FailureClass::DeadlineExceeded,
+                format!(
+                    "the task's deadline passed while waiting for one of the {} calls in flight to provider {} to end",
+                    runtime.calls.limit(),
+                    target.provider
+                ),
+            ));
         };
         let now = now_ms();
         let admission = self.health.admit(&target.provider, &target.model, now);
@@ -78,14 +104,20 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
                 _ => FailureClass::Upstream5xx,
             };
             tally.skipped_until(until, class);
-            return None;
+            return Gate::Closed;
         }
-        let keys = self.usable_keys(target, now, tally)?;
+        let Some(keys) = self.usable_keys(target, now, tally) else {
+            return Gate::Closed;
+        };
         // Only a target that can actually be called claims the probe.
         if admission == Admission::Probe && !self.claim_probe(target, runtime, tally).await {
-            return None;
+            return Gate::Closed;
         }
-        Some(Ready { runtime, keys })
+        Gate::Open(Ready {
+            runtime,
+            keys,
+            slot,
+        })
     }
 
     /// The target's keys that may be used now, from the next rotation start; `None` (and
@@ -151,13 +183,14 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
         &self,
         leg: &Leg,
         target: &TargetConfig,
-        ready: &Ready<'_>,
+        ready: &mut Ready<'_>,
         tally: &mut Tally,
     ) -> Option<LegEnd> {
-        for (k, key) in ready.keys.iter().enumerate() {
-            let other_key = k + 1 < ready.keys.len();
+        let keys = std::mem::take(&mut ready.keys);
+        for (k, key) in keys.iter().enumerate() {
+            let other_key = k + 1 < keys.len();
             match self
-                .try_key(leg, target, ready.runtime, *key, other_key, tally)
+                .try_key(leg, target, ready, *key, other_key, tally)
                 .await
             {
                 KeyEnd::NextKey => {}
@@ -174,7 +207,7 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
         &self,
         leg: &Leg,
         target: &TargetConfig,
-        runtime: &Runtime,
+        ready: &mut Ready<'_>,
         key: Option<&ApiKey>,
         other_key: bool,
         tally: &mut Tally,
@@ -187,7 +220,7 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
                     "the task's deadline passed during failover",
                 )));
             }
-            let (result, mut record, elapsed) = self.call(target, runtime, key, tally).await;
+            let (result, mut record, elapsed) = self.call(target, ready, key, tally).await;
             let err = match result {
                 Ok(answer) => {
                     return KeyEnd::Leg(
@@ -234,18 +267,26 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
         }
     }
 
-    /// One call, timed; the attempt record is filled in but not yet kept.
+    /// One call, timed; the attempt record is filled in but not yet kept. What the call
+    /// says about the provider's load (its latency: streams' to their first output) goes to
+    /// the provider's limit of calls in flight.
     async fn call(
         &self,
         target: &TargetConfig,
-        runtime: &Runtime,
+        ready: &mut Ready<'_>,
         key: Option<&ApiKey>,
         tally: &Tally,
     ) -> (Result<Value, ProviderError>, Attempt, Duration) {
         let started_ms = now_ms();
         let clock = std::time::Instant::now();
-        let result = self.attempt(target, runtime, key, tally).await;
+        let (result, first_output) = self.attempt(target, ready.runtime, key, tally).await;
         let elapsed = clock.elapsed();
+        let latency = first_output.unwrap_or(elapsed);
+        let calls = &ready.runtime.calls;
+        ready.slot.record(signal(
+            result.as_ref().map(|_| latency),
+            calls.latency_target(),
+        ));
         let record = Attempt {
             provider: target.provider.clone(),
             model: target.model.clone(),

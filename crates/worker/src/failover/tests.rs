@@ -135,7 +135,8 @@ impl ChunkSink for KeptChunks {
 /// A fake provider and routes over its models:
 /// - `chain`: `m1`, `m2`, `m3` through provider `fake` (patient: 20 s per call);
 /// - `hasty`: `slow` through provider `hasty` (200 ms per call), then `m2` through `fake`;
-/// - `pooled`: `pm` through provider `pool`, with keys A and B.
+/// - `pooled`: `pm` through provider `pool`, with keys A and B;
+/// - `narrow`: `n1` through provider `narrow` (two calls at once at most), then `m2`.
 struct Bench {
     fake: FakeProvider,
     routing: Routing,
@@ -173,8 +174,20 @@ targets = [{{ provider = "fake", model = "m1" }}, {{ provider = "fake", model = 
 [routes.hasty]
 targets = [{{ provider = "hasty", model = "slow" }}, {{ provider = "fake", model = "m2" }}]
 
+[providers.narrow]
+kind = "openai"
+base_url = "{url}"
+api_key_env = "KEY_B"
+
+[providers.narrow.concurrency]
+initial = 2
+max = 2
+
 [routes.pooled]
 targets = [{{ provider = "pool", model = "pm" }}]
+
+[routes.narrow]
+targets = [{{ provider = "narrow", model = "n1" }}, {{ provider = "fake", model = "m2" }}]
 "#
         );
         let env = HashMap::from([
@@ -382,4 +395,35 @@ async fn a_streamed_answer_goes_to_the_sink_and_its_first_chunk_says_who_answers
         .filter_map(|c| c.1["choices"][0]["delta"]["content"].as_str())
         .collect();
     assert_eq!(answer["choices"][0]["message"]["content"], text.as_str());
+}
+
+#[tokio::test]
+async fn a_rate_limit_lowers_the_providers_limit_of_calls_in_flight() {
+    let bench = Bench::start().await;
+    bench.fake.push_fault_for("n1", Fault::status(429));
+    let calls = &bench.routing.runtimes["narrow"].calls;
+    let held = calls.try_slot().unwrap();
+
+    let outcome = bench.run(&task("narrow", MINUTE)).await;
+
+    assert_eq!(outcome.answered_by, Some(("fake".into(), "m2".into())));
+    assert_eq!(calls.limit(), 1);
+    // The task's slot came back; the one still held is all the lowered limit allows.
+    assert!(calls.try_slot().is_none());
+    drop(held);
+    assert!(calls.try_slot().is_some());
+}
+
+#[tokio::test]
+async fn a_task_that_gets_no_slot_before_its_deadline_fails_without_calling() {
+    let bench = Bench::start().await;
+    let calls = &bench.routing.runtimes["narrow"].calls;
+    let _held = [calls.try_slot().unwrap(), calls.try_slot().unwrap()];
+
+    let outcome = bench.run(&task("narrow", Duration::from_millis(300))).await;
+
+    let err = outcome.answer.unwrap_err();
+    assert_eq!(err.class, FailureClass::DeadlineExceeded, "{err:?}");
+    assert!(outcome.attempts.is_empty());
+    assert_eq!(bench.fake.calls(), 0, "no provider was called");
 }

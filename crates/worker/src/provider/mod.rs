@@ -107,7 +107,7 @@ impl Provider {
     /// Answers the call as a stream of OpenAI `chat.completion.chunk`s.
     pub async fn stream(&self, call: Call<'_>) -> Result<ChunkStream, ProviderError> {
         match self {
-            Provider::Simulated(p) => Ok(p.stream(call)),
+            Provider::Simulated(p) => p.stream(call),
             Provider::OpenAi(p) => p.stream(call).await,
             Provider::Anthropic(p) => p.stream(call).await,
             Provider::Gemini(p) => p.stream(call).await,

@@ -1,10 +1,12 @@
 //! The built-in `simulated` provider: in-process, deterministic, configurable latency, no
-//! network. Every answer says it is simulated, so nobody mistakes it for a model. Offered
+//! network; with a `capacity`, calls past it are answered 429 as a busy provider would. Every answer says it is simulated, so nobody mistakes it for a model. Offered
 //! function tools and no tool result yet, it calls one (the calculator with an expression
 //! found in the prompt; `run_code` with a small Python program about the step and its
 //! tests; else the first tool with arguments that follow its schema); with a tool result in
 //! the conversation, it answers using it, so the tool loop runs offline.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -15,6 +17,7 @@ use shared::task::now_ms;
 
 use super::shape::{self, content_text};
 use super::{Call, ChunkStream, ProviderError};
+use shared::FailureClass;
 
 /// Longest echo of the caller's last message in a simulated answer.
 const ECHO_CHARS: usize = 200;
@@ -28,6 +31,19 @@ const LONG_PARAGRAPHS: usize = 400;
 pub struct Simulated {
     latency: Duration,
     chunk_delay: Duration,
+    /// Calls served at once, if limited, and the calls being served.
+    capacity: Option<usize>,
+    serving: Arc<AtomicUsize>,
+}
+
+/// One call within the capacity, counted until dropped.
+#[derive(Debug)]
+struct Serving(Arc<AtomicUsize>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Simulated {
@@ -35,11 +51,35 @@ impl Simulated {
         Self {
             latency: Duration::from_millis(config.latency_ms),
             chunk_delay: Duration::from_millis(config.chunk_delay_ms),
+            capacity: config.capacity,
+            serving: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// A place among the calls served at once, or the 429 a busy provider answers, asking
+    /// to come back after one call's time (its latency), when a place is likely free.
+    fn serve(&self) -> Result<Option<Serving>, ProviderError> {
+        let Some(capacity) = self.capacity else {
+            return Ok(None);
+        };
+        self.serving
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < capacity).then_some(n + 1)
+            })
+            .map(|_| Some(Serving(self.serving.clone())))
+            .map_err(|_| ProviderError {
+                status: Some(429),
+                retry_after: Some(self.latency),
+                ..ProviderError::new(
+                    FailureClass::RateLimited,
+                    format!("simulated: more than {capacity} calls at once"),
+                )
+            })
     }
 
     pub async fn complete(&self, call: Call<'_>) -> Result<Value, ProviderError> {
         let (model, request) = (call.model, call.request);
+        let _serving = self.serve()?;
         pause(self.latency).await;
         let (message, finish, said) = match reply(model, request) {
             Reply::Text(text) => {
@@ -69,7 +109,8 @@ impl Simulated {
         }))
     }
 
-    pub fn stream(&self, call: Call<'_>) -> ChunkStream {
+    pub fn stream(&self, call: Call<'_>) -> Result<ChunkStream, ProviderError> {
+        let serving = self.serve()?;
         let (model, request) = (call.model, call.request);
         let reply = reply(model, request);
         let id = completion_id();
@@ -111,12 +152,17 @@ impl Simulated {
         }
         let latency = self.latency;
         let delay = self.chunk_delay;
-        futures::stream::iter(chunks.into_iter().enumerate())
+        let stream = futures::stream::iter(chunks.into_iter().enumerate())
             .then(move |(i, c)| async move {
                 pause(if i == 0 { latency } else { delay }).await;
                 Ok(c)
             })
-            .boxed()
+            // The call is served until its stream ends (or is dropped).
+            .map(move |chunk| {
+                let _serving = &serving;
+                chunk
+            });
+        Ok(stream.boxed())
     }
 }
 
@@ -442,7 +488,29 @@ mod tests {
         Simulated {
             latency: Duration::ZERO,
             chunk_delay: Duration::ZERO,
+            capacity: None,
+            serving: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    #[tokio::test]
+    async fn calls_past_the_capacity_are_rate_limited_until_one_ends() {
+        let sim = Simulated {
+            capacity: Some(1),
+            ..provider()
+        };
+        let request = request();
+        let open = sim.stream(call(&request)).unwrap();
+        let refused = sim.complete(call(&request)).await.unwrap_err();
+        assert_eq!(
+            (refused.class, refused.status),
+            (FailureClass::RateLimited, Some(429))
+        );
+        assert!(sim.stream(call(&request)).is_err());
+        // The open stream holds its place until it is done.
+        let chunks: Vec<_> = open.collect().await;
+        assert!(chunks.iter().all(Result::is_ok));
+        sim.complete(call(&request)).await.unwrap();
     }
 
     #[test]
@@ -541,6 +609,7 @@ mod tests {
         // Streamed, the call arrives as a tool-call delta.
         let chunks: Vec<Value> = provider()
             .stream(call(request))
+            .unwrap()
             .map(Result::unwrap)
             .collect()
             .await;
@@ -625,6 +694,7 @@ mod tests {
         let whole = provider().complete(call(&request())).await.unwrap();
         let chunks: Vec<Value> = provider()
             .stream(call(&request()))
+            .unwrap()
             .map(Result::unwrap)
             .collect()
             .await;
