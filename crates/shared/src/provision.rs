@@ -30,10 +30,21 @@ use crate::{Capability, Priority};
 /// How long JetStream remembers a `Nats-Msg-Id`: a client retrying a publish within this
 /// window does not enqueue the task twice.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-/// Rounds of provisioning before giving up, and the pause after the first failed one
-/// (growing linearly).
+/// Rounds of provisioning before giving up on an error JetStream gives for good (a
+/// conflicting configuration, a race between processes that one more round settles).
 const PROVISION_ROUNDS: u32 = 5;
+/// How long provisioning keeps trying while JetStream cannot take it yet: a cluster still
+/// electing its meta leader after a start (JetStream "temporarily unavailable"), too few of
+/// its nodes up for `nats.replicas` yet ("insufficient resources"), requests timing out
+/// meanwhile. Three nodes started together form within seconds; an orchestrator restarting
+/// them one by one may take tens of seconds.
+pub const PROVISION_DEADLINE: Duration = Duration::from_secs(60);
+/// Pause after the first failed round; the pauses double up to `PROVISION_PAUSE_CAP`.
 const PROVISION_PAUSE: Duration = Duration::from_millis(200);
+const PROVISION_PAUSE_CAP: Duration = Duration::from_secs(2);
+/// How long the probe for a JetStream that answers at all waits for each answer: one that
+/// answers does so in milliseconds.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The stream behind the `artifacts` object store (the object store's naming).
 const ARTIFACTS_STREAM: &str = "OBJ_artifacts";
 /// Pull requests a consumer keeps waiting at once; every worker holds one per priority.
@@ -83,6 +94,74 @@ pub enum ProvisionError {
         name: &'static str,
         source: async_nats::jetstream::context::CreateKeyValueError,
     },
+    #[error(
+        "JetStream could not take the streams and buckets within {waited:?} (is every node of \
+         the cluster up, and are there at least nats.replicas = {replicas} of them?): {last}"
+    )]
+    NotReady {
+        waited: Duration,
+        replicas: usize,
+        /// The last error, as text (a refused round or an unanswered probe).
+        last: String,
+    },
+}
+
+impl ProvisionError {
+    /// Whether JetStream could not do it *yet*: it timed out or said it is unavailable for
+    /// now (HTTP-like code 503: no meta leader, too few nodes for the replicas).
+    fn is_transient(&self) -> bool {
+        let source: &(dyn std::error::Error + 'static) = match self {
+            Self::Stream { source, .. } => source,
+            Self::Lookup { source, .. } => source,
+            Self::Consumer { source, .. } => source,
+            Self::Bucket { source, .. } => source,
+            Self::Storage { .. }
+            | Self::SubjectsOverwritten { .. }
+            | Self::Agents(_)
+            | Self::Stale(_)
+            | Self::ObjectStore(_)
+            | Self::NotReady { .. } => return false,
+        };
+        std::iter::successors(Some(source), |e| e.source()).any(jetstream_not_yet)
+    }
+}
+
+/// Whether `e` is a JetStream request that timed out or was answered "unavailable for now".
+fn jetstream_not_yet(e: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::context::{
+        CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
+        GetStreamError, GetStreamErrorKind,
+    };
+    use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
+    const UNAVAILABLE: usize = 503;
+    if let Some(e) = e.downcast_ref::<jetstream::Error>() {
+        return e.code() == UNAVAILABLE;
+    }
+    if let Some(e) = e.downcast_ref::<CreateStreamError>() {
+        return match e.kind() {
+            CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => true,
+            CreateStreamErrorKind::JetStream(j) => j.code() == UNAVAILABLE,
+            _ => false,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<CreateKeyValueError>() {
+        return e.kind() == CreateKeyValueErrorKind::TimedOut;
+    }
+    if let Some(e) = e.downcast_ref::<ConsumerError>() {
+        return match e.kind() {
+            ConsumerErrorKind::TimedOut => true,
+            ConsumerErrorKind::JetStream(j) => j.code() == UNAVAILABLE,
+            _ => false,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<GetStreamError>() {
+        return match e.kind() {
+            GetStreamErrorKind::Request => true,
+            GetStreamErrorKind::JetStream(j) => j.code() == UNAVAILABLE,
+            _ => false,
+        };
+    }
+    false
 }
 
 /// Handles to what was provisioned.
@@ -113,22 +192,83 @@ pub struct Provisioned {
 ///
 /// Processes that start together (a gateway and workers) provision at the same moment, and
 /// one's create can fail because another's just succeeded ("already in use"). Every step is
-/// idempotent, so a failed round is simply run again a few times.
+/// idempotent, so a failed round is simply run again: a few times for such races, and for
+/// up to [`PROVISION_DEADLINE`] while JetStream cannot take it yet (a cluster forming).
 pub async fn provision(
     js: &jetstream::Context,
     config: &Config,
 ) -> Result<Provisioned, ProvisionError> {
-    let mut round = 1;
+    let started = tokio::time::Instant::now();
+    jetstream_answers(js, config, started).await?;
+    let mut round = 1u32;
+    let mut refusals = 1u32;
     loop {
-        match provision_once(js, config).await {
+        let e = match provision_once(js, config).await {
             Ok(done) => return Ok(done),
-            Err(e) if round < PROVISION_ROUNDS => {
-                warn!(error = %e, round, "provisioning round failed; trying again");
-                tokio::time::sleep(PROVISION_PAUSE * round).await;
-                round += 1;
+            Err(e) => e,
+        };
+        let pause = crate::backoff::full_jitter(PROVISION_PAUSE, PROVISION_PAUSE_CAP, round);
+        if e.is_transient() {
+            if started.elapsed() + pause >= PROVISION_DEADLINE {
+                return Err(ProvisionError::NotReady {
+                    waited: started.elapsed(),
+                    replicas: config.nats.replicas,
+                    last: e.to_string(),
+                });
             }
-            Err(e) => return Err(e),
+        } else if refusals < PROVISION_ROUNDS {
+            refusals += 1;
+        } else {
+            return Err(e);
         }
+        warn!(error = %e, round, "provisioning round failed; trying again");
+        tokio::time::sleep(pause).await;
+        round = round.saturating_add(1);
+    }
+}
+
+/// Waits (until [`PROVISION_DEADLINE`] from `started`) for JetStream to answer an account
+/// query, which it does once a cluster has elected its meta leader. Until then every request
+/// of a round would wait out the client's whole time-out (5 s) unanswered; a probe with a
+/// short time-out notices the cluster forming within a second. Any other answer, an error
+/// included, is left to the rounds to deal with.
+async fn jetstream_answers(
+    js: &jetstream::Context,
+    config: &Config,
+    started: tokio::time::Instant,
+) -> Result<(), ProvisionError> {
+    use async_nats::jetstream::context::AccountErrorKind;
+    let mut probe = js.clone();
+    probe.set_timeout(READY_PROBE_TIMEOUT);
+    let mut attempt = 0u32;
+    loop {
+        let e = match probe.query_account().await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let not_yet = match e.kind() {
+            AccountErrorKind::TimedOut => true,
+            AccountErrorKind::JetStream(j) => {
+                j.error_code() == jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE
+            }
+            AccountErrorKind::JetStreamUnavailable | AccountErrorKind::Other => false,
+        };
+        if !not_yet {
+            return Ok(());
+        }
+        let pause = crate::backoff::full_jitter(PROVISION_PAUSE, PROVISION_PAUSE_CAP, attempt);
+        if started.elapsed() + pause >= PROVISION_DEADLINE {
+            return Err(ProvisionError::NotReady {
+                waited: started.elapsed(),
+                replicas: config.nats.replicas,
+                last: format!("asking JetStream for the account: {e}"),
+            });
+        }
+        if attempt == 0 {
+            warn!(error = %e, "JetStream does not answer yet (a cluster forming?); waiting for it");
+        }
+        tokio::time::sleep(pause).await;
+        attempt = attempt.saturating_add(1);
     }
 }
 
