@@ -18,6 +18,7 @@ mod mcp;
 mod memory;
 mod operate;
 mod path;
+mod readiness;
 mod replies;
 mod roster;
 mod routes;
@@ -94,6 +95,8 @@ async fn state(
         capabilities.iter().cloned().collect(),
         shutdown.clone(),
     ));
+    let readiness = readiness::Readiness::default();
+    background.spawn(readiness.clone().probe(js.clone(), shutdown.clone()));
     let context = shared::context::Context::new(js.clone(), provisioned.context);
     Ok(Arc::new(Shared {
         config,
@@ -113,6 +116,7 @@ async fn state(
         route_capabilities,
         capabilities,
         admission,
+        readiness,
         background: background.clone(),
         shutdown,
     }))
