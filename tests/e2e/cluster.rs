@@ -31,7 +31,10 @@ fn overrides(ack_wait: Duration) -> Vec<(&'static str, String)> {
             ack_wait.as_millis().to_string(),
         ),
         // Past ack_wait, so a stalled task shows as a slow answer rather than a 504.
-        ("SWITCHYARD__GATEWAY__DEFAULT_TIMEOUT_MS", "90000".to_owned()),
+        (
+            "SWITCHYARD__GATEWAY__DEFAULT_TIMEOUT_MS",
+            "90000".to_owned(),
+        ),
         ("SWITCHYARD__QUEUE__MAX_DELIVER", "5".to_owned()),
     ]
 }
@@ -207,7 +210,11 @@ async fn killing_the_tasks_and_results_leaders_loses_doubles_refuses_and_stalls_
             format!("{} sent {when} the TASKS kill: {}", o.status, o.body)
         })
         .collect();
-    assert!(refused.is_empty(), "{} refused: {refused:#?}", refused.len());
+    assert!(
+        refused.is_empty(),
+        "{} refused: {refused:#?}",
+        refused.len()
+    );
     assert!(
         slowest < ACK_WAIT,
         "a request waited {slowest:?}, as long as ack_wait: a task sat unacknowledged"
@@ -215,8 +222,10 @@ async fn killing_the_tasks_and_results_leaders_loses_doubles_refuses_and_stalls_
 
     // One task per request, one stored result per task, written once: the bucket's stream
     // has had exactly as many writes as there are tasks.
-    let ids: std::collections::HashSet<&str> =
-        outcomes.iter().filter_map(|o| o.task_id.as_deref()).collect();
+    let ids: std::collections::HashSet<&str> = outcomes
+        .iter()
+        .filter_map(|o| o.task_id.as_deref())
+        .collect();
     assert_eq!(ids.len(), outcomes.len());
     for id in &ids {
         let stored = stack.stored(id).await;
@@ -226,7 +235,10 @@ async fn killing_the_tasks_and_results_leaders_loses_doubles_refuses_and_stalls_
     let mut results = js.get_stream("KV_results").await.unwrap();
     let state = results.info().await.unwrap().state.clone();
     assert_eq!(state.messages, u64::try_from(ids.len()).unwrap());
-    assert_eq!(state.last_sequence, state.messages, "a result was written twice");
+    assert_eq!(
+        state.last_sequence, state.messages,
+        "a result was written twice"
+    );
     stack.stop().await;
 }
 
@@ -237,7 +249,12 @@ async fn killing_the_tasks_and_results_leaders_loses_doubles_refuses_and_stalls_
 async fn readiness_follows_whether_the_queue_has_a_leader() {
     let stack = cluster_stack(1).await;
     let readyz = || async {
-        let r = stack.http.get(format!("{}/readyz", stack.base)).send().await.unwrap();
+        let r = stack
+            .http
+            .get(format!("{}/readyz", stack.base))
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json::<serde_json::Value>().await.unwrap())
     };
@@ -294,15 +311,11 @@ async fn processes_started_before_the_cluster_forms_wait_for_it() {
     let url = cluster.url.clone();
     let owned = overrides(ACK_WAIT);
     let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (stack, ()) = tokio::join!(
-        Stack::start_on(cluster.clone(), &url, 1, &env, ""),
-        async {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            cluster.start_node(2);
-        }
-    );
+    let (stack, ()) = tokio::join!(Stack::start_on(cluster.clone(), &url, 1, &env, ""), async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster.start_node(2);
+    });
     let response = stack.chat(chat_body("fake", "after forming")).await;
     assert_eq!(response.status(), 200);
     stack.stop().await;
 }
-

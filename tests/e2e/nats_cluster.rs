@@ -168,8 +168,7 @@ impl NatsCluster {
             let mut stream = js.get_stream(stream).await.ok()?;
             let cluster = stream.info().await.ok()?.cluster.clone()?;
             let leader = cluster.leader?;
-            let whole =
-                cluster.replicas.len() == 2 && cluster.replicas.iter().all(|r| r.current);
+            let whole = cluster.replicas.len() == 2 && cluster.replicas.iter().all(|r| r.current);
             self.nodes
                 .iter()
                 .position(|n| n.name == leader)
@@ -202,7 +201,15 @@ impl NatsCluster {
                         stream.get_consumer(c).await.ok()?;
                     consumer.info().await.ok()?.cluster.clone()?
                 }
-                None => js.get_stream(stream).await.ok()?.info().await.ok()?.cluster.clone()?,
+                None => js
+                    .get_stream(stream)
+                    .await
+                    .ok()?
+                    .info()
+                    .await
+                    .ok()?
+                    .cluster
+                    .clone()?,
             };
             if cluster.leader.as_deref() == Some(name.as_str())
                 && cluster.replicas.iter().all(|r| r.current)

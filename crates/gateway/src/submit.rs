@@ -223,7 +223,9 @@ mod tests {
     fn publish_errors_are_retried_unless_definite() {
         let retried = |e: &PublishError| refusal(e, 1024).is_none();
         assert!(retried(&PublishError::new(PublishErrorKind::TimedOut)));
-        assert!(retried(&PublishError::new(PublishErrorKind::StreamNotFound)));
+        assert!(retried(&PublishError::new(
+            PublishErrorKind::StreamNotFound
+        )));
         assert!(retried(&PublishError::new(PublishErrorKind::BrokenPipe)));
         // Our own earlier publish of the task, still being stored across a leader change.
         assert!(retried(&api_error(
@@ -245,7 +247,10 @@ mod tests {
             Some(ApiError::Unavailable)
         ));
         assert!(matches!(
-            refusal(&PublishError::new(PublishErrorKind::MaxPayloadExceeded), 1024),
+            refusal(
+                &PublishError::new(PublishErrorKind::MaxPayloadExceeded),
+                1024
+            ),
             Some(ApiError::BodyTooLarge { limit: 1024 })
         ));
     }
