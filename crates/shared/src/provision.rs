@@ -272,6 +272,48 @@ async fn jetstream_answers(
     }
 }
 
+/// Creates the stream `config` describes, or updates it if it exists with another
+/// configuration. Create comes first: on a cluster, an update sent while another process's
+/// create of the same stream is in flight goes unanswered, and so does that create (both
+/// wait out the 5 s time-out; measured with two processes starting together), while two
+/// creates of one stream both succeed.
+async fn create_or_update_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Info, jetstream::context::CreateStreamError> {
+    match js.create_stream(config.clone()).await {
+        Ok(created) => Ok(created.cached_info().clone()),
+        Err(e) if name_in_use(&e) => js.update_stream(config).await,
+        Err(e) => Err(e),
+    }
+}
+
+/// The bucket `config` describes, created or (existing with another configuration) updated;
+/// create first, as [`create_or_update_stream`] says why.
+async fn create_or_update_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, jetstream::context::CreateKeyValueError> {
+    match js.create_key_value(config.clone()).await {
+        Ok(store) => Ok(store),
+        Err(e) if name_in_use(&e) => js.create_or_update_key_value(config).await,
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `e` says the stream exists with another configuration.
+fn name_in_use(e: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        e.downcast_ref::<CreateStreamError>().is_some_and(|e| {
+            matches!(e.kind(), CreateStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST)
+        }) || e
+            .downcast_ref::<jetstream::Error>()
+            .is_some_and(|j| j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST)
+    })
+}
+
 async fn provision_once(
     js: &jetstream::Context,
     config: &Config,
@@ -315,18 +357,21 @@ async fn provision_once(
     for (capability, max_in_flight) in &queues {
         queue_consumers(&tasks, config, capability, *max_in_flight).await?;
     }
-    js.create_or_update_stream(stream::Config {
-        name: EVENTS_STREAM.to_owned(),
-        description: Some("Switchyard lifecycle events".to_owned()),
-        subjects: vec![EVENTS_SUBJECTS.to_owned()],
-        retention: stream::RetentionPolicy::Limits,
-        discard: stream::DiscardPolicy::Old,
-        max_age: Duration::from_secs(config.events.max_age_secs),
-        max_bytes: config.events.max_bytes,
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    })
+    create_or_update_stream(
+        js,
+        stream::Config {
+            name: EVENTS_STREAM.to_owned(),
+            description: Some("Switchyard lifecycle events".to_owned()),
+            subjects: vec![EVENTS_SUBJECTS.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_age: Duration::from_secs(config.events.max_age_secs),
+            max_bytes: config.events.max_bytes,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|source| {
         stream_error(
@@ -336,7 +381,7 @@ async fn provision_once(
             source,
         )
     })?;
-    js.create_or_update_stream(crate::threads::stream_config(&config.threads, replicas))
+    create_or_update_stream(js, crate::threads::stream_config(&config.threads, replicas))
         .await
         .map_err(|source| {
             stream_error(
@@ -359,7 +404,7 @@ async fn provision_once(
         max_msgs: config.dlq.max_msgs,
         max_bytes: config.dlq.max_bytes,
     };
-    js.create_or_update_stream(crate::dlq::stream_config(bounds, replicas))
+    create_or_update_stream(js, crate::dlq::stream_config(bounds, replicas))
         .await
         .map_err(|source| {
             stream_error(DLQ_STREAM, "dlq.max_bytes", config.dlq.max_bytes, source)
@@ -450,18 +495,21 @@ pub async fn context_bucket(
     js: &jetstream::Context,
     replicas: usize,
 ) -> Result<kv::Store, ProvisionError> {
-    js.create_or_update_key_value(kv::Config {
-        bucket: CONTEXT_BUCKET.to_owned(),
-        description: "Switchyard shared context by <scope>.<key>, changed by compare-and-set"
-            .to_owned(),
-        history: crate::context::HISTORY,
-        max_age: Duration::ZERO,
-        // A value is at most `MAX_VALUE_BYTES` of JSON; the envelope adds little.
-        max_value_size: i32::try_from(crate::context::MAX_VALUE_BYTES * 2).unwrap_or(i32::MAX),
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    })
+    create_or_update_bucket(
+        js,
+        kv::Config {
+            bucket: CONTEXT_BUCKET.to_owned(),
+            description: "Switchyard shared context by <scope>.<key>, changed by compare-and-set"
+                .to_owned(),
+            history: crate::context::HISTORY,
+            max_age: Duration::ZERO,
+            // A value is at most `MAX_VALUE_BYTES` of JSON; the envelope adds little.
+            max_value_size: i32::try_from(crate::context::MAX_VALUE_BYTES * 2).unwrap_or(i32::MAX),
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|source| ProvisionError::Bucket {
         name: CONTEXT_BUCKET,
@@ -477,22 +525,25 @@ pub async fn artifacts_store(
     config: &Config,
 ) -> Result<crate::artifacts::Artifacts, ProvisionError> {
     let settings = &config.artifacts;
-    js.create_or_update_stream(stream::Config {
-        name: ARTIFACTS_STREAM.to_owned(),
-        description: Some("Switchyard artifacts: large inputs and outputs, by id".to_owned()),
-        subjects: vec![
-            format!("$O.{ARTIFACTS_STORE}.C.>"),
-            format!("$O.{ARTIFACTS_STORE}.M.>"),
-        ],
-        max_age: Duration::from_secs(settings.max_age_secs),
-        max_bytes: settings.store_max_bytes,
-        storage: stream::StorageType::File,
-        num_replicas: config.nats.replicas,
-        discard: stream::DiscardPolicy::New,
-        allow_rollup: true,
-        allow_direct: true,
-        ..Default::default()
-    })
+    create_or_update_stream(
+        js,
+        stream::Config {
+            name: ARTIFACTS_STREAM.to_owned(),
+            description: Some("Switchyard artifacts: large inputs and outputs, by id".to_owned()),
+            subjects: vec![
+                format!("$O.{ARTIFACTS_STORE}.C.>"),
+                format!("$O.{ARTIFACTS_STORE}.M.>"),
+            ],
+            max_age: Duration::from_secs(settings.max_age_secs),
+            max_bytes: settings.store_max_bytes,
+            storage: stream::StorageType::File,
+            num_replicas: config.nats.replicas,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            allow_direct: true,
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|source| {
         stream_error(
@@ -516,15 +567,18 @@ async fn bucket(
     max_age: Duration,
     replicas: usize,
 ) -> Result<kv::Store, ProvisionError> {
-    js.create_or_update_key_value(kv::Config {
-        bucket: name.to_owned(),
-        description: description.to_owned(),
-        history: 1,
-        max_age,
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    })
+    create_or_update_bucket(
+        js,
+        kv::Config {
+            bucket: name.to_owned(),
+            description: description.to_owned(),
+            history: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|source| ProvisionError::Bucket { name, source })
 }
@@ -556,8 +610,7 @@ async fn tasks_stream(
         }
     };
     let subjects = merge_subjects(&existing, &wanted);
-    let info = js
-        .create_or_update_stream(tasks_stream_config(config, subjects))
+    let info = create_or_update_stream(js, tasks_stream_config(config, subjects))
         .await
         .map_err(|source| {
             stream_error(
