@@ -2,7 +2,8 @@
 //! (`nats.replicas = 3`, `nats.url` naming all three nodes): under load, the leader of the
 //! `TASKS` stream and then the leader of the results bucket are SIGKILLed. Every accepted
 //! request is answered once, with one stored result per task, none is refused, and none
-//! waits for `ack_wait`.
+//! waits for `ack_wait`. Also: `/readyz` follows whether the queue has a leader, and
+//! processes started while the cluster forms wait for it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,12 +24,12 @@ const STEADY: Duration = Duration::from_millis(1500);
 /// How long a killed node stays down (the survivors elect leaders meanwhile).
 const DOWN: Duration = Duration::from_secs(3);
 
-fn overrides(ack_wait: Duration) -> Vec<(&'static str, String)> {
+fn overrides() -> Vec<(&'static str, String)> {
     vec![
         ("SWITCHYARD__NATS__REPLICAS", "3".to_owned()),
         (
             "SWITCHYARD__QUEUE__ACK_WAIT_MS",
-            ack_wait.as_millis().to_string(),
+            ACK_WAIT.as_millis().to_string(),
         ),
         // Past ack_wait, so a stalled task shows as a slow answer rather than a 504.
         (
@@ -42,7 +43,7 @@ fn overrides(ack_wait: Duration) -> Vec<(&'static str, String)> {
 async fn cluster_stack(workers: usize) -> Stack<Arc<NatsCluster>> {
     let cluster = Arc::new(NatsCluster::start().await);
     let url = cluster.url.clone();
-    let owned = overrides(ACK_WAIT);
+    let owned = overrides();
     let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Stack::start_on(cluster, &url, workers, &env, "").await
 }
@@ -309,7 +310,7 @@ async fn processes_started_before_the_cluster_forms_wait_for_it() {
     })
     .await;
     let url = cluster.url.clone();
-    let owned = overrides(ACK_WAIT);
+    let owned = overrides();
     let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (stack, ()) = tokio::join!(Stack::start_on(cluster.clone(), &url, 1, &env, ""), async {
         tokio::time::sleep(Duration::from_secs(3)).await;

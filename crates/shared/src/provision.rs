@@ -129,8 +129,8 @@ impl ProvisionError {
 /// Whether `e` is a JetStream request that timed out or was answered "unavailable for now".
 fn jetstream_not_yet(e: &(dyn std::error::Error + 'static)) -> bool {
     use async_nats::jetstream::context::{
-        CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
-        GetStreamError, GetStreamErrorKind,
+        AccountError, AccountErrorKind, CreateKeyValueError, CreateKeyValueErrorKind,
+        CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind,
     };
     use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
     const UNAVAILABLE: usize = 503;
@@ -142,6 +142,14 @@ fn jetstream_not_yet(e: &(dyn std::error::Error + 'static)) -> bool {
             CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => true,
             CreateStreamErrorKind::JetStream(j) => j.code() == UNAVAILABLE,
             _ => false,
+        };
+    }
+    // Creating a bucket asks for the account first.
+    if let Some(e) = e.downcast_ref::<AccountError>() {
+        return match e.kind() {
+            AccountErrorKind::TimedOut => true,
+            AccountErrorKind::JetStream(j) => j.code() == UNAVAILABLE,
+            AccountErrorKind::JetStreamUnavailable | AccountErrorKind::Other => false,
         };
     }
     if let Some(e) = e.downcast_ref::<CreateKeyValueError>() {
@@ -853,6 +861,46 @@ mod tests {
 
     fn set(subjects: &[&str]) -> BTreeSet<String> {
         subjects.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn api(code: usize, err_code: u64) -> jetstream::Error {
+        serde_json::from_value(serde_json::json!({"code": code, "err_code": err_code})).unwrap()
+    }
+
+    /// Which failed rounds wait for a forming cluster (until the deadline) and which count
+    /// as refusals, in the shapes async-nats reports them.
+    #[test]
+    fn unavailable_and_timed_out_rounds_are_transient() {
+        use async_nats::jetstream::context::{
+            AccountError, AccountErrorKind, CreateKeyValueError, CreateKeyValueErrorKind,
+            CreateStreamError, CreateStreamErrorKind,
+        };
+        let bucket = |source| ProvisionError::Bucket {
+            name: "agents",
+            source,
+        };
+        // A bucket's create asks for the account first: "temporarily unavailable" there.
+        let account = AccountError::new(AccountErrorKind::JetStream(api(503, 10008)));
+        let e = bucket(CreateKeyValueError::with_source(
+            CreateKeyValueErrorKind::JetStream,
+            account,
+        ));
+        assert!(e.is_transient());
+        let timed_out = CreateKeyValueError::new(CreateKeyValueErrorKind::TimedOut);
+        assert!(bucket(timed_out).is_transient());
+        // Too few nodes for the replicas yet.
+        let stream = |j| ProvisionError::Stream {
+            name: "TASKS",
+            source: CreateStreamError::new(CreateStreamErrorKind::JetStream(j)),
+        };
+        assert!(stream(api(503, 10023)).is_transient());
+        assert!(!stream(api(400, 10058)).is_transient());
+        let storage = ProvisionError::Storage {
+            name: "TASKS",
+            setting: "queue.max_bytes",
+            max_bytes: 1,
+        };
+        assert!(!storage.is_transient());
     }
 
     #[test]
