@@ -308,6 +308,15 @@ fn shipped_nats_configurations_are_valid() {
                 .env("WORKER_PASSWORD", "y")
                 .env("TOOLS_PASSWORD", "z")
                 .env("MEMORY_PASSWORD", "m")
+                // nats/cluster.conf's node (see its header).
+                .env("NATS_SERVER_NAME", "switchyard-a")
+                .env("NATS_PORT", "4222")
+                .env("NATS_HTTP_PORT", "8222")
+                .env("NATS_CLUSTER_PORT", "6222")
+                .env("NATS_STORE_DIR", "/data/jetstream")
+                .env("NATS_CLUSTER_USER", "route")
+                .env("NATS_CLUSTER_PASSWORD", "r")
+                .env("NATS_ROUTES", "[nats-route://route:r@nats-a:6222]")
                 .output()
                 .unwrap();
             assert!(

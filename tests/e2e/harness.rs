@@ -186,9 +186,10 @@ pub fn stack_env(overrides: &[(&str, &str)]) -> HashMap<String, String> {
     env
 }
 
-/// NATS, a fake provider, an in-process gateway and any number of workers.
-pub struct Stack {
-    pub nats: Nats,
+/// NATS (one server, or a [`crate::nats_cluster::NatsCluster`]), a fake provider, an
+/// in-process gateway and any number of workers.
+pub struct Stack<N = Nats> {
+    pub nats: N,
     pub provider: FakeProvider,
     pub config: Arc<Config>,
     pub toml: String,
@@ -213,11 +214,25 @@ impl Stack {
     /// A stack whose configuration also has `extra` (more providers and routes, in TOML).
     pub async fn start_with(workers: usize, overrides: &[(&str, &str)], extra: &str) -> Self {
         let nats = Nats::start();
+        let url = nats.url.clone();
+        Self::start_on(nats, &url, workers, overrides, extra).await
+    }
+}
+
+impl<N> Stack<N> {
+    /// A stack on `nats`, whose clients connect to `url`.
+    pub async fn start_on(
+        nats: N,
+        url: &str,
+        workers: usize,
+        overrides: &[(&str, &str)],
+        extra: &str,
+    ) -> Self {
         let provider = FakeProvider::start(Format::OpenAi).await.unwrap();
-        let toml = config_toml(&nats.url, &provider.base_url()) + extra;
+        let toml = config_toml(url, &provider.base_url()) + extra;
         let env = stack_env(overrides);
         let config = Arc::new(Config::load(Source::Toml(&toml), &env).unwrap());
-        let client = shared::nats::connect(&nats.url, "test").await.unwrap();
+        let client = shared::nats::connect(url, "test").await.unwrap();
         let (base, gateway_shutdown, gateway) = start_gateway(config.clone(), client.clone()).await;
         let mut stack = Self {
             nats,
@@ -354,7 +369,7 @@ impl Stack {
         if let Some(gateway) = self.gateway.take() {
             gateway.await.unwrap();
         }
-        let client = shared::nats::connect(&self.nats.url, "gateway")
+        let client = shared::nats::connect(&self.config.nats.url, "gateway")
             .await
             .unwrap();
         let (base, shutdown, gateway) = start_gateway(self.config.clone(), client).await;

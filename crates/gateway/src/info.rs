@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use shared::TaskId;
 use shared::config::{RouteConfig, split_direct};
-use shared::names::{EVENTS_STREAM, RESULTS_BUCKET, TASKS_STREAM};
 
 use crate::answer::stored_result;
 use crate::error::ApiError;
@@ -21,19 +20,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: NATS is connected and every stream the gateway needs exists.
+/// `GET /readyz`: NATS is connected and JetStream can take tasks (the `TASKS` stream has a
+/// leader, as last probed in the background: see `readiness`).
 pub async fn readyz(State(st): State<AppState>) -> Response {
     let connected = st.client.connection_state() == async_nats::connection::State::Connected;
-    let mut missing = Vec::new();
-    if connected {
-        let results_stream = format!("KV_{RESULTS_BUCKET}");
-        for stream in [TASKS_STREAM, EVENTS_STREAM, results_stream.as_str()] {
-            if st.js.get_stream_no_info(stream).await.is_err() {
-                missing.push(stream.to_owned());
-            }
-        }
-    }
-    let ready = connected && missing.is_empty();
+    let queue = st.readiness.ready();
+    let ready = connected && queue;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -42,7 +34,7 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "nats_connected": connected,
-        "missing_streams": missing,
+        "queue_available": queue,
     });
     (status, Json(body)).into_response()
 }

@@ -19,6 +19,7 @@ mod mcp;
 mod memory;
 mod operate;
 mod path;
+mod readiness;
 mod roster;
 mod routes;
 mod serve;
@@ -89,6 +90,8 @@ async fn state(
         capabilities.iter().cloned().collect(),
         shutdown.clone(),
     ));
+    let readiness = readiness::Readiness::default();
+    background.spawn(readiness.clone().probe(js.clone(), shutdown.clone()));
     let context = shared::context::Context::new(js.clone(), provisioned.context);
     Ok(Arc::new(Shared {
         config,
@@ -107,6 +110,7 @@ async fn state(
         route_capabilities,
         capabilities,
         admission,
+        readiness,
         background: background.clone(),
         shutdown,
     }))

@@ -45,6 +45,8 @@ pub struct Shared {
     pub capabilities: BTreeSet<Capability>,
     /// Refuses early what its queue cannot answer within the deadline.
     pub admission: Admission,
+    /// Whether JetStream can take tasks, as last probed (`/readyz`).
+    pub readiness: crate::readiness::Readiness,
     /// Work that shutdown waits for (queue sampling, cancel notices).
     pub background: TaskTracker,
     /// Cancelled when the gateway shuts down: endless answers (a followed thread) end then,

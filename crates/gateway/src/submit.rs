@@ -151,7 +151,7 @@ pub async fn publish(st: &AppState, task: &Task) -> Result<Published, ApiError> 
             Ok(_) => return Ok(Published::New),
             Err(e) => e,
         };
-        if let Some(refused) = refusal(st, &e) {
+        if let Some(refused) = refusal(&e, st.client.server_info().max_payload) {
             return Err(refused);
         }
         let pause = shared::backoff::full_jitter(REPUBLISH_BASE, REPUBLISH_CAP, attempt);
@@ -169,12 +169,13 @@ pub async fn publish(st: &AppState, task: &Task) -> Result<Published, ApiError> 
 
 /// The answer for a publish JetStream definitely did not store, or `None` when it may
 /// have been stored (no ack: time-out, connection lost) or was refused for a passing
-/// reason (no responders while JetStream restarts), so sending it again is right.
-fn refusal(st: &AppState, e: &PublishError) -> Option<ApiError> {
+/// reason, so sending it again is right: no responders while JetStream restarts or a
+/// cluster elects the stream's leader, an API error answered 503 (unavailable for now), or
+/// "duplicate message id is in process" — our own earlier publish of this task, sent
+/// before a leader change and not yet stored or dropped.
+fn refusal(e: &PublishError, max_payload: usize) -> Option<ApiError> {
     match e.kind() {
-        PublishErrorKind::MaxPayloadExceeded => Some(ApiError::BodyTooLarge {
-            limit: st.client.server_info().max_payload,
-        }),
+        PublishErrorKind::MaxPayloadExceeded => Some(ApiError::BodyTooLarge { limit: max_payload }),
         PublishErrorKind::Other => {
             let api = std::error::Error::source(e)
                 .and_then(|source| source.downcast_ref::<jetstream::Error>())?;
@@ -182,6 +183,10 @@ fn refusal(st: &AppState, e: &PublishError) -> Option<ApiError> {
                 // With discard-new, a full queue answers "maximum messages/bytes exceeded"
                 // under this code: nothing was stored.
                 Some(ApiError::QueueFull)
+            } else if api.error_code() == ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
+                || api.code() == UNAVAILABLE_FOR_NOW
+            {
+                None
             } else {
                 warn!(error = %e, "JetStream refused a task");
                 Some(ApiError::Unavailable)
@@ -195,5 +200,58 @@ fn refusal(st: &AppState, e: &PublishError) -> Option<ApiError> {
             warn!(error = %e, "JetStream refused a task");
             Some(ApiError::Unavailable)
         }
+    }
+}
+
+/// The status JetStream's API gives errors that pass: no leader yet, a cluster forming.
+const UNAVAILABLE_FOR_NOW: usize = 503;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: usize, err_code: u64, description: &str) -> PublishError {
+        let error: jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": code, "err_code": err_code, "description": description
+        }))
+        .unwrap();
+        PublishError::with_source(PublishErrorKind::Other, error)
+    }
+
+    /// What each publish outcome becomes: sent again (`None`) or answered at once.
+    #[test]
+    fn publish_errors_are_retried_unless_definite() {
+        let retried = |e: &PublishError| refusal(e, 1024).is_none();
+        assert!(retried(&PublishError::new(PublishErrorKind::TimedOut)));
+        assert!(retried(&PublishError::new(
+            PublishErrorKind::StreamNotFound
+        )));
+        assert!(retried(&PublishError::new(PublishErrorKind::BrokenPipe)));
+        // Our own earlier publish of the task, still being stored across a leader change.
+        assert!(retried(&api_error(
+            409,
+            10158,
+            "duplicate message id is in process"
+        )));
+        assert!(retried(&api_error(
+            503,
+            10008,
+            "JetStream system temporarily unavailable"
+        )));
+        assert!(matches!(
+            refusal(&api_error(503, 10077, "maximum messages exceeded"), 1024),
+            Some(ApiError::QueueFull)
+        ));
+        assert!(matches!(
+            refusal(&api_error(400, 10071, "wrong last sequence: 5"), 1024),
+            Some(ApiError::Unavailable)
+        ));
+        assert!(matches!(
+            refusal(
+                &PublishError::new(PublishErrorKind::MaxPayloadExceeded),
+                1024
+            ),
+            Some(ApiError::BodyTooLarge { limit: 1024 })
+        ));
     }
 }

@@ -30,10 +30,21 @@ use crate::{Capability, Priority};
 /// How long JetStream remembers a `Nats-Msg-Id`: a client retrying a publish within this
 /// window does not enqueue the task twice.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-/// Rounds of provisioning before giving up, and the pause after the first failed one
-/// (growing linearly).
+/// Rounds of provisioning before giving up on an error JetStream gives for good (a
+/// conflicting configuration, a race between processes that one more round settles).
 const PROVISION_ROUNDS: u32 = 5;
+/// How long provisioning keeps trying while JetStream cannot take it yet: a cluster still
+/// electing its meta leader after a start (JetStream "temporarily unavailable"), too few of
+/// its nodes up for `nats.replicas` yet ("insufficient resources"), requests timing out
+/// meanwhile. Three nodes started together form within seconds; an orchestrator restarting
+/// them one by one may take tens of seconds.
+pub const PROVISION_DEADLINE: Duration = Duration::from_secs(60);
+/// Pause after the first failed round; the pauses double up to `PROVISION_PAUSE_CAP`.
 const PROVISION_PAUSE: Duration = Duration::from_millis(200);
+const PROVISION_PAUSE_CAP: Duration = Duration::from_secs(2);
+/// How long the probe for a JetStream that answers at all waits for each answer: one that
+/// answers does so in milliseconds.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The stream behind the `artifacts` object store (the object store's naming).
 const ARTIFACTS_STREAM: &str = "OBJ_artifacts";
 /// Pull requests a consumer keeps waiting at once; every worker holds one per priority.
@@ -83,6 +94,82 @@ pub enum ProvisionError {
         name: &'static str,
         source: async_nats::jetstream::context::CreateKeyValueError,
     },
+    #[error(
+        "JetStream could not take the streams and buckets within {waited:?} (is every node of \
+         the cluster up, and are there at least nats.replicas = {replicas} of them?): {last}"
+    )]
+    NotReady {
+        waited: Duration,
+        replicas: usize,
+        /// The last error, as text (a refused round or an unanswered probe).
+        last: String,
+    },
+}
+
+impl ProvisionError {
+    /// Whether JetStream could not do it *yet*: it timed out or said it is unavailable for
+    /// now (HTTP-like code 503: no meta leader, too few nodes for the replicas).
+    fn is_transient(&self) -> bool {
+        let source: &(dyn std::error::Error + 'static) = match self {
+            Self::Stream { source, .. } => source,
+            Self::Lookup { source, .. } => source,
+            Self::Consumer { source, .. } => source,
+            Self::Bucket { source, .. } => source,
+            Self::Storage { .. }
+            | Self::SubjectsOverwritten { .. }
+            | Self::Agents(_)
+            | Self::Stale(_)
+            | Self::ObjectStore(_)
+            | Self::NotReady { .. } => return false,
+        };
+        std::iter::successors(Some(source), |e| e.source()).any(jetstream_not_yet)
+    }
+}
+
+/// Whether `e` is a JetStream request that timed out or was answered "unavailable for now".
+fn jetstream_not_yet(e: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::context::{
+        AccountError, AccountErrorKind, CreateKeyValueError, CreateKeyValueErrorKind,
+        CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind,
+    };
+    use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
+    const UNAVAILABLE: usize = 503;
+    if let Some(e) = e.downcast_ref::<jetstream::Error>() {
+        return e.code() == UNAVAILABLE;
+    }
+    if let Some(e) = e.downcast_ref::<CreateStreamError>() {
+        return match e.kind() {
+            CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => true,
+            CreateStreamErrorKind::JetStream(j) => j.code() == UNAVAILABLE,
+            _ => false,
+        };
+    }
+    // Creating a bucket asks for the account first.
+    if let Some(e) = e.downcast_ref::<AccountError>() {
+        return match e.kind() {
+            AccountErrorKind::TimedOut => true,
+            AccountErrorKind::JetStream(j) => j.code() == UNAVAILABLE,
+            AccountErrorKind::JetStreamUnavailable | AccountErrorKind::Other => false,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<CreateKeyValueError>() {
+        return e.kind() == CreateKeyValueErrorKind::TimedOut;
+    }
+    if let Some(e) = e.downcast_ref::<ConsumerError>() {
+        return match e.kind() {
+            ConsumerErrorKind::TimedOut => true,
+            ConsumerErrorKind::JetStream(j) => j.code() == UNAVAILABLE,
+            _ => false,
+        };
+    }
+    if let Some(e) = e.downcast_ref::<GetStreamError>() {
+        return match e.kind() {
+            GetStreamErrorKind::Request => true,
+            GetStreamErrorKind::JetStream(j) => j.code() == UNAVAILABLE,
+            _ => false,
+        };
+    }
+    false
 }
 
 /// Handles to what was provisioned.
@@ -113,23 +200,126 @@ pub struct Provisioned {
 ///
 /// Processes that start together (a gateway and workers) provision at the same moment, and
 /// one's create can fail because another's just succeeded ("already in use"). Every step is
-/// idempotent, so a failed round is simply run again a few times.
+/// idempotent, so a failed round is simply run again: a few times for such races, and for
+/// up to [`PROVISION_DEADLINE`] while JetStream cannot take it yet (a cluster forming).
 pub async fn provision(
     js: &jetstream::Context,
     config: &Config,
 ) -> Result<Provisioned, ProvisionError> {
-    let mut round = 1;
+    let started = tokio::time::Instant::now();
+    jetstream_answers(js, config, started).await?;
+    let mut round = 1u32;
+    let mut refusals = 1u32;
     loop {
-        match provision_once(js, config).await {
+        let e = match provision_once(js, config).await {
             Ok(done) => return Ok(done),
-            Err(e) if round < PROVISION_ROUNDS => {
-                warn!(error = %e, round, "provisioning round failed; trying again");
-                tokio::time::sleep(PROVISION_PAUSE * round).await;
-                round += 1;
+            Err(e) => e,
+        };
+        let pause = crate::backoff::full_jitter(PROVISION_PAUSE, PROVISION_PAUSE_CAP, round);
+        if e.is_transient() {
+            if started.elapsed() + pause >= PROVISION_DEADLINE {
+                return Err(ProvisionError::NotReady {
+                    waited: started.elapsed(),
+                    replicas: config.nats.replicas,
+                    last: e.to_string(),
+                });
             }
-            Err(e) => return Err(e),
+        } else if refusals < PROVISION_ROUNDS {
+            refusals += 1;
+        } else {
+            return Err(e);
         }
+        warn!(error = %e, round, "provisioning round failed; trying again");
+        tokio::time::sleep(pause).await;
+        round = round.saturating_add(1);
     }
+}
+
+/// Waits (until [`PROVISION_DEADLINE`] from `started`) for JetStream to answer an account
+/// query, which it does once a cluster has elected its meta leader. Until then every request
+/// of a round would wait out the client's whole time-out (5 s) unanswered; a probe with a
+/// short time-out notices the cluster forming within a second. Any other answer, an error
+/// included, is left to the rounds to deal with.
+async fn jetstream_answers(
+    js: &jetstream::Context,
+    config: &Config,
+    started: tokio::time::Instant,
+) -> Result<(), ProvisionError> {
+    use async_nats::jetstream::context::AccountErrorKind;
+    let mut probe = js.clone();
+    probe.set_timeout(READY_PROBE_TIMEOUT);
+    let mut attempt = 0u32;
+    loop {
+        let e = match probe.query_account().await {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let not_yet = match e.kind() {
+            AccountErrorKind::TimedOut => true,
+            AccountErrorKind::JetStream(j) => {
+                j.error_code() == jetstream::ErrorCode::CLUSTER_NOT_AVAILABLE
+            }
+            AccountErrorKind::JetStreamUnavailable | AccountErrorKind::Other => false,
+        };
+        if !not_yet {
+            return Ok(());
+        }
+        let pause = crate::backoff::full_jitter(PROVISION_PAUSE, PROVISION_PAUSE_CAP, attempt);
+        if started.elapsed() + pause >= PROVISION_DEADLINE {
+            return Err(ProvisionError::NotReady {
+                waited: started.elapsed(),
+                replicas: config.nats.replicas,
+                last: format!("asking JetStream for the account: {e}"),
+            });
+        }
+        if attempt == 0 {
+            warn!(error = %e, "JetStream does not answer yet (a cluster forming?); waiting for it");
+        }
+        tokio::time::sleep(pause).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// Creates the stream `config` describes, or updates it if it exists with another
+/// configuration. Create comes first: on a cluster, an update sent while another process's
+/// create of the same stream is in flight goes unanswered, and so does that create (both
+/// wait out the 5 s time-out; measured with two processes starting together), while two
+/// creates of one stream both succeed.
+async fn create_or_update_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Info, jetstream::context::CreateStreamError> {
+    match js.create_stream(config.clone()).await {
+        Ok(created) => Ok(created.cached_info().clone()),
+        Err(e) if name_in_use(&e) => js.update_stream(config).await,
+        Err(e) => Err(e),
+    }
+}
+
+/// The bucket `config` describes, created or (existing with another configuration) updated;
+/// create first, as [`create_or_update_stream`] says why.
+async fn create_or_update_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, jetstream::context::CreateKeyValueError> {
+    match js.create_key_value(config.clone()).await {
+        Ok(store) => Ok(store),
+        Err(e) if name_in_use(&e) => js.create_or_update_key_value(config).await,
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `e` says the stream exists with another configuration.
+fn name_in_use(e: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        e.downcast_ref::<CreateStreamError>().is_some_and(|e| {
+            matches!(e.kind(), CreateStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST)
+        }) || e
+            .downcast_ref::<jetstream::Error>()
+            .is_some_and(|j| j.error_code() == jetstream::ErrorCode::STREAM_NAME_EXIST)
+    })
 }
 
 async fn provision_once(
@@ -175,18 +365,21 @@ async fn provision_once(
     for (capability, max_in_flight) in &queues {
         queue_consumers(&tasks, config, capability, *max_in_flight).await?;
     }
-    js.create_or_update_stream(stream::Config {
-        name: EVENTS_STREAM.to_owned(),
-        description: Some("Switchyard lifecycle events".to_owned()),
-        subjects: vec![EVENTS_SUBJECTS.to_owned()],
-        retention: stream::RetentionPolicy::Limits,
-        discard: stream::DiscardPolicy::Old,
-        max_age: Duration::from_secs(config.events.max_age_secs),
-        max_bytes: config.events.max_bytes,
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    })
+    create_or_update_stream(
+        js,
+        stream::Config {
+            name: EVENTS_STREAM.to_owned(),
+            description: Some("Switchyard lifecycle events".to_owned()),
+            subjects: vec![EVENTS_SUBJECTS.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_age: Duration::from_secs(config.events.max_age_secs),
+            max_bytes: config.events.max_bytes,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|source| {
         stream_error(
@@ -196,7 +389,7 @@ async fn provision_once(
             source,
         )
     })?;
-    js.create_or_update_stream(crate::threads::stream_config(&config.threads, replicas))
+    create_or_update_stream(js, crate::threads::stream_config(&config.threads, replicas))
         .await
         .map_err(|source| {
             stream_error(
@@ -213,7 +406,7 @@ async fn provision_once(
         max_msgs: config.dlq.max_msgs,
         max_bytes: config.dlq.max_bytes,
     };
-    js.create_or_update_stream(crate::dlq::stream_config(bounds, replicas))
+    create_or_update_stream(js, crate::dlq::stream_config(bounds, replicas))
         .await
         .map_err(|source| {
             stream_error(DLQ_STREAM, "dlq.max_bytes", config.dlq.max_bytes, source)
@@ -304,18 +497,21 @@ pub async fn context_bucket(
     js: &jetstream::Context,
     replicas: usize,
 ) -> Result<kv::Store, ProvisionError> {
-    js.create_or_update_key_value(kv::Config {
-        bucket: CONTEXT_BUCKET.to_owned(),
-        description: "Switchyard shared context by <scope>.<key>, changed by compare-and-set"
-            .to_owned(),
-        history: crate::context::HISTORY,
-        max_age: Duration::ZERO,
-        // A value is at most `MAX_VALUE_BYTES` of JSON; the envelope adds little.
-        max_value_size: i32::try_from(crate::context::MAX_VALUE_BYTES * 2).unwrap_or(i32::MAX),
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    })
+    create_or_update_bucket(
+        js,
+        kv::Config {
+            bucket: CONTEXT_BUCKET.to_owned(),
+            description: "Switchyard shared context by <scope>.<key>, changed by compare-and-set"
+                .to_owned(),
+            history: crate::context::HISTORY,
+            max_age: Duration::ZERO,
+            // A value is at most `MAX_VALUE_BYTES` of JSON; the envelope adds little.
+            max_value_size: i32::try_from(crate::context::MAX_VALUE_BYTES * 2).unwrap_or(i32::MAX),
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|source| ProvisionError::Bucket {
         name: CONTEXT_BUCKET,
@@ -331,22 +527,25 @@ pub async fn artifacts_store(
     config: &Config,
 ) -> Result<crate::artifacts::Artifacts, ProvisionError> {
     let settings = &config.artifacts;
-    js.create_or_update_stream(stream::Config {
-        name: ARTIFACTS_STREAM.to_owned(),
-        description: Some("Switchyard artifacts: large inputs and outputs, by id".to_owned()),
-        subjects: vec![
-            format!("$O.{ARTIFACTS_STORE}.C.>"),
-            format!("$O.{ARTIFACTS_STORE}.M.>"),
-        ],
-        max_age: Duration::from_secs(settings.max_age_secs),
-        max_bytes: settings.store_max_bytes,
-        storage: stream::StorageType::File,
-        num_replicas: config.nats.replicas,
-        discard: stream::DiscardPolicy::New,
-        allow_rollup: true,
-        allow_direct: true,
-        ..Default::default()
-    })
+    create_or_update_stream(
+        js,
+        stream::Config {
+            name: ARTIFACTS_STREAM.to_owned(),
+            description: Some("Switchyard artifacts: large inputs and outputs, by id".to_owned()),
+            subjects: vec![
+                format!("$O.{ARTIFACTS_STORE}.C.>"),
+                format!("$O.{ARTIFACTS_STORE}.M.>"),
+            ],
+            max_age: Duration::from_secs(settings.max_age_secs),
+            max_bytes: settings.store_max_bytes,
+            storage: stream::StorageType::File,
+            num_replicas: config.nats.replicas,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            allow_direct: true,
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|source| {
         stream_error(
@@ -370,7 +569,7 @@ async fn bucket(
     max_age: Duration,
     replicas: usize,
 ) -> Result<kv::Store, ProvisionError> {
-    js.create_or_update_key_value(bucket_config(name, description, max_age, replicas))
+    create_or_update_bucket(js, bucket_config(name, description, max_age, replicas))
         .await
         .map_err(|source| ProvisionError::Bucket { name, source })
 }
@@ -414,7 +613,7 @@ async fn results_bucket(
             replicas,
         )
     };
-    js.create_or_update_key_value(config)
+    create_or_update_bucket(js, config)
         .await
         .map_err(|source| ProvisionError::Bucket {
             name: RESULTS_BUCKET,
@@ -449,8 +648,7 @@ async fn tasks_stream(
         }
     };
     let subjects = merge_subjects(&existing, &wanted);
-    let info = js
-        .create_or_update_stream(tasks_stream_config(config, subjects))
+    let info = create_or_update_stream(js, tasks_stream_config(config, subjects))
         .await
         .map_err(|source| {
             stream_error(
@@ -693,6 +891,46 @@ mod tests {
 
     fn set(subjects: &[&str]) -> BTreeSet<String> {
         subjects.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn api(code: usize, err_code: u64) -> jetstream::Error {
+        serde_json::from_value(serde_json::json!({"code": code, "err_code": err_code})).unwrap()
+    }
+
+    /// Which failed rounds wait for a forming cluster (until the deadline) and which count
+    /// as refusals, in the shapes async-nats reports them.
+    #[test]
+    fn unavailable_and_timed_out_rounds_are_transient() {
+        use async_nats::jetstream::context::{
+            AccountError, AccountErrorKind, CreateKeyValueError, CreateKeyValueErrorKind,
+            CreateStreamError, CreateStreamErrorKind,
+        };
+        let bucket = |source| ProvisionError::Bucket {
+            name: "agents",
+            source,
+        };
+        // A bucket's create asks for the account first: "temporarily unavailable" there.
+        let account = AccountError::new(AccountErrorKind::JetStream(api(503, 10008)));
+        let e = bucket(CreateKeyValueError::with_source(
+            CreateKeyValueErrorKind::JetStream,
+            account,
+        ));
+        assert!(e.is_transient());
+        let timed_out = CreateKeyValueError::new(CreateKeyValueErrorKind::TimedOut);
+        assert!(bucket(timed_out).is_transient());
+        // Too few nodes for the replicas yet.
+        let stream = |j| ProvisionError::Stream {
+            name: "TASKS",
+            source: CreateStreamError::new(CreateStreamErrorKind::JetStream(j)),
+        };
+        assert!(stream(api(503, 10023)).is_transient());
+        assert!(!stream(api(400, 10058)).is_transient());
+        let storage = ProvisionError::Storage {
+            name: "TASKS",
+            setting: "queue.max_bytes",
+            max_bytes: 1,
+        };
+        assert!(!storage.is_transient());
     }
 
     #[test]

@@ -25,6 +25,16 @@ use crate::relay::event_headers;
 pub(crate) const STORE_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// On the last delivery, tries to store the result (and dead-letter it) before giving up.
 const LAST_DELIVERY_TRIES: u32 = 10;
+/// How long any other delivery keeps trying a write (the result, its event) before handing
+/// the task back: long enough to ride out a JetStream leader election when a cluster node
+/// is lost (a few seconds), so the task is answered now instead of after a redelivery; the
+/// caller keeps the message in progress meanwhile.
+const WRITE_PATIENCE: Duration = Duration::from_secs(10);
+/// First pause between tries of a write, and the most it grows to.
+const WRITE_RETRY_BASE: Duration = Duration::from_millis(100);
+const WRITE_RETRY_CAP: Duration = Duration::from_secs(1);
+/// How long JetStream has to confirm one NAK or TERM before it is sent again.
+const SETTLE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a lifecycle event says about the task besides its result. A refused task may lack
 /// any of it.
@@ -49,27 +59,37 @@ impl<'a> From<&'a Task> for About<'a> {
     }
 }
 
-/// Runs `write` once; on the last delivery, which has no next one to hand the task to, up
-/// to `LAST_DELIVERY_TRIES` times, `STORE_RETRY_DELAY` apart, until it succeeds.
+/// Runs `write` until it succeeds: for up to `WRITE_PATIENCE`, with short growing pauses;
+/// on the last delivery, which has no next one to hand the task to, up to
+/// `LAST_DELIVERY_TRIES` times, `STORE_RETRY_DELAY` apart.
 pub(crate) async fn persist<T, E, F: Future<Output = Result<T, E>>>(
     delivery: i64,
     deps: &Deps,
     mut write: impl FnMut() -> F,
 ) -> Result<T, E> {
-    let tries = if delivery >= deps.max_deliver {
-        LAST_DELIVERY_TRIES
-    } else {
-        1
-    };
-    let mut try_number = 1;
+    let last = delivery >= deps.max_deliver;
+    let started = tokio::time::Instant::now();
+    let mut try_number = 1u32;
     loop {
-        match write().await {
-            Err(_) if try_number < tries => {
-                try_number += 1;
-                tokio::time::sleep(STORE_RETRY_DELAY).await;
-            }
-            done => return done,
+        let e = match write().await {
+            Ok(done) => return Ok(done),
+            Err(e) => e,
+        };
+        let pause = if last {
+            STORE_RETRY_DELAY
+        } else {
+            shared::backoff::full_jitter(WRITE_RETRY_BASE, WRITE_RETRY_CAP, try_number)
+        };
+        let again = if last {
+            try_number < LAST_DELIVERY_TRIES
+        } else {
+            started.elapsed() + pause < WRITE_PATIENCE
+        };
+        if !again {
+            return Err(e);
         }
+        try_number = try_number.saturating_add(1);
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -215,8 +235,46 @@ async fn emit_event(
     Ok(())
 }
 
+/// Settles `msg`. An ack or an in-progress ack is sent and forgotten: if it is lost, the
+/// task is only delivered again after `ack_wait` and finds its result stored. A NAK or TERM
+/// decides what happens to a task that has no result yet, so JetStream must confirm it: it
+/// is sent as a request and sent again (for up to `WRITE_PATIENCE`) while the consumer's
+/// leader does not answer, as happens while a cluster elects a new one. A NAK lost there
+/// would leave the task waiting for the whole `ack_wait`.
 pub(crate) async fn ack(msg: &jetstream::Message, kind: AckKind) {
-    if let Err(e) = msg.ack_with(kind).await {
-        warn!(error = %e, "could not acknowledge the task");
+    match kind {
+        AckKind::Ack | AckKind::Progress | AckKind::Next => {
+            if let Err(e) = msg.ack_with(kind).await {
+                warn!(error = %e, "could not acknowledge the task");
+            }
+        }
+        AckKind::Nak(_) | AckKind::Term => settle_confirmed(msg, kind).await,
+    }
+}
+
+async fn settle_confirmed(msg: &jetstream::Message, kind: AckKind) {
+    let Some(subject) = msg.reply.clone() else {
+        warn!("a task message without a reply subject cannot be settled");
+        return;
+    };
+    let client = msg.context.client();
+    let started = tokio::time::Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        let request = async_nats::Request::new()
+            .payload(Bytes::from(kind))
+            .timeout(Some(SETTLE_CONFIRM_TIMEOUT));
+        let e = match client.send_request(subject.clone(), request).await {
+            Ok(_) => return,
+            Err(e) => e,
+        };
+        let pause = shared::backoff::full_jitter(WRITE_RETRY_BASE, WRITE_RETRY_CAP, attempt);
+        if started.elapsed() + pause >= WRITE_PATIENCE {
+            warn!(error = %e, "JetStream did not confirm settling the task; it is delivered again after ack_wait");
+            return;
+        }
+        debug!(error = %e, "settling the task not confirmed; sending it again");
+        tokio::time::sleep(pause).await;
+        attempt = attempt.saturating_add(1);
     }
 }

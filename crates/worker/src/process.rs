@@ -165,11 +165,14 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
         reply_digest: task.reply_to.as_deref().map(reply::digest),
         tool_calls,
     };
-    let stored = persist(delivery, deps, || async {
-        with_progress(&msg, deps.ack_wait, store(task.id, &result, deps))
-            .await
-            .ok_or(())
-    })
+    // In progress for as long as the store is retried (a results bucket electing a leader).
+    let stored = with_progress(
+        &msg,
+        deps.ack_wait,
+        persist(delivery, deps, || async {
+            store(task.id, &result, deps).await.ok_or(())
+        }),
+    )
     .await;
     let Ok(stored) = stored else {
         // Not durable, so not done: hand the task back to be delivered again shortly.
