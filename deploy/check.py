@@ -375,6 +375,13 @@ def self_test(tmp: Path) -> list[str]:
         check_together(changed, {}, p)
     must_fail("a misspelt SWITCHYARD__ variable", wrong_env, failures)
 
+    def misspelt_value(p: Problems) -> None:
+        try:
+            render({"worker": {"autoscalling": {"enabled": False}}})
+        except helm.HelmError as e:
+            p.add("render", str(e))
+    must_fail("a misspelt chart value (values.schema.json)", misspelt_value, failures)
+
     compose = yaml.safe_load(COMPOSE.read_text())
     first = next(iter(compose["services"]))
     bad = copy.deepcopy(compose)
