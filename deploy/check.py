@@ -26,8 +26,11 @@ from __future__ import annotations
 import copy
 import json
 import re
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +45,10 @@ CHART = ROOT / "deploy" / "switchyard"
 KEDA_SCHEMA = ROOT / "deploy" / "schemas" / "keda-scaledobject.json"
 COMPOSE = ROOT / "compose.yaml"
 CONFIG_DOC = ROOT / "docs" / "configuration.md"
+# nats-server, to test the compose nodes' configuration (`-t`): SWITCHYARD_NATS_SERVER (.ci/run
+# sets it) or the one on PATH; without one that part is skipped, and said so.
+NATS_SERVER = os.environ.get("SWITCHYARD_NATS_SERVER") or shutil.which("nats-server")
+CHECKED_NODES: list[str] = []
 
 # The oldest Kubernetes the chart supports (Chart.yaml's kubeVersion) and the newest
 # kubernetes-validate knows.
@@ -316,9 +323,47 @@ def check_compose(path: Path, problems: Problems, quiet: bool = False) -> None:
                         problems.add(where, f"nats.url names {host}, which is not a service")
                     elif set(services[host].get("profiles", [])) != set(service.get("profiles", [])):
                         problems.add(where, f"nats.url names {host}, which is in another profile")
+        check_nats_node(path, where, service, env, problems)
     if not quiet:
         profiles = sorted({p for s in services.values() for p in s.get("profiles", [])})
-        print(f"  {path.name}: {len(services)} services, profiles {profiles}: valid")
+        print(f"  {path.name}: {len(services)} services, profiles {profiles}: schema valid")
+
+
+def interpolate(value: str) -> str:
+    """Compose's ${VAR:-default} and ${VAR}, for an empty environment (the defaults)."""
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}", lambda m: m.group(2) or "", value)
+
+
+def check_nats_node(path: Path, where: str, service: dict[str, Any], env: dict[str, Any],
+                    problems: Problems) -> None:
+    """A nats-server service with a config from nats/: every $VARIABLE the file reads is set,
+    and nats-server itself accepts the file with that environment (`nats-server -t`)."""
+    conf = None
+    for volume in service.get("volumes", []):
+        host, target = (volume.split(":") + [""])[:2] if isinstance(volume, str) else ("", "")
+        if host.startswith("./nats/") and target in (service.get("command") or []):
+            conf = path.parent / host
+    if conf is None or not conf.exists():
+        return
+    text = "\n".join(line.split("#", 1)[0] for line in conf.read_text().splitlines())
+    wanted = sorted(set(re.findall(r"\$([A-Z_][A-Z0-9_]*)", text)))
+    missing = [name for name in wanted if name not in env]
+    if missing:
+        problems.add(where, f"{conf.name} reads {', '.join(missing)}, which the service does not set")
+        return
+    server = NATS_SERVER
+    if server is None:
+        return
+    node_env = {k: interpolate(str(v)) for k, v in env.items()}
+    with tempfile.TemporaryDirectory() as store:
+        node_env = {**node_env, **{k: store for k in node_env if k.endswith("STORE_DIR")}}
+        result = subprocess.run([server, "-t", "-c", str(conf)], env={"PATH": "/usr/bin:/bin", **node_env},
+                                capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        problems.add(where, f"nats-server -t refuses {conf.name} with this environment: "
+                     + (result.stdout + result.stderr).strip()[:500])
+    else:
+        CHECKED_NODES.append(where)
 
 
 # ---------------------------------------------------------------------------- self-test
@@ -389,6 +434,20 @@ def self_test(tmp: Path) -> list[str]:
     bad_path = tmp / "compose.yaml"
     bad_path.write_text(yaml.safe_dump(bad))
     must_fail("a misspelt compose service key", lambda p: check_compose(bad_path, p, quiet=True), failures)
+    nodes = [name for name, service in compose["services"].items()
+             if "NATS_ROUTES" in service.get("environment", {})]
+    if nodes:
+        bad = copy.deepcopy(compose)
+        bad["services"][nodes[0]]["environment"].pop("NATS_ROUTES")
+        bad_path.write_text(yaml.safe_dump(bad))
+        must_fail("a cluster node without NATS_ROUTES", lambda p: check_compose(bad_path, p, quiet=True), failures)
+        if NATS_SERVER is not None:
+            bad = copy.deepcopy(compose)
+            routes = bad["services"][nodes[0]]["environment"]["NATS_ROUTES"]
+            bad["services"][nodes[0]]["environment"]["NATS_ROUTES"] = routes.replace(",", "", 1)
+            bad_path.write_text(yaml.safe_dump(bad))
+            must_fail("a cluster node whose NATS_ROUTES nats-server cannot parse",
+                      lambda p: check_compose(bad_path, p, quiet=True), failures)
     return failures
 
 
@@ -401,7 +460,10 @@ def main() -> int:
     check_chart(problems)
     print("compose.yaml:")
     check_compose(COMPOSE, problems)
-    import tempfile
+    if NATS_SERVER is None:
+        print("  note: no nats-server (SWITCHYARD_NATS_SERVER): the nodes' configuration was not run through nats-server -t")
+    elif CHECKED_NODES:
+        print(f"  nats-server -t accepts the configuration of {len(CHECKED_NODES)} node(s) with their environment")
     with tempfile.TemporaryDirectory() as tmp:
         # Mounted files are looked up beside the compose file: give the copy the same tree.
         for entry in ROOT.iterdir():
