@@ -11,7 +11,7 @@ cache="${SWITCHYARD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard}"
 pins=$(sha256sum deploy/requirements.txt | cut -c1-12)
 venv="$cache/deploy-check-$pins"
 if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
-    rm -rf "$venv"
+    rm -rf "$cache"/deploy-check-*   # this one, half made, or one for older pins
     mkdir -p "$cache"
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
