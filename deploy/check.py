@@ -272,9 +272,11 @@ def check_chart(problems: Problems) -> int:
         except helm.HelmError as e:
             problems.add(f"render ({name})", str(e))
             continue
+        found = Problems()
         for obj in objects:
-            check_schema(obj, keda, problems)
-        check_together(objects, values, problems)
+            check_schema(obj, keda, found)
+        check_together(objects, values, found)
+        problems.items.extend(f"[{name}] {item}" for item in found.items)
         kinds = sorted({o["kind"] for o in objects})
         print(f"  rendered ({name}): {len(objects)} objects: {', '.join(kinds)}")
         count += len(objects)
@@ -389,7 +391,11 @@ def self_test(tmp: Path) -> list[str]:
 
     def broken(obj: dict[str, Any], change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         copied = copy.deepcopy(obj)
-        change(copied)
+        try:
+            change(copied)
+        except (KeyError, IndexError) as e:
+            # The object is not shaped as the case expects: the check above says why.
+            failures.append(f"self-test: could not break {source(obj)} (no {e})")
         return copied
 
     cases = {
@@ -460,6 +466,8 @@ def main() -> int:
     check_chart(problems)
     print("compose.yaml:")
     check_compose(COMPOSE, problems)
+    for problem in problems.items:
+        print(f"FAIL {problem}", file=sys.stderr)
     if NATS_SERVER is None:
         print("  note: no nats-server (SWITCHYARD_NATS_SERVER): the nodes' configuration was not run through nats-server -t")
     elif CHECKED_NODES:
@@ -470,8 +478,8 @@ def main() -> int:
             if entry.name not in ("compose.yaml", ".git", "target"):
                 (Path(tmp) / entry.name).symlink_to(entry)
         failures = self_test(Path(tmp))
-    for problem in problems.items + failures:
-        print(f"FAIL {problem}", file=sys.stderr)
+    for failure in failures:
+        print(f"FAIL {failure}", file=sys.stderr)
     if problems.items or failures:
         print(f"deploy/check.py: {len(problems.items) + len(failures)} problem(s)", file=sys.stderr)
         return 1
