@@ -359,7 +359,10 @@ def check_nats_node(path: Path, where: str, service: dict[str, Any], env: dict[s
     node_env = {k: interpolate(str(v)) for k, v in env.items()}
     with tempfile.TemporaryDirectory() as store:
         node_env = {**node_env, **{k: store for k in node_env if k.endswith("STORE_DIR")}}
-        result = subprocess.run([server, "-t", "-c", str(conf)], env={"PATH": "/usr/bin:/bin", **node_env},
+        # The caller's environment (a nats-server shim may need it) without any NATS_ variable
+        # of its own, which could stand in for one the service fails to set.
+        base = {k: v for k, v in os.environ.items() if not k.startswith("NATS_")}
+        result = subprocess.run([server, "-t", "-c", str(conf)], env={**base, **node_env},
                                 capture_output=True, text=True, check=False)
     if result.returncode != 0:
         problems.add(where, f"nats-server -t refuses {conf.name} with this environment: "
@@ -432,6 +435,13 @@ def self_test(tmp: Path) -> list[str]:
         except helm.HelmError as e:
             p.add("render", str(e))
     must_fail("a misspelt chart value (values.schema.json)", misspelt_value, failures)
+
+    def too_many_replicas(p: Problems) -> None:
+        try:
+            render({"streamReplicas": 5})
+        except helm.HelmError as e:
+            p.add("render", str(e))
+    must_fail("more stream replicas than NATS nodes", too_many_replicas, failures)
 
     compose = yaml.safe_load(COMPOSE.read_text())
     first = next(iter(compose["services"]))
