@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use shared::Task;
 use shared::names::result_subject;
+use shared::reply::GATEWAY_REPLY_PREFIX;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -61,32 +62,43 @@ pub async fn chat_completions(
     if let Some(stored) = stored {
         return result_response(resolve(&st, decode_result(&stored)?).await?, None);
     }
+    // Where the answer comes: the result the server republishes once it is stored. A
+    // session's turn is answered by the worker instead, on a reply subject, after it has
+    // posted the turn to the session's thread, so the caller's next turn always finds it.
     // Subscribed before the task is published (one connection keeps the order), so the
-    // result the server republishes once it is stored cannot pass by unseen. The server ends
-    // the subscription after that one message: no unsubscribe follows the answer.
+    // answer cannot pass by unseen. The server ends the subscription after that one
+    // message: no unsubscribe follows the answer.
+    let answer_subject = if task.session.is_some() {
+        let reply_to = format!("{GATEWAY_REPLY_PREFIX}{}", task.id);
+        task.reply_to = Some(reply_to.clone());
+        reply_to
+    } else {
+        result_subject(task.id)
+    };
     let unavailable = |e: &dyn std::fmt::Display| {
         warn!(error = %e, "could not subscribe to a result subject");
         ApiError::Unavailable
     };
-    let mut stored_results = st
+    let mut answers = st
         .client
-        .subscribe(result_subject(task.id))
+        .subscribe(answer_subject)
         .await
         .map_err(|e| unavailable(&e))?;
-    stored_results
+    answers
         .unsubscribe_after(1)
         .await
         .map_err(|e| unavailable(&e))?;
     let waiting = CallerGone::new(&st, task.id, !request.named_by_caller);
     let published = publish(&st, &task).await?;
-    // Queued before (a retry with the same id): it may have finished already.
+    // Queued before (a retry with the same id): it may have finished already. A failed read
+    // (NATS reconnecting) is no answer yet: the task was accepted, so it is waited for.
     let earlier = match published {
         Published::New => None,
-        Published::Duplicate => stored_result(&st, task.id).await?,
+        Published::Duplicate => stored_result(&st, task.id).await.ok().flatten(),
     };
     let payload = match earlier {
         Some(stored) => stored,
-        None => wait_result(&st, &task, &mut stored_results).await?,
+        None => wait_result(&st, &task, &mut answers).await?,
     };
     waiting.answered();
     result_response(resolve(&st, decode_result(&payload)?).await?, Some(started))
@@ -97,11 +109,11 @@ pub async fn chat_completions(
 async fn wait_result(
     st: &AppState,
     task: &Task,
-    stored_results: &mut Subscriber,
+    answers: &mut Subscriber,
 ) -> Result<Bytes, ApiError> {
     Ok(loop {
         let wait = task.remaining().min(STORED_RESULT_CHECK);
-        match tokio::time::timeout(wait, stored_results.next()).await {
+        match tokio::time::timeout(wait, answers.next()).await {
             Ok(Some(msg)) => break msg.payload,
             // The client is closing (the gateway is shutting down); the caller can fetch the
             // result later.

@@ -126,11 +126,41 @@ impl ProvisionError {
     }
 }
 
+/// `request`'s answer, asked again while JetStream cannot answer it *yet* (it timed out or
+/// said it is unavailable for now) for up to [`PROVISION_DEADLINE`]: what a process needs at
+/// start-up while a cluster forms or elects leaders. Any other error is returned at once.
+pub async fn patiently<T, F>(
+    what: &str,
+    mut request: impl FnMut() -> F,
+) -> Result<T, async_nats::Error>
+where
+    F: Future<Output = Result<T, async_nats::Error>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut round = 0u32;
+    loop {
+        let e = match request().await {
+            Ok(answer) => return Ok(answer),
+            Err(e) => e,
+        };
+        let pause = crate::backoff::full_jitter(PROVISION_PAUSE, PROVISION_PAUSE_CAP, round);
+        let first: &(dyn std::error::Error + 'static) = &*e;
+        let not_yet = std::iter::successors(Some(first), |e| e.source()).any(jetstream_not_yet);
+        if !not_yet || started.elapsed() + pause >= PROVISION_DEADLINE {
+            return Err(e);
+        }
+        warn!(error = %e, what, round, "JetStream cannot answer yet; asking again");
+        tokio::time::sleep(pause).await;
+        round = round.saturating_add(1);
+    }
+}
+
 /// Whether `e` is a JetStream request that timed out or was answered "unavailable for now".
 fn jetstream_not_yet(e: &(dyn std::error::Error + 'static)) -> bool {
     use async_nats::jetstream::context::{
-        AccountError, AccountErrorKind, CreateKeyValueError, CreateKeyValueErrorKind,
-        CreateStreamError, CreateStreamErrorKind, GetStreamError, GetStreamErrorKind,
+        AccountError, AccountErrorKind, ConsumerInfoError, ConsumerInfoErrorKind,
+        CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
+        GetStreamError, GetStreamErrorKind,
     };
     use async_nats::jetstream::stream::{ConsumerError, ConsumerErrorKind};
     const UNAVAILABLE: usize = 503;
@@ -159,6 +189,16 @@ fn jetstream_not_yet(e: &(dyn std::error::Error + 'static)) -> bool {
         return match e.kind() {
             ConsumerErrorKind::TimedOut => true,
             ConsumerErrorKind::JetStream(j) => j.code() == UNAVAILABLE,
+            _ => false,
+        };
+    }
+    // Looking a consumer up (a worker opening its queues): no leader yet, or none elected.
+    if let Some(e) = e.downcast_ref::<ConsumerInfoError>() {
+        return match e.kind() {
+            ConsumerInfoErrorKind::TimedOut
+            | ConsumerInfoErrorKind::NoResponders
+            | ConsumerInfoErrorKind::Offline => true,
+            ConsumerInfoErrorKind::JetStream(j) => j.code() == UNAVAILABLE,
             _ => false,
         };
     }
@@ -931,6 +971,38 @@ mod tests {
             max_bytes: 1,
         };
         assert!(!storage.is_transient());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_lookup_is_asked_again_while_jetstream_cannot_answer_yet() {
+        use async_nats::jetstream::context::{ConsumerInfoError, ConsumerInfoErrorKind};
+        let asked = std::cell::Cell::new(0u32);
+        let answer = patiently("tasks-chat-normal", || {
+            asked.set(asked.get() + 1);
+            let n = asked.get();
+            async move {
+                match n {
+                    1 => Err(ConsumerInfoError::new(ConsumerInfoErrorKind::TimedOut).into()),
+                    2 => Err(ConsumerInfoError::new(ConsumerInfoErrorKind::Offline).into()),
+                    _ => Ok::<_, async_nats::Error>(n),
+                }
+            }
+        })
+        .await;
+        assert_eq!(answer.unwrap(), 3);
+        // A definite answer is not asked again.
+        asked.set(0);
+        let refused = patiently("tasks-chat-normal", || {
+            asked.set(asked.get() + 1);
+            async {
+                Err::<(), async_nats::Error>(
+                    ConsumerInfoError::new(ConsumerInfoErrorKind::NotFound).into(),
+                )
+            }
+        })
+        .await;
+        assert!(refused.is_err());
+        assert_eq!(asked.get(), 1);
     }
 
     #[test]

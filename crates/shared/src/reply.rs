@@ -17,6 +17,10 @@ use crate::inbound::is_publish_subject;
 pub const RESERVED_PREFIXES: [&str; 7] = [
     "tasks.", "events.", "dlq.", "stream.", "cancel.", "tools.", "results.",
 ];
+/// Prefix of the gateway's reply subjects (`_INBOX.switchyard.<task id>`), which answer a
+/// session's turns once they are posted to the session's thread: the configured prefixes
+/// must allow it.
+pub const GATEWAY_REPLY_PREFIX: &str = "_INBOX.switchyard.";
 /// Namespace of reply digests (a fixed, random UUID).
 const DIGEST_NAMESPACE: Uuid = Uuid::from_u128(0x8d3e_51b7_2c0a_4f69_b1d4_7e2a_c05f_3b98);
 

@@ -77,9 +77,9 @@ async fn open_queue(
 ) -> Result<Queues, WorkerError> {
     let mut consumers = Vec::new();
     for queue in queue_consumers(capability) {
+        // Right after provisioning on a cluster, the consumer may still be electing a leader.
         let consumer =
-            tasks
-                .get_consumer(&queue.name)
+            shared::provision::patiently(&queue.name, || tasks.get_consumer(&queue.name))
                 .await
                 .map_err(|source| WorkerError::Consumer {
                     name: queue.name.clone(),

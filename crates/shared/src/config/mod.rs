@@ -624,6 +624,21 @@ impl Config {
                 p.add(&format!("queue.reply_prefixes[{i}]"), problem);
             }
         }
+        let gateway_replies = crate::reply::GATEWAY_REPLY_PREFIX;
+        if !self
+            .queue
+            .reply_prefixes
+            .iter()
+            .any(|p| !p.is_empty() && gateway_replies.starts_with(p.as_str()))
+        {
+            p.add(
+                "queue.reply_prefixes",
+                format!(
+                    "must allow the gateway's reply subjects for session turns \
+                     ({gateway_replies}…), e.g. \"_INBOX.\""
+                ),
+            );
+        }
         if self.results.ttl_secs == 0 {
             p.add("results.ttl_secs", "must be greater than 0");
         }
@@ -1285,6 +1300,7 @@ mod tests {
                 "queue.reply_prefixes[1]",
                 "queue.reply_prefixes[3]",
                 "queue.reply_prefixes[4]",
+                "queue.reply_prefixes",
             ],
             "{err}"
         );

@@ -77,7 +77,8 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
     }
 
     /// Whether `target` may be called now, and with which keys; a target that may not is
-    /// noted in `tally` (when it is back, or that its keys were refused) and skipped. First
+    /// noted in `tally` (when it is back, or that its keys were refused) and skipped. A
+    /// target that is paused (open breaker, cooldown) is skipped at once; otherwise this
     /// waits, at most until the task's deadline, for a slot under the provider's limit of
     /// calls in flight, so what follows reads health as it is when the call can go.
     async fn ready<'t>(&'t self, target: &'t TargetConfig, tally: &mut Tally) -> Gate<'t> {
@@ -85,6 +86,9 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
             warn!(provider = %target.provider, "route names an unconfigured provider");
             return Gate::Closed;
         };
+        if let Some(gate) = self.paused(target, tally) {
+            return gate;
+        }
         let Some(slot) = runtime.calls.slot(self.task.remaining()).await else {
             return Gate::Stop(ProviderError::new(
                 FailureClass::DeadlineExceeded,
@@ -95,17 +99,12 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
                 ),
             ));
         };
+        // Health again, as it is now that the call can go.
+        if let Some(gate) = self.paused(target, tally) {
+            return gate;
+        }
         let now = now_ms();
         let admission = self.health.admit(&target.provider, &target.model, now);
-        if let Admission::Skip(until) = admission {
-            debug!(provider = %target.provider, model = %target.model, "target unavailable; skipping");
-            let class = match self.health.last_class(&target.provider, &target.model) {
-                Some(FailureClass::RateLimited) => FailureClass::RateLimited,
-                _ => FailureClass::Upstream5xx,
-            };
-            tally.skipped_until(until, class);
-            return Gate::Closed;
-        }
         let Some(keys) = self.usable_keys(target, now, tally) else {
             return Gate::Closed;
         };
@@ -118,6 +117,22 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
             keys,
             slot,
         })
+    }
+
+    /// `Some(Gate::Closed)`, noted in `tally`, when `target` is paused (open breaker,
+    /// cooldown) and must be skipped.
+    fn paused<'t>(&self, target: &TargetConfig, tally: &mut Tally) -> Option<Gate<'t>> {
+        let Admission::Skip(until) = self.health.admit(&target.provider, &target.model, now_ms())
+        else {
+            return None;
+        };
+        debug!(provider = %target.provider, model = %target.model, "target unavailable; skipping");
+        let class = match self.health.last_class(&target.provider, &target.model) {
+            Some(FailureClass::RateLimited) => FailureClass::RateLimited,
+            _ => FailureClass::Upstream5xx,
+        };
+        tally.skipped_until(until, class);
+        Some(Gate::Closed)
     }
 
     /// The target's keys that may be used now, from the next rotation start; `None` (and

@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""One side of a before/after comparison of the chat path, on a fresh stack of the release
+build in $CARGO_TARGET_DIR (default `target`): 10 s at a fixed 1,000 req/s, 2,000 serial
+requests, then 10 s at concurrency 64 with each process's CPU time and write syscalls per
+request (from /proc). Run it for each build in turn, alternating, on the same machine:
+
+    CARGO_TARGET_DIR=/path/to/before python3 bench/ab.py before
+    python3 bench/ab.py after
+
+Shorter than bench/run.sh and without its report: a check of one change, whose figures go in
+bench/notes.md.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402
+
+
+def writes(proc: bench.Proc) -> int:
+    fields = dict(line.split(": ") for line in Path(f"/proc/{proc.popen.pid}/io").read_text().splitlines())
+    return int(fields["syscw"])
+
+
+def main() -> None:
+    label = sys.argv[1] if len(sys.argv) > 1 else "run"
+    nats = subprocess.run([str(bench.SWITCHYARD), "nats-server"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    os.environ["PATH"] = f"{os.path.dirname(nats)}:{os.environ['PATH']}"
+    logdir = Path(os.environ.get("TMPDIR", "/tmp")) / "switchyard-ab-logs"
+    logdir.mkdir(exist_ok=True)
+    stack = bench.Stack(logdir)
+    try:
+        fixed = bench.oha(stack.base, {}, seconds=10, c=256, rate=1000)
+        serial = bench.oha(stack.base, {}, n=2000, c=1)
+        procs = {"gateway": stack.gateway, "worker": stack.workers[0], "nats-server": stack.nats}
+        cpu0 = {k: p.cpu_seconds() for k, p in procs.items()}
+        w0 = {k: writes(p) for k, p in procs.items()}
+        load = bench.oha(stack.base, {}, seconds=10, c=64)
+        n = load.ok
+        cpu = {k: (p.cpu_seconds() - cpu0[k]) / n * 1e6 for k, p in procs.items()}
+        w = {k: (writes(p) - w0[k]) / n for k, p in procs.items()}
+        print(f"{label}: 1,000 req/s p50 {fixed.p50:.2f} p99 {fixed.p99:.2f} ms, errors {fixed.errors}")
+        print(f"{label}: serial p50 {serial.p50:.3f} p99 {serial.p99:.3f} ms")
+        print(f"{label}: concurrency 64: {load.rps:.0f} req/s, p50 {load.p50:.2f} p99 {load.p99:.2f} ms, "
+              f"errors {load.errors}")
+        print(f"{label}: CPU per request (µs): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()) + f", sum {sum(cpu.values()):.0f}")
+        print(f"{label}: write syscalls per request: " + ", ".join(f"{k} {v:.2f}" for k, v in w.items()))
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()
