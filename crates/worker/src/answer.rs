@@ -10,7 +10,7 @@ use async_nats::jetstream::{self, AckKind, kv};
 use bytes::Bytes;
 use serde_json::json;
 use shared::artifacts::ArtifactError;
-use shared::names::{HEADER_MSG_ID, task_event_subject};
+use shared::names::{HEADER_MSG_ID, RESULTS_BUCKET, task_event_subject};
 use shared::reply;
 use shared::task::TaskError;
 use shared::{
@@ -61,35 +61,68 @@ impl<'a> From<&'a Task> for About<'a> {
 
 /// Runs `write` until it succeeds: for up to `WRITE_PATIENCE`, with short growing pauses;
 /// on the last delivery, which has no next one to hand the task to, up to
-/// `LAST_DELIVERY_TRIES` times, `STORE_RETRY_DELAY` apart.
+/// `LAST_DELIVERY_TRIES` times, `STORE_RETRY_DELAY` apart. `msg` is kept in progress while
+/// it retries; the first try costs no timer.
 pub(crate) async fn persist<T, E, F: Future<Output = Result<T, E>>>(
+    msg: &jetstream::Message,
     delivery: i64,
     deps: &Deps,
     mut write: impl FnMut() -> F,
 ) -> Result<T, E> {
-    let last = delivery >= deps.max_deliver;
-    let started = tokio::time::Instant::now();
-    let mut try_number = 1u32;
-    loop {
-        let e = match write().await {
-            Ok(done) => return Ok(done),
-            Err(e) => e,
-        };
-        let pause = if last {
-            STORE_RETRY_DELAY
-        } else {
-            shared::backoff::full_jitter(WRITE_RETRY_BASE, WRITE_RETRY_CAP, try_number)
-        };
-        let again = if last {
-            try_number < LAST_DELIVERY_TRIES
-        } else {
-            started.elapsed() + pause < WRITE_PATIENCE
-        };
-        if !again {
-            return Err(e);
+    let e = match write().await {
+        Ok(done) => return Ok(done),
+        Err(e) => e,
+    };
+    // In progress for as long as the write is retried (a bucket or stream electing a
+    // leader), so the wait is not mistaken for a dead worker.
+    with_progress(msg, deps.ack_wait, async {
+        let last = delivery >= deps.max_deliver;
+        let started = tokio::time::Instant::now();
+        let mut try_number = 1u32;
+        let mut e = e;
+        loop {
+            let pause = if last {
+                STORE_RETRY_DELAY
+            } else {
+                shared::backoff::full_jitter(WRITE_RETRY_BASE, WRITE_RETRY_CAP, try_number)
+            };
+            let again = if last {
+                try_number < LAST_DELIVERY_TRIES
+            } else {
+                started.elapsed() + pause < WRITE_PATIENCE
+            };
+            if !again {
+                return Err(e);
+            }
+            try_number = try_number.saturating_add(1);
+            tokio::time::sleep(pause).await;
+            e = match write().await {
+                Ok(done) => return Ok(done),
+                Err(e) => e,
+            };
         }
-        try_number = try_number.saturating_add(1);
-        tokio::time::sleep(pause).await;
+    })
+    .await
+}
+
+/// Runs `work`, telling JetStream every third of `ack_wait` that the task is in progress,
+/// so a long provider call or a retried write is not mistaken for a dead worker.
+pub(crate) async fn with_progress<T>(
+    msg: &jetstream::Message,
+    ack_wait: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    let period = ack_wait / 3;
+    // The first tick one period from now: awaiting an immediate first tick would wait for
+    // the timer driver's next turn (up to a millisecond) on every task.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = ticker.tick() => ack(msg, AckKind::Progress).await,
+        }
     }
 }
 
@@ -138,9 +171,11 @@ pub(crate) async fn store(id: TaskId, result: &TaskResult, deps: &Deps) -> Optio
         Ok(_) => Some(bytes),
         Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
             debug!("another delivery stored the result first; using it");
-            match deps.results.get(key).await {
+            match deps.results.get(key.as_str()).await {
                 Ok(Some(existing)) => Some(existing),
-                Ok(None) => Some(bytes),
+                // A direct get may be answered by a replica that has not applied the entry
+                // yet; the bucket's leader has it.
+                Ok(None) => stored_by_leader(&key, deps).await,
                 Err(e) => {
                     warn!(error = %e, "could not read the stored result");
                     None
@@ -149,6 +184,27 @@ pub(crate) async fn store(id: TaskId, result: &TaskResult, deps: &Deps) -> Optio
         }
         Err(e) => {
             warn!(error = %e, "could not store the result; the task goes back to the queue");
+            None
+        }
+    }
+}
+
+/// The result stored under `key`, read from the `results` bucket's leader.
+async fn stored_by_leader(key: &str, deps: &Deps) -> Option<Bytes> {
+    let read = async {
+        let stream = deps
+            .js
+            .get_stream_no_info(format!("KV_{RESULTS_BUCKET}"))
+            .await?;
+        let message = stream
+            .get_last_raw_message_by_subject(&format!("$KV.{RESULTS_BUCKET}.{key}"))
+            .await?;
+        Ok::<_, async_nats::Error>(message.payload)
+    };
+    match read.await {
+        Ok(stored) => Some(stored),
+        Err(e) => {
+            warn!(error = %e, "could not read the stored result from the bucket's leader");
             None
         }
     }
@@ -186,7 +242,7 @@ pub(crate) async fn record_event(
     delivery: i64,
     deps: &Deps,
 ) -> bool {
-    match persist(delivery, deps, || emit_event(about, result, deps)).await {
+    match persist(msg, delivery, deps, || emit_event(about, result, deps)).await {
         Ok(()) => true,
         Err(e) if delivery < deps.max_deliver => {
             warn!(error = %e, "could not record the task event; it goes back to the queue");

@@ -6,8 +6,6 @@
 //! reason that may pass, the task is NAKed with a delay instead and its attempts are kept
 //! for the next delivery; the result is stored before the ack, so nothing is lost.
 
-use std::time::Duration;
-
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
 use shared::dlq::{self, DeadLetter};
@@ -18,7 +16,7 @@ use shared::task::{TaskError, now_ms};
 use shared::{Attempt, FailureClass, Task, TaskResult, TaskStatus};
 use tracing::{Instrument, debug, error, info_span, warn};
 
-use crate::answer::{STORE_RETRY_DELAY, ack, deliver, persist, record_event, store};
+use crate::answer::{STORE_RETRY_DELAY, ack, deliver, persist, record_event, store, with_progress};
 use crate::backoff::{last_attempt, retry_delay};
 use crate::deps::Deps;
 use crate::failover::{Failover, Outcome};
@@ -165,14 +163,13 @@ async fn handle(msg: jetstream::Message, task: Task, delivery: i64, deps: &Deps)
         reply_digest: task.reply_to.as_deref().map(reply::digest),
         tool_calls,
     };
-    // In progress for as long as the store is retried (a results bucket electing a leader).
-    let stored = with_progress(
-        &msg,
-        deps.ack_wait,
-        persist(delivery, deps, || async {
-            store(task.id, &result, deps).await.ok_or(())
-        }),
-    )
+    // In progress while a large response is stored as an artifact, and for as long as the
+    // store is retried (a results bucket electing a leader).
+    let stored = persist(&msg, delivery, deps, || async {
+        with_progress(&msg, deps.ack_wait, store(task.id, &result, deps))
+            .await
+            .ok_or(())
+    })
     .await;
     let Ok(stored) = stored else {
         // Not durable, so not done: hand the task back to be delivered again shortly.
@@ -281,7 +278,7 @@ async fn finish(msg: &jetstream::Message, task: &Task, stored: Bytes, delivery: 
             worker: result.worker.clone(),
             dead_lettered_ms: now_ms(),
         };
-        match persist(delivery, deps, || dlq::publish(&deps.js, &letter)).await {
+        match persist(msg, delivery, deps, || dlq::publish(&deps.js, &letter)).await {
             Ok(()) => warn!(class = error.class.as_str(), "task dead-lettered"),
             // The result is stored; the next delivery finds it and dead-letters again.
             Err(e) if delivery < deps.max_deliver => {
@@ -355,26 +352,5 @@ async fn keep_attempts(task: &Task, attempts: &[Attempt], deps: &Deps) {
     };
     if let Err(e) = deps.attempts.put(task.id.to_string(), bytes.into()).await {
         warn!(error = %e, "could not keep the attempts for the next delivery");
-    }
-}
-
-/// Runs `work`, telling JetStream every third of `ack_wait` that the task is in progress,
-/// so a long provider call is not mistaken for a dead worker.
-async fn with_progress<T>(
-    msg: &jetstream::Message,
-    ack_wait: Duration,
-    work: impl Future<Output = T>,
-) -> T {
-    let period = ack_wait / 3;
-    // The first tick one period from now: awaiting an immediate first tick would wait for
-    // the timer driver's next turn (up to a millisecond) on every task.
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            out = &mut work => return out,
-            _ = ticker.tick() => ack(msg, AckKind::Progress).await,
-        }
     }
 }

@@ -53,7 +53,7 @@ pub(crate) async fn refuse(
     };
     let stored = match rejection.id {
         Some(id) => {
-            let stored = persist(delivery, deps, || async {
+            let stored = persist(msg, delivery, deps, || async {
                 store(id, &result, deps).await.ok_or(())
             })
             .await;
