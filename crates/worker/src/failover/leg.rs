@@ -28,6 +28,9 @@ use crate::relay::ChunkSink;
 const REFUSED: &str = "the provider refused the content";
 /// When a lost probe's target is looked at again, if its record gives no time.
 const LOST_PROBE_PAUSE_MS: u64 = 1000;
+/// When a task whose targets were all at their limits of calls in flight (but the last,
+/// which failed) may come back.
+const SATURATED_RETRY_MS: u64 = 1000;
 
 /// A target that may be called now: its adapter, the keys to try, in rotation order
 /// (`None`: the target takes no key), and the slot its calls are made with.
@@ -61,9 +64,11 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
         let order = plan::order(leg.strategy, &leg.targets, |t| {
             self.health.latency_ms(&t.provider, &t.model)
         });
-        for index in order {
+        let count = order.len();
+        for (position, index) in order.into_iter().enumerate() {
             let target = &leg.targets[index];
-            let mut ready = match self.ready(target, tally).await {
+            let last = position + 1 == count;
+            let mut ready = match self.ready(target, tally, last).await {
                 Gate::Open(ready) => ready,
                 Gate::Closed => continue,
                 Gate::Stop(err) => return LegEnd::Stop(err),
@@ -78,10 +83,16 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
 
     /// Whether `target` may be called now, and with which keys; a target that may not is
     /// noted in `tally` (when it is back, or that its keys were refused) and skipped. A
-    /// target that is paused (open breaker, cooldown) is skipped at once; otherwise this
-    /// waits, at most until the task's deadline, for a slot under the provider's limit of
-    /// calls in flight, so what follows reads health as it is when the call can go.
-    async fn ready<'t>(&'t self, target: &'t TargetConfig, tally: &mut Tally) -> Gate<'t> {
+    /// target that is paused (open breaker, cooldown) is skipped at once. A target at its
+    /// provider's limit of calls in flight is skipped too when another target follows in the
+    /// leg; the `last` one is waited for, at most until the task's deadline. Health is read
+    /// again once a slot is had, as it is when the call can go.
+    async fn ready<'t>(
+        &'t self,
+        target: &'t TargetConfig,
+        tally: &mut Tally,
+        last: bool,
+    ) -> Gate<'t> {
         let Some(runtime) = self.routing.runtimes.get(&target.provider) else {
             warn!(provider = %target.provider, "route names an unconfigured provider");
             return Gate::Closed;
@@ -89,7 +100,21 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
         if let Some(gate) = self.paused(target, tally) {
             return gate;
         }
-        let Some(slot) = runtime.calls.slot(self.task.remaining()).await else {
+        let slot = if last {
+            runtime.calls.slot(self.task.remaining()).await
+        } else {
+            let Some(slot) = runtime.calls.try_slot() else {
+                debug!(provider = %target.provider, model = %target.model, "provider at its limit of calls in flight; trying the next target");
+                // Should no other target answer, the task comes back soon instead.
+                tally.skipped_until(
+                    now_ms().saturating_add(SATURATED_RETRY_MS),
+                    FailureClass::RateLimited,
+                );
+                return Gate::Closed;
+            };
+            Some(slot)
+        };
+        let Some(slot) = slot else {
             return Gate::Stop(ProviderError::new(
                 FailureClass::DeadlineExceeded,
                 format!(

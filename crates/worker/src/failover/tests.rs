@@ -136,7 +136,8 @@ impl ChunkSink for KeptChunks {
 /// - `chain`: `m1`, `m2`, `m3` through provider `fake` (patient: 20 s per call);
 /// - `hasty`: `slow` through provider `hasty` (200 ms per call), then `m2` through `fake`;
 /// - `pooled`: `pm` through provider `pool`, with keys A and B;
-/// - `narrow`: `n1` through provider `narrow` (two calls at once at most), then `m2`.
+/// - `narrow`: `n1` through provider `narrow` (two calls at once at most), then `m2`;
+///   `narrow-only`: `n1` alone.
 struct Bench {
     fake: FakeProvider,
     routing: Routing,
@@ -188,6 +189,10 @@ targets = [{{ provider = "pool", model = "pm" }}]
 
 [routes.narrow]
 targets = [{{ provider = "narrow", model = "n1" }}, {{ provider = "fake", model = "m2" }}]
+
+[routes.narrow-only]
+provider = "narrow"
+model = "n1"
 "#
         );
         let env = HashMap::from([
@@ -415,12 +420,27 @@ async fn a_rate_limit_lowers_the_providers_limit_of_calls_in_flight() {
 }
 
 #[tokio::test]
+async fn a_target_at_its_limit_is_passed_over_for_the_next_one() {
+    let bench = Bench::start().await;
+    let calls = &bench.routing.runtimes["narrow"].calls;
+    let _held = [calls.try_slot().unwrap(), calls.try_slot().unwrap()];
+
+    let outcome = bench.run(&task("narrow", MINUTE)).await;
+
+    assert_eq!(outcome.answered_by, Some(("fake".into(), "m2".into())));
+    assert_eq!(tried(&outcome), [("m2", None)], "n1 was not called");
+}
+
+#[tokio::test]
 async fn a_task_that_gets_no_slot_before_its_deadline_fails_without_calling() {
     let bench = Bench::start().await;
     let calls = &bench.routing.runtimes["narrow"].calls;
     let _held = [calls.try_slot().unwrap(), calls.try_slot().unwrap()];
 
-    let outcome = bench.run(&task("narrow", Duration::from_millis(300))).await;
+    // Its only target, so it is waited for.
+    let outcome = bench
+        .run(&task("narrow-only", Duration::from_millis(300)))
+        .await;
 
     let err = outcome.answer.unwrap_err();
     assert_eq!(err.class, FailureClass::DeadlineExceeded, "{err:?}");
