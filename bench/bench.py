@@ -198,16 +198,21 @@ class Stack:
     """nats-server, the fake provider, a Switchyard gateway and N worker processes."""
 
     def __init__(self, logdir: Path, workers: int = 1, concurrency: int = 256, latency_ms: int = 0,
-                 extra_config: str = ""):
+                 extra_config: str = "", replicas: int = 1):
+        """`replicas = 3` runs a 3-node cluster from the shipped `nats/cluster.conf` (every
+        stream and bucket on all three) instead of one nats-server."""
         self.logdir = logdir
         self.dir = Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
         self.nats_port, self.fake_port, self.http_port = free_port(), free_port(), free_port()
         (self.dir / "nats.conf").write_text(
             f'listen: "127.0.0.1:{self.nats_port}"\nmax_payload: 8MB\n'
             f'jetstream {{ store_dir: "{self.dir / "js"}" }}\n')
+        node_ports = [self.nats_port] + [free_port() for _ in range(replicas - 1)]
+        nats_url = ",".join(f"nats://127.0.0.1:{port}" for port in node_ports)
         (self.dir / "switchyard.toml").write_text(f"""
 [nats]
-url = "nats://127.0.0.1:{self.nats_port}"
+url = "{nats_url}"
+replicas = {replicas}
 [gateway]
 listen = "127.0.0.1:{self.http_port}"
 [worker]
@@ -224,11 +229,16 @@ model = "bench-model"
         self.procs: list[Proc] = []
         try:
             env = {**os.environ, "RUST_LOG": "warn"}
-            self.nats = self._start("nats", ["nats-server", "-c", str(self.dir / "nats.conf")], env)
+            if replicas == 1:
+                self.nats_nodes = [self._start("nats", ["nats-server", "-c", str(self.dir / "nats.conf")], env)]
+            else:
+                self.nats_nodes = self._cluster(node_ports, env)
+            self.nats = self.nats_nodes[0]
             self.fake = self._start("fake", [str(FAKE), "--listen", f"127.0.0.1:{self.fake_port}",
                                               "--latency-ms", str(latency_ms)], env)
             cfg = ["--config", str(self.dir / "switchyard.toml")]
-            wait_tcp(self.nats_port)
+            for port in node_ports:
+                wait_tcp(port)
             wait_tcp(self.fake_port)
             subprocess.run([str(SWITCHYARD), *cfg, "provision"], check=True, env=env, capture_output=True)
             self.gateway = self._start("gateway", [str(SWITCHYARD), *cfg, "gateway"], env)
@@ -242,6 +252,22 @@ model = "bench-model"
         except BaseException:
             self.stop()  # a stack that failed to start leaves no process behind
             raise
+
+    def _cluster(self, client_ports: list[int], env: dict[str, str]) -> list[Proc]:
+        """The nodes of a cluster on loopback, each running `nats/cluster.conf` with its own
+        environment (the variables its header lists)."""
+        route_ports = [free_port() for _ in client_ports]
+        password = "benchroutes"
+        routes = ", ".join(f"nats-route://route:{password}@127.0.0.1:{p}" for p in route_ports)
+        nodes = []
+        for i, (client, route) in enumerate(zip(client_ports, route_ports)):
+            node_env = {**env, "NATS_SERVER_NAME": f"bench-{i}", "NATS_PORT": str(client),
+                        "NATS_HTTP_PORT": str(free_port()), "NATS_CLUSTER_PORT": str(route),
+                        "NATS_STORE_DIR": str(self.dir / f"js-{i}"), "NATS_CLUSTER_USER": "route",
+                        "NATS_CLUSTER_PASSWORD": password, "NATS_ROUTES": f"[{routes}]"}
+            nodes.append(self._start(f"nats-{i}", ["nats-server", "-c", str(ROOT / "nats" / "cluster.conf")],
+                                     node_env))
+        return nodes
 
     def _start(self, name: str, cmd: list[str], env: dict[str, str]) -> Proc:
         proc = Proc.start(name, cmd, env, self.logdir)
@@ -384,6 +410,24 @@ def main() -> None:
                 res["max"][str(c)] = {"direct": direct, "switchyard": through}
             res["rss_mb"] = {"gateway": stack.gateway.peak_rss_mb(), "worker": stack.workers[0].peak_rss_mb(),
                              "nats-server": stack.nats.peak_rss_mb()}
+        finally:
+            stack.stop()
+
+    if want(9):
+        log("9. maximum throughput on a 3-node cluster (replicas 3)")
+        stack = Stack(logdir, replicas=3)
+        try:
+            res["replicas3"] = {"max": {}, "cpu_us_per_request": {}}
+            procs = {"gateway": stack.gateway, "worker": stack.workers[0]}
+            for c in (64, 256):
+                before = {name: p.cpu_seconds() for name, p in procs.items()}
+                nats_before = sum(n.cpu_seconds() for n in stack.nats_nodes)
+                through = oha(stack.base, {}, seconds=max_secs, c=c).__dict__
+                done = max(through["ok"], 1)
+                cpu = {name: (p.cpu_seconds() - before[name]) * 1e6 / done for name, p in procs.items()}
+                cpu["nats-server"] = (sum(n.cpu_seconds() for n in stack.nats_nodes) - nats_before) * 1e6 / done
+                res["replicas3"]["cpu_us_per_request"][str(c)] = cpu
+                res["replicas3"]["max"][str(c)] = through
         finally:
             stack.stop()
 

@@ -119,6 +119,18 @@ def write(results: dict) -> None:
                      f"{r['gateway']:.0f} / {r['worker']:.0f} / {r['nats-server']:.0f} MB", "",
                      f"{lite['rss_mb']:.0f} MB (proxy)" if lite.get("rss_mb") else NA, ""))
         targets.append(("Gateway RSS ≤ 100 MB under scenario 3", f"{r['gateway']:.0f} MB", r["gateway"] <= 100))
+    if "replicas3" in s:
+        one = s.get("max", {})
+        for c, y in s["replicas3"]["max"].items():
+            base = one.get(c, {}).get("switchyard")
+            rows.append(("9", f"Max throughput on a 3-node cluster, replicas 3, concurrency {c}", NA,
+                         f"{num(y['rps'])}/s", ratio(y["rps"], base["rps"]) + " of replicas 1" if base else NA,
+                         NA, ""))
+            rows.append(("9", f"… p99 / errors, replicas 3, concurrency {c}", NA, f"{ms(y['p99'])}, {y['errors']}",
+                         "", NA, ""))
+        for c, cpu in s["replicas3"]["cpu_us_per_request"].items():
+            rows.append(("9", f"… CPU per completion, replicas 3, concurrency {c} (gateway / worker / 3 nats-servers)",
+                         NA, f"{cpu['gateway']:.0f} / {cpu['worker']:.0f} / {cpu['nats-server']:.0f} µs", "", NA, ""))
 
     m = results["machine"]
     lines = [
@@ -167,6 +179,7 @@ def write(results: dict) -> None:
         "6: bench/workflows.py: POST /v1/tasks {goal, steps: a, b, c; d after them; e after d} then",
         "   GET /v1/tasks/{id}/events until `done`; 100 one after another, then 32 and 64 callers for 30 s each",
         "7: VmHWM of each process after scenario 3 (fresh processes)",
+        "9: as 3, with three nats-server nodes on this machine running nats/cluster.conf and nats.replicas = 3",
         "```",
         "",
         "The body is `{\"model\": \"bench\", \"messages\": [{\"role\": \"user\", \"content\": \"Say hello to the benchmark.\"}]}`;",

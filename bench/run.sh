@@ -5,7 +5,8 @@
 #   --quick        short runs, to check the harness
 #   --no-litellm   skip the LiteLLM side by side
 #   --only 1,3     run only these scenarios (the others keep their last numbers); e.g.
-#                  `--only 6` for the workflow scenario alone
+#                  `--only 6` for the workflow scenario alone; `--only 3,9` for throughput on one
+#                  node and on a 3-node cluster (replicas 3) side by side
 # CARGO_TARGET_DIR is honoured (the binaries are looked for where cargo put them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
