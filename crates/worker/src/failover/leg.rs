@@ -97,8 +97,8 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
             warn!(provider = %target.provider, "route names an unconfigured provider");
             return Gate::Closed;
         };
-        if let Some(gate) = self.paused(target, tally) {
-            return gate;
+        if self.admission(target, tally).is_none() {
+            return Gate::Closed;
         }
         let slot = if last {
             runtime.calls.slot(self.task.remaining()).await
@@ -125,11 +125,10 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
             ));
         };
         // Health again, as it is now that the call can go.
-        if let Some(gate) = self.paused(target, tally) {
-            return gate;
-        }
+        let Some(admission) = self.admission(target, tally) else {
+            return Gate::Closed;
+        };
         let now = now_ms();
-        let admission = self.health.admit(&target.provider, &target.model, now);
         let Some(keys) = self.usable_keys(target, now, tally) else {
             return Gate::Closed;
         };
@@ -144,12 +143,12 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
         })
     }
 
-    /// `Some(Gate::Closed)`, noted in `tally`, when `target` is paused (open breaker,
-    /// cooldown) and must be skipped.
-    fn paused<'t>(&self, target: &TargetConfig, tally: &mut Tally) -> Option<Gate<'t>> {
-        let Admission::Skip(until) = self.health.admit(&target.provider, &target.model, now_ms())
-        else {
-            return None;
+    /// Whether `target` may be called now (or probed); `None`, noted in `tally`, when it is
+    /// paused (open breaker, cooldown) and must be skipped.
+    fn admission(&self, target: &TargetConfig, tally: &mut Tally) -> Option<Admission> {
+        let admission = self.health.admit(&target.provider, &target.model, now_ms());
+        let Admission::Skip(until) = admission else {
+            return Some(admission);
         };
         debug!(provider = %target.provider, model = %target.model, "target unavailable; skipping");
         let class = match self.health.last_class(&target.provider, &target.model) {
@@ -157,7 +156,7 @@ impl<H: ProviderHealth, S: ChunkSink> Failover<'_, H, S> {
             _ => FailureClass::Upstream5xx,
         };
         tally.skipped_until(until, class);
-        Some(Gate::Closed)
+        None
     }
 
     /// The target's keys that may be used now, from the next rotation start; `None` (and
