@@ -1,8 +1,8 @@
 //! Switchyard on a 3-node JetStream cluster started from the shipped `nats/cluster.conf`
-//! (`nats.replicas = 3`, `nats.url` naming all three nodes): under load, the leader of the
-//! `TASKS` stream and then the leader of the results bucket are SIGKILLed. Every accepted
-//! request is answered once, with one stored result per task, none is refused, and none
-//! waits for `ack_wait`. Also: `/readyz` follows whether the queue has a leader, and
+//! (`nats.replicas = 3`, `nats.url` naming all three nodes): under load, the leaders of the
+//! `TASKS` stream, of the results bucket and of the `EVENTS` stream are SIGKILLed in turn.
+//! Every accepted request is answered once, with one stored result and one lifecycle event
+//! per task, none is refused, and neither an answer nor an event waits for `ack_wait`. Also: `/readyz` follows whether the queue has a leader, and
 //! processes started while the cluster forms wait for it.
 
 use std::sync::{Arc, Mutex};
@@ -195,7 +195,7 @@ const LEADERS_NODE: usize = 2;
 const CONSUMERS_NODE: usize = 0;
 
 #[tokio::test]
-async fn killing_the_tasks_and_results_leaders_loses_doubles_refuses_and_stalls_nothing() {
+async fn killing_the_tasks_results_and_events_leaders_loses_doubles_refuses_and_stalls_nothing() {
     let cluster = Arc::new(NatsCluster::start().await);
     let clients_url = (0..cluster.nodes.len())
         .filter(|i| *i != LEADERS_NODE)
@@ -208,13 +208,19 @@ async fn killing_the_tasks_and_results_leaders_loses_doubles_refuses_and_stalls_
     tokio::time::sleep(STEADY).await;
     let tasks_killed = kill_leader_of(&stack, &load, "TASKS").await;
     let results_killed = kill_leader_of(&stack, &load, "KV_results").await;
+    let events_killed = kill_leader_of(&stack, &load, "EVENTS").await;
     tokio::time::sleep(STEADY).await;
     stop.cancel();
     let outcomes = load.finish().await;
+    let answered = Instant::now();
 
     // Recovery as a caller sees it, for docs/deploy.md: how long after each kill the first
     // request sent after it was answered, and the slowest answer of all.
-    for (what, killed) in [("TASKS", tasks_killed), ("KV_results", results_killed)] {
+    for (what, killed) in [
+        ("TASKS", tasks_killed),
+        ("KV_results", results_killed),
+        ("EVENTS", events_killed),
+    ] {
         let first = outcomes
             .iter()
             .filter(|o| o.sent > killed && o.status == 200)
@@ -273,8 +279,40 @@ async fn killing_the_tasks_and_results_leaders_loses_doubles_refuses_and_stalls_
         state.last_sequence, state.messages,
         "a result was written twice"
     );
+
+    // One lifecycle event per task, none lost to the `EVENTS` leader's death and none left
+    // for a redelivery after `ack_wait`: a worker records the event before it acks the task,
+    // so once every task is settled (well within `ack_wait`) every event is stored.
+    let events = loop {
+        let events = stack.task_events().await;
+        let missing: Vec<&&str> = ids.iter().filter(|id| !events.contains_key(**id)).collect();
+        if missing.is_empty() {
+            break events;
+        }
+        assert!(
+            answered.elapsed() < EVENTS_SETTLE,
+            "{} of {} tasks have no lifecycle event {:?} after the last answer, e.g. {:?}",
+            missing.len(),
+            ids.len(),
+            answered.elapsed(),
+            &missing[..missing.len().min(3)]
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for id in &ids {
+        assert_eq!(events[*id], 1, "task {id} has {} events", events[*id]);
+    }
+    assert_eq!(events.len(), ids.len(), "events for tasks nobody sent");
+    eprintln!(
+        "every task's event stored {:?} after the load ended",
+        answered.elapsed()
+    );
     stack.stop().await;
 }
+
+/// How long after the last answer every task's event must be stored: far less than
+/// `ACK_WAIT`, so an event written only by a redelivery after `ack_wait` fails the test.
+const EVENTS_SETTLE: Duration = Duration::from_secs(15);
 
 /// `/readyz` says whether JetStream can take tasks, not only whether NATS is connected:
 /// with two of three nodes down the `TASKS` stream has no leader (no quorum), and the
