@@ -94,6 +94,8 @@ pub(crate) struct Deps {
     pub config: Arc<Config>,
     /// Agents' records, for routing and to update as steps finish.
     pub performance: Arc<crate::performance::Records>,
+    /// Agents' queues as last sampled, for routing steps.
+    pub queue_load: crate::queue_load::QueueLoad,
     /// Tool calls counted per quota window (`[tools.quotas]`).
     pub tool_quotas: kv::Store,
     /// Large step outputs, stored by reference (`[artifacts]`).

@@ -20,6 +20,7 @@ mod process;
 mod progress;
 pub mod provider;
 mod pull;
+mod queue_load;
 mod refuse;
 mod relay;
 mod step_inputs;
@@ -257,6 +258,7 @@ pub async fn run(
         agents: provisioned.agents.clone(),
         mcp_tools,
         config: config.clone(),
+        queue_load: queue_load::QueueLoad::default(),
         performance: performance::Records::start(
             provisioned.performance.clone(),
             &background,

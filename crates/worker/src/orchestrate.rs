@@ -21,13 +21,12 @@ use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::kv;
 use async_nats::jetstream::{self, AckKind};
 use bytes::Bytes;
-use futures::StreamExt;
 use serde_json::json;
-use shared::agents::{Catalog, QUEUE_PREFIX};
+use shared::agents::Catalog;
 use shared::artifacts::{ArtifactError, ArtifactRef, TEXT_CONTENT_TYPE, verify};
 use shared::config::{Config, TargetConfig, split_direct};
 use shared::context::{self, ContextError, Expect};
-use shared::names::{HEADER_MSG_ID, TASKS_STREAM, cancel_subject, task_subject};
+use shared::names::{HEADER_MSG_ID, cancel_subject, task_subject};
 use shared::task::now_ms;
 use shared::tokens::{Encoding, Window};
 use shared::{ContextWrite, StepRef, Task, TaskId, TaskResult, TaskStatus};
@@ -339,9 +338,10 @@ async fn apply(
     event: &Event,
 ) -> Result<Option<Workflow>, OrchestrateError> {
     let key = id.to_string();
-    // The state and the agents' load, read together (two round trips at once, not one after
-    // the other); the load once per event, also when a conflict makes us read the state
-    // again: it is a hint for routing, and a retry comes within milliseconds.
+    // The state and the agents' load, read together (when the load's sample is stale, two
+    // round trips at once, not one after the other); the load once per event, also when a
+    // conflict makes us read the state again: it is a hint for routing, and a retry comes
+    // within milliseconds.
     let (env, mut entry) = tokio::join!(WorkerEnv::read(deps), read(deps, &key));
     for _ in 0..CAS_TRIES {
         let Some(current) = entry? else {
@@ -579,7 +579,10 @@ async fn dispatch(deps: &Deps, wf: &Workflow, id: &str) -> Result<Dispatched, Or
             payload.into(),
         )
         .await
-        .map(Dispatched::Sent)
+        .map(|ack| {
+            deps.queue_load.sent(name);
+            Dispatched::Sent(ack)
+        })
         .map_err(|e| OrchestrateError::Publish(e.to_string()))
 }
 
@@ -623,9 +626,8 @@ async fn record(
 }
 
 /// What the state machine may ask of the world, read once per event: the catalog, and each
-/// agent's load from JetStream's own books (the messages on its queue, waiting or in flight),
-/// in one stream-info call over every queue subject (a wildcard is a whole token, so
-/// `tasks.agent-*.*` would match nothing).
+/// agent's load from JetStream's own books (the messages on its queue, waiting or in flight;
+/// see [`crate::queue_load`]).
 struct WorkerEnv {
     catalog: Arc<Catalog>,
     weights: Weights,
@@ -636,31 +638,11 @@ struct WorkerEnv {
 
 impl WorkerEnv {
     async fn read(deps: &Deps) -> Self {
-        let mut queued = HashMap::new();
-        match deps.js.get_stream_no_info(TASKS_STREAM).await {
-            Ok(stream) => match stream.info_with_subjects("tasks.*.*").await {
-                Ok(subjects) => {
-                    let counts: Vec<_> = subjects.collect().await;
-                    for (subject, count) in counts.into_iter().flatten() {
-                        let agent = subject
-                            .split('.')
-                            .nth(1)
-                            .and_then(|q| q.strip_prefix(QUEUE_PREFIX));
-                        if let Some(agent) = agent {
-                            *queued.entry(agent.to_owned()).or_default() +=
-                                u64::try_from(count).unwrap_or(u64::MAX);
-                        }
-                    }
-                }
-                Err(e) => debug!(error = %e, "could not read agents' queues; routing without load"),
-            },
-            Err(e) => debug!(error = %e, "could not read agents' queues; routing without load"),
-        }
         Self {
             catalog: deps.agents.current(),
             weights: deps.config.agent_routing,
             performance: deps.performance.clone(),
-            queued,
+            queued: deps.queue_load.read(&deps.js).await,
         }
     }
 }
