@@ -229,10 +229,13 @@ model = "bench-model"
         self.procs: list[Proc] = []
         try:
             env = {**os.environ, "RUST_LOG": "warn"}
+            # As `switchyard up` runs its local nats-server (src/local_nats.rs): on half the
+            # cores, unless GOMAXPROCS is set, since it shares them with everything else here.
+            nats_env = {"GOMAXPROCS": str(max(1, (os.cpu_count() or 1) // 2)), **env}
             if replicas == 1:
-                self.nats_nodes = [self._start("nats", ["nats-server", "-c", str(self.dir / "nats.conf")], env)]
+                self.nats_nodes = [self._start("nats", ["nats-server", "-c", str(self.dir / "nats.conf")], nats_env)]
             else:
-                self.nats_nodes = self._cluster(node_ports, env)
+                self.nats_nodes = self._cluster(node_ports, nats_env)
             self.nats = self.nats_nodes[0]
             self.fake = self._start("fake", [str(FAKE), "--listen", f"127.0.0.1:{self.fake_port}",
                                               "--latency-ms", str(latency_ms)], env)
@@ -332,11 +335,14 @@ def litellm_version() -> str:
     return next((l.split(":", 1)[1].strip() for l in out.stdout.splitlines() if l.startswith("Version:")), "unknown")
 
 
-def machine() -> dict[str, str]:
+def machine(commit: str = "") -> dict[str, str]:
+    """Facts about this machine and the versions measured; `commit` names the build when it is
+    not this checkout's."""
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), platform.processor())
     mem = next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", commit or "HEAD"],
+                         capture_output=True, text=True)
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": f"{cpu}, {os.cpu_count()} cores",
@@ -357,6 +363,9 @@ def main() -> None:
     ap.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM side by side")
     ap.add_argument("--only", default="", help="comma-separated scenario numbers to run (default: all); "
                     "the other scenarios keep their numbers from bench/results.json")
+    ap.add_argument("--before", metavar="COMMIT", default="",
+                    help="record a build of COMMIT from before a change (CARGO_TARGET_DIR=<its target dir>) "
+                    "in bench/before.json, shown beside the current numbers in the targets table")
     args = ap.parse_args()
     quick = args.quick
     only = {int(x) for x in args.only.split(",") if x}
@@ -366,7 +375,7 @@ def main() -> None:
     serial_n = 300 if quick else 2000
     fixed_secs = 10 if quick else 60
     max_secs = 5 if quick else 20
-    results: dict = {"machine": machine(), "quick": quick, "scenarios": {}}
+    results: dict = {"machine": machine(args.before), "quick": quick, "scenarios": {}}
     res = results["scenarios"]
 
     if want(1) or want(2) or want(4):
@@ -476,17 +485,22 @@ def main() -> None:
 
     for scenario in res.values():
         strip_raw(scenario)
-    out = ROOT / "bench" / "results.json"
+    out = ROOT / "bench" / ("before.json" if args.before else "results.json")
+    stamp = f"{results['machine']['date']}, {results['machine']['switchyard']}"
+    results["measured"] = {name: stamp for name in res}
     if only and out.exists():
-        # A partial run updates its scenarios and keeps the others' last numbers (each
-        # scenario 6 result carries its own date and commit).
+        # A partial run updates its scenarios and keeps the others' last numbers, each with
+        # when and on which build it was measured.
         earlier = json.loads(out.read_text())
+        measured = earlier.get("measured") or {name: f"{earlier['machine']['date']}, {earlier['machine']['switchyard']}"
+                                               for name in earlier["scenarios"]}
+        measured.update(results["measured"])
         earlier["scenarios"].update(res)
-        results = earlier
+        results.update(scenarios=earlier["scenarios"], measured=measured)
     out.write_text(json.dumps(results, indent=2))
     log(f"raw numbers in {out}")
     import report  # noqa: E402  (bench/report.py, beside this file)
-    report.write(results)
+    report.write(json.loads((ROOT / "bench" / "results.json").read_text()))
 
 
 def strip_raw(value) -> None:

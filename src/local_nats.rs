@@ -104,6 +104,9 @@ fn spawn_tied(binary: &Path, files: &Files) -> std::io::Result<Child> {
             Command::new(binary)
         }
     };
+    if let Some(threads) = go_threads() {
+        command.env("GOMAXPROCS", threads.to_string());
+    }
     command
         .arg("-c")
         .arg(&files.conf)
@@ -116,6 +119,24 @@ fn spawn_tied(binary: &Path, files: &Files) -> std::io::Result<Child> {
         // Its own process group: Ctrl-C reaches Switchyard, which drains, then stops it.
         .process_group(0)
         .spawn()
+}
+
+/// How many threads the local nats-server's Go runtime may run at once, unless the
+/// environment already says (`GOMAXPROCS`): half the machine's cores, at least one. It
+/// shares the machine with Switchyard's gateway and worker, and with all cores to itself
+/// its idle threads spin looking for work on cores the others need. On the 2-core benchmark
+/// machine one thread cut nats-server's CPU per request by a fifth at concurrency 64, and
+/// the p50 at 1,000 req/s from 1.8 to 1.0-1.2 ms (bench/notes.md).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "GOMAXPROCS is the child's setting, not Switchyard's configuration: a value the user chose is left alone"
+)]
+fn go_threads() -> Option<usize> {
+    if std::env::var_os("GOMAXPROCS").is_some() {
+        return None;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    Some((cores / 2).max(1))
 }
 
 /// Stops a `nats-server` that an earlier `up` with this data directory left running (its
