@@ -4,12 +4,16 @@ the release build in $CARGO_TARGET_DIR (default `target`), `perf record` takes e
 write syscalls and `epoll_wait` returns while oha sends serial requests, and each request is
 cut into the hops it crosses (medians and p90s in ms):
 
-    python3 bench/hops.py [requests]        # default 500; needs perf and root
+    python3 bench/hops.py [requests]           # default 500; needs perf and root
+    python3 bench/hops.py --stream [requests]  # streamed requests, up to the first event
 
 The chain of one request: oha writes it; the gateway wakes and publishes the task; nats-server
 stores it and delivers it (the worker wakes); the worker calls the provider (the fake writes
 its answer); the worker stores the result; nats-server republishes it (the gateway wakes); the
-gateway writes the response; oha wakes. Times are taken where a process wakes (`epoll_wait`
+gateway writes the response; oha wakes. With `--stream`, the requests are streamed (from this
+script, as scenario 4 sends them), and the chain ends when the gateway writes its response's
+head and first event: the worker relays the provider's first chunk over core NATS instead of
+storing a result. Times are taken where a process wakes (`epoll_wait`
 returns) or writes, so each hop is one process's work plus the kernel's hand-over to the
 next. Run it on a quiet machine: it reads the gaps between processes, not CPU.
 """
@@ -33,7 +37,7 @@ EVENTS = [f"syscalls:sys_enter_{name}" for name in WRITES] + [f"syscalls:sys_exi
 LINE = re.compile(r"^\s*\S+\s+(\d+)/\d+\s+\[\d+\]\s+([\d.]+):\s+syscalls:sys_(enter|exit)_(\w+):")
 
 
-def trace(n: int) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, int]]:
+def trace(n: int, stream: bool) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, int]]:
     """Runs `n` serial requests under perf; returns each process's write and wake times (s)."""
     logdir = Path(tempfile.mkdtemp(prefix="switchyard-hops-"))
     stack = bench.Stack(logdir)
@@ -48,9 +52,13 @@ def trace(n: int) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[
         perf = subprocess.Popen(["perf", "record", "-q", "-a", "-e", events, "-o", str(data)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.5)  # perf takes a moment to start recording
-        client = subprocess.Popen(oha, stdout=subprocess.DEVNULL)
-        pids["oha"] = client.pid
-        client.wait()
+        if stream:
+            pids["oha"] = os.getpid()
+            bench.ttft(stack.base, {}, n)
+        else:
+            client = subprocess.Popen(oha, stdout=subprocess.DEVNULL)
+            pids["oha"] = client.pid
+            client.wait()
         perf.send_signal(2)
         perf.wait()
     finally:
@@ -78,7 +86,7 @@ def first_after(times: list[float], t: float) -> float | None:
     return times[i] if i < len(times) else None
 
 
-def hops(writes: dict[str, list[float]], wakes: dict[str, list[float]]) -> dict[str, list[float]]:
+def hops(writes: dict[str, list[float]], wakes: dict[str, list[float]], stream: bool) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     starts = writes["oha"]
     for start, end in zip(starts, starts[1:]):
@@ -91,8 +99,23 @@ def hops(writes: dict[str, list[float]], wakes: dict[str, list[float]]) -> dict[
         w_store = first_after(writes["worker"], fake)
         g_reply = w_store and first_after(writes["gateway"], w_store)
         g_wake = g_reply and last_before(wakes["gateway"], g_reply, w_store)
-        o_wake = g_reply and first_after(wakes["oha"], g_reply)
+        # A streaming client blocks in a read rather than in `epoll_wait`: its wake is not taken.
+        o_wake = g_reply if stream else g_reply and first_after(wakes["oha"], g_reply)
         if not all([w_call, w_wake, w_store, g_reply, g_wake, o_wake]) or o_wake > end:
+            continue
+        if stream:
+            chain = [
+                ("gateway: request read, task published", start, g_pub),
+                ("nats-server: task stored and delivered, worker woken", g_pub, w_wake),
+                ("worker: task taken, provider call written", w_wake, w_call),
+                ("fake provider: woken, first chunk written", w_call, fake),
+                ("worker: woken, first chunk read and relayed", fake, w_store),
+                ("nats-server: chunk relayed, gateway woken", w_store, g_wake),
+                ("gateway: response head and first event written", g_wake, g_reply),
+                ("whole request, to the first event", start, g_reply),
+            ]
+            for label, a, b in chain:
+                out.setdefault(label, []).append((b - a) * 1e3)
             continue
         chain = [
             ("gateway: request read, task published", start, g_pub),
@@ -111,13 +134,15 @@ def hops(writes: dict[str, list[float]], wakes: dict[str, list[float]]) -> dict[
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
+    args = [a for a in sys.argv[1:] if a != "--stream"]
+    stream = "--stream" in sys.argv
+    n = int(args[0]) if args else 500
     nats = subprocess.run([str(bench.SWITCHYARD), "nats-server"], capture_output=True, text=True,
                           check=True).stdout.strip()
     os.environ["PATH"] = f"{os.path.dirname(nats)}:{os.environ['PATH']}"
-    writes, wakes, _ = trace(n)
-    table = hops(writes, wakes)
-    whole = table.get("whole request", [])
+    writes, wakes, _ = trace(n, stream)
+    table = hops(writes, wakes, stream)
+    whole = table.get("whole request, to the first event" if stream else "whole request", [])
     print(f"{len(whole)} of {n} requests cut into hops (ms)")
     print("| hop | p50 | p90 |")
     print("|---|---|---|")
