@@ -231,7 +231,7 @@ model = "bench-model"
             env = {**os.environ, "RUST_LOG": "warn"}
             # As `switchyard up` runs its local nats-server (src/local_nats.rs): on half the
             # cores, unless GOMAXPROCS is set, since it shares them with everything else here.
-            nats_env = {"GOMAXPROCS": str(max(1, (os.cpu_count() or 1) // 2)), **env}
+            nats_env = {"GOMAXPROCS": str(max(1, len(os.sched_getaffinity(0)) // 2)), **env}
             if replicas == 1:
                 self.nats_nodes = [self._start("nats", ["nats-server", "-c", str(self.dir / "nats.conf")], nats_env)]
             else:
@@ -365,8 +365,14 @@ def main() -> None:
                     "the other scenarios keep their numbers from bench/results.json")
     ap.add_argument("--before", metavar="COMMIT", default="",
                     help="record a build of COMMIT from before a change (CARGO_TARGET_DIR=<its target dir>) "
-                    "in bench/before.json, shown beside the current numbers in the targets table")
+                    "in bench/before.json, shown beside the current numbers in the targets table; "
+                    "its nats-server runs on every core, as `switchyard up` ran it before 27859b4")
     args = ap.parse_args()
+    if args.before:
+        if "CARGO_TARGET_DIR" not in os.environ:
+            ap.error("--before measures the build in $CARGO_TARGET_DIR: set it to that build's target dir")
+        # Builds before 27859b4 ran their local nats-server on every core.
+        os.environ.setdefault("GOMAXPROCS", str(len(os.sched_getaffinity(0))))
     quick = args.quick
     only = {int(x) for x in args.only.split(",") if x}
     want = lambda n: not only or n in only  # noqa: E731
@@ -499,8 +505,10 @@ def main() -> None:
         results.update(scenarios=earlier["scenarios"], measured=measured)
     out.write_text(json.dumps(results, indent=2))
     log(f"raw numbers in {out}")
-    import report  # noqa: E402  (bench/report.py, beside this file)
-    report.write(json.loads((ROOT / "bench" / "results.json").read_text()))
+    current = ROOT / "bench" / "results.json"
+    if current.exists():
+        import report  # noqa: E402  (bench/report.py, beside this file)
+        report.write(json.loads(current.read_text()))
 
 
 def strip_raw(value) -> None:

@@ -146,6 +146,8 @@ def main() -> None:
     print(f"{len(whole)} of {n} requests cut into hops (ms)")
     print("| hop | p50 | p90 |")
     print("|---|---|---|")
+    if len(whole) < 2:
+        sys.exit("too few requests were cut into hops to say anything; is perf allowed to trace?")
     for label, values in table.items():
         q = statistics.quantiles(values, n=10)
         print(f"| {label} | {statistics.median(values):.3f} | {q[8]:.3f} |")

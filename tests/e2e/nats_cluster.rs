@@ -216,7 +216,9 @@ impl NatsCluster {
             {
                 return Some(());
             }
-            if cluster.leader.is_some() {
+            // Led by another node: ask it to step down. Led by `i` already, with a replica
+            // catching up: wait for it rather than start another election.
+            if cluster.leader.is_some() && cluster.leader.as_deref() != Some(name.as_str()) {
                 let _ = client.request(subject.clone(), body.clone().into()).await;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

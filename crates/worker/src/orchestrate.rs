@@ -125,6 +125,9 @@ pub(crate) async fn step_finished(
         prompt: step.prompt.clone(),
     };
     if let Some(wf) = apply(deps, step.workflow, &event).await? {
+        if let Some(agent) = wf.step(&step.step).and_then(|s| s.agent.as_deref()) {
+            deps.queue_load.finished(agent);
+        }
         record_performance(deps, &wf, &step.step, result).await;
     }
     Ok(())

@@ -2,9 +2,10 @@
 //! JetStream's own books say it (one stream-info call over every queue subject), but asking
 //! them for every event a worker applies cost a round trip on each step's critical path and
 //! a tenth of nats-server's work (docs/benchmarks.md, scenario 6). So a sample is shared by
-//! every event for `FRESH`, as the gateway's admission shares its queue samples, and the
-//! steps this worker sent since are added to it: a burst of events does not pile onto an
-//! agent the sample still shows idle.
+//! every event for `FRESH`, as the gateway's admission shares its queue samples, and what
+//! this worker saw happen since corrects it: the steps it sent are added (a burst of events
+//! does not pile onto an agent the sample still shows idle) and the steps it saw finish are
+//! taken off (a finished step no longer counts against its agent).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -20,6 +21,9 @@ use tracing::debug;
 /// How long one sample serves: routing weighs queues of a few tasks against a few more, so
 /// half a second old is close enough (the gateway's admission samples as often).
 const FRESH: Duration = Duration::from_millis(500);
+/// How long a sample may stand in while new ones cannot be read; past it, steps are routed
+/// without load, as when there never was a sample.
+const STALE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 pub(crate) struct QueueLoad {
@@ -33,11 +37,13 @@ struct Sample {
     queued: HashMap<String, u64>,
     /// Steps this worker sent to each agent since.
     sent_since: HashMap<String, u64>,
+    /// Steps of each agent this worker saw finish since.
+    finished_since: HashMap<String, u64>,
 }
 
 impl Sample {
-    fn fresh(&self, now: Instant) -> bool {
-        self.taken.is_some_and(|t| now.duration_since(t) < FRESH)
+    fn younger_than(&self, age: Duration, now: Instant) -> bool {
+        self.taken.is_some_and(|t| now.duration_since(t) < age)
     }
 
     fn current(&self) -> HashMap<String, u64> {
@@ -46,45 +52,62 @@ impl Sample {
             let n = queued.entry(agent.clone()).or_default();
             *n = n.saturating_add(*sent);
         }
+        for (agent, finished) in &self.finished_since {
+            if let Some(n) = queued.get_mut(agent) {
+                *n = n.saturating_sub(*finished);
+            }
+        }
         queued
     }
 }
 
 impl QueueLoad {
-    /// Each agent's queued tasks: the shared sample while it is fresh, else a new one (an
-    /// unreadable stream leaves the last one in use, and the next call tries again).
+    /// Each agent's queued tasks: the shared sample while it is fresh, else a new one. When
+    /// the stream cannot be read, the last sample stands in for up to `STALE` (the next call
+    /// tries again); after that, nothing is known.
     pub(crate) async fn read(&self, js: &jetstream::Context) -> HashMap<String, u64> {
         {
             let sample = self.lock();
-            if sample.fresh(Instant::now()) {
+            if sample.younger_than(FRESH, Instant::now()) {
                 return sample.current();
             }
         }
         let taken = Instant::now();
         let queued = ask(js).await;
         let mut sample = self.lock();
-        if let Some(queued) = queued
-            && sample.taken.is_none_or(|t| t < taken)
-        {
-            *sample = Sample {
-                taken: Some(taken),
-                queued,
-                sent_since: HashMap::new(),
-            };
+        match queued {
+            Some(queued) if sample.taken.is_none_or(|t| t < taken) => {
+                *sample = Sample {
+                    taken: Some(taken),
+                    queued,
+                    ..Sample::default()
+                };
+            }
+            Some(_) => {}
+            None if !sample.younger_than(STALE, Instant::now()) => return HashMap::new(),
+            None => {}
         }
         sample.current()
     }
 
     /// Counts a step this worker published to `agent`'s queue.
     pub(crate) fn sent(&self, agent: &str) {
-        let mut sample = self.lock();
-        let n = sample.sent_since.entry(agent.to_owned()).or_default();
-        *n = n.saturating_add(1);
+        count(&mut self.lock().sent_since, agent);
+    }
+
+    /// Counts a step of `agent` that this worker saw finish.
+    pub(crate) fn finished(&self, agent: &str) {
+        count(&mut self.lock().finished_since, agent);
     }
 
     fn lock(&self) -> MutexGuard<'_, Sample> {
         self.sample.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+fn count(counts: &mut HashMap<String, u64>, agent: &str) {
+    let n = counts.entry(agent.to_owned()).or_default();
+    *n = n.saturating_add(1);
 }
 
 /// One stream-info call over every queue subject (a wildcard is a whole token, so
@@ -120,7 +143,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn steps_sent_since_the_sample_count_until_the_next() {
+    fn steps_sent_and_finished_since_the_sample_correct_it() {
         let load = QueueLoad::default();
         {
             let mut sample = load.lock();
@@ -130,11 +153,19 @@ mod tests {
         load.sent("a1");
         load.sent("a2");
         load.sent("a2");
+        load.finished("a2");
+        load.finished("a3");
         let now = load.lock().current();
         assert_eq!(now.get("a1"), Some(&3));
-        assert_eq!(now.get("a2"), Some(&2));
-        assert!(load.lock().fresh(Instant::now()));
-        assert!(!load.lock().fresh(Instant::now() + FRESH));
-        assert!(!Sample::default().fresh(Instant::now()));
+        assert_eq!(now.get("a2"), Some(&1));
+        assert_eq!(now.get("a3"), None);
+        for _ in 0..5 {
+            load.finished("a1");
+        }
+        assert_eq!(load.lock().current().get("a1"), Some(&0));
+        let sample = load.lock();
+        assert!(sample.younger_than(FRESH, Instant::now()));
+        assert!(!sample.younger_than(FRESH, Instant::now() + FRESH));
+        assert!(!Sample::default().younger_than(STALE, Instant::now()));
     }
 }
