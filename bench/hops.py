@@ -103,30 +103,26 @@ def hops(writes: dict[str, list[float]], wakes: dict[str, list[float]], stream: 
         o_wake = g_reply if stream else g_reply and first_after(wakes["oha"], g_reply)
         if not all([w_call, w_wake, w_store, g_reply, g_wake, o_wake]) or o_wake > end:
             continue
-        if stream:
-            chain = [
-                ("gateway: request read, task published", start, g_pub),
-                ("nats-server: task stored and delivered, worker woken", g_pub, w_wake),
-                ("worker: task taken, provider call written", w_wake, w_call),
-                ("fake provider: woken, first chunk written", w_call, fake),
-                ("worker: woken, first chunk read and relayed", fake, w_store),
-                ("nats-server: chunk relayed, gateway woken", w_store, g_wake),
-                ("gateway: response head and first event written", g_wake, g_reply),
-                ("whole request, to the first event", start, g_reply),
-            ]
-            for label, a, b in chain:
-                out.setdefault(label, []).append((b - a) * 1e3)
-            continue
-        chain = [
-            ("gateway: request read, task published", start, g_pub),
-            ("nats-server: task stored and delivered, worker woken", g_pub, w_wake),
-            ("worker: task taken, provider call written", w_wake, w_call),
-            ("fake provider: woken, answer written", w_call, fake),
+        # The labels the last hops get: a streamed request ends at its first event, relayed
+        # over core NATS; a plain one at its stored result, republished.
+        last = [
+            ("worker: woken, first chunk read and relayed", fake, w_store),
+            ("nats-server: chunk relayed, gateway woken", w_store, g_wake),
+            ("gateway: response head and first event written", g_wake, g_reply),
+            ("whole request, to the first event", start, g_reply),
+        ] if stream else [
             ("worker: woken, answer read, result stored", fake, w_store),
             ("nats-server: result stored and republished, gateway woken", w_store, g_wake),
             ("gateway: response written", g_wake, g_reply),
             ("oha woken", g_reply, o_wake),
             ("whole request", start, o_wake),
+        ]
+        chain = [
+            ("gateway: request read, task published", start, g_pub),
+            ("nats-server: task stored and delivered, worker woken", g_pub, w_wake),
+            ("worker: task taken, provider call written", w_wake, w_call),
+            (f"fake provider: woken, {'first chunk' if stream else 'answer'} written", w_call, fake),
+            *last,
         ]
         for label, a, b in chain:
             out.setdefault(label, []).append((b - a) * 1e3)
