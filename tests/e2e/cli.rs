@@ -8,15 +8,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::harness::{chat_body, content, eventually};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::harness::{chat_body, content, eventually, free_port};
 
 fn switchyard() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));

@@ -601,6 +601,15 @@ async fn start_gateway(
 }
 
 /// The `x-switchyard-task-id` of a response.
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn task_id(response: &reqwest::Response) -> String {
     response.headers()["x-switchyard-task-id"]
         .to_str()

@@ -1,5 +1,6 @@
 //! Workers: a killed worker's task is redelivered and answered once; workers sharing a
-//! capability both take work; SIGTERM drains in-flight work before exiting.
+//! capability both take work; SIGTERM drains in-flight work before exiting; the probes on
+//! `worker.health_listen` say whether a worker lives and takes tasks.
 
 use std::collections::BTreeSet;
 use std::process::Child;
@@ -11,7 +12,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::harness::{Stack, content, eventually, task_id};
+use crate::harness::{Stack, content, eventually, free_port, task_id};
 
 async fn wait_for_calls(stack: &Stack, n: usize) {
     eventually(Duration::from_secs(20), || async {
@@ -164,4 +165,52 @@ async fn task_whose_last_attempt_died_is_failed_not_stranded() {
 
     terminate(rescuer);
     stack.stop().await;
+}
+
+#[tokio::test]
+async fn worker_probes_follow_its_nats_connection_and_end_with_it() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut stack = Stack::start(1, &[("SWITCHYARD__WORKER__HEALTH_LISTEN", addr.as_str())]).await;
+    let probe = |path: &'static str| {
+        let (http, url) = (stack.http.clone(), format!("http://{addr}{path}"));
+        async move {
+            let r = http.get(url).send().await.ok()?;
+            Some((r.status().as_u16(), r.json::<Value>().await.ok()?))
+        }
+    };
+    assert_eq!(probe("/healthz").await.unwrap().0, 200);
+    let (status, body) = eventually(Duration::from_secs(20), || async {
+        probe("/readyz").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["nats_connected"], true, "{body}");
+    assert_eq!(body["fetching"], true, "{body}");
+
+    // Without NATS it takes no task: not ready, though alive.
+    stack.nats.stop();
+    let body = eventually(Duration::from_secs(20), || async {
+        probe("/readyz")
+            .await
+            .filter(|(s, _)| *s == 503)
+            .map(|(_, b)| b)
+    })
+    .await;
+    assert_eq!(body["nats_connected"], false, "{body}");
+    assert_eq!(probe("/healthz").await.unwrap().0, 200);
+    stack.nats.start_again();
+    eventually(Duration::from_secs(30), || async {
+        probe("/readyz").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    let response = stack
+        .chat(crate::harness::chat_body("fake", "probed"))
+        .await;
+    assert_eq!(response.status(), 200);
+
+    // A stopped worker stops answering.
+    let client = stack.http.clone();
+    stack.stop().await;
+    let gone = client.get(format!("http://{addr}/healthz")).send().await;
+    assert!(gone.is_err(), "the probes outlived the worker: {gone:?}");
 }

@@ -23,19 +23,13 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// `GET /readyz`: NATS is connected and JetStream can take tasks (the `TASKS` stream has a
 /// leader, as last probed in the background: see `readiness`).
 pub async fn readyz(State(st): State<AppState>) -> Response {
-    let connected = st.client.connection_state() == async_nats::connection::State::Connected;
-    let queue = st.readiness.ready();
-    let ready = connected && queue;
+    let (ready, body) =
+        shared::nats::readiness(&st.client, "queue_available", st.readiness.ready());
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "nats_connected": connected,
-        "queue_available": queue,
-    });
     (status, Json(body)).into_response()
 }
 

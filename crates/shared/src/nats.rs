@@ -42,6 +42,24 @@ pub async fn connect(
     options.connect(servers.as_slice()).await
 }
 
+/// What a process's `GET /readyz` says: ready when `client` is connected to NATS and `part`
+/// (named in the body, e.g. `queue_available`) holds. Returns whether it is ready, and the
+/// body.
+pub fn readiness(
+    client: &async_nats::Client,
+    part: &str,
+    holds: bool,
+) -> (bool, serde_json::Value) {
+    let connected = client.connection_state() == async_nats::connection::State::Connected;
+    let ready = connected && holds;
+    let mut body = serde_json::json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "nats_connected": connected,
+    });
+    body[part] = holds.into();
+    (ready, body)
+}
+
 /// The servers a `nats.url` lists: comma-separated, blanks around them ignored.
 pub fn servers(url: &str) -> impl Iterator<Item = &str> {
     url.split(',').map(str::trim).filter(|s| !s.is_empty())

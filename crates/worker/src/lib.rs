@@ -16,6 +16,7 @@ mod health;
 mod orchestrate;
 mod performance;
 mod plan;
+mod probe;
 mod process;
 mod progress;
 pub mod provider;
@@ -63,6 +64,11 @@ pub enum WorkerError {
     FetcherDied,
     #[error("loading the MCP tools catalogue: {0}")]
     McpTools(String),
+    #[error("listening for probes on {addr}: {source}")]
+    Probe {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// A fresh worker id: short, unique, and safe in logs and results.
@@ -210,6 +216,21 @@ pub async fn run(
     worker_id: String,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    // The probes first: liveness holds while provisioning waits for a forming cluster.
+    let probe = probe::Probe::new(client.clone());
+    let probes = TaskTracker::new();
+    let probes_stop = CancellationToken::new();
+    if let Some(addr) = &config.worker.health_listen {
+        let listener = tokio::net::TcpListener::bind(addr.as_str())
+            .await
+            .map_err(|source| WorkerError::Probe {
+                addr: addr.clone(),
+                source,
+            })?;
+        probes.spawn(probe::serve(listener, probe.clone(), probes_stop.clone()));
+    }
+    // Stopped on every way out, an early error included.
+    let _stop_probes = probes_stop.clone().drop_guard();
     let js = jetstream::new(client.clone());
     let provisioned = provision(&js, &config).await?;
     let http = provider::http_client()?;
@@ -320,6 +341,7 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    probe.set_fetching(true);
     let names: Vec<&str> = capabilities.iter().map(|c| c.as_str()).collect();
     info!(
         worker_id,
@@ -340,6 +362,7 @@ pub async fn run(
         warn!("a fetch loop stopped; shutting the worker down");
         shutdown.cancel();
     }
+    probe.set_fetching(false);
     info!(
         in_flight = handlers.len(),
         "draining: no new pulls; finishing in-flight tasks"
@@ -366,6 +389,9 @@ pub async fn run(
     if let Err(e) = client.flush().await {
         warn!(error = %e, "could not flush the NATS connection");
     }
+    probes_stop.cancel();
+    probes.close();
+    probes.wait().await;
     info!("worker stopped");
     if died {
         Err(WorkerError::FetcherDied)

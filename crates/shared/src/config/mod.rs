@@ -416,6 +416,10 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Where the worker answers `GET /healthz` and `GET /readyz` for an orchestrator's
+    /// probes (`host:port`); none when unset.
+    #[serde(default)]
+    pub health_listen: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -424,6 +428,7 @@ impl Default for WorkerConfig {
             capabilities: Vec::new(),
             concurrency: DEFAULT_WORKER_CONCURRENCY,
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
+            health_listen: None,
         }
     }
 }
@@ -643,6 +648,14 @@ impl Config {
             p.add("results.ttl_secs", "must be greater than 0");
         }
         p.positive("events.max_bytes", self.events.max_bytes);
+        if let Some(listen) = &self.worker.health_listen
+            && listen.parse::<SocketAddr>().is_err()
+        {
+            p.add(
+                "worker.health_listen",
+                format!("must be host:port with an IP address, e.g. 0.0.0.0:8081 (got {listen:?})"),
+            );
+        }
         if self.gateway.listen.parse::<SocketAddr>().is_err() {
             p.add(
                 "gateway.listen",
@@ -1229,6 +1242,19 @@ mod tests {
         assert_eq!(cfg.gateway.listen, "0.0.0.0:9999");
         assert_eq!(cfg.queue.max_deliver, 7);
         assert_eq!(cfg.worker.capabilities, vec!["chat".to_owned()]);
+    }
+
+    #[test]
+    fn the_worker_probe_address_is_checked_when_set() {
+        let load = |vars: &[(&str, &str)]| Config::load(Source::Toml(DEFAULT_TOML), &env(vars));
+        assert_eq!(load(&[]).unwrap().worker.health_listen, None);
+        let cfg = load(&[("SWITCHYARD__WORKER__HEALTH_LISTEN", "0.0.0.0:8081")]).unwrap();
+        assert_eq!(cfg.worker.health_listen.as_deref(), Some("0.0.0.0:8081"));
+        let err = load(&[("SWITCHYARD__WORKER__HEALTH_LISTEN", "localhost")]).unwrap_err();
+        assert!(
+            err.problems.iter().any(|p| p.key == "worker.health_listen"),
+            "{err}"
+        );
     }
 
     #[test]
