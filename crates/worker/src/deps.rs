@@ -1,7 +1,8 @@
 //! What a worker's task handlers share: the NATS handles, the results and attempts buckets,
 //! provider health, and [`Routing`] (each configured provider's adapter with its timeouts
-//! and limit of calls in flight, and the routes). Built once in `lib.rs`; the modules that handle a task read it from
-//! here and none owns it, so they need not import each other to reach it.
+//! and limit of calls in flight, and the routes). Built once in `lib.rs`; the modules that
+//! handle a task read it from here and none owns it, so they need not import each other to
+//! reach it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
